@@ -1,0 +1,117 @@
+"""Sampler throughput for DRAW and alignDRAW (default configs), against this machine's measured fp32 matmul peak.
+
+    .venv/bin/python bench/sample_speed.py [--device cpu|cuda] [--batches 1 16 64 256] [--json out.json]
+
+The sampler's work is counted with torch.utils.flop_counter (matmuls; the once-per-caption BiLSTM runs in a
+fused kernel the counter skips, which makes the fraction a slight underestimate). Weights are untrained
+(random init): speed does not depend on their values. Timings are medians over repeats after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import DRAW, AlignDRAW, sample  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device: torch.device, *, min_repeats: int = 5, min_total: float = 2.0) -> float:
+    fn()  # warm-up: first-touch allocations, kernel selection
+    _sync(device)
+    times: list[float] = []
+    while len(times) < min_repeats or sum(times) < min_total:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 50:
+            break
+    return statistics.median(times)
+
+
+def matmul_peak(device: torch.device, n: int = 2048) -> float:
+    """fp32 FLOP/s of one large square matmul: the reference the sampler is measured against."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    return 2 * n**3 / median_seconds(lambda: a @ b, device)
+
+
+def conditions(model: torch.nn.Module, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    if isinstance(model, AlignDRAW):  # 12-token captions, as in MNIST with Captions
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, model.config.vocab_size, (batch, 12), generator=g)
+        return {"captions": ids.to(device), "lengths": torch.full((batch,), 12, device=device)}
+    return {"batch_size": batch}  # type: ignore[dict-item]
+
+
+def sampler_flops(model: torch.nn.Module, batch: int, device: torch.device) -> int:
+    with FlopCounterMode(display=False) as counter:
+        sample(model, generator=torch.Generator().manual_seed(0), **conditions(model, batch, device))
+    return counter.get_total_flops()
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    peak = matmul_peak(device)
+    print(f"machine: {machine_name(device)}; torch {torch.__version__}")
+    print(f"fp32 matmul peak (2048×2048): {peak / 1e9:.1f} GFLOP/s\n")
+    print("| model | batch | images/s | ms per batch | GFLOP/s | % of matmul peak |")
+    print("|---|---:|---:|---:|---:|---:|")
+    rows = []
+    for name, model in [("DRAW", DRAW()), ("alignDRAW", AlignDRAW())]:
+        model = model.to(device).eval().requires_grad_(False)  # frozen, as the worker serves it
+        for batch in args.batches:
+            cond = conditions(model, batch, device)
+            flops = sampler_flops(model, batch, device)
+            gen = torch.Generator().manual_seed(0)
+            secs = median_seconds(lambda m=model, c=cond, g=gen: sample(m, generator=g, **c), device)
+            row = {
+                "model": name, "batch": batch, "images_per_s": batch / secs, "ms": secs * 1e3,
+                "gflops": flops / secs / 1e9, "fraction_of_peak": flops / secs / peak,
+            }
+            rows.append(row)
+            print(f"| {name} | {batch} | {row['images_per_s']:.1f} | {row['ms']:.1f} | {row['gflops']:.1f} "
+                  f"| {100 * row['fraction_of_peak']:.1f}% |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine_name(device), "device": str(device),
+                                         "peak_flops": peak, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

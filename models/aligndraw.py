@@ -1,0 +1,170 @@
+"""alignDRAW: DRAW conditioned on a caption through soft attention over its words (Mansimov et al. 2016, §3).
+
+Per step: s_t = align(h^gen_{t−1}, h^lang) (eq. 3-5); prior p(z_t | Z_<t) = N(μ_t, σ_t) from h^gen_{t−1} (eq. 1);
+h^gen_t = LSTM^gen([z_t, s_t]); c_t = c_{t−1} + write(h^gen_t). The inference network is DRAW's: the caption
+reaches q only through h^gen_{t−1}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from models.attention import Write
+from models.draw import InitialState, LSTMState, Posterior
+from models.elbo import ELBO, bernoulli_nll
+from models.gaussian import kl_diagonal, log_density, reparameterise
+from models.sampling import CanvasStep
+
+
+@dataclass(frozen=True)
+class AlignDRAWConfig:
+    """Defaults: the paper's MNIST-with-captions model (official `mnist-captions.json`)."""
+
+    vocab_size: int = 23  # 22 words + padding
+    height: int = 60
+    width: int = 60
+    channels: int = 1
+    steps: int = 32  # T
+    enc_size: int = 300
+    dec_size: int = 300  # generator LSTM
+    z_size: int = 150
+    read_n: int = 8
+    write_n: int = 8
+    embed_size: int = 128  # word embedding; the paper's one-hot input folded into a learned table
+    lang_size: int = 128  # per direction of the caption BiLSTM
+    align_size: int = 512  # dimAlign of U, W and v
+
+    @classmethod
+    def coco(cls, vocab_size: int = 25323) -> AlignDRAWConfig:
+        """The MS-COCO 32×32 model (official `coco-captions-32x32.json`)."""
+        return cls(vocab_size=vocab_size, height=32, width=32, channels=3, enc_size=550, dec_size=550,
+                   z_size=275, read_n=9, write_n=9)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CaptionEncoder(nn.Module):
+    """Bidirectional LSTM over the caption: h_j = [h→_j ; h←_j] (B, K, 2·lang_size), zero on padding.
+
+    The backward LSTM reads each caption's own words in reverse (within its length), so padding never
+    influences a real word's state; ids are right-padded.
+    """
+
+    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_size, padding_idx=0)
+        self.forward_lstm = nn.LSTM(embed_size, hidden_size, batch_first=True)
+        self.backward_lstm = nn.LSTM(embed_size, hidden_size, batch_first=True)
+
+    def forward(self, captions: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """captions (B, K) ids, lengths (B,) -> h (B, K, 2H), mask (B, K) True on real words."""
+        k = captions.shape[1]
+        pos = torch.arange(k, device=captions.device)
+        mask = pos < lengths[:, None]
+        # Index j -> L−1−j on the real words, identity on padding: an involution, so it also undoes itself.
+        flip = torch.where(mask, lengths[:, None] - 1 - pos, pos)
+        e = self.embed(captions)
+        h_fwd, _ = self.forward_lstm(e)  # padding comes after the words, so it cannot reach them
+        e_rev = e.gather(1, flip[..., None].expand_as(e))
+        h_bwd_rev, _ = self.backward_lstm(e_rev)
+        h_bwd = h_bwd_rev.gather(1, flip[..., None].expand_as(h_bwd_rev))
+        return torch.cat([h_fwd, h_bwd], dim=-1) * mask[..., None], mask
+
+
+class Align(nn.Module):
+    """e_tj = vᵀ tanh(U h_j + W h^gen_{t−1} + b); α_t = softmax over real words; s_t = Σ_j α_tj h_j (eq. 3-5)."""
+
+    def __init__(self, word_size: int, dec_size: int, align_size: int):
+        super().__init__()
+        self.u = nn.Linear(word_size, align_size)  # carries b
+        self.w = nn.Linear(dec_size, align_size, bias=False)
+        self.v = nn.Linear(align_size, 1, bias=False)
+
+    def keys(self, words: Tensor) -> Tensor:
+        """2·(U h_j + b), (B, K, A): depends on the caption only, so computed once per caption, not per step."""
+        return 2 * self.u(words)
+
+    def forward(self, keys: Tensor, words: Tensor, mask: Tensor, h_gen: Tensor) -> tuple[Tensor, Tensor]:
+        """-> context s_t (B, 2H) and weights α_t (B, K), exactly 0 on padding."""
+        # vᵀ tanh(a) = 2·vᵀσ(2a) − Σv exactly; this CPU build's tanh is ~7× slower than its sigmoid and
+        # this (B, K, A) pass is the sampler's largest elementwise cost.
+        pre = keys + 2 * self.w(h_gen)[:, None]
+        e = 2 * (torch.sigmoid_(pre) @ self.v.weight[0]) - self.v.weight.sum()
+        alpha = torch.softmax(e.masked_fill(~mask, float("-inf")), dim=-1)
+        return (alpha[:, None] @ words).squeeze(1), alpha
+
+
+class AlignDRAW(nn.Module):
+    kind = "aligndraw"
+
+    def __init__(self, config: AlignDRAWConfig | None = None):
+        super().__init__()
+        self.config = c = config or AlignDRAWConfig()
+        self.caption_encoder = CaptionEncoder(c.vocab_size, c.embed_size, c.lang_size)
+        self.align = Align(2 * c.lang_size, c.dec_size, c.align_size)
+        self.posterior = Posterior(dec_size=c.dec_size, enc_size=c.enc_size, z_size=c.z_size,
+                                   channels=c.channels, height=c.height, width=c.width, read_n=c.read_n)
+        self.prior = nn.Linear(c.dec_size, 2 * c.z_size)  # μ_t, log σ_t = tanh(W h^gen_{t−1} + b) (eq. 1)
+        self.generator_lstm = nn.LSTMCell(c.z_size + 2 * c.lang_size, c.dec_size)
+        self.generator_initial = InitialState(c.dec_size)
+        self.write = Write(c.dec_size, c.channels, c.height, c.width, c.write_n)
+        self.canvas0 = nn.Parameter(torch.zeros(c.channels, c.height, c.width))
+
+    @property
+    def steps(self) -> int:
+        return self.config.steps
+
+    @property
+    def z_size(self) -> int:
+        return self.config.z_size
+
+    def _prior(self, t: int, h_gen: Tensor) -> tuple[Tensor, Tensor]:
+        if t == 0:  # N(0, I) at the first step, as in the official code
+            zeros = h_gen.new_zeros(h_gen.shape[0], self.z_size)
+            return zeros, zeros
+        mu, log_sigma = torch.tanh(self.prior(h_gen)).chunk(2, dim=1)
+        return mu, log_sigma
+
+    def _caption(self, captions: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        words, mask = self.caption_encoder(captions, lengths)
+        return words, self.align.keys(words), mask
+
+    def forward(self, x: Tensor, captions: Tensor, lengths: Tensor, *,
+                generator: torch.Generator | None = None) -> ELBO:
+        """x (B, C, H, W) in [0, 1], captions (B, K), lengths (B,) -> the ELBO's terms against the learned prior."""
+        b = x.shape[0]
+        words, keys, mask = self._caption(captions, lengths)
+        h_gen, c_gen = self.generator_initial(b)
+        enc_state: LSTMState = self.posterior.initial(b)
+        canvas = self.canvas0.expand(b, -1, -1, -1)
+        eps = torch.randn(b, self.steps, self.z_size, generator=generator).to(x.device)
+        kls, log_ratios = [], []
+        for t in range(self.steps):
+            mu_q, log_sigma_q, enc_state = self.posterior(x, canvas, h_gen, enc_state)
+            mu_p, log_sigma_p = self._prior(t, h_gen)
+            z = reparameterise(mu_q, log_sigma_q, eps[:, t])
+            kls.append(kl_diagonal(mu_q, log_sigma_q, mu_p, log_sigma_p))
+            log_ratios.append(log_density(z, mu_q, log_sigma_q) - log_density(z, mu_p, log_sigma_p))
+            s, _ = self.align(keys, words, mask, h_gen)
+            h_gen, c_gen = self.generator_lstm(torch.cat([z, s], dim=1), (h_gen, c_gen))
+            canvas = canvas + self.write(h_gen)[0]
+        return ELBO(bernoulli_nll(canvas, x), torch.stack(kls, 1), torch.stack(log_ratios, 1))
+
+    def generation_steps(self, noise: Tensor, captions: Tensor, lengths: Tensor) -> Iterator[CanvasStep]:
+        """z_t ~ p(z_t | Z_<t) = μ_t + σ_t ε_t: noise (B, T, Z), captions (B, K), lengths (B,)."""
+        b = noise.shape[0]
+        words, keys, mask = self._caption(captions, lengths)
+        h_gen, c_gen = self.generator_initial(b)
+        canvas = self.canvas0.expand(b, -1, -1, -1)
+        for t in range(self.steps):
+            s, alpha = self.align(keys, words, mask, h_gen)
+            z = reparameterise(*self._prior(t, h_gen), noise[:, t])
+            h_gen, c_gen = self.generator_lstm(torch.cat([z, s], dim=1), (h_gen, c_gen))
+            delta, window = self.write(h_gen)
+            canvas = canvas + delta
+            yield CanvasStep(canvas, window, alpha)

@@ -1,0 +1,116 @@
+"""DRAW's selective attention: an N×N grid of 2-D Gaussian filters (Gregor et al. 2015, §3.2).
+
+Coordinates follow the paper: pixel a of an A-wide image has centre a ∈ {1..A} (1-based), so g̃ = 0 is the
+exact image centre (A+1)/2. Filter centres μ_i = g + (i − N/2 − 0.5)·δ for i = 1..N average to g (eq. 19-20):
+the grid is centred, unlike ports that index i from 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class AttentionParams:
+    """The five attention parameters in image units, each (B,)."""
+
+    g_x: Tensor  # grid centre, 1-based pixel coordinates (eq. 22)
+    g_y: Tensor
+    delta: Tensor  # stride between filter centres, pixels (eq. 24)
+    sigma2: Tensor  # isotropic filter variance, pixels²
+    gamma: Tensor  # intensity: read multiplies by γ, write divides by γ
+    n: int  # filters per side
+
+    def box(self) -> Tensor:
+        """The window as (x0, y0, x1, y1) in continuous pixel coordinates of [0, W) × [0, H), (B, 4).
+
+        N filters δ apart cover N·δ pixels around the centre; 1-based centre g sits at g − 0.5 in that frame.
+        """
+        half = 0.5 * self.n * self.delta
+        cx, cy = self.g_x - 0.5, self.g_y - 0.5
+        return torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1)
+
+
+def attention_params(raw: Tensor, height: int, width: int, n: int) -> AttentionParams:
+    """Map the linear layer's output (B, 5) = (g̃_X, g̃_Y, log σ², log δ̃, log γ) to image units (eq. 21-24)."""
+    gx_, gy_, log_sigma2, log_delta_, log_gamma = raw.unbind(-1)
+    g_x = 0.5 * (width + 1) * (gx_ + 1)
+    g_y = 0.5 * (height + 1) * (gy_ + 1)
+    delta = (max(height, width) - 1) / max(n - 1, 1) * torch.exp(log_delta_)
+    return AttentionParams(g_x, g_y, delta, torch.exp(log_sigma2), torch.exp(log_gamma), n)
+
+
+def filterbank(params: AttentionParams, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Row-normalised filterbanks F_Y (B, N, H) and F_X (B, N, W) (eq. 25-26)."""
+    n = params.n
+    i = torch.arange(1, n + 1, dtype=params.g_x.dtype, device=params.g_x.device)
+    offsets = i - n / 2 - 0.5  # sums to zero: the grid is centred on g
+    mu_x = params.g_x[:, None] + offsets * params.delta[:, None]  # (B, N)
+    mu_y = params.g_y[:, None] + offsets * params.delta[:, None]
+    return _bank(mu_y, params.sigma2, height), _bank(mu_x, params.sigma2, width)
+
+
+def _bank(mu: Tensor, sigma2: Tensor, size: int) -> Tensor:
+    a = torch.arange(1, size + 1, dtype=mu.dtype, device=mu.device)
+    d = a - mu[..., None]  # (B, N, size)
+    # exp(−(a−μ)²/2σ²) / Σ_a exp(…) is a softmax over pixels: max-subtracted, so rows sum to 1 even for a filter
+    # off the image (its weight goes to the nearest edge) and no exp lands in the denormal range (10× slower).
+    return torch.softmax(d.square() * (-0.5 / sigma2)[:, None, None], dim=-1)
+
+
+def read_glimpse(image: Tensor, f_y: Tensor, f_x: Tensor) -> Tensor:
+    """F_Y x F_Xᵀ on every channel: (B, C, H, W) -> (B, C, N, N)."""
+    return f_y[:, None] @ image @ f_x[:, None].transpose(-1, -2)
+
+
+def write_patch(patch: Tensor, f_y: Tensor, f_x: Tensor) -> Tensor:
+    """F_Yᵀ w F_X on every channel: (B, C, N, N) -> (B, C, H, W)."""
+    return f_y[:, None].transpose(-1, -2) @ patch @ f_x[:, None]
+
+
+class Read(nn.Module):
+    """read(x, x̂, h) = γ · [F_Y x F_Xᵀ, F_Y x̂ F_Xᵀ] (eq. 27); without attention, [x, x̂] flattened (eq. 17)."""
+
+    def __init__(self, hidden_size: int, channels: int, height: int, width: int, n: int | None):
+        super().__init__()
+        self.channels, self.height, self.width, self.n = channels, height, width, n
+        self.params = nn.Linear(hidden_size, 5) if n is not None else None
+
+    @property
+    def out_features(self) -> int:
+        side = self.height * self.width if self.n is None else self.n * self.n
+        return 2 * self.channels * side
+
+    def forward(self, x: Tensor, x_hat: Tensor, h: Tensor) -> Tensor:
+        """x, x̂: (B, C, H, W); h: (B, hidden) -> (B, out_features)."""
+        if self.params is None or self.n is None:
+            return torch.cat([x.flatten(1), x_hat.flatten(1)], dim=1)
+        p = attention_params(self.params(h), self.height, self.width, self.n)
+        f_y, f_x = filterbank(p, self.height, self.width)
+        both = read_glimpse(torch.cat([x, x_hat], dim=1), f_y, f_x)  # one batched matmul for x and x̂
+        return p.gamma[:, None] * both.flatten(1)
+
+
+class Write(nn.Module):
+    """write(h) = (1/γ̂) · F̂_Yᵀ w F̂_X with w = W h + b (eq. 28-29); without attention, a full-canvas linear map."""
+
+    def __init__(self, hidden_size: int, channels: int, height: int, width: int, n: int | None):
+        super().__init__()
+        self.channels, self.height, self.width, self.n = channels, height, width, n
+        side = height * width if n is None else n * n
+        # Patch and window parameters from one matmul: the write runs once per step in the sampler's hot loop.
+        self.linear = nn.Linear(hidden_size, channels * side + (5 if n is not None else 0))
+
+    def forward(self, h: Tensor) -> tuple[Tensor, AttentionParams | None]:
+        """h: (B, hidden) -> canvas increment (B, C, H, W) and the window (None without attention)."""
+        out = self.linear(h)
+        if self.n is None:
+            return out.view(-1, self.channels, self.height, self.width), None
+        n = self.n
+        p = attention_params(out[:, -5:], self.height, self.width, n)
+        f_y, f_x = filterbank(p, self.height, self.width)
+        patch = out[:, :-5].reshape(-1, self.channels, n, n)
+        return write_patch(patch / p.gamma[:, None, None, None], f_y, f_x), p

@@ -1,0 +1,120 @@
+"""Checkpoints: a directory with `model.safetensors` and `checkpoint.json`.
+
+The JSON names the model kind and holds its config, the caption vocabulary, the training metadata and the
+metrics training measured; the model is rebuilt from these files alone. Weights load with safetensors, which
+cannot execute code, and their sha256 is checked against the JSON so a swapped file is caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.aligndraw import AlignDRAW, AlignDRAWConfig
+from models.draw import DRAW, DRAWConfig
+from models.vocab import Vocabulary
+
+FORMAT = "glimpse-checkpoint/1"
+WEIGHTS = "model.safetensors"
+MANIFEST = "checkpoint.json"
+
+KINDS: dict[str, tuple[type[nn.Module], type]] = {
+    "draw": (DRAW, DRAWConfig),
+    "aligndraw": (AlignDRAW, AlignDRAWConfig),
+}
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    vocab: Vocabulary | None = None
+    training: dict[str, Any] = field(default_factory=dict)  # command, data, epochs, wall time, machine...
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. held-out caption combinations
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = ckpt.model
+    kind = getattr(model, "kind", None)
+    if kind not in KINDS or not isinstance(model, KINDS[kind][0]):
+        raise CheckpointError(f"cannot save a model of kind {kind!r}")
+    assert isinstance(model, DRAW | AlignDRAW)  # narrows for the type checker; checked just above
+    # Write to temporary names and rename: a crash mid-save never leaves a half checkpoint behind.
+    tmp_weights = directory / (WEIGHTS + ".tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_weights))
+    manifest = {
+        "format": FORMAT,
+        "kind": kind,
+        "config": model.config.to_dict(),
+        "vocabulary": ckpt.vocab.to_dict() if ckpt.vocab is not None else None,
+        "training": ckpt.training,
+        "metrics": ckpt.metrics,
+        "extra": ckpt.extra,
+        "weights_sha256": _sha256(tmp_weights),
+    }
+    tmp_manifest = directory / (MANIFEST + ".tmp")
+    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp_weights.replace(directory / WEIGHTS)
+    tmp_manifest.replace(directory / MANIFEST)
+    return directory
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The JSON document alone (no weights)."""
+    path = Path(directory) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path} not found: not a checkpoint directory") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("kind") not in KINDS:
+        raise CheckpointError(f"{path}: unknown model kind {manifest.get('kind')!r}")
+    return manifest
+
+
+def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    weights = directory / WEIGHTS
+    if not weights.exists():
+        raise CheckpointError(f"{weights} not found")
+    digest = _sha256(weights)
+    if digest != manifest["weights_sha256"]:
+        raise CheckpointError(f"{weights}: sha256 {digest} does not match {manifest['weights_sha256']}")
+    model_cls, config_cls = KINDS[manifest["kind"]]
+    model = model_cls(config_cls(**manifest["config"]))
+    model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
+    model.to(device).eval()
+    vocab = manifest.get("vocabulary")
+    return Checkpoint(
+        model=model,
+        vocab=Vocabulary.from_dict(vocab) if vocab is not None else None,
+        training=manifest.get("training", {}),
+        metrics=manifest.get("metrics", {}),
+        extra=manifest.get("extra", {}),
+    )

@@ -1,0 +1,127 @@
+"""Caption vocabulary and tokeniser.
+
+Pure Python on purpose: the API validates captions with this module and must never import torch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+PAD = "<pad>"  # index 0; never a real word, masked out of every alignment
+
+# Number words and numerals are one token each ("seven" == "7"): captions say digits either way.
+NUMBER_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9",
+}
+
+# A word is a run of letters/digits (with inner apostrophes or hyphens); every other non-space char is its own token.
+_TOKEN = re.compile(r"[^\W_]+(?:['-][^\W_]+)*|[^\w\s]|_")
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str  # normalised form (lower-case, numerals for number words)
+    start: int  # character offsets into the caption as given, so a UI can mark the word
+    end: int
+
+
+@dataclass(frozen=True)
+class UnknownWord:
+    word: str  # as the user typed it
+    position: int  # index among the caption's tokens (0-based)
+    start: int
+    end: int
+
+
+class CaptionError(ValueError):
+    """A caption the model cannot take; subclasses say why."""
+
+
+class EmptyCaptionError(CaptionError):
+    pass
+
+
+class CaptionTooLongError(CaptionError):
+    def __init__(self, length: int, max_length: int):
+        super().__init__(f"caption has {length} tokens; the limit is {max_length}")
+        self.length = length
+        self.max_length = max_length
+
+
+class UnknownWordsError(CaptionError):
+    def __init__(self, unknown: Sequence[UnknownWord]):
+        names = ", ".join(f"{u.word!r} at position {u.position}" for u in unknown)
+        super().__init__(f"unknown words: {names}")
+        self.unknown = list(unknown)
+
+
+def normalise(word: str) -> str:
+    w = word.lower()
+    return NUMBER_WORDS.get(w, w)
+
+
+def tokenize(caption: str) -> list[Token]:
+    """Lower-case, split punctuation off words, map number words to numerals."""
+    return [Token(normalise(m.group()), m.start(), m.end()) for m in _TOKEN.finditer(caption)]
+
+
+class Vocabulary:
+    """Word <-> index map with a reserved padding index 0 and a maximum caption length."""
+
+    def __init__(self, words: Iterable[str], max_length: int = 32):
+        words = [normalise(w) for w in words]
+        if len(set(words)) != len(words):
+            raise ValueError("vocabulary words must be unique after normalisation")
+        if PAD in words:
+            raise ValueError(f"{PAD} is reserved")
+        self.itos: list[str] = [PAD, *words]
+        self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
+        self.max_length = max_length
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, word: str) -> bool:
+        return normalise(word) in self.stoi and normalise(word) != PAD
+
+    @property
+    def words(self) -> list[str]:
+        return self.itos[1:]
+
+    def check(self, caption: str) -> list[Token]:
+        """Tokenise and validate; raises a CaptionError naming what is wrong."""
+        tokens = tokenize(caption)
+        if not tokens:
+            raise EmptyCaptionError("caption is empty")
+        unknown = [
+            UnknownWord(caption[t.start : t.end], i, t.start, t.end)
+            for i, t in enumerate(tokens)
+            if t.text not in self.stoi or t.text == PAD
+        ]
+        if unknown:
+            raise UnknownWordsError(unknown)
+        if len(tokens) > self.max_length:
+            raise CaptionTooLongError(len(tokens), self.max_length)
+        return tokens
+
+    def encode(self, caption: str) -> list[int]:
+        return [self.stoi[t.text] for t in self.check(caption)]
+
+    def encode_batch(self, captions: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+        """Right-padded ids (B, K) with K = longest caption, and the true lengths (B,)."""
+        ids = [self.encode(c) for c in captions]
+        k = max(len(i) for i in ids)
+        return [i + [0] * (k - len(i)) for i in ids], [len(i) for i in ids]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(self.itos[i] for i in ids if i != 0)
+
+    def to_dict(self) -> dict:
+        return {"words": self.words, "max_length": self.max_length}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Vocabulary:
+        return cls(d["words"], max_length=int(d["max_length"]))

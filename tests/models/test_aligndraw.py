@@ -1,0 +1,133 @@
+import pytest
+import torch
+
+from models.aligndraw import AlignDRAW, AlignDRAWConfig
+from models.gaussian import kl_diagonal
+from models.sampling import sample
+from tests.models.conftest import TINY_ALIGN, block_images, random_captions
+
+
+def test_paper_configs_construct_and_run():
+    mnist = AlignDRAW()
+    c = mnist.config
+    assert (c.height, c.width, c.channels, c.steps, c.enc_size, c.dec_size, c.z_size, c.read_n, c.write_n,
+            c.lang_size, c.align_size) == (60, 60, 1, 32, 300, 300, 150, 8, 8, 128, 512)
+    coco = AlignDRAW(AlignDRAWConfig.coco())
+    ids, lengths = random_captions(2, 9, coco.config.vocab_size)
+    elbo = coco(torch.rand(2, 3, 32, 32), ids, lengths)
+    assert elbo.kl.shape == (2, 32)
+    out = sample(coco, captions=ids, lengths=lengths, seeds=[0, 1])
+    assert out.images.shape == (2, 3, 32, 32) and out.canvases.shape == (2, 32, 3, 32, 32)
+
+
+def test_caption_encoder_ignores_batch_order_and_padding(tiny_align):
+    enc = tiny_align.caption_encoder
+    ids, lengths = random_captions(6, 7, TINY_ALIGN.vocab_size, seed=1)
+    h, mask = enc(ids, lengths)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    h_perm, _ = enc(ids[perm], lengths[perm])
+    torch.testing.assert_close(h_perm, h[perm], atol=1e-6, rtol=0)
+    # Longer padding filled with arbitrary word ids: real words' states are unchanged, padding outputs are 0.
+    padded = torch.randint(1, TINY_ALIGN.vocab_size, (6, 11))
+    padded[:, :7] = ids
+    padded[:, :7][ids == 0] = 3
+    h_pad, mask_pad = enc(padded, lengths)
+    torch.testing.assert_close(h_pad[:, :7], h, atol=1e-6, rtol=0)
+    assert (h_pad[~mask_pad] == 0).all() and (h[~mask] == 0).all()
+
+
+def test_backward_direction_reads_each_captions_own_words_in_reverse(tiny_align):
+    enc = tiny_align.caption_encoder
+    ids, lengths = random_captions(4, 6, TINY_ALIGN.vocab_size, seed=2)
+    h, _ = enc(ids, lengths)
+    for b in range(4):
+        n = int(lengths[b])
+        alone = enc.embed(ids[b, :n].flip(0))[None]
+        expected_bwd, _ = enc.backward_lstm(alone)
+        torch.testing.assert_close(h[b, :n, TINY_ALIGN.lang_size :], expected_bwd[0].flip(0), atol=1e-6, rtol=0)
+        expected_fwd, _ = enc.forward_lstm(enc.embed(ids[b, :n])[None])
+        torch.testing.assert_close(h[b, :n, : TINY_ALIGN.lang_size], expected_fwd[0], atol=1e-6, rtol=0)
+
+
+def test_align_is_additive_attention_over_real_words(tiny_align):
+    ids, lengths = random_captions(5, 8, TINY_ALIGN.vocab_size, seed=3)
+    words, mask = tiny_align.caption_encoder(ids, lengths)
+    align = tiny_align.align
+    h_gen = torch.randn(5, TINY_ALIGN.dec_size)
+    s, alpha = align(align.keys(words), words, mask, h_gen)
+    # Reference: e_tj = vᵀ tanh(U h_j + W h + b), written naively.
+    e = (torch.tanh(align.u(words) + align.w(h_gen)[:, None]) @ align.v.weight[0])
+    e = e.masked_fill(~mask, float("-inf"))
+    ref_alpha = torch.softmax(e, -1)
+    torch.testing.assert_close(alpha, ref_alpha, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(s, (ref_alpha[..., None] * words).sum(1), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(5))
+    assert (alpha[~mask] == 0).all()
+
+
+def test_sampled_alignments_sum_to_one_and_are_exactly_zero_on_padding(tiny_align):
+    ids, lengths = random_captions(6, 9, TINY_ALIGN.vocab_size, seed=4)
+    out = sample(tiny_align, captions=ids, lengths=lengths, seeds=list(range(6)))
+    assert out.alignments is not None and out.alignments.shape == (6, TINY_ALIGN.steps, 9)
+    torch.testing.assert_close(out.alignments.sum(-1), torch.ones(6, TINY_ALIGN.steps))
+    pad = (torch.arange(9) >= lengths[:, None])[:, None].expand_as(out.alignments)
+    assert (out.alignments[pad] == 0).all()
+
+
+def test_word_keys_are_computed_once_per_caption_not_per_step(tiny_align):
+    calls = []
+    tiny_align.align.u.register_forward_hook(lambda *a: calls.append(1))
+    ids, lengths = random_captions(3, 5, TINY_ALIGN.vocab_size)
+    sample(tiny_align, captions=ids, lengths=lengths, seeds=[1, 2, 3])
+    assert len(calls) == 1
+
+
+def test_kl_is_taken_against_the_state_dependent_prior(tiny_align):
+    """Replay the inference pass and check each KL term against the prior computed from h^gen_{t−1}."""
+    m = tiny_align
+    x = torch.rand(3, 1, 16, 16)
+    ids, lengths = random_captions(3, 6, TINY_ALIGN.vocab_size, seed=5)
+    elbo = m(x, ids, lengths, generator=torch.Generator().manual_seed(7))
+    eps = torch.randn(3, TINY_ALIGN.steps, TINY_ALIGN.z_size, generator=torch.Generator().manual_seed(7))
+    words, mask = m.caption_encoder(ids, lengths)
+    keys = m.align.keys(words)
+    h, c = m.generator_initial(3)
+    enc = m.posterior.initial(3)
+    canvas = m.canvas0.expand(3, -1, -1, -1)
+    for t in range(TINY_ALIGN.steps):
+        mu_q, ls_q, enc = m.posterior(x, canvas, h, enc)
+        if t == 0:
+            mu_p = ls_p = torch.zeros_like(mu_q)
+        else:
+            mu_p, ls_p = torch.tanh(m.prior(h)).chunk(2, 1)
+        torch.testing.assert_close(elbo.kl[:, t], kl_diagonal(mu_q, ls_q, mu_p, ls_p))
+        s, _ = m.align(keys, words, mask, h)
+        h, c = m.generator_lstm(torch.cat([mu_q + ls_q.exp() * eps[:, t], s], 1), (h, c))
+        canvas = canvas + m.write(h)[0]
+    assert elbo.kl[:, 1:].abs().sum() > 0
+
+
+def test_a_few_hundred_steps_on_a_fixed_batch_cut_the_loss_by_a_large_factor(tiny_align):
+    g = torch.Generator().manual_seed(0)
+    x = block_images(6, 16, 16)
+    ids, lengths = random_captions(6, 5, TINY_ALIGN.vocab_size, seed=6)
+    opt = torch.optim.Adam(tiny_align.parameters(), lr=1e-2)
+    first = tiny_align(x, ids, lengths, generator=g).loss.item()
+    for _ in range(400):
+        opt.zero_grad()
+        tiny_align(x, ids, lengths, generator=g).loss.backward()
+        opt.step()
+    with torch.no_grad():
+        last = tiny_align(x, ids, lengths, generator=g).loss.item()
+    assert last < first / 5, (first, last)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_sample_shapes_and_ranges(tiny_align, batch):
+    ids, lengths = random_captions(batch, 6, TINY_ALIGN.vocab_size)
+    out = sample(tiny_align, captions=ids, lengths=lengths, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (batch, 1, 16, 16)
+    assert out.canvases.shape == (batch, TINY_ALIGN.steps, 1, 16, 16)
+    assert out.windows is not None and out.windows.shape == (batch, TINY_ALIGN.steps, 4)
+    assert out.canvases.min() >= 0 and out.canvases.max() <= 1
+    torch.testing.assert_close(out.images, out.canvases[:, -1])

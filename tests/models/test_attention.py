@@ -1,0 +1,120 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.attention import Read, Write, attention_params, filterbank, read_glimpse, write_patch
+
+
+def raw_params(height, width, n, *, gx=None, gy=None, delta=1.0, sigma2=1e-3, gamma=1.0, batch=1):
+    """Raw linear outputs (B, 5) that map to the given image-unit parameters (inverting eq. 21-24).
+
+    gx, gy: 1-based grid centre in pixels; the image centre when None.
+    """
+    g_x = 0.0 if gx is None else 2 * gx / (width + 1) - 1
+    g_y = 0.0 if gy is None else 2 * gy / (height + 1) - 1
+    log_delta = math.log(delta * (n - 1) / (max(height, width) - 1))
+    row = torch.tensor([g_x, g_y, math.log(sigma2), log_delta, math.log(gamma)], dtype=torch.float64)
+    return row.expand(batch, 5).clone()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(4, 40), w=st.integers(4, 40), n=st.integers(1, 9),
+    raw=st.lists(st.floats(-3, 3), min_size=5, max_size=5),
+)
+def test_filterbank_rows_sum_to_one(h, w, n, raw):
+    p = attention_params(torch.tensor([raw], dtype=torch.float64), h, w, n)
+    f_y, f_x = filterbank(p, h, w)
+    assert f_y.shape == (1, n, h) and f_x.shape == (1, n, w)
+    torch.testing.assert_close(f_y.sum(-1), torch.ones(1, n, dtype=torch.float64))
+    torch.testing.assert_close(f_x.sum(-1), torch.ones(1, n, dtype=torch.float64))
+
+
+def test_filter_centres_are_centred_on_the_grid_centre():
+    h = w = 60
+    p = attention_params(raw_params(h, w, 8, delta=3.0, sigma2=0.5), h, w, 8)
+    assert p.g_x.item() == pytest.approx(30.5)  # (A+1)/2: the image centre in 1-based pixels
+    f_y, f_x = filterbank(p, h, w)
+    centres = (f_x[0] * torch.arange(1, w + 1, dtype=f_x.dtype)).sum(-1)
+    torch.testing.assert_close(centres.mean(), p.g_x[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(centres.diff(), torch.full((7,), 3.0, dtype=f_x.dtype), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("h", "w", "n"), [(60, 60, 8), (28, 28, 2), (27, 31, 5), (33, 33, 9)])
+def test_read_with_unit_stride_and_tiny_sigma_returns_the_centre_patch(h, w, n):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, h, w, dtype=torch.float64)
+    p = attention_params(raw_params(h, w, n, batch=2), h, w, n)
+    f_y, f_x = filterbank(p, h, w)
+    top, left = (h - n) // 2, (w - n) // 2
+    centre = x[:, :, top : top + n, left : left + n]
+    torch.testing.assert_close(read_glimpse(x, f_y, f_x), centre, atol=1e-4, rtol=0)
+
+
+def test_write_puts_the_read_patch_back_in_place():
+    h, w, n = 60, 60, 8
+    x = torch.rand(1, 1, h, w, dtype=torch.float64)
+    p = attention_params(raw_params(h, w, n, gx=20.5, gy=40.5), h, w, n)  # off-centre window
+    f_y, f_x = filterbank(p, h, w)
+    back = write_patch(read_glimpse(x, f_y, f_x), f_y, f_x)
+    top, left = round(40.5 - 0.5 - n / 2), round(20.5 - 0.5 - n / 2)
+    expected = torch.zeros_like(x)
+    expected[..., top : top + n, left : left + n] = x[..., top : top + n, left : left + n]
+    torch.testing.assert_close(back, expected, atol=1e-4, rtol=0)
+
+
+def test_read_scales_by_gamma_and_write_divides_by_gamma():
+    h, w, n = 28, 28, 4
+    read = Read(5, 1, h, w, n).double()
+    write = Write(5, 1, h, w, n).double()
+    raw = raw_params(h, w, n, gamma=2.5)
+    with torch.no_grad():
+        read.params.weight.zero_()
+        read.params.bias.copy_(raw[0])
+        write.linear.weight.zero_()
+        patch = torch.arange(n * n, dtype=torch.float64)
+        write.linear.bias.copy_(torch.cat([patch, raw[0]]))
+    x = torch.rand(1, 1, h, w, dtype=torch.float64)
+    hidden = torch.zeros(1, 5, dtype=torch.float64)
+    glimpse = read(x, x, hidden)
+    centre = x[0, 0, 12:16, 12:16].flatten()
+    torch.testing.assert_close(glimpse[0], 2.5 * torch.cat([centre, centre]), atol=1e-4, rtol=0)
+    canvas, window = write(hidden)
+    expected = torch.zeros(h, w, dtype=torch.float64)
+    expected[12:16, 12:16] = patch.view(n, n) / 2.5
+    torch.testing.assert_close(canvas[0, 0], expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(window.box()[0], torch.tensor([12.0, 12.0, 16.0, 16.0], dtype=torch.float64))
+
+
+def test_gradients_reach_all_five_attention_parameters():
+    torch.manual_seed(0)
+    h, w, n = 20, 24, 3
+    raw = torch.tensor([[0.1, -0.2, 0.3, -0.1, 0.2]], dtype=torch.float64, requires_grad=True)
+    p = attention_params(raw, h, w, n)
+    f_y, f_x = filterbank(p, h, w)
+    x = torch.rand(1, 1, h, w, dtype=torch.float64)
+    glimpse = p.gamma * read_glimpse(x, f_y, f_x)
+    painted = write_patch(torch.rand(1, 1, n, n, dtype=torch.float64), f_y, f_x) / p.gamma
+    (glimpse.square().sum() + (painted * x).sum()).backward()
+    assert raw.grad is not None
+    assert (raw.grad.abs() > 1e-8).all(), raw.grad
+
+
+def test_without_attention_read_is_the_images_and_write_fills_the_canvas():
+    read, write = Read(7, 2, 5, 6, None), Write(7, 2, 5, 6, None)
+    x, x_hat = torch.rand(3, 2, 5, 6), torch.rand(3, 2, 5, 6)
+    torch.testing.assert_close(read(x, x_hat, torch.zeros(3, 7)), torch.cat([x.flatten(1), x_hat.flatten(1)], 1))
+    canvas, window = write(torch.randn(3, 7))
+    assert canvas.shape == (3, 2, 5, 6) and window is None
+
+
+def test_colour_channels_share_the_filters():
+    h, w, n = 16, 12, 4
+    p = attention_params(torch.randn(2, 5, dtype=torch.float64) * 0.3, h, w, n)
+    f_y, f_x = filterbank(p, h, w)
+    x = torch.rand(2, 3, h, w, dtype=torch.float64)
+    per_channel = torch.cat([read_glimpse(x[:, c : c + 1], f_y, f_x) for c in range(3)], 1)
+    torch.testing.assert_close(read_glimpse(x, f_y, f_x), per_channel)

@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from models.sampling import draw_noise, sample
+from tests.models.conftest import TINY_ALIGN, TINY_DRAW, random_captions
+
+
+def _run(model, seed=None, seeds=None, batch=3, **kw):
+    if hasattr(model, "caption_encoder"):
+        ids, lengths = random_captions(batch, 6, TINY_ALIGN.vocab_size)
+        kw |= {"captions": ids, "lengths": lengths}
+    else:
+        kw |= {"batch_size": batch}
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    return sample(model, generator=gen, seeds=seeds, **kw)
+
+
+@pytest.mark.parametrize("which", ["tiny_draw", "tiny_align"])
+def test_same_seed_gives_bit_identical_outputs_and_another_seed_differs(which, request):
+    model = request.getfixturevalue(which)
+    a, b, c = _run(model, seed=5), _run(model, seed=5), _run(model, seed=6)
+    assert torch.equal(a.images, b.images) and torch.equal(a.canvases, b.canvases)
+    assert torch.equal(a.windows, b.windows)
+    if a.alignments is not None:
+        assert torch.equal(a.alignments, b.alignments)
+    assert not torch.allclose(a.images, c.images)
+
+
+@pytest.mark.parametrize("which", ["tiny_draw", "tiny_align"])
+def test_per_image_seeds_fix_each_image_whatever_shares_its_batch(which, request):
+    model = request.getfixturevalue(which)
+    together = _run(model, seeds=[11, 12, 13])
+    again = _run(model, seeds=[11, 12, 13])
+    assert torch.equal(together.images, again.images)
+    alone = _run(model, seeds=[12], batch=1)
+    if hasattr(model, "caption_encoder"):  # same caption as row 1 of the batch of three
+        ids, lengths = random_captions(3, 6, TINY_ALIGN.vocab_size)
+        alone = sample(model, captions=ids[1:2], lengths=lengths[1:2], seeds=[12])
+    torch.testing.assert_close(alone.images[0], together.images[1], atol=1e-5, rtol=0)
+    noise = draw_noise(3, model.steps, model.z_size, seeds=[11, 12, 13])
+    assert torch.equal(noise[1], draw_noise(1, model.steps, model.z_size, seeds=[12])[0])
+
+
+def test_callback_sees_every_step_in_order_and_can_stop_early(tiny_align):
+    seen = []
+    out = _run(tiny_align, seed=0, callback=lambda s: seen.append((s.t, s.steps, s.canvas.clone())))
+    assert [t for t, _, _ in seen] == list(range(1, TINY_ALIGN.steps + 1))
+    assert all(total == TINY_ALIGN.steps for _, total, _ in seen)
+    for t, _, canvas in seen:
+        assert torch.equal(canvas, out.canvases[:, t - 1])
+    assert out.completed
+
+    stopped = _run(tiny_align, seed=0, callback=lambda s: s.t < 2)
+    assert stopped.steps_done == 2 and not stopped.completed
+    assert stopped.canvases.shape[1] == 2 and stopped.alignments.shape[1] == 2
+    assert torch.equal(stopped.canvases, out.canvases[:, :2])
+    assert torch.equal(stopped.images, out.canvases[:, 1])
+
+
+def test_canvases_change_from_step_to_step(tiny_draw):
+    out = _run(tiny_draw, seed=0)
+    diffs = (out.canvases[:, 1:] - out.canvases[:, :-1]).abs().flatten(2).amax(-1)
+    assert (diffs > 0).all()
+
+
+@pytest.mark.parametrize("which", ["tiny_draw", "tiny_align"])
+def test_sampling_stores_nothing_on_the_model(which, request):
+    model = request.getfixturevalue(which)
+
+    def snapshot():
+        return {name: dict(vars(m)) for name, m in model.named_modules()}, {
+            k: v.clone() for k, v in model.state_dict().items()
+        }
+
+    modules_before, state_before = snapshot()
+    _run(model, seed=1, callback=lambda s: None)
+    modules_after, state_after = snapshot()
+    assert modules_before.keys() == modules_after.keys()
+    for name, attrs in modules_before.items():
+        assert attrs.keys() == modules_after[name].keys(), name
+        for key, value in attrs.items():
+            assert modules_after[name][key] is value, (name, key)
+    assert all(torch.equal(state_before[k], state_after[k]) for k in state_before)
+
+
+def test_no_gradients_are_recorded(tiny_draw):
+    out = _run(tiny_draw, seed=0)
+    assert not out.images.requires_grad and not out.canvases.requires_grad
+
+
+def test_keep_canvases_false_keeps_the_final_image(tiny_draw):
+    full = _run(tiny_draw, seed=3)
+    light = _run(tiny_draw, seed=3, keep_canvases=False)
+    assert torch.equal(full.images, light.images)
+    assert light.canvases.shape[1] == 0 and light.windows.shape == full.windows.shape
+
+
+def test_bad_sampler_arguments_are_refused(tiny_draw):
+    with pytest.raises(ValueError, match="one seed per image"):
+        sample(tiny_draw, batch_size=3, seeds=[1, 2])
+    with pytest.raises(ValueError, match="either generator or seeds"):
+        sample(tiny_draw, batch_size=1, seeds=[1], generator=torch.Generator())
+
+
+def test_tiny_configs_are_what_the_tests_assume():
+    assert TINY_DRAW.steps == 6 and TINY_ALIGN.steps == 5

@@ -1,0 +1,67 @@
+import subprocess
+import sys
+
+import pytest
+
+from models.vocab import (
+    CaptionTooLongError,
+    EmptyCaptionError,
+    UnknownWordsError,
+    Vocabulary,
+    tokenize,
+)
+
+WORDS = [*"0123456789", "the", "digit", "is", "on", "at", "left", "right", "bottom", "top", "of", "image", "."]
+
+
+def test_tokenize_lowercases_splits_punctuation_and_maps_number_words():
+    tokens = tokenize("The digit Seven is at the TOP-left, of the image.")
+    assert [t.text for t in tokens] == [
+        "the", "digit", "7", "is", "at", "the", "top-left", ",", "of", "the", "image", ".",
+    ]
+    assert [t.text for t in tokenize("digit 7")] == [t.text for t in tokenize("DIGIT seven")]
+    caption = "a  Cat!"
+    assert [(caption[t.start : t.end], t.text) for t in tokenize(caption)] == [("a", "a"), ("Cat", "cat"), ("!", "!")]
+
+
+def test_encode_and_decode_round_trip_with_padding_index_zero():
+    vocab = Vocabulary(WORDS, max_length=12)
+    assert len(vocab) == 23 and vocab.itos[0] == "<pad>"
+    ids = vocab.encode("the digit three is on the left of the digit 1 .")
+    assert len(ids) == 12 and 0 not in ids
+    assert vocab.decode(ids) == "the digit 3 is on the left of the digit 1 ."
+    batch, lengths = vocab.encode_batch(["the digit 1 .", "the digit 2 is at the top ."])
+    assert lengths == [4, 8] and batch[0][4:] == [0, 0, 0, 0] and len(batch[1]) == 8
+
+
+def test_unknown_words_are_reported_by_name_and_position():
+    vocab = Vocabulary(WORDS)
+    caption = "the Digit 3 is beside the cat ."
+    with pytest.raises(UnknownWordsError) as err:
+        vocab.encode(caption)
+    unknown = err.value.unknown
+    assert [(u.word, u.position) for u in unknown] == [("beside", 4), ("cat", 6)]
+    assert [caption[u.start : u.end] for u in unknown] == ["beside", "cat"]
+    assert "'beside' at position 4" in str(err.value)
+
+
+def test_empty_and_too_long_captions_are_refused():
+    vocab = Vocabulary(WORDS, max_length=5)
+    with pytest.raises(EmptyCaptionError):
+        vocab.encode("   ")
+    with pytest.raises(CaptionTooLongError) as err:
+        vocab.encode("the digit 1 is on the left")
+    assert err.value.length == 7 and err.value.max_length == 5
+    with pytest.raises(UnknownWordsError):
+        vocab.encode("<pad>")  # the padding symbol is not a word a user can type
+
+
+def test_vocabulary_round_trips_through_json_dict():
+    vocab = Vocabulary(WORDS, max_length=12)
+    again = Vocabulary.from_dict(vocab.to_dict())
+    assert again.itos == vocab.itos and again.max_length == 12
+
+
+def test_vocab_module_does_not_import_torch():
+    code = "import sys, models.vocab; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
