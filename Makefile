@@ -6,9 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test lint bench install clean
 
+# torch first and exactly pinned: the CPU wheel here, the CUDA build on a CUDA machine; never a GB-sized surprise.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	# torch first and exactly pinned: the CPU wheel here, the CUDA build on a CUDA machine; never a GB-sized surprise.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
