@@ -14,9 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from models.attention import Write
-from models.draw import InitialState, LSTMState, Posterior
+from models.draw import InitialState, Posterior
 from models.elbo import ELBO, bernoulli_nll
 from models.gaussian import kl_diagonal, log_density, reparameterise
+from models.lstm import LSTMCell, LSTMState
 from models.sampling import CanvasStep
 
 
@@ -110,7 +111,7 @@ class AlignDRAW(nn.Module):
         self.posterior = Posterior(dec_size=c.dec_size, enc_size=c.enc_size, z_size=c.z_size,
                                    channels=c.channels, height=c.height, width=c.width, read_n=c.read_n)
         self.prior = nn.Linear(c.dec_size, 2 * c.z_size)  # μ_t, log σ_t = tanh(W h^gen_{t−1} + b) (eq. 1)
-        self.generator_lstm = nn.LSTMCell(c.z_size + 2 * c.lang_size, c.dec_size)
+        self.generator_lstm = LSTMCell(c.z_size + 2 * c.lang_size, c.dec_size)
         self.generator_initial = InitialState(c.dec_size)
         self.write = Write(c.dec_size, c.channels, c.height, c.width, c.write_n)
         self.canvas0 = nn.Parameter(torch.zeros(c.channels, c.height, c.width))

@@ -15,9 +15,8 @@ from torch import Tensor, nn
 from models.attention import Read, Write
 from models.elbo import ELBO, bernoulli_nll
 from models.gaussian import kl_standard_normal, log_density, log_standard_density, reparameterise
+from models.lstm import LSTMCell, LSTMState
 from models.sampling import CanvasStep
-
-LSTMState = tuple[Tensor, Tensor]
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class Posterior(nn.Module):
                  read_n: int | None):
         super().__init__()
         self.read = Read(dec_size, channels, height, width, read_n)
-        self.encoder = nn.LSTMCell(self.read.out_features + dec_size, enc_size)
+        self.encoder = LSTMCell(self.read.out_features + dec_size, enc_size)
         self.initial = InitialState(enc_size)
         self.q = nn.Linear(enc_size, 2 * z_size)  # μ and log σ of the diagonal Gaussian (eq. 6)
 
@@ -80,7 +79,7 @@ class DRAW(nn.Module):
         read_n, write_n = (c.read_n, c.write_n) if c.attention else (None, None)
         self.posterior = Posterior(dec_size=c.dec_size, enc_size=c.enc_size, z_size=c.z_size,
                                    channels=c.channels, height=c.height, width=c.width, read_n=read_n)
-        self.decoder = nn.LSTMCell(c.z_size, c.dec_size)
+        self.decoder = LSTMCell(c.z_size, c.dec_size)
         self.decoder_initial = InitialState(c.dec_size)
         self.write = Write(c.dec_size, c.channels, c.height, c.width, write_n)
         self.canvas0 = nn.Parameter(torch.zeros(c.channels, c.height, c.width))  # c_0, a learned bias
