@@ -136,14 +136,19 @@ class AlignDRAW(nn.Module):
         return words, self.align.keys(words), mask
 
     def forward(self, x: Tensor, captions: Tensor, lengths: Tensor, *,
-                generator: torch.Generator | None = None) -> ELBO:
-        """x (B, C, H, W) in [0, 1], captions (B, K), lengths (B,) -> the ELBO's terms against the learned prior."""
+                generator: torch.Generator | None = None, noise: Tensor | None = None) -> ELBO:
+        """x (B, C, H, W) in [0, 1], captions (B, K), lengths (B,) -> the ELBO's terms against the learned prior.
+
+        ε (B, T, Z) comes from `noise` when given, else `generator`.
+        """
         b = x.shape[0]
         words, keys, mask = self._caption(captions, lengths)
         h_gen, c_gen = self.generator_initial(b)
         enc_state: LSTMState = self.posterior.initial(b)
         canvas = self.canvas0.expand(b, -1, -1, -1)
-        eps = torch.randn(b, self.steps, self.z_size, generator=generator).to(x.device)
+        if noise is None:
+            noise = torch.randn(b, self.steps, self.z_size, generator=generator)
+        eps = noise.to(x.device)
         kls, log_ratios = [], []
         for t in range(self.steps):
             mu_q, log_sigma_q, enc_state = self.posterior(x, canvas, h_gen, enc_state)

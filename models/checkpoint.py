@@ -37,7 +37,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    model: nn.Module
+    model: DRAW | AlignDRAW
     vocab: Vocabulary | None = None
     training: dict[str, Any] = field(default_factory=dict)  # command, data, epochs, wall time, machine...
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -59,7 +59,6 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
     kind = getattr(model, "kind", None)
     if kind not in KINDS or not isinstance(model, KINDS[kind][0]):
         raise CheckpointError(f"cannot save a model of kind {kind!r}")
-    assert isinstance(model, DRAW | AlignDRAW)  # narrows for the type checker; checked just above
     # Write to temporary names and rename: a crash mid-save never leaves a half checkpoint behind.
     tmp_weights = directory / (WEIGHTS + ".tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -107,7 +106,7 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     if digest != manifest["weights_sha256"]:
         raise CheckpointError(f"{weights}: sha256 {digest} does not match {manifest['weights_sha256']}")
     model_cls, config_cls = KINDS[manifest["kind"]]
-    model = model_cls(config_cls(**manifest["config"]))
+    model: DRAW | AlignDRAW = model_cls(config_cls(**manifest["config"]))  # type: ignore[assignment]
     model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
     model.to(device).eval()
     vocab = manifest.get("vocabulary")

@@ -92,13 +92,18 @@ class DRAW(nn.Module):
     def z_size(self) -> int:
         return self.config.z_size
 
-    def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> ELBO:
-        """x: (B, C, H, W) in [0, 1] -> the ELBO's terms, one z sample per step (eq. 9-12)."""
+    def forward(self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None) -> ELBO:
+        """x: (B, C, H, W) in [0, 1] -> the ELBO's terms, one z sample per step (eq. 9-12).
+
+        ε (B, T, Z) comes from `noise` when given (so data-parallel ranks can share one draw), else `generator`.
+        """
         b = x.shape[0]
         h_dec, c_dec = self.decoder_initial(b)
         enc_state = self.posterior.initial(b)
         canvas = self.canvas0.expand(b, -1, -1, -1)
-        eps = torch.randn(b, self.steps, self.z_size, generator=generator).to(x.device)
+        if noise is None:
+            noise = torch.randn(b, self.steps, self.z_size, generator=generator)
+        eps = noise.to(x.device)
         kls, log_ratios = [], []
         for t in range(self.steps):
             mu, log_sigma, enc_state = self.posterior(x, canvas, h_dec, enc_state)

@@ -1,0 +1,68 @@
+"""python -m training {train,evaluate} ... (see --help of each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from typing import Any
+
+from training.config import DATASETS, MODELS, TrainConfig
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("train", help="train a model (resumes from RUN/last when it exists)")
+    tr.add_argument("--config", help="JSON file with TrainConfig fields; flags given here override it")
+    tr.add_argument("--model", choices=MODELS)
+    tr.add_argument("--dataset", choices=DATASETS)
+    tr.add_argument("--set", dest="model_overrides", action="append", type=_parse_override, default=[],
+                    metavar="FIELD=VALUE", help="model config override, e.g. --set steps=16 (repeatable)")
+    for f in fields(TrainConfig):
+        if f.name in ("model", "dataset", "model_overrides"):
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        tr.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind)
+
+    ev = sub.add_parser("evaluate", help="test-set ELBO, importance-weighted log-likelihood, caption fidelity")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--k", type=int, default=5000, help="importance samples per image for L_k")
+    ev.add_argument("--limit", type=int, help="evaluate the first N test images only")
+    ev.add_argument("--data-dir")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--json", help="also write the results here")
+
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        from training.train import train
+
+        overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config") and v is not None}
+        overrides["model_overrides"] = dict(args.model_overrides)
+        if not overrides["model_overrides"]:
+            del overrides["model_overrides"]
+        try:
+            config = TrainConfig.from_sources(args.config, overrides)
+        except (ValueError, TypeError) as e:
+            parser.error(str(e))
+        train(config)
+        return 0
+    from training.evaluate import main as evaluate_main
+
+    return evaluate_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

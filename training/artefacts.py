@@ -1,0 +1,76 @@
+"""Pictures a run leaves each epoch: a sample grid, a canvas strip (samples across the T steps), loss curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> (N, H, W, C) uint8."""
+    return (images.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1)).cpu().numpy()
+
+
+def grid(images: Tensor, columns: int, *, pad: int = 2, scale: int = 2) -> Image.Image:
+    """Tile (N, C, H, W) images row-major into one picture with a grey gutter."""
+    arr = to_uint8(images)
+    n, h, w, c = arr.shape
+    rows = -(-n // columns)
+    canvas = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 96, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, columns)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[top : top + h, left : left + w] = arr[i]
+    img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+
+
+def save_sample_grid(path: Path, images: Tensor, labels: list[str] | None = None, columns: int = 8) -> None:
+    img = grid(images, columns)
+    if labels:  # captions listed under the grid, numbered row-major like the tiles
+        text = [f"{i}: {s}" for i, s in enumerate(labels)]
+        out = Image.new("L", (img.width, img.height + 12 * len(text) + 4), 255)
+        out.paste(img, (0, 0))
+        draw = ImageDraw.Draw(out)
+        for i, line in enumerate(text):
+            draw.text((4, img.height + 2 + 12 * i), line, fill=0)
+        img = out
+    img.save(path)
+
+
+def save_canvas_strip(path: Path, canvases: Tensor, max_columns: int = 16) -> None:
+    """canvases (B, T, C, H, W): one row per sample, columns at evenly spaced steps ending with t = T."""
+    b, t = canvases.shape[:2]
+    steps = np.unique(np.linspace(0, t - 1, min(t, max_columns)).round().astype(int))
+    tiles = canvases[:, steps].reshape(b * len(steps), *canvases.shape[2:])
+    grid(tiles, len(steps)).save(path)
+
+
+def save_loss_curves(path: Path, history: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(epochs, [h["train_nll_bound"] for h in history], label="train −ELBO")
+    ax.plot(epochs, [h["val_nll_bound"] for h in history], label="validation −ELBO")
+    ax.plot(epochs, [h["val_kl"] for h in history], label="validation KL", linestyle="--")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per image")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -1,0 +1,59 @@
+"""The one typed configuration of a training run (CLI flags, a JSON file, or both)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MODELS = ("draw", "aligndraw")
+DATASETS = ("mnist-captions", "fashion-captions", "binarized-mnist", "mnist")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "aligndraw"
+    dataset: str = "mnist-captions"
+    out: str = ""  # run directory; default runs/<model>-<dataset>
+    data_dir: str | None = None  # else GLIMPSE_DATA_DIR, then the bundled/Debian sources
+    epochs: int = 1000  # an upper bound: early stopping ends the run (alignDRAW's script used 1000)
+    batch_size: int = 100  # both papers' batch
+    optimizer: str = "rmsprop"  # the paper's (decay 0.9); "adam" is the option
+    lr: float = 1e-3
+    clip: float = 10.0  # gradient-norm clip of the official code
+    patience: int = 3  # epochs without validation improvement before stopping (alignDRAW's script)
+    seed: int = 0
+    device: str = "auto"  # cuda when present
+    pairs_per_epoch: int = 10_000  # alignDRAW draws a fresh 10k captioned pairs every epoch
+    val_size: int = 10_000  # validation images (captions: generated once from held-out digits)
+    max_batches: int | None = None  # cap on training batches per epoch (time-boxed or smoke runs)
+    preview_every: int = 1  # epochs between sample-grid / canvas-strip / curve PNGs
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"steps": 16} for a small model
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"--model must be one of {MODELS}, not {self.model!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"--dataset must be one of {DATASETS}, not {self.dataset!r}")
+        if self.optimizer not in ("rmsprop", "adam"):
+            raise ValueError(f"--optimizer must be rmsprop or adam, not {self.optimizer!r}")
+        if (self.model == "aligndraw") != self.dataset.endswith("captions"):
+            raise ValueError(f"{self.model} does not train on {self.dataset}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.model}-{self.dataset}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_sources(cls, file: str | None, overrides: dict[str, Any]) -> TrainConfig:
+        """A JSON file's values, then explicit overrides (CLI flags that were given)."""
+        values: dict[str, Any] = json.loads(Path(file).read_text()) if file else {}
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown config keys in {file}: {sorted(unknown)}")
+        return cls(**(values | overrides))

@@ -1,0 +1,88 @@
+"""Resumable run state without pickle: the model as a checkpoint, the optimizer's tensors in safetensors, the
+rest (epoch, best score, history, optimizer scalars) in JSON.
+
+A run directory holds `last/` (written after every epoch, atomically) and `best/` (best validation so far).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.checkpoint import Checkpoint, save_checkpoint
+
+OPTIMIZER = "optimizer.safetensors"
+PROGRESS = "progress.json"
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # epochs completed
+    best_val: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    wall_seconds: float = 0.0  # training time summed over all sessions of the run
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (what metrics.jsonl holds)
+
+
+def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors (safetensors) and plain JSON."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, per_param in sd["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, values in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_run_state(directory: Path, ckpt: Checkpoint, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+    """Write to `<directory>.tmp` then swap it in: a run killed mid-save still has its previous state."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    save_checkpoint(tmp, ckpt)
+    tensors, meta = optimizer_to_files(optimizer)
+    save_file(tensors, str(tmp / OPTIMIZER))
+    (tmp / PROGRESS).write_text(json.dumps({"progress": progress.__dict__, "optimizer": meta}, indent=1))
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    if old.exists():
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    # fsync the parent so the rename survives a power cut, not only a killed process
+    fd = os.open(directory.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_progress(directory: Path) -> Progress:
+    return Progress(**json.loads((directory / PROGRESS).read_text())["progress"])
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, directory: Path, device: str | torch.device = "cpu") -> None:
+    """Load the optimizer state saved beside a checkpoint into an optimizer built on the loaded model."""
+    meta = json.loads((directory / PROGRESS).read_text())["optimizer"]
+    optimizer_from_files(optimizer, load_file(str(directory / OPTIMIZER), device=str(device)), meta)

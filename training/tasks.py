@@ -1,0 +1,178 @@
+"""What a (model, dataset) pair needs from the loop: a model config, batches per epoch, a fixed validation set,
+and conditions for preview samples. Batches are dicts: `x` plus the model's conditions (`captions`, `lengths`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.aligndraw import AlignDRAWConfig
+from models.draw import DRAWConfig
+from models.vocab import Vocabulary
+from training.config import TrainConfig
+
+Batch = dict[str, Tensor]
+VAL_SEED = 1_000_003  # the validation set is generated once from held-out digits with this seed
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """Independent, reproducible streams per (run seed, epoch, purpose/rank): resuming replays them exactly."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
+@dataclass
+class Task:
+    config: TrainConfig
+    vocab: Vocabulary | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # stored in the checkpoint (e.g. banned combinations)
+
+    def model_config(self) -> DRAWConfig | AlignDRAWConfig:
+        raise NotImplementedError
+
+    def train_data(self, epoch: int) -> Batch:
+        """The whole epoch's data as tensors (N, ...), in training order."""
+        raise NotImplementedError
+
+    def val_data(self) -> Batch:
+        raise NotImplementedError
+
+    def preview_conditions(self) -> dict[str, Tensor]:
+        return {}
+
+    def preview_labels(self) -> list[str]:
+        return []
+
+
+def batches(data: Batch, batch_size: int, *, rank: int = 0, world: int = 1, limit: int | None = None,
+            noise: tuple[int, int, torch.Generator] | None = None) -> Iterator[Batch]:
+    """Consecutive batches; with world > 1 each global batch is split into equal per-rank slices.
+
+    With `noise=(steps, z_size, generator)` each batch also gets its ε under "noise": drawn for the whole global
+    batch and sliced like the data, so N ranks see exactly what one process would.
+    """
+    n = next(iter(data.values())).shape[0]
+    count = -(-n // batch_size) if limit is None else min(limit, -(-n // batch_size))
+    for b in range(count):
+        size = min(batch_size, n - b * batch_size)
+        per_rank = size // world
+        lo = b * batch_size + rank * per_rank
+        out = {k: v[lo : lo + per_rank] for k, v in data.items()}
+        if noise is not None:
+            steps, z_size, gen = noise
+            out["noise"] = torch.randn(size, steps, z_size, generator=gen)[rank * per_rank : (rank + 1) * per_rank]
+        yield out
+
+
+class CaptionsTask(Task):
+    """MNIST with Captions (alignDRAW §4.1) or its Fashion-MNIST variant."""
+
+    def __init__(self, config: TrainConfig):
+        from training.data import captions as cap
+        from training.data.mnist import load_mnist, split_validation
+
+        fashion = config.dataset == "fashion-captions"
+        digits = load_mnist("train", root=config.data_dir, dataset="fashion-mnist" if fashion else "mnist")
+        self.train_digits, self.val_digits = split_validation(digits, n_val=min(10_000, len(digits.labels) // 6))
+        if fashion:
+            from training.data import fashion as fa
+
+            self._generate: Callable[..., cap.CaptionedBatch] = fa.generate_fashion
+            words = fa.FASHION_WORDS
+        else:
+            self._generate = cap.generate
+            words = cap.CAPTION_WORDS
+        vocab = Vocabulary(words, max_length=16)
+        if fashion:
+            held_out = fa.fashion_held_out_captions(cap.DEFAULT_BANNED)
+        else:
+            held_out = cap.held_out_captions(cap.DEFAULT_BANNED)
+        super().__init__(config, vocab, {
+            "dataset": config.dataset,
+            "digits_source": digits.source,
+            "banned": list(cap.DEFAULT_BANNED),
+            "held_out_captions": held_out,
+        })
+        self._val = self._tensors(self._generate(self.val_digits, config.val_size, generator=VAL_SEED))
+
+    def _tensors(self, batch: Any) -> Batch:
+        assert self.vocab is not None
+        ids, lengths = self.vocab.encode_batch(batch.captions)
+        return {"x": batch.images, "captions": torch.tensor(ids), "lengths": torch.tensor(lengths)}
+
+    def model_config(self) -> AlignDRAWConfig:
+        assert self.vocab is not None
+        return AlignDRAWConfig(vocab_size=len(self.vocab), **self.config.model_overrides)
+
+    def train_data(self, epoch: int) -> Batch:
+        seed = epoch_seed(self.config.seed, epoch)
+        return self._tensors(self._generate(self.train_digits, self.config.pairs_per_epoch, generator=seed))
+
+    def val_data(self) -> Batch:
+        return self._val
+
+    def preview_captions(self) -> list[str]:
+        """Eight seen captions from the validation set and up to eight captions never seen in training."""
+        assert self.vocab is not None
+        seen = [self.vocab.decode(row.tolist()) for row in self._val["captions"][:8]]
+        held_out = self.extra["held_out_captions"]
+        return seen + held_out[:: max(1, len(held_out) // 8)][:8]  # spread over the templates
+
+    def preview_conditions(self) -> dict[str, Tensor]:
+        assert self.vocab is not None
+        ids, lengths = self.vocab.encode_batch(self.preview_captions())
+        return {"captions": torch.tensor(ids), "lengths": torch.tensor(lengths)}
+
+    def preview_labels(self) -> list[str]:
+        return self.preview_captions()
+
+
+class BinarizedMnistTask(Task):
+    """DRAW on binarized MNIST: the fixed Larochelle split, or dynamic binarisation of MNIST."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config, None, {"dataset": config.dataset})
+        if config.dataset == "binarized-mnist":
+            from training.data.binarized import load_binarized_mnist
+
+            self._train = torch.from_numpy(load_binarized_mnist("train", root=config.data_dir)).float()
+            self._val = torch.from_numpy(load_binarized_mnist("valid", root=config.data_dir)).float()
+            self._dynamic = False
+        else:
+            from training.data.mnist import load_mnist, split_validation
+
+            train, val = split_validation(load_mnist("train", root=config.data_dir), n_val=None)
+            self.extra["digits_source"] = train.source
+            self._train = torch.from_numpy(train.images).float().div(255)
+            self._val = torch.from_numpy(val.images).float().div(255)
+            self._dynamic = True
+        self._train = self._train.view(-1, 1, 28, 28)
+        self._val = self._val.view(-1, 1, 28, 28)[: config.val_size]
+        if self._dynamic:  # a fixed binarisation of validation so epochs are comparable
+            from training.data.binarized import dynamic_binarize
+
+            self._val = dynamic_binarize(self._val, torch.Generator().manual_seed(VAL_SEED))
+
+    def model_config(self) -> DRAWConfig:
+        return DRAWConfig(**self.config.model_overrides)
+
+    def train_data(self, epoch: int) -> Batch:
+        g = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))
+        x = self._train[torch.randperm(self._train.shape[0], generator=g)]
+        if self._dynamic:
+            from training.data.binarized import dynamic_binarize
+
+            x = dynamic_binarize(x, g)
+        return {"x": x}
+
+    def val_data(self) -> Batch:
+        return {"x": self._val}
+
+
+def make_task(config: TrainConfig) -> Task:
+    return CaptionsTask(config) if config.model == "aligndraw" else BinarizedMnistTask(config)
