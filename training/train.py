@@ -94,7 +94,8 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimiz
     if cfg.max_batches is not None:
         n_batches = min(n_batches, cfg.max_batches)
     bar = tqdm(batches(data, cfg.batch_size, rank=rank, world=world, limit=n_batches, noise=noise),  # type: ignore[arg-type]
-               total=n_batches, desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True, leave=False)
+               total=n_batches, desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True, leave=False,
+               mininterval=0.5 if sys.stderr.isatty() else 60)  # a log file gets a line a minute, not a flood
     sums = torch.zeros(4, dtype=torch.float64)
     start = time.perf_counter()
     for batch in bar:
