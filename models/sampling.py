@@ -59,7 +59,8 @@ class Generator(Protocol):
 
     def parameters(self) -> Iterator[torch.nn.Parameter]: ...
 
-    def generation_steps(self, noise: Tensor, **conditions: Tensor) -> Iterator[CanvasStep]: ...
+    # generation_steps(noise (B, T, Z), **conditions) -> Iterator[CanvasStep]; each model names its conditions
+    generation_steps: Callable[..., Iterator[CanvasStep]]
 
     @property
     def steps(self) -> int: ...
