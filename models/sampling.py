@@ -59,8 +59,9 @@ class Generator(Protocol):
 
     def parameters(self) -> Iterator[torch.nn.Parameter]: ...
 
-    # generation_steps(noise (B, T, Z), **conditions) -> Iterator[CanvasStep]; each model names its conditions
-    generation_steps: Callable[..., Iterator[CanvasStep]]
+    @property
+    def generation_steps(self) -> Callable[..., Iterator[CanvasStep]]:
+        """(noise (B, T, Z), **conditions) -> one CanvasStep per step; each model names its own conditions."""
 
     @property
     def steps(self) -> int: ...
