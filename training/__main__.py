@@ -34,8 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     for f in fields(TrainConfig):
         if f.name in ("model", "dataset", "model_overrides"):
             continue
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.type == "bool":
+            tr.add_argument(flag, dest=f.name, action="store_true", default=None)
+            continue
         kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        tr.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind)
+        tr.add_argument(flag, dest=f.name, type=kind)
 
     ev = sub.add_parser("evaluate", help="test-set ELBO, importance-weighted log-likelihood, caption fidelity")
     ev.add_argument("checkpoint")

@@ -17,6 +17,7 @@ class TrainConfig:
     dataset: str = "mnist-captions"
     out: str = ""  # run directory; default runs/<model>-<dataset>
     data_dir: str | None = None  # else GLIMPSE_DATA_DIR, then the bundled/Debian sources
+    download: bool = False  # fetch MNIST from the standard mirrors (sha256-checked) when no local copy exists
     epochs: int = 1000  # an upper bound: early stopping ends the run (alignDRAW's script used 1000)
     batch_size: int = 100  # both papers' batch
     optimizer: str = "rmsprop"  # the paper's (decay 0.9); "adam" is the option

@@ -77,7 +77,8 @@ class CaptionsTask(Task):
         from training.data.mnist import load_mnist, split_validation
 
         fashion = config.dataset == "fashion-captions"
-        digits = load_mnist("train", root=config.data_dir, dataset="fashion-mnist" if fashion else "mnist")
+        digits = load_mnist("train", root=config.data_dir, dataset="fashion-mnist" if fashion else "mnist",
+                            download=config.download)
         self.train_digits, self.val_digits = split_validation(digits, n_val=min(10_000, len(digits.labels) // 6))
         if fashion:
             from training.data import fashion as fa
@@ -146,7 +147,8 @@ class BinarizedMnistTask(Task):
         else:
             from training.data.mnist import load_mnist, split_validation
 
-            train, val = split_validation(load_mnist("train", root=config.data_dir), n_val=None)
+            digits = load_mnist("train", root=config.data_dir, download=config.download)
+            train, val = split_validation(digits, n_val=None)
             self.extra["digits_source"] = train.source
             self._train = torch.from_numpy(train.images).float().div(255)
             self._val = torch.from_numpy(val.images).float().div(255)
