@@ -4,8 +4,9 @@
 
 The sampler's work is counted with torch.utils.flop_counter (matmuls; the once-per-caption BiLSTM runs in a
 fused kernel the counter skips, which makes the fraction a slight underestimate). Weights are untrained
-(random init): speed does not depend on their values. Timings are medians over repeats after a warm-up; the
-peak is the larger of two 2048×2048 fp32 matmul measurements taken just before and after each row.
+(random init): speed does not depend on their values. Each sampler run is timed back to back with a 2048×2048
+fp32 matmul (the peak); the fraction is the median over 9 such pairs of (sampler FLOP/s) / (matmul FLOP/s), and
+the peak column is the matmul rate that median implies.
 """
 
 from __future__ import annotations
@@ -31,25 +32,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn, device: torch.device, *, min_repeats: int = 5, min_total: float = 2.0) -> float:
-    fn()  # warm-up: first-touch allocations, kernel selection
-    _sync(device)
-    times: list[float] = []
-    while len(times) < min_repeats or sum(times) < min_total:
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 50:
-            break
-    return statistics.median(times)
-
-
-def matmul_peak(device: torch.device, n: int = 2048) -> float:
-    """fp32 FLOP/s of one large square matmul: the reference the sampler is measured against."""
+def peak_matmul(device: torch.device, n: int = 2048):
+    """One fp32 n×n matmul as a timed callable, and its FLOPs: the reference the sampler is measured against."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    return 2 * n**3 / median_seconds(lambda: a @ b, device)
+    return (lambda: a @ b), 2 * n**3
+
+
+def paired(fn, ref, device: torch.device, *, repeats: int = 9) -> tuple[float, float]:
+    """Median seconds of `fn` and median of (seconds of ref / seconds of fn), timing the two back to back.
+
+    On a shared VM the clock speed drifts within seconds, so each sampler timing is paired with a reference
+    matmul timed right beside it and the ratio is taken per pair.
+    """
+    def timed(f) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        f()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    fn(), ref()  # warm-up
+    pairs = [(timed(fn), timed(ref)) for _ in range(repeats)]
+    return statistics.median(p[0] for p in pairs), statistics.median(r / s for s, r in pairs)
 
 
 def conditions(model: torch.nn.Module, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -90,10 +95,9 @@ def main() -> None:
     torch.manual_seed(0)
 
     print(f"machine: {machine_name(device)}; torch {torch.__version__}\n")
-    # The peak is re-measured beside each row: on a shared VM the clock drifts, and a ratio of two numbers
-    # taken minutes apart would mostly measure that drift.
     print("| model | batch | images/s | ms per batch | sampler GFLOP/s | matmul peak GFLOP/s | % of peak |")
     print("|---|---:|---:|---:|---:|---:|---:|")
+    ref, ref_flops = peak_matmul(device)
     rows = []
     for name, model in [("DRAW", DRAW()), ("alignDRAW", AlignDRAW())]:
         model = model.to(device).eval().requires_grad_(False)  # frozen, as the worker serves it
@@ -101,12 +105,12 @@ def main() -> None:
             cond = conditions(model, batch, device)
             flops = sampler_flops(model, batch, device)
             gen = torch.Generator().manual_seed(0)
-            peak = matmul_peak(device)
-            secs = median_seconds(lambda m=model, c=cond, g=gen: sample(m, generator=g, **c), device)
-            peak = max(peak, matmul_peak(device))
+            secs, ref_over_fn = paired(lambda m=model, c=cond, g=gen: sample(m, generator=g, **c), ref, device)
+            fraction = flops / ref_flops * ref_over_fn  # (flops / t_sampler) / (ref_flops / t_ref), per pair
             row = {
                 "model": name, "batch": batch, "images_per_s": batch / secs, "ms": secs * 1e3,
-                "gflops": flops / secs / 1e9, "peak_gflops": peak / 1e9, "fraction_of_peak": flops / secs / peak,
+                "gflops": flops / secs / 1e9, "peak_gflops": flops / secs / fraction / 1e9,
+                "fraction_of_peak": fraction,
             }
             rows.append(row)
             print(f"| {name} | {batch} | {row['images_per_s']:.1f} | {row['ms']:.1f} | {row['gflops']:.1f} "
