@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 MODELS = ("draw", "aligndraw")
-DATASETS = ("mnist-captions", "fashion-captions", "binarized-mnist", "mnist")
+DATASETS = ("mnist-captions", "fashion-captions", "binarized-mnist", "mnist", "coco", "jsonl")
+CAPTIONED = ("mnist-captions", "fashion-captions", "coco", "jsonl")
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class TrainConfig:
     out: str = ""  # run directory; default runs/<model>-<dataset>
     data_dir: str | None = None  # else GLIMPSE_DATA_DIR, then the bundled/Debian sources
     download: bool = False  # fetch MNIST from the standard mirrors (sha256-checked) when no local copy exists
+    captions_file: str | None = None  # coco: captions_*.json (images in data_dir); jsonl: {"image", "caption"} lines
     epochs: int = 1000  # an upper bound: early stopping ends the run (alignDRAW's script used 1000)
     batch_size: int = 100  # both papers' batch
     optimizer: str = "rmsprop"  # the paper's (decay 0.9); "adam" is the option
@@ -39,8 +41,12 @@ class TrainConfig:
             raise ValueError(f"--dataset must be one of {DATASETS}, not {self.dataset!r}")
         if self.optimizer not in ("rmsprop", "adam"):
             raise ValueError(f"--optimizer must be rmsprop or adam, not {self.optimizer!r}")
-        if (self.model == "aligndraw") != self.dataset.endswith("captions"):
+        if (self.model == "aligndraw") != (self.dataset in CAPTIONED):
             raise ValueError(f"{self.model} does not train on {self.dataset}")
+        if self.dataset in ("coco", "jsonl") and not self.captions_file:
+            raise ValueError(f"--dataset {self.dataset} needs --captions-file")
+        if self.dataset == "coco" and not self.data_dir:
+            raise ValueError("--dataset coco needs --data-dir (the image folder)")
 
     @property
     def run_dir(self) -> Path:

@@ -176,5 +176,52 @@ class BinarizedMnistTask(Task):
         return {"x": self._val}
 
 
+class FolderCaptionsTask(Task):
+    """Your own captioned images (COCO captions file + image folder, or JSONL), resized to 32×32 RGB as the
+    paper's COCO model; the vocabulary is every word of the training captions, the last 5% are validation."""
+
+    def __init__(self, config: TrainConfig):
+        from collections import Counter
+
+        from models.vocab import tokenize
+        from training.data.folder import CocoCaptions, JsonlCaptions
+
+        assert config.captions_file is not None
+        files = (CocoCaptions(config.captions_file, config.data_dir or ".") if config.dataset == "coco"
+                 else JsonlCaptions(config.captions_file))
+        tokens = [[t.text for t in tokenize(c)] for c in files.captions]
+        counts = Counter(w for ts in tokens for w in ts)
+        vocab = Vocabulary(sorted(counts, key=lambda w: (-counts[w], w)), max_length=max(len(t) for t in tokens))
+        super().__init__(config, vocab, {"dataset": config.dataset, "captions_file": config.captions_file,
+                                         "items": len(files)})
+        images = torch.stack([files[i][0] for i in range(len(files))])
+        ids, lengths = vocab.encode_batch(files.captions)
+        data = {"x": images, "captions": torch.tensor(ids), "lengths": torch.tensor(lengths)}
+        n_val = max(1, len(files) // 20)
+        self._train = {k: v[:-n_val] for k, v in data.items()}
+        self._val = {k: v[-n_val:][: config.val_size] for k, v in data.items()}
+
+    def model_config(self) -> AlignDRAWConfig:
+        assert self.vocab is not None
+        return AlignDRAWConfig(**(AlignDRAWConfig.coco(len(self.vocab)).to_dict() | self.config.model_overrides))
+
+    def train_data(self, epoch: int) -> Batch:
+        g = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))
+        order = torch.randperm(self._train["x"].shape[0], generator=g)
+        return {k: v[order] for k, v in self._train.items()}
+
+    def val_data(self) -> Batch:
+        return self._val
+
+    def preview_conditions(self) -> dict[str, Tensor]:
+        return {k: self._val[k][:8] for k in ("captions", "lengths")}
+
+    def preview_labels(self) -> list[str]:
+        assert self.vocab is not None
+        return [self.vocab.decode(row.tolist()) for row in self._val["captions"][:8]]
+
+
 def make_task(config: TrainConfig) -> Task:
+    if config.dataset in ("coco", "jsonl"):
+        return FolderCaptionsTask(config)
     return CaptionsTask(config) if config.model == "aligndraw" else BinarizedMnistTask(config)

