@@ -29,7 +29,7 @@ def with_db(url: str, db: int) -> str:
     if parts.scheme == "unix":
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         query["db"] = str(db)
-        return urlunsplit(parts._replace(query=urlencode(query)))
+        return f"unix://{parts.path}?{urlencode(query)}"  # urlunsplit would drop the // of an empty host
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 

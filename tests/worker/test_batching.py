@@ -1,0 +1,84 @@
+"""Cross-job batching: a job drawn inside a batch gets exactly the bytes it gets alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker import queue as q
+
+from .conftest import files_of, make_settings, request
+
+CAPTIONS = ["7", "the digit 3 is at the top left", "1 at bottom right", "the digit 0 is at the left of the image",
+            "4 4 4 4 4 4 4 4 4 4 4 4", "9 at top"]
+
+MIXES = {
+    # four one-caption jobs, captions of 1 to 12 tokens: one call of 16 rows
+    "one-caption": [dict(captions=[c]) for c in CAPTIONS[:4]],
+    # jobs of 1, 3 (n=3), 4 (2 captions × 2) and 5 images, then one that fills a call alone, then one of 20 images
+    # (two calls), then a small one after them
+    "mixed-sizes": [dict(captions=[CAPTIONS[4]]), dict(captions=[CAPTIONS[1]], n=3),
+                    dict(captions=CAPTIONS[2:4], n=2), dict(captions=[CAPTIONS[5]], n=5),
+                    dict(captions=[CAPTIONS[0]], n=16), dict(captions=CAPTIONS[:2], n=10), dict(captions=["2"])],
+    "draw": [dict(model="tiny-draw", captions=None, n=k) for k in (1, 2, 5, 1)],
+}
+
+
+@pytest.mark.parametrize("mix", sorted(MIXES))
+def test_batched_and_single_runs_give_identical_bytes(conn, settings, run_burst, mix):
+    requests = [request(**kw) for kw in MIXES[mix]]
+    alone = make_settings(settings.redis_url, settings.checkpoints, batch_jobs=1)
+    batched = make_settings(settings.redis_url, settings.checkpoints, batch_jobs=8)
+
+    singles = [q.enqueue_generation(conn, r, alone, job_id=f"single-{i}")[0] for i, r in enumerate(requests)]
+    run_burst(alone)
+    together = [q.enqueue_generation(conn, r, batched, job_id=f"batched-{i}")[0] for i, r in enumerate(requests)]
+    run_burst(batched)
+
+    for s, b in zip(singles, together, strict=True):
+        vs, vb = q.get_view(conn, s, alone), q.get_view(conn, b, batched)
+        assert vs.status == vb.status == "succeeded"
+        assert vs.result["batch"]["jobs"] == 1
+        fs, fb = files_of(conn, alone, s), files_of(conn, batched, b)
+        assert fs.keys() == fb.keys()
+        differ = sorted(name for name in fs if fs[name] != fb[name])
+        assert not differ, f"{b} (batch of {vb.result['batch']['jobs']}) differs from {s} alone: {differ[:5]}"
+    sizes = [q.get_view(conn, b, batched).result["batch"]["jobs"] for b in together]
+    if mix == "one-caption":
+        assert sizes == [4, 4, 4, 4]  # the first job took the other three
+    if mix == "mixed-sizes":
+        assert sizes == [5, 5, 5, 5, 1, 1, 5]  # 1+3+4+5 rows and the last job's 1 fit in 16; 16 and 20 rows do not
+    if mix == "draw":
+        assert sizes == [4, 4, 4, 4]
+
+
+def test_batching_respects_the_job_and_row_limits(conn, settings, run_burst):
+    batched = make_settings(settings.redis_url, settings.checkpoints, batch_jobs=3, batch_rows=4)
+    ids = [q.enqueue_generation(conn, request(captions=["7"], n=n), batched)[0] for n in (1, 1, 1, 1, 2, 3)]
+    run_burst(batched)
+    views = [q.get_view(conn, i, batched) for i in ids]
+    assert all(v.status == "succeeded" for v in views)
+    leaders = [v.result["batch"]["leader"] for v in views]
+    # B = 3 jobs per call: jobs 0-2 together; job 3 (1 image) takes job 4 (2 images) = 3 rows, job 5 (3) won't fit
+    assert leaders == [ids[0]] * 3 + [ids[3]] * 2 + [ids[5]]
+
+
+def test_every_sampler_call_has_the_same_shape(conn, settings, run_burst, monkeypatch):
+    """The scheme behind the identical bytes: (batch_rows, max_caption_tokens) for every call, alone or batched.
+    (On the paper-size model, padding captions to another K changed pixels; the tiny one here happens not to.)"""
+    from worker import jobs
+
+    shapes = []
+    real = jobs.sample
+
+    def spy(model, **kw):
+        shapes.append((len(kw["seeds"]), kw["batch_size"], tuple(kw["captions"].shape), tuple(kw["lengths"].shape)))
+        return real(model, **kw)
+
+    monkeypatch.setattr(jobs, "sample", spy)
+    for b in (1, 8):
+        s = make_settings(settings.redis_url, settings.checkpoints, batch_jobs=b)
+        for kw in MIXES["mixed-sizes"]:
+            q.enqueue_generation(conn, request(**kw), s)
+        run_burst(s)
+    assert len(shapes) == 8 + 4  # alone: 6 + 2 (20 images take two calls); batched: 1 (five jobs) + 1 + 2
+    assert set(shapes) == {(16, 16, (16, 12), (16,))}

@@ -1,0 +1,221 @@
+"""Jobs end to end against a real Redis with an in-process SimpleWorker (burst mode)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+
+import pytest
+from PIL import Image
+from rq.job import JobStatus
+
+from worker import queue as q
+from worker.protocol import JOB_FUNC, Keys, frame_name
+from worker.registry import load_models
+
+from .conftest import files_of, make_settings, request, wait_for
+
+
+def test_registry_loads_generators_and_skips_the_classifier(checkpoints, caplog):
+    caplog.set_level("INFO", logger="worker.registry")
+    models = load_models(checkpoints)
+    assert sorted(models) == ["tiny-align", "tiny-draw"]
+    assert models["tiny-align"].info.kind == "aligndraw" and models["tiny-align"].info.steps == 5
+    assert "mnist-classifier: format 'glimpse-classifier/1' is not a generator checkpoint" in caplog.text
+
+
+def test_aligndraw_job_end_to_end(conn, settings, run_burst):
+    job_id, req = q.enqueue_generation(conn, request(captions=["the digit 3 is at the top left", "7 at bottom"],
+                                                     n=2), settings, steps=5)
+    assert q.get_view(conn, job_id, settings).status == "queued"
+    run_burst(settings)
+    view = q.get_view(conn, job_id, settings)
+    assert view.status == "succeeded" and view.step == 5 and view.steps == 5 and view.attempt == 1
+    assert view.result["seeds"] == req.seeds and len(req.seeds) == 4  # recorded, one per image
+    files = files_of(conn, settings, job_id)
+    expected = {f"images/{i}.png" for i in range(4)} | {f"frames/{i}/{t}.png" for i in range(4) for t in range(1, 6)}
+    expected |= {f"animations/{i}.{x}" for i in range(4) for x in ("gif", "webp")}
+    expected |= {f"attention/{i}.json" for i in range(4)}
+    assert set(files) == expected
+    image = Image.open(io.BytesIO(files["images/2.png"]))
+    assert image.size == (16, 16) and image.mode == "L"
+    assert files["images/2.png"] == files["frames/2/5.png"]  # the final image is the last canvas
+    gif = Image.open(io.BytesIO(files["animations/0.gif"]))
+    webp = Image.open(io.BytesIO(files["animations/0.webp"]))
+    assert getattr(gif, "n_frames", 1) >= 2 and webp.n_frames == 5
+    attention = json.loads(files["attention/2.json"])  # image 2 draws caption 1: "7 at bottom"
+    assert attention["words"] == ["7", "at", "bottom"]
+    assert len(attention["windows"]) == 5 and all(len(w) == 4 for w in attention["windows"])
+    assert len(attention["alignment"]) == 5 and all(len(a) == 3 for a in attention["alignment"])
+    assert all(abs(sum(a) - 1) < 1e-3 for a in attention["alignment"])  # weights over the caption's words
+    assert view.result["bytes"] == sum(len(v) for v in files.values()) <= view.result["bytes_bound"]
+    assert conn.ttl(Keys(settings.key_prefix).files(job_id)) > settings.result_ttl - 10
+    assert q.fetch_job(conn, job_id).return_value()["state"] == "succeeded"
+    assert q.get_file(conn, job_id, "images/2.png", settings) == files["images/2.png"]
+
+
+def test_draw_job_and_output_options(conn, settings, run_burst):
+    job_id, _ = q.enqueue_generation(
+        conn, request(model="tiny-draw", captions=None, n=3,
+                      output={"frames": False, "gif": False, "webp": True, "scale": 2}), settings)
+    run_burst(settings)
+    files = files_of(conn, settings, job_id)
+    assert sorted(files) == [*(f"animations/{i}.webp" for i in range(3)), *(f"attention/{i}.json" for i in range(3)),
+                             *(f"images/{i}.png" for i in range(3))]
+    assert Image.open(io.BytesIO(files["images/0.png"])).size == (20, 24)  # 10×12 drawn, scaled ×2
+    assert json.loads(files["attention/0.json"])["alignment"] is None
+
+
+def _poll_progress(conn, settings, job_id, seen, stop, on_step=None):
+    """Record (step, state, frame-readable) while the job runs; optionally act once at some step."""
+    while not stop.is_set():
+        view = q.get_view(conn, job_id, settings)
+        if view and view.status == "running" and view.step:
+            frame = conn.hget(Keys(settings.key_prefix).files(job_id), frame_name(0, view.step))
+            seen.append((view.step, frame is not None and Image.open(io.BytesIO(frame)).size == (16, 16)))
+            if on_step and on_step(view.step):
+                on_step = None
+        time.sleep(0.01)
+
+
+def test_progress_rises_step_by_step_and_frames_are_readable_mid_job(conn, settings, run_burst):
+    slow = make_settings(settings.redis_url, settings.checkpoints, step_delay=0.15)
+    job_id, _ = q.enqueue_generation(conn, request(), slow)
+    seen: list[tuple[int, bool]] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll_progress, args=(conn, slow, job_id, seen, stop))
+    poller.start()
+    try:
+        run_burst(slow)
+    finally:
+        stop.set()
+        poller.join()
+    steps = [s for s, _ in seen]
+    assert steps == sorted(steps), "progress went backwards"
+    assert set(steps) == {1, 2, 3, 4, 5}, f"every step should be visible while running, saw {sorted(set(steps))}"
+    assert all(readable for _, readable in seen), "a step was announced before its frame was stored"
+    assert q.get_view(conn, job_id, slow).status == "succeeded"
+
+
+def test_cancel_a_running_job_stops_within_one_step(conn, settings, run_burst):
+    slow = make_settings(settings.redis_url, settings.checkpoints, step_delay=0.2)
+    job_id, _ = q.enqueue_generation(conn, request(), slow)
+    marks: dict[str, int] = {}
+
+    def cancel_at(step: int) -> bool:
+        if step >= 2:
+            assert q.cancel(conn, job_id, slow)
+            marks["step_after_cancel"] = q.get_view(conn, job_id, slow).step  # ≥ the step running at cancel time
+            return True
+        return False
+
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll_progress, args=(conn, slow, job_id, [], stop, cancel_at))
+    poller.start()
+    try:
+        run_burst(slow)
+    finally:
+        stop.set()
+        poller.join()
+    view = q.get_view(conn, job_id, slow)
+    assert view.status == "canceled" and view.result["state"] == "canceled"
+    assert view.result["steps_done"] <= marks["step_after_cancel"] + 1 < 5
+    files = files_of(conn, slow, job_id)
+    assert "images/0.png" not in files and f"frames/0/{view.result['steps_done']}.png" in files
+    assert q.cancel(conn, job_id, slow) is False  # already over
+
+
+def test_cancel_a_waiting_job(conn, settings, run_burst):
+    job_id, _ = q.enqueue_generation(conn, request(), settings)
+    other, _ = q.enqueue_generation(conn, request(), settings)
+    assert q.cancel(conn, job_id, settings)
+    assert q.get_view(conn, job_id, settings).status == "canceled"
+    run_burst(settings)
+    assert q.fetch_job(conn, job_id).get_status() == JobStatus.CANCELED
+    assert files_of(conn, settings, job_id) == {}
+    assert q.get_view(conn, other, settings).status == "succeeded"
+    assert q.cancel(conn, "no-such-job", settings) is False
+
+
+@pytest.mark.parametrize("payload, error", [
+    ({"model": "nope", "n": 1, "seeds": [1]}, "unknown model 'nope'; this worker serves ['tiny-align', 'tiny-draw']"),
+    ({"model": "tiny-align", "captions": ["the zebra"], "seeds": [1]}, "caption 0: unknown words: 'zebra'"),
+    ({"model": "tiny-align", "captions": ["7"], "n": 1, "seeds": [1], "evil": 1}, "evil: Extra inputs are not"),
+    ({"model": "tiny-draw", "n": 1}, "seeds missing"),
+    ("not a dict", "job payload must be a JSON object, got str"),
+])
+def test_malformed_job_fails_clearly_and_the_worker_keeps_serving(conn, settings, run_burst, payload, error):
+    bad = q.make_queue(conn, settings.queues[0]).enqueue(JOB_FUNC, payload, job_id="bad", result_ttl=60)
+    good, _ = q.enqueue_generation(conn, request(), settings)
+    run_burst(settings)
+    view = q.get_view(conn, bad.id, settings)
+    assert view.status == "failed" and error in view.error
+    assert "InvalidJobError" in q.fetch_job(conn, bad.id).latest_result().exc_string
+    assert q.get_view(conn, good, settings).status == "succeeded"
+
+
+def test_job_timeout_fails_the_job_with_a_timeout_error(conn, settings, run_burst):
+    slow = make_settings(settings.redis_url, settings.checkpoints, step_delay=0.4, job_timeout_base=1,
+                         job_timeout_per_row_step=0)
+    job_id, _ = q.enqueue_generation(conn, request(), slow)
+    after, _ = q.enqueue_generation(conn, request(), settings)
+    t0 = time.monotonic()
+    run_burst(slow)
+    view = q.get_view(conn, job_id, slow)
+    assert view.status == "failed" and view.meta["error"]["type"] == "timeout"
+    assert "JobTimeoutException" in view.error and view.step < 5
+    assert q.get_view(conn, after, settings).status == "succeeded"
+    assert conn.hlen(Keys().running) == 0
+    assert time.monotonic() - t0 < 10
+
+
+def test_results_expire(conn, settings, run_burst):
+    # 4 s: long enough to read the result after the burst worker returns on a loaded machine, short for a test
+    short = make_settings(settings.redis_url, settings.checkpoints, result_ttl=4)
+    job_id, _ = q.enqueue_generation(conn, request(), short)
+    run_burst(short)
+    assert q.get_view(conn, job_id, short).status == "succeeded" and files_of(conn, short, job_id)
+    wait_for(lambda: q.get_view(conn, job_id, short) is None, timeout=15, what="the job record to expire")
+    wait_for(lambda: not conn.exists(Keys().files(job_id)), timeout=15, what="the files to expire")
+
+
+def test_orphaned_jobs_are_requeued_and_given_up_after_max_attempts(conn, settings):
+    keys = Keys(settings.key_prefix)
+    job_id, _ = q.enqueue_generation(conn, request(), settings)
+    queue_key = q.make_queue(conn, settings.queues[0]).key
+    claim = conn.register_script(q.CLAIM_LUA)
+    assert claim(keys=[queue_key, keys.running], args=[job_id, q.owner_record("dead", 1)]) == 1
+    assert claim(keys=[queue_key, keys.running], args=[job_id, q.owner_record("other", 1)]) == 0  # one winner
+    assert conn.llen(queue_key) == 0
+    q.write_heartbeat(conn, settings, "alive", {"name": "alive"})
+    conn.hset(keys.running, "held-by-alive", q.owner_record("alive", 1))
+    assert q.requeue_orphans(conn, settings) == [(job_id, "requeued")]
+    assert conn.lrange(queue_key, 0, -1) == [job_id.encode()] and conn.hkeys(keys.running) == [b"held-by-alive"]
+    # a job whose workers keep dying fails after max_attempts
+    job = q.fetch_job(conn, job_id)
+    job.meta["attempt"] = settings.max_attempts
+    job.save_meta()
+    conn.lrem(queue_key, 1, job_id)
+    conn.hset(keys.running, job_id, q.owner_record("dead", settings.max_attempts))
+    assert q.requeue_orphans(conn, settings) == [(job_id, "failed")]
+    view = q.get_view(conn, job_id, settings)
+    assert view.status == "failed" and "gave up after 3 attempts" in view.error
+
+
+def test_heartbeats_list_live_workers_and_their_models(conn, settings):
+    from worker.heartbeat import Heartbeat
+
+    hb = Heartbeat(conn, settings, "w1", lambda: {"models": [{"id": "m", "kind": "draw", "height": 2, "width": 2,
+                                                               "channels": 1, "steps": 3}]})
+    hb.start()
+    try:
+        beats = wait_for(lambda: q.live_workers(conn, settings), timeout=3, what="a heartbeat")
+        assert [b["name"] for b in beats] == ["w1"] and set(q.model_catalog(conn, settings)) == {"m"}
+    finally:
+        hb.stop()
+    assert q.live_workers(conn, settings) == []  # a clean exit clears it at once
+    q.write_heartbeat(conn, settings, "w2", {"name": "w2"})
+    wait_for(lambda: not q.live_workers(conn, settings), timeout=settings.heartbeat_ttl + 1, what="expiry")
+    assert conn.smembers(Keys().workers) == set()  # pruned

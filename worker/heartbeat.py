@@ -1,0 +1,59 @@
+"""The worker's heartbeat thread: publishes liveness (and the models served) and requeues orphaned jobs.
+
+Every `heartbeat_interval` s it rewrites `{p}:worker:{name}` with a TTL of `heartbeat_ttl` s, then runs
+`worker.queue.requeue_orphans`. A worker killed with SIGKILL stops beating; its key is gone ≤ heartbeat_ttl s
+after its last beat, and the next pass of any live worker (≤ heartbeat_interval s later) puts its jobs back at the
+front of their queue: `Settings.recovery_bound` = heartbeat_ttl + heartbeat_interval (6 s by default).
+Torch-free; a thread, not a process (no fork).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from worker.queue import clear_heartbeat, now_iso, requeue_orphans, write_heartbeat
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, conn: redis.Redis, settings: Settings, name: str, describe: Callable[[], dict[str, Any]]):
+        super().__init__(name=f"heartbeat-{name}", daemon=True)
+        self.conn = conn
+        self.settings = settings
+        self.worker_name = name
+        self.describe = describe  # -> extra fields (models, device, current jobs)
+        self.started_at = now_iso()
+        self._stop_event = threading.Event()
+
+    def beat(self) -> None:
+        payload = {"name": self.worker_name, "host": socket.gethostname(), "pid": os.getpid(),
+                   "started_at": self.started_at, "beat_at": now_iso(), "time": time.time(), **self.describe()}
+        write_heartbeat(self.conn, self.settings, self.worker_name, payload)
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                self.beat()
+                for job_id, outcome in requeue_orphans(self.conn, self.settings):
+                    log.warning("job %s of a dead worker: %s", job_id, outcome)
+            except redis.RedisError as e:
+                log.warning("heartbeat: %s", e)
+            self._stop_event.wait(self.settings.heartbeat_interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+        try:
+            clear_heartbeat(self.conn, self.settings, self.worker_name)
+        except redis.RedisError as e:
+            log.warning("heartbeat: could not clear: %s", e)

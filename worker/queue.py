@@ -1,0 +1,300 @@
+"""Enqueue jobs and read their state, progress, files and the workers' heartbeats. Torch-free: the API's side.
+
+Statuses (JobView.status): queued, running, succeeded, failed, canceled; `get_view` returns None for a job that
+never existed or has expired (its RQ record and files share the result TTL).
+
+Retry policy: a job that raises is not retried (same seed → same failure); a job whose worker dies (SIGKILL,
+OOM, power) is requeued by a live worker within `Settings.recovery_bound` seconds (`requeue_orphans`); a job cut
+short by SIGTERM requeues itself (RQ `Retry` returned by the job). Both count towards `max_attempts`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from worker.protocol import (
+    JOB_FUNC,
+    RESULT_FILE,
+    InvalidJobError,
+    JobRequest,
+    Keys,
+    ModelInfo,
+    check_job_id,
+    padded_rows,
+)
+from worker.settings import Settings
+
+SERIALIZER = JSONSerializer
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+
+
+def make_queue(conn: redis.Redis, name: str) -> Queue:
+    return Queue(name, connection=conn, serializer=SERIALIZER)
+
+
+def fetch_job(conn: redis.Redis, job_id: str) -> Job | None:
+    try:
+        return Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return None
+
+
+def job_timeout(request: JobRequest, settings: Settings, steps: int | None = None) -> int:
+    """Seconds from the cost: padded sampler rows × T steps."""
+    t = steps or settings.default_steps
+    rows = padded_rows(request.images, settings.batch_rows)
+    return math.ceil(settings.job_timeout_base + settings.job_timeout_per_row_step * rows * t)
+
+
+def enqueue_generation(
+    conn: redis.Redis,
+    request: JobRequest,
+    settings: Settings,
+    *,
+    job_id: str | None = None,
+    queue_name: str | None = None,
+    steps: int | None = None,
+    unique: bool = True,
+) -> tuple[str, JobRequest]:
+    """Put a job on the queue; returns (job id, the request with its seeds). Validate with
+    `protocol.validate_for_model(request, model_catalog(conn, settings)[request.model], ...)` first.
+
+    With `unique` a second enqueue with the same job id raises rq.exceptions.DuplicateJobError while the first
+    job exists (idempotency keys map onto job ids).
+    """
+    request = request.with_seeds()
+    job_id = check_job_id(job_id or new_job_id())
+    queue = make_queue(conn, queue_name or settings.queues[0])
+    queue.enqueue(
+        JOB_FUNC,
+        request.model_dump(mode="json"),
+        job_id=job_id,
+        job_timeout=job_timeout(request, settings, steps),
+        result_ttl=settings.result_ttl,
+        failure_ttl=settings.result_ttl,
+        ttl=settings.queued_ttl,
+        meta={"state": "queued", "step": 0, "steps": steps, "attempt": 0, "seeds": request.seeds,
+              "updated_at": now_iso()},
+        unique=unique,
+    )
+    return job_id, request
+
+
+def cancel(conn: redis.Redis, job_id: str, settings: Settings) -> bool:
+    """Ask a job to stop. A waiting job is canceled at once; a running one stops after its current DRAW step.
+
+    Returns False when the job does not exist (or has expired) or has already ended.
+    """
+    keys = Keys(settings.key_prefix)
+    job = fetch_job(conn, job_id)
+    if job is None or job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED):
+        return False
+    conn.set(keys.cancel(job_id), b"1", ex=settings.result_ttl + (job.timeout or 0) + settings.queued_ttl)
+    # Still waiting in RQ's list: take it out ourselves so no worker can start it, then mark it canceled.
+    if conn.lrem(make_queue(conn, job.origin).key, 1, job_id):
+        job.cancel()
+        meta = job.get_meta(refresh=True)
+        meta.update(state="canceled", updated_at=now_iso())
+        job.meta = meta
+        job.save_meta()
+    return True
+
+
+@dataclass
+class JobView:
+    """What the API shows for a job."""
+
+    id: str
+    status: str  # protocol.JobState
+    step: int  # steps drawn so far of the current chunk (0 before the first)
+    steps: int | None  # T
+    attempt: int  # 1 on the first run; higher after a crash or shutdown requeue
+    seeds: list[int] | None
+    request: dict[str, Any] | None
+    error: str | None = None
+    result: dict[str, Any] | None = None  # result.json once complete
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def get_view(conn: redis.Redis, job_id: str, settings: Settings) -> JobView | None:
+    job = fetch_job(conn, job_id)
+    if job is None:
+        return None
+    meta = job.get_meta(refresh=False)
+    rq_status = job.get_status(refresh=False)
+    raw = conn.hget(Keys(settings.key_prefix).files(job_id), RESULT_FILE)
+    result = json.loads(raw) if raw else None
+    error = None
+    if result is not None:
+        status = result["state"]
+    elif rq_status == JobStatus.FAILED:
+        status = "failed"
+        error = (meta.get("error") or {}).get("message")
+        if error is None:
+            exc = job.latest_result()
+            error = (exc.exc_string or "").strip().splitlines()[-1] if exc and exc.exc_string else "failed"
+    elif rq_status in (JobStatus.CANCELED, JobStatus.STOPPED) or meta.get("state") == "canceled":
+        status = "canceled"
+    elif rq_status == JobStatus.STARTED or meta.get("state") == "running":
+        status = "running"  # a queued job claimed into another job's batch also shows as running
+    else:
+        status = "queued"
+    args = job.args
+    return JobView(
+        id=job_id, status=status, step=int(meta.get("step") or 0), steps=meta.get("steps"),
+        attempt=int(meta.get("attempt") or 0), seeds=meta.get("seeds"),
+        request=args[0] if args and isinstance(args[0], dict) else None, error=error, result=result, meta=meta,
+    )
+
+
+def get_file(conn: redis.Redis, job_id: str, name: str, settings: Settings) -> bytes | None:
+    """One result file (see protocol: frames/{i}/{t}.png, images/{i}.png, animations/{i}.gif|webp, ...)."""
+    return conn.hget(Keys(settings.key_prefix).files(job_id), name)
+
+
+def list_files(conn: redis.Redis, job_id: str, settings: Settings) -> list[str]:
+    return sorted(k.decode() for k in conn.hkeys(Keys(settings.key_prefix).files(job_id)))
+
+
+# --- heartbeats -------------------------------------------------------------------------------------------------
+
+def live_workers(conn: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
+    """Heartbeats of live workers (readiness: at least one, serving the model wanted). Prunes dead names."""
+    keys = Keys(settings.key_prefix)
+    names = sorted(n.decode() for n in conn.smembers(keys.workers))
+    if not names:
+        return []
+    beats = conn.mget([keys.worker(n) for n in names])
+    dead = [n for n, b in zip(names, beats, strict=True) if b is None]
+    if dead:
+        conn.srem(keys.workers, *dead)
+    return [json.loads(b) for b in beats if b is not None]
+
+
+def model_catalog(conn: redis.Redis, settings: Settings) -> dict[str, ModelInfo]:
+    """Models some live worker serves, by id."""
+    catalog: dict[str, ModelInfo] = {}
+    for beat in live_workers(conn, settings):
+        for info in beat.get("models", []):
+            catalog.setdefault(info["id"], ModelInfo.model_validate(info))
+    return catalog
+
+
+def write_heartbeat(conn: redis.Redis, settings: Settings, name: str, payload: dict[str, Any]) -> None:
+    keys = Keys(settings.key_prefix)
+    with conn.pipeline() as p:
+        p.set(keys.worker(name), json.dumps(payload), px=int(settings.heartbeat_ttl * 1000))
+        p.sadd(keys.workers, name)
+        p.execute()
+
+
+def clear_heartbeat(conn: redis.Redis, settings: Settings, name: str) -> None:
+    keys = Keys(settings.key_prefix)
+    with conn.pipeline() as p:
+        p.delete(keys.worker(name))
+        p.srem(keys.workers, name)
+        p.execute()
+
+
+# --- ownership and recovery -------------------------------------------------------------------------------------
+
+# Take a waiting job out of RQ's list and record its owner in one step: only one worker can win it, and a crash
+# between the two cannot lose it.
+CLAIM_LUA = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def owner_record(worker: str, attempt: int) -> str:
+    return json.dumps({"worker": worker, "attempt": attempt, "since": now_iso()})
+
+
+def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str) -> str:
+    """Put a job whose run was cut short back at the front of its queue, or fail it after max_attempts.
+
+    Returns "requeued", "failed" or "skipped" (gone, already ended, or already waiting).
+    """
+    from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+    job = fetch_job(conn, job_id)
+    if job is None:
+        return "skipped"
+    status = job.get_status()
+    if status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED):
+        return "skipped"
+    queue = make_queue(conn, job.origin)
+    if status == JobStatus.STARTED:
+        StartedJobRegistry(queue=queue).remove_executions(job)
+    elif conn.lpos(queue.key, job_id) is not None:
+        return "skipped"
+    meta = job.get_meta(refresh=True)
+    attempt = int(meta.get("attempt") or 0)
+    if attempt >= settings.max_attempts:
+        message = f"gave up after {attempt} attempts; last: {reason}"
+        meta.update(state="failed", error={"type": "lost", "message": message}, updated_at=now_iso())
+        job.meta = meta
+        job.save_meta()
+        with conn.pipeline() as p:
+            job.set_status(JobStatus.FAILED, pipeline=p)
+            FailedJobRegistry(queue=queue).add(job, ttl=job.failure_ttl or settings.result_ttl,
+                                               exc_string=message, pipeline=p)
+            p.execute()
+        return "failed"
+    meta.update(state="queued", step=0, requeued=reason, updated_at=now_iso())
+    job.meta = meta
+    job.save_meta()
+    queue.enqueue_job(job, at_front=True)
+    return "requeued"
+
+
+def requeue_orphans(conn: redis.Redis, settings: Settings) -> list[tuple[str, str]]:
+    """Requeue every job whose owner's heartbeat has expired. Safe to run from many workers at once: HDEL of the
+    owner record elects exactly one of them per job. Returns [(job id, outcome)]."""
+    keys = Keys(settings.key_prefix)
+    owners = conn.hgetall(keys.running)
+    done = []
+    for raw_id, raw_owner in owners.items():
+        job_id = raw_id.decode()
+        try:
+            worker = json.loads(raw_owner)["worker"]
+        except (ValueError, KeyError):
+            worker = ""
+        if worker and conn.exists(keys.worker(worker)):
+            continue
+        if conn.hdel(keys.running, job_id) == 1:
+            done.append((job_id, requeue(conn, job_id, settings, f"worker {worker} stopped sending heartbeats")))
+    return done
+
+
+def validate_request(conn: redis.Redis, request: JobRequest, settings: Settings) -> ModelInfo:
+    """The API-side check against what live workers serve; raises InvalidJobError."""
+    from worker.protocol import validate_for_model
+
+    catalog = model_catalog(conn, settings)
+    if request.model not in catalog:
+        raise InvalidJobError(f"unknown model {request.model!r}; served: {sorted(catalog)}")
+    info = catalog[request.model]
+    validate_for_model(request, info, max_job_bytes=settings.max_job_bytes)
+    return info

@@ -1,0 +1,82 @@
+"""Load every generator checkpoint of a directory once, at worker start.
+
+The directory also holds other checkpoints (e.g. `mnist-classifier/`, format "glimpse-classifier/1"): those are
+skipped with a log line. A model's id is its directory name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.checkpoint import FORMAT, MANIFEST, CheckpointError, load_checkpoint
+from models.vocab import Vocabulary
+from worker.protocol import MODEL_ID, ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    info: ModelInfo
+    model: torch.nn.Module
+    vocab: Vocabulary | None
+
+    @property
+    def longest_word(self) -> int:
+        return max((len(w) for w in self.vocab.words), default=0) if self.vocab is not None else 0
+
+
+def pick_device(preference: str | None = None) -> torch.device:
+    if preference:
+        return torch.device(preference)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_models(directory: str | Path, device: torch.device | str = "cpu") -> dict[str, LoadedModel]:
+    """Every generator checkpoint directly under `directory`, keyed by directory name."""
+    import re
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoints directory {directory} does not exist")
+    models: dict[str, LoadedModel] = {}
+    for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
+        manifest_path = sub / MANIFEST
+        if not manifest_path.exists():
+            log.info("skipping %s: no %s", sub, MANIFEST)
+            continue
+        try:
+            fmt = json.loads(manifest_path.read_text()).get("format")
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("skipping %s: unreadable manifest (%s)", sub, e)
+            continue
+        if fmt != FORMAT:
+            log.info("skipping %s: format %r is not a generator checkpoint (%s)", sub, fmt, FORMAT)
+            continue
+        if not re.match(MODEL_ID, sub.name):
+            log.warning("skipping %s: directory name is not a valid model id", sub)
+            continue
+        try:
+            ckpt = load_checkpoint(sub, device=device)
+        except CheckpointError as e:
+            log.error("skipping %s: %s", sub, e)
+            continue
+        m = ckpt.model
+        cfg = m.config
+        info = ModelInfo(
+            id=sub.name, kind=m.kind, height=cfg.height, width=cfg.width, channels=cfg.channels, steps=cfg.steps,
+            vocabulary=ckpt.vocab.words if ckpt.vocab is not None else None,
+            max_caption_tokens=ckpt.vocab.max_length if ckpt.vocab is not None else None,
+        )
+        if info.kind == "aligndraw" and ckpt.vocab is None:
+            log.error("skipping %s: an alignDRAW checkpoint without a vocabulary", sub)
+            continue
+        models[info.id] = LoadedModel(info=info, model=m, vocab=ckpt.vocab)
+        log.info("loaded %s (%s, %dx%dx%d, T=%d) on %s", info.id, info.kind, info.height, info.width,
+                 info.channels, info.steps, device)
+    return models

@@ -1,0 +1,78 @@
+"""Encoding of canvases as PNG, GIF, animated WebP and of attention records as JSON (Pillow + numpy, no torch).
+
+Every encoder is deterministic (same pixels → same bytes), which is what makes a rerun of a job after a crash
+byte-identical. Each output is checked against its bound from worker.protocol.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from worker.protocol import attention_bound, gif_bound, png_bound, webp_bound
+
+
+class ResultTooLargeError(RuntimeError):
+    """An encoder produced more bytes than its stated bound (a bug in the bound, never the user's fault)."""
+
+
+def _check(kind: str, data: bytes, bound: int) -> bytes:
+    if len(data) > bound:
+        raise ResultTooLargeError(f"{kind}: {len(data)} bytes exceed the bound {bound}")
+    return data
+
+
+def _image(pixels: np.ndarray, scale: int) -> Image.Image:
+    """pixels (H, W, C) uint8, C = 1 or 3."""
+    if scale > 1:
+        pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    return Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels, "L" if pixels.shape[2] == 1 else "RGB")
+
+
+def png(pixels: np.ndarray, *, scale: int = 1) -> bytes:
+    """pixels (H, W, C) uint8 -> PNG bytes."""
+    buf = io.BytesIO()
+    _image(pixels, scale).save(buf, format="PNG", compress_level=6)
+    h, w, c = pixels.shape
+    return _check("png", buf.getvalue(), png_bound(h * scale, w * scale, c))
+
+
+def gif(frames: np.ndarray, *, frame_ms: int, scale: int = 1) -> bytes:
+    """frames (T, H, W, C) uint8 -> looping GIF (colour frames are quantised to ≤ 256 colours)."""
+    images = [_image(f, scale) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+    t, h, w, _ = frames.shape
+    return _check("gif", buf.getvalue(), gif_bound(h * scale, w * scale, t))
+
+
+def webp(frames: np.ndarray, *, frame_ms: int, scale: int = 1) -> bytes:
+    """frames (T, H, W, C) uint8 -> looping animated lossless WebP."""
+    images = [_image(f, scale).convert("RGB") for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="WEBP", save_all=True, append_images=images[1:], duration=frame_ms, loop=0,
+                   lossless=True, quality=0, method=0)  # lossless: quality/method only trade speed for size
+    t, h, w, c = frames.shape
+    return _check("webp", buf.getvalue(), webp_bound(h * scale, w * scale, c, t))
+
+
+def _round(rows: np.ndarray) -> list[list[float]]:
+    return [[round(float(v), 4) for v in row] for row in rows]
+
+
+def attention(windows: np.ndarray | None, alignment: np.ndarray | None, words: Sequence[str], *,
+              max_words: int, longest_word: int) -> bytes:
+    """windows (T, 4) x0,y0,x1,y1 pixels, alignment (T, K) over the caption's words (K = len(words))."""
+    doc = {
+        "steps": int(windows.shape[0]) if windows is not None else None,
+        "windows": _round(windows) if windows is not None else None,
+        "alignment": _round(alignment) if alignment is not None else None,
+        "words": list(words),
+    }
+    data = json.dumps(doc, separators=(",", ":")).encode()
+    steps = windows.shape[0] if windows is not None else (alignment.shape[0] if alignment is not None else 0)
+    return _check("json", data, attention_bound(steps, max_words, longest_word))

