@@ -23,7 +23,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
@@ -49,6 +49,7 @@ from worker.protocol import (
     validate_for_model,
 )
 from worker.queue import CLAIM_LUA, SERIALIZER, make_queue, now_iso, owner_record
+from worker.redis_conn import text
 from worker.registry import LoadedModel, load_models, pick_device
 from worker.settings import Settings, get_settings
 
@@ -235,7 +236,7 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
         return []
     keys = Keys(s.key_prefix)
     queue_key = make_queue(conn, leader.job.origin).key
-    ids = [i.decode() for i in conn.lrange(queue_key, 0, s.batch_scan - 1)]
+    ids = [text(i) for i in conn.lrange(queue_key, 0, s.batch_scan - 1)]
     claim = conn.register_script(CLAIM_LUA)
     out: list[Entry] = []
     for job in Job.fetch_many(ids, connection=conn, serializer=SERIALIZER):
@@ -308,7 +309,7 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
                         p.hset(keys.files(e.job.id), frame_name(i, step.t), render.png(frames[r],
                                                                                      scale=e.request.output.scale))
                 for e in active:
-                    p.expire(keys.files(e.job.id), ttl)
+                    p.expire(keys.files(e.job.id), int(ttl))
                 for e in active:
                     p.exists(keys.cancel(e.job.id))
                 flags = p.execute()[-len(active):] if active else []
@@ -328,7 +329,8 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
 
         if all(e.canceled for e in in_chunk):
             continue
-        out = sample(lm.model, seeds=seeds, batch_size=s.batch_rows, callback=on_step, **conditions)
+        out = sample(lm.model, seeds=seeds, batch_size=s.batch_rows, callback=on_step,
+                     **conditions)  # type: ignore[arg-type]  # mypy reads **dict as filling every keyword
         if state["stopped"]:
             return True
         frames = _to_uint8(out.canvases[: len(chunk)])
@@ -360,13 +362,14 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
                 files[animation_name(i, "webp")] = render.webp(frames, frame_ms=opts.frame_ms, scale=opts.scale)
             words: list[str] = []
             align = e.alignments[i]
-            if captions[i] is not None and lm.vocab is not None:
-                words = [captions[i][t.start : t.end] for t in lm.vocab.check(captions[i])]  # type: ignore[index]
+            caption = captions[i]
+            if caption is not None and lm.vocab is not None:
+                words = [caption[t.start : t.end] for t in lm.vocab.check(caption)]
                 align = align[:, : len(words)] if align is not None else None
             files[attention_name(i)] = render.attention(
                 e.windows[i], align, words, max_words=info.max_caption_tokens or 0, longest_word=lm.longest_word)
     state = "succeeded" if complete else "canceled"
-    names = sorted({n.decode() for n in conn.hkeys(keys.files(e.job.id))} | set(files))
+    names = sorted({text(n) for n in conn.hkeys(keys.files(e.job.id))} | set(files))
     stored = sum(len(v) for v in files.values()) + sum(
         conn.hstrlen(keys.files(e.job.id), n) for n in names if n not in files)
     summary = {
@@ -378,7 +381,7 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
     }
     with conn.pipeline(transaction=True) as p:
         if files:
-            p.hset(keys.files(e.job.id), mapping=files)
+            p.hset(keys.files(e.job.id), mapping=cast(Any, files))  # redis-py's Mapping key type is invariant
         p.hset(keys.files(e.job.id), RESULT_FILE, json.dumps(summary))
         p.expire(keys.files(e.job.id), s.result_ttl)
         p.delete(keys.cancel(e.job.id))

@@ -33,6 +33,7 @@ from worker.protocol import (
     check_job_id,
     padded_rows,
 )
+from worker.redis_conn import text
 from worker.settings import Settings
 
 SERIALIZER = JSONSerializer
@@ -107,7 +108,7 @@ def cancel(conn: redis.Redis, job_id: str, settings: Settings) -> bool:
     job = fetch_job(conn, job_id)
     if job is None or job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED):
         return False
-    conn.set(keys.cancel(job_id), b"1", ex=settings.result_ttl + (job.timeout or 0) + settings.queued_ttl)
+    conn.set(keys.cancel(job_id), b"1", ex=int(settings.result_ttl + (job.timeout or 0) + settings.queued_ttl))
     # Still waiting in RQ's list: take it out ourselves so no worker can start it, then mark it canceled.
     if conn.lrem(make_queue(conn, job.origin).key, 1, job_id):
         job.cancel()
@@ -167,11 +168,12 @@ def get_view(conn: redis.Redis, job_id: str, settings: Settings) -> JobView | No
 
 def get_file(conn: redis.Redis, job_id: str, name: str, settings: Settings) -> bytes | None:
     """One result file (see protocol: frames/{i}/{t}.png, images/{i}.png, animations/{i}.gif|webp, ...)."""
-    return conn.hget(Keys(settings.key_prefix).files(job_id), name)
+    value = conn.hget(Keys(settings.key_prefix).files(job_id), name)
+    return value.encode() if isinstance(value, str) else value
 
 
 def list_files(conn: redis.Redis, job_id: str, settings: Settings) -> list[str]:
-    return sorted(k.decode() for k in conn.hkeys(Keys(settings.key_prefix).files(job_id)))
+    return sorted(text(k) for k in conn.hkeys(Keys(settings.key_prefix).files(job_id)))
 
 
 # --- heartbeats -------------------------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ def list_files(conn: redis.Redis, job_id: str, settings: Settings) -> list[str]:
 def live_workers(conn: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
     """Heartbeats of live workers (readiness: at least one, serving the model wanted). Prunes dead names."""
     keys = Keys(settings.key_prefix)
-    names = sorted(n.decode() for n in conn.smembers(keys.workers))
+    names = sorted(text(n) for n in conn.smembers(keys.workers))
     if not names:
         return []
     beats = conn.mget([keys.worker(n) for n in names])
@@ -276,7 +278,7 @@ def requeue_orphans(conn: redis.Redis, settings: Settings) -> list[tuple[str, st
     owners = conn.hgetall(keys.running)
     done = []
     for raw_id, raw_owner in owners.items():
-        job_id = raw_id.decode()
+        job_id = text(raw_id)
         try:
             worker = json.loads(raw_owner)["worker"]
         except (ValueError, KeyError):

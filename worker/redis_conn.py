@@ -45,3 +45,8 @@ def connect(settings: Settings) -> redis.Redis:
     conn = redis.Redis.from_url(redis_url(settings), health_check_interval=30)
     conn.ping()
     return conn
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as str: connections here return bytes, redis-py's types also admit str."""
+    return value.decode() if isinstance(value, bytes) else value

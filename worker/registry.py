@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
+from models.aligndraw import AlignDRAW
 from models.checkpoint import FORMAT, MANIFEST, CheckpointError, load_checkpoint
+from models.draw import DRAW
 from models.vocab import Vocabulary
 from worker.protocol import MODEL_ID, ModelInfo
 
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class LoadedModel:
     info: ModelInfo
-    model: torch.nn.Module
+    model: DRAW | AlignDRAW
     vocab: Vocabulary | None
 
     @property
