@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench install clean
+.PHONY: test lint bench install clean serve
 
 # torch first and exactly pinned: the CPU wheel here, the CUDA build on a CUDA machine; never a GB-sized surprise.
 $(STAMP): pyproject.toml
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# README command 1: embedded Redis (or REDIS_URL), one worker and the API on http://127.0.0.1:8000; Ctrl-C stops all.
+serve: $(STAMP)
+	$(BIN)/python -m service.serve --host 127.0.0.1 --port 8000
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

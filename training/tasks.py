@@ -100,6 +100,7 @@ class CaptionsTask(Task):
             "held_out_captions": held_out,
         })
         self._val = self._tensors(self._generate(self.val_digits, config.val_size, generator=VAL_SEED))
+        self.extra["example_captions"] = self.preview_captions()[:8]  # shown to users as examples (seen captions)
 
     def _tensors(self, batch: Any) -> Batch:
         assert self.vocab is not None

@@ -92,6 +92,8 @@ class ModelInfo(BaseModel):
     steps: int  # T
     vocabulary: list[str] | None = None  # alignDRAW: the words it knows (index 0 padding excluded)
     max_caption_tokens: int | None = None
+    example_captions: list[str] = []  # from the checkpoint (training records a few validation captions)
+    held_out_captions: list[str] = []  # captions whose combination training never showed
 
 
 class InvalidJobError(ValueError):

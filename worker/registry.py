@@ -74,6 +74,8 @@ def load_models(directory: str | Path, device: torch.device | str = "cpu") -> di
             id=sub.name, kind=m.kind, height=cfg.height, width=cfg.width, channels=cfg.channels, steps=cfg.steps,
             vocabulary=ckpt.vocab.words if ckpt.vocab is not None else None,
             max_caption_tokens=ckpt.vocab.max_length if ckpt.vocab is not None else None,
+            example_captions=list(ckpt.extra.get("example_captions", [])),
+            held_out_captions=list(ckpt.extra.get("held_out_captions", [])),
         )
         if info.kind == "aligndraw" and ckpt.vocab is None:
             log.error("skipping %s: an alignDRAW checkpoint without a vocabulary", sub)
