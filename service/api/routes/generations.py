@@ -1,0 +1,304 @@
+"""/v1/generations: create, read, stream, cancel, and the output files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import APIRouter, Header, Path, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from models.vocab import CaptionTooLongError, EmptyCaptionError, UnknownWordsError, Vocabulary
+from service import store
+from service.api.deps import CallerDep, ConnDep, MetricsDep, SettingsDep
+from service.problems import PROBLEM_JSON, Problem
+from service.schemas import Generation, GenerationCreate
+from worker.protocol import (
+    JOB_ID,
+    TERMINAL,
+    InvalidJobError,
+    JobRequest,
+    ModelInfo,
+    animation_name,
+    attention_name,
+    content_type,
+    frame_name,
+    image_name,
+    validate_for_model,
+)
+from worker.queue import cancel, enqueue_generation, get_file, get_view, job_timeout
+
+router = APIRouter(prefix="/v1/generations", tags=["generations"])
+
+JobId = Annotated[str, Path(description="job id from POST /v1/generations", max_length=64)]
+Index = Annotated[int, Path(ge=0, description="image index (caption-major: caption i // n)")]
+PROBLEM = {"content": {PROBLEM_JSON: {}}, "description": "problem details (RFC 9457)"}
+ERRORS: dict[int | str, dict[str, Any]] = {s: PROBLEM for s in (400, 401, 404, 409, 413, 422, 429, 503)}
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _caption_problems(captions: list[str], info: ModelInfo, base: str) -> None:
+    vocab = Vocabulary(info.vocabulary or [], max_length=info.max_caption_tokens or 1)
+    unknown: list[dict[str, Any]] = []
+    for j, caption in enumerate(captions):
+        try:
+            vocab.check(caption)
+        except UnknownWordsError as e:
+            unknown += [{"caption": j, "word": u.word, "position": u.position, "start": u.start, "end": u.end}
+                        for u in e.unknown]
+        except EmptyCaptionError:
+            raise Problem(422, "empty-caption", f"caption {j} has no words", title="Empty caption",
+                          caption=j) from None
+        except CaptionTooLongError as e:
+            raise Problem(422, "caption-too-long", f"caption {j} has {e.length} tokens; model {info.id!r} takes at "
+                          f"most {e.max_length}", title="Caption too long", caption=j, tokens=e.length,
+                          max_tokens=e.max_length) from None
+    if unknown:
+        names = ", ".join(f"{u['word']!r} (caption {u['caption']}, position {u['position']})" for u in unknown)
+        raise Problem(422, "unknown-words", f"words the model does not know: {names}", title="Unknown words",
+                      unknown_words=unknown, vocabulary=f"{base}/v1/models/{info.id}")
+
+
+@router.post("", status_code=202, response_model=Generation, responses=ERRORS,
+             summary="Draw images for captions (a job)")
+def create_generation(body: GenerationCreate, request: Request, response: Response, settings: SettingsDep,
+                      conn: ConnDep, caller: CallerDep, metrics: MetricsDep,
+                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Generation:
+    base = _base(request)
+    model = body.model or settings.default_model
+    catalog = store.served_models(conn, settings)
+    if not catalog:
+        metrics.jobs_rejected.labels("no-worker").inc()
+        raise Problem(503, "no-worker", "no worker is running; nothing could draw this job", title="No worker",
+                      headers={"Retry-After": str(settings.queue_full_retry_after)})
+    if model not in catalog:
+        metrics.jobs_rejected.labels("unknown-model").inc()
+        raise Problem(422, "unknown-model", f"unknown model {model!r}; served: {sorted(catalog)}",
+                      title="Unknown model", models=f"{base}/v1/models")
+    info = ModelInfo.model_validate(catalog[model])
+    captions = body.caption_list
+    if info.kind == "aligndraw":
+        if captions is None:
+            raise Problem(422, "caption-required", f"model {model!r} draws captions: send `caption` or `captions`",
+                          title="Caption required")
+        try:
+            _caption_problems(captions, info, base)
+        except Problem:
+            metrics.jobs_rejected.labels("caption").inc()
+            raise
+    images = body.n * (len(captions) if captions else 1)
+    seeds = [body.seed + i for i in range(images)] if body.seed is not None else None
+    try:
+        job = JobRequest(model=model, captions=captions, n=body.n, seeds=seeds, output=body.output)
+        validate_for_model(job, info, max_job_bytes=settings.max_job_bytes)
+    except (ValidationError, InvalidJobError) as e:
+        metrics.jobs_rejected.labels("invalid").inc()
+        raise Problem(422, "invalid-request", str(e), title="Invalid request") from None
+
+    depth = store.queue_depth(conn, settings)
+    if depth >= settings.max_queue_depth:
+        metrics.jobs_rejected.labels("queue-full").inc()
+        raise Problem(503, "queue-full", f"{depth} jobs are waiting; the limit is {settings.max_queue_depth}",
+                      title="Queue full", headers={"Retry-After": str(settings.queue_full_retry_after)})
+
+    from worker.queue import new_job_id
+
+    job_id = new_job_id()
+    ttl = store.record_ttl(settings, job_timeout(job, settings, info.steps))
+    if idempotency_key is not None:
+        digest = store.body_hash({**body.model_dump(mode="json"), "model": model})
+        earlier = store.claim_idempotency(conn, settings, caller.owner, idempotency_key, digest, job_id, ttl)
+        if earlier is not None:
+            if earlier.get("hash") != digest:
+                raise Problem(409, "idempotency-conflict", "this Idempotency-Key was used with another body",
+                              title="Idempotency key reused")
+            response.headers["Idempotent-Replayed"] = "true"
+            return _read(conn, settings, earlier["job"], base)
+    try:
+        store.save_record(conn, settings, job_id, caller.owner, ttl)
+        job_id, job = enqueue_generation(conn, job, settings, job_id=job_id, steps=info.steps)
+    except Exception:
+        if idempotency_key is not None:
+            store.release_idempotency(conn, settings, caller.owner, idempotency_key)
+        raise
+    metrics.jobs_created.labels(model).inc()
+    response.headers["Location"] = f"{base}/v1/generations/{job_id}"
+    return _read(conn, settings, job_id, base)
+
+
+def _read(conn, settings, job_id: str, base: str, metrics=None) -> Generation:
+    view = get_view(conn, job_id, settings)
+    if view is None:
+        return store.expired(base, job_id)
+    gen = store.build(conn, settings, view, base)
+    if metrics is not None and gen.status in TERMINAL and store.first_sight_of_end(conn, settings, job_id):
+        metrics.jobs_finished.labels(gen.status).inc()
+        if gen.status == "failed":
+            metrics.job_failures.inc()
+        if gen.created_at and gen.finished_at:
+            from datetime import datetime
+
+            took = datetime.fromisoformat(gen.finished_at) - datetime.fromisoformat(gen.created_at)
+            metrics.job_latency.labels(gen.status).observe(max(took.total_seconds(), 0.0))
+    return gen
+
+
+def _authorize(conn, settings, caller, job_id: str) -> str | None:
+    """404 unless the job exists (or existed) and belongs to the caller; returns the owner record."""
+    if not JOB_ID.match(job_id):
+        raise _unknown(job_id)
+    owner = store.load_owner(conn, settings, job_id)
+    if settings.api_keys and owner != caller.owner:
+        raise _unknown(job_id)
+    return owner
+
+
+def _unknown(job_id: str) -> Problem:
+    return Problem(404, "unknown-job", f"no generation {job_id!r} (never created, or deleted after its TTL)",
+                   title="Unknown generation")
+
+
+@router.get("/{job_id}", response_model=Generation, responses=ERRORS, summary="Status, progress and output links")
+def read_generation(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
+                    metrics: MetricsDep) -> Generation:
+    owner = _authorize(conn, settings, caller, job_id)
+    gen = _read(conn, settings, job_id, _base(request), metrics)
+    if gen.status == "expired" and owner is None:
+        raise _unknown(job_id)
+    return gen
+
+
+@router.delete("/{job_id}", status_code=202, response_model=Generation, responses=ERRORS, summary="Cancel")
+def cancel_generation(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep,
+                      caller: CallerDep) -> Generation:
+    _authorize(conn, settings, caller, job_id)
+    view = get_view(conn, job_id, settings)
+    if view is None:
+        raise _unknown(job_id)
+    if view.status in TERMINAL:
+        raise Problem(409, "already-ended", f"generation {job_id} has already {view.status}", title="Already ended",
+                      status_now=view.status)
+    cancel(conn, job_id, settings)
+    return _read(conn, settings, job_id, _base(request))
+
+
+# --- output files -----------------------------------------------------------------------------------------------
+
+def _file(conn, settings, caller, job_id: str, name: str) -> Response:
+    _authorize(conn, settings, caller, job_id)
+    data = get_file(conn, job_id, name, settings)
+    if data is None:
+        view = get_view(conn, job_id, settings)
+        if view is None:
+            raise _unknown(job_id)
+        raise Problem(404, "no-such-output", f"{name} of generation {job_id} does not exist (yet): status "
+                      f"{view.status}", title="No such output", status_now=view.status)
+    # A stored file never changes (a requeued job redraws the same pixels from the same seeds).
+    headers = {"Cache-Control": f"private, max-age={settings.result_ttl}, immutable"}
+    return Response(data, media_type=content_type(name), headers=headers)
+
+
+IMAGE = {200: {"content": {"image/png": {}}, "description": "PNG"}, 404: PROBLEM}
+
+
+@router.get("/{job_id}/images/{index}.png", responses=IMAGE, response_class=Response, summary="Final image")
+def image(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> Response:
+    return _file(conn, settings, caller, job_id, image_name(index))
+
+
+@router.get("/{job_id}/images/{index}/frames/{step}.png", responses=IMAGE, response_class=Response,
+            summary="Canvas after step t (1..T); readable while the job runs")
+def frame(job_id: JobId, index: Index, step: Annotated[int, Path(ge=1)], settings: SettingsDep, conn: ConnDep,
+          caller: CallerDep) -> Response:
+    return _file(conn, settings, caller, job_id, frame_name(index, step))
+
+
+@router.get("/{job_id}/images/{index}/animation.{fmt}", response_class=Response, summary="Animation of all T steps",
+            responses={200: {"content": {"image/gif": {}, "image/webp": {}}}, 404: PROBLEM})
+def animation(job_id: JobId, index: Index, fmt: Literal["gif", "webp"], settings: SettingsDep, conn: ConnDep,
+              caller: CallerDep) -> Response:
+    return _file(conn, settings, caller, job_id, animation_name(index, fmt))
+
+
+@router.get("/{job_id}/images/{index}/attention.json", response_class=Response, responses={404: PROBLEM},
+            summary="Write windows (T × [x0, y0, x1, y1] px) and the alignment")
+def attention(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> Response:
+    return _file(conn, settings, caller, job_id, attention_name(index))
+
+
+@router.get("/{job_id}/images/{index}/alignment.json", responses={404: PROBLEM},
+            summary="Alignment over caption words: T rows × words, with the words")
+def alignment(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> dict:
+    att = json.loads(_file(conn, settings, caller, job_id, attention_name(index)).body)
+    if att.get("alignment") is None:
+        raise Problem(404, "no-alignment", "this image was drawn without a caption: it has no alignment",
+                      title="No alignment")
+    return {"words": att.get("words", []), "steps": att.get("steps"), "alignment": att["alignment"]}
+
+
+# --- events -----------------------------------------------------------------------------------------------------
+
+def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse, summary="Server-Sent Events: steps, then the end",
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "`step` events (id = global step across chunks of rows) with the frame "
+                                            "links, then one of `done`, `failed`, `canceled`, `expired`. Resume with "
+                                            "`Last-Event-ID`."}, 404: PROBLEM})
+async def events(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
+                 last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+    await anyio.to_thread.run_sync(_authorize, conn, settings, caller, job_id)
+    if await anyio.to_thread.run_sync(get_view, conn, job_id, settings) is None:
+        raise _unknown(job_id)
+    try:
+        start = int(last_event_id) if last_event_id else 0
+    except ValueError:
+        start = 0
+    base = _base(request)
+    return StreamingResponse(_stream(conn, settings, job_id, base, start), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _stream(conn, settings, job_id: str, base: str, sent: int) -> AsyncIterator[str]:
+    me = f"{base}/v1/generations/{job_id}"
+    yield "retry: 1000\n\n"
+    quiet_since = time.monotonic()
+    while True:
+        view = await anyio.to_thread.run_sync(get_view, conn, job_id, settings)
+        if view is None:
+            yield _sse("expired", {"id": job_id, "status": "expired"})
+            return
+        steps = view.steps or 0
+        chunk = int(view.meta.get("chunk") or 1)
+        tick = (chunk - 1) * steps + view.step if view.status != "queued" else 0
+        if view.status == "succeeded":
+            tick = int(view.meta.get("chunks") or chunk) * steps
+        if tick > sent and steps:
+            names = set(await anyio.to_thread.run_sync(store.file_names, conn, settings, job_id))
+            while sent < tick:
+                sent += 1
+                t = (sent - 1) % steps + 1
+                images = sorted(int(n.split("/")[1]) for n in names if n.startswith("frames/") and
+                                n.endswith(f"/{t}.png"))
+                yield _sse("step", {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
+                                    "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}, sent)
+            quiet_since = time.monotonic()
+        if view.status in TERMINAL:
+            gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base)
+            yield _sse({"succeeded": "done"}.get(view.status, view.status), gen.model_dump(mode="json"))
+            return
+        if time.monotonic() - quiet_since > settings.events_keepalive:
+            yield ": keepalive\n\n"
+            quiet_since = time.monotonic()
+        await asyncio.sleep(settings.events_poll_interval)

@@ -1,0 +1,44 @@
+"""The API's settings: the product's one `Settings` (worker.settings) plus the fields only the HTTP side reads.
+
+Environment: `GLIMPSE_*` like the rest (`GLIMPSE_API_KEYS=key1,key2`, `GLIMPSE_MAX_QUEUE_DEPTH=500`, ...).
+These fields belong in `worker.settings.Settings` itself; until its owner moves them there, this subclass adds
+them, so there is still one settings object and one environment namespace.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from worker.settings import Settings
+
+
+class ApiSettings(Settings):
+    # --- HTTP ---
+    default_model: str = "aligndraw-mnist-captions"  # POST /v1/generations without `model`
+    max_body_bytes: int = Field(64 * 1024, ge=1024)  # 16 captions × 500 chars fit ~10× over
+    max_queue_depth: int = Field(1000, ge=0)  # waiting jobs over all queues; beyond it POST → 503 + Retry-After
+    queue_full_retry_after: int = Field(10, ge=1)  # seconds, the Retry-After of that 503
+    # --- auth (off when empty) ---
+    api_keys: Annotated[list[str], NoDecode] = []  # GLIMPSE_API_KEYS: comma-separated bearer tokens
+    rate_limit: int = Field(120, ge=0)  # requests per key per window (0: no limit)
+    rate_window: int = Field(60, ge=1)  # seconds
+    # --- streaming ---
+    events_poll_interval: float = Field(0.15, gt=0)  # SSE: how often a stream looks at its job in Redis
+    events_keepalive: float = Field(15.0, gt=0)  # SSE comment line when nothing happened this long
+    expired_grace: int = Field(86400, ge=0)  # seconds a job id still answers "expired" after its results are gone
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+
+@lru_cache
+def get_api_settings() -> ApiSettings:
+    return ApiSettings()

@@ -1,0 +1,58 @@
+"""The FastAPI app: wiring only (settings, Redis, middleware, problem handlers, routers).
+
+Run: `uvicorn --factory service.main:create_app` (or `make serve`, which also starts Redis and a worker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from service import problems
+from service.api.routes import generations, health, models
+from service.config import ApiSettings, get_api_settings
+from service.limits import BodyLimitMiddleware
+from service.metrics import Metrics, MetricsMiddleware
+from worker import redis_conn
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+DESCRIPTION = """Text to image with alignDRAW: post captions, poll or stream the job, fetch images, every step's
+frame, animations and the caption alignment. Errors are `application/problem+json` (RFC 9457)."""
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or get_api_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.redis.close()
+
+    app = FastAPI(title="glimpse", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    # Client only; it connects on first use (the embedded server is started here when REDIS_URL is unset).
+    app.state.redis = redis.Redis.from_url(redis_conn.redis_url(settings), health_check_interval=30,
+                                           socket_timeout=10, socket_connect_timeout=5)
+    app.state.metrics = Metrics()
+    app.state.metrics.watch_queue(app.state.redis, settings)
+    problems.install(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)
+    app.include_router(generations.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    # The web page: plain HTML/JS/CSS served as files (no build step, no CDN).
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    return app

@@ -1,0 +1,126 @@
+"""Request and response bodies of the HTTP API (OpenAPI examples included)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from worker.protocol import MAX_CAPTION_CHARS, MAX_CAPTIONS, MAX_IMAGES, MAX_PER_CAPTION, SEED_MAX, OutputOptions
+
+Caption = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CAPTION_CHARS)]
+Status = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
+
+
+class GenerationCreate(BaseModel):
+    """`caption` or `captions` (alignDRAW), neither for an unconditional DRAW model; `n` images per caption."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"caption": "the digit 3 is at the top left of the image", "n": 4},
+        {"model": "aligndraw-mnist-captions", "captions": ["the digit 7 is at the bottom right of the image",
+                                                         "the digit 1 is at the top of the image"],
+         "n": 2, "seed": 1234, "output": {"frames": True, "gif": True, "webp": False, "frame_ms": 60, "scale": 2}},
+    ]})
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        None, description="Model id from GET /v1/models; default: the alignDRAW MNIST-captions model")
+    caption: Caption | None = None
+    captions: Annotated[list[Caption], Field(min_length=1, max_length=MAX_CAPTIONS)] | None = None
+    n: int = Field(1, ge=1, le=MAX_PER_CAPTION, description=f"images per caption (≤ {MAX_IMAGES} in all)")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX - MAX_IMAGES,
+                             description="image i gets seed + i; drawn at random when absent (returned either way)")
+    output: OutputOptions = OutputOptions()
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerationCreate:
+        if self.caption is not None and self.captions is not None:
+            raise ValueError("send `caption` or `captions`, not both")
+        images = self.n * len(self.caption_list or [None])
+        if images > MAX_IMAGES:
+            raise ValueError(f"{images} images requested; the limit is {MAX_IMAGES} per job (captions × n)")
+        return self
+
+    @property
+    def caption_list(self) -> list[str] | None:
+        return [self.caption] if self.caption is not None else self.captions
+
+
+class Links(BaseModel):
+    self: str
+    events: str
+    cancel: str
+
+
+class Progress(BaseModel):
+    step: int = Field(description="DRAW steps drawn of the current chunk of rows")
+    steps: int | None = Field(description="T")
+    chunk: int | None = None
+    chunks: int | None = None
+    fraction: float = 0.0
+
+
+class ImageOutput(BaseModel):
+    index: int
+    caption: str | None
+    seed: int | None
+    image: str | None = Field(None, description="final PNG (present once drawn)")
+    animation_gif: str | None = None
+    animation_webp: str | None = None
+    alignment: str | None = None
+    attention: str | None = None
+    frames_drawn: int = Field(0, description="frame PNGs stored so far")
+    frames: list[str] = Field(default_factory=list, description="one link per stored frame, step order")
+
+
+class Generation(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "4be0c4d0e6a94b9c8a3f1b6f6c2d8e11", "status": "running", "model": "aligndraw-mnist-captions",
+        "captions": ["the digit 3 is at the top left of the image"], "n": 1, "images": 1, "seeds": [91],
+        "progress": {"step": 12, "steps": 32, "chunk": 1, "chunks": 1, "fraction": 0.375}, "queue_position": None,
+        "created_at": "2025-01-01T12:00:00.000Z", "started_at": "2025-01-01T12:00:00.150Z", "finished_at": None,
+        "expires_at": None, "error": None, "attempt": 1,
+        "links": {"self": "/v1/generations/4be0…", "events": "/v1/generations/4be0…/events",
+                  "cancel": "/v1/generations/4be0…"}, "outputs": []}]})
+
+    id: str
+    status: Status
+    model: str | None = None
+    captions: list[str] | None = None
+    n: int | None = None
+    images: int | None = None
+    seeds: list[int] | None = None
+    progress: Progress | None = None
+    queue_position: int | None = Field(None, description="jobs ahead of this one (0: next); only while queued")
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    expires_at: str | None = Field(None, description="when results and the job record are deleted")
+    error: str | None = None
+    attempt: int | None = None
+    links: Links
+    outputs: list[ImageOutput] = Field(default_factory=list)
+
+
+class ModelOut(BaseModel):
+    id: str
+    kind: Literal["draw", "aligndraw"]
+    height: int
+    width: int
+    channels: int
+    steps: int
+    default: bool = False
+    max_caption_tokens: int | None = None
+    vocabulary: list[str] | None = None
+    example_captions: list[str] = Field(default_factory=list)
+    held_out_captions: list[str] = Field(default_factory=list,
+                                         description="captions kept out of training (compositional test)")
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+
+
+class Health(BaseModel):
+    status: str
+    detail: dict[str, Any] = Field(default_factory=dict)

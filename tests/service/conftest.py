@@ -1,0 +1,102 @@
+"""Service fixtures: one real `python -m worker` for the session (tiny alignDRAW + DRAW checkpoints, slowed by
+`step_delay` so runs can be watched), on its own Redis database; apps built per test over that database."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.config import ApiSettings
+from service.main import create_app
+from tests.worker import conftest as worker_fixtures
+from tests.worker.conftest import ROOT, settings_env, wait_for, with_db
+
+checkpoints = worker_fixtures.checkpoints  # the tiny checkpoints and the Redis of tests/worker, shared
+redis_base_url = worker_fixtures.redis_base_url
+
+warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient.*")
+
+SERVICE_DB = 12
+STEP_DELAY = 0.15  # T=5 → ~0.75 s a job: long enough to read frames mid-run
+
+
+@pytest.fixture(scope="session")
+def service_redis_url(redis_base_url: str) -> Iterator[str]:
+    url = with_db(redis_base_url, SERVICE_DB)
+    conn = redis.Redis.from_url(url)
+    conn.flushdb()
+    yield url
+    conn.flushdb()
+    conn.close()
+
+
+def api_settings(url: str, checkpoints: Path, **kw) -> ApiSettings:
+    base = dict(redis_url=url, checkpoints=checkpoints, heartbeat_interval=0.3, heartbeat_ttl=1.5,
+                job_timeout_base=60.0, default_model="tiny-align", events_poll_interval=0.05)
+    base.update(kw)
+    return ApiSettings(**base)
+
+
+@pytest.fixture(scope="session")
+def live_worker(service_redis_url: str, checkpoints: Path, tmp_path_factory) -> Iterator[subprocess.Popen]:
+    s = api_settings(service_redis_url, checkpoints, step_delay=STEP_DELAY)
+    log = (tmp_path_factory.mktemp("worker") / "worker.log").open("w")
+    p = subprocess.Popen([sys.executable, "-m", "worker", "--name", "svc-worker", "--log-level", "INFO"], cwd=ROOT,
+                         env=settings_env(s), stdout=log, stderr=subprocess.STDOUT)
+    conn = redis.Redis.from_url(service_redis_url)
+    try:
+        wait_for(lambda: conn.exists(f"{s.key_prefix}:worker:svc-worker") or p.poll() is not None, 60,
+                 what="worker heartbeat")
+        assert p.poll() is None, f"worker exited: {Path(log.name).read_text()}"
+        yield p
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+        conn.close()
+
+
+@pytest.fixture
+def make_client(service_redis_url: str, checkpoints: Path) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def make(**kw) -> TestClient:
+        c = TestClient(create_app(api_settings(service_redis_url, checkpoints, **kw)))
+        c.__enter__()
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client, live_worker) -> TestClient:
+    return make_client()
+
+
+@pytest.fixture
+def conn(service_redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(service_redis_url)
+    yield c
+    c.close()
+
+
+def wait_status(client: TestClient, job_id: str, statuses: set[str], timeout: float = 30, **kw) -> dict:
+    def check():
+        body = client.get(f"/v1/generations/{job_id}", **kw).json()
+        return body if body["status"] in statuses else None
+
+    return wait_for(check, timeout, interval=0.05, what=f"{job_id} to reach {statuses}")

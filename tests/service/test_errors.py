@@ -1,0 +1,115 @@
+"""Bad input and limits: always problem+json with the right 4xx (never a 500), and nothing accepted is lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.service.conftest import wait_status
+
+CAPTION = "the digit 3 is at the top left of the image"
+PROBLEM = "application/problem+json"
+
+
+def problem(r, status: int, kind: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM
+    body = r.json()
+    assert body["status"] == status and body["title"]
+    if kind:
+        assert body["type"].endswith("/" + kind), body
+    return body
+
+
+def test_unknown_words_name_each_word_and_position(client):
+    r = client.post("/v1/generations", json={"captions": [CAPTION, "the purple digit 3 is at the zenith"]})
+    body = problem(r, 422, "unknown-words")
+    assert [(u["caption"], u["word"], u["position"]) for u in body["unknown_words"]] == [
+        (1, "purple", 1), (1, "zenith", 7)]
+    u = body["unknown_words"][0]
+    assert "the purple digit 3 is at the zenith"[u["start"]:u["end"]] == "purple"
+    assert body["vocabulary"].endswith("/v1/models/tiny-align")
+    assert "purple" in body["detail"] and "zenith" in body["detail"]
+
+
+@pytest.mark.parametrize(("body", "status", "kind"), [
+    ({"caption": ""}, 422, "invalid-request"),
+    ({"caption": " ? "}, 422, "unknown-words"),  # punctuation outside the vocabulary
+    ({"caption": " ".join(["digit"] * 13)}, 422, "caption-too-long"),
+    ({"caption": "x" * 501}, 422, "invalid-request"),
+    ({"captions": [CAPTION] * 17}, 422, "invalid-request"),
+    ({"captions": []}, 422, "invalid-request"),
+    ({"caption": CAPTION, "n": 0}, 422, "invalid-request"),
+    ({"caption": CAPTION, "n": 17}, 422, "invalid-request"),
+    ({"captions": [CAPTION] * 5, "n": 13}, 422, "invalid-request"),  # 65 images
+    ({"caption": CAPTION, "captions": [CAPTION]}, 422, "invalid-request"),
+    ({"caption": CAPTION, "model": "no-such-model"}, 422, "unknown-model"),
+    ({"caption": CAPTION, "model": "tiny-draw"}, 422, "invalid-request"),  # DRAW takes no captions
+    ({}, 422, "caption-required"),
+    ({"caption": CAPTION, "seed": -1}, 422, "invalid-request"),
+    ({"caption": CAPTION, "output": {"scale": 9}}, 422, "invalid-request"),
+    ({"caption": CAPTION, "colour": "red"}, 422, "invalid-request"),
+    ([1, 2], 422, "invalid-request"),
+])
+def test_bad_bodies(client, body, status, kind):
+    problem(client.post("/v1/generations", json=body), status, kind)
+
+
+def test_empty_caption_after_tokenising(client):
+    problem(client.post("/v1/generations", json={"caption": "   "}), 422, "empty-caption")
+
+
+def test_malformed_json(client):
+    body = problem(client.post("/v1/generations", content=b'{"caption": "the digit', headers={
+        "content-type": "application/json"}), 400, "malformed-json")
+    assert "JSON" in body["detail"]
+
+
+def test_oversize_body_states_the_limit(client):
+    big = b'{"caption": "' + b"a" * 70_000 + b'"}'
+    body = problem(client.post("/v1/generations", content=big, headers={"content-type": "application/json"}),
+                   413, "body-too-large")
+    assert body["limit_bytes"] == 65536 and "65536" in body["detail"]
+
+    def chunks():  # no Content-Length: the stream itself is counted
+        for _ in range(20):
+            yield b"a" * 5000
+
+    problem(client.post("/v1/generations", content=chunks(), headers={"content-type": "application/json"}),
+            413, "body-too-large")
+
+
+def test_unknown_ids_and_routes(client):
+    problem(client.get("/v1/generations/0123456789abcdef"), 404, "unknown-job")
+    problem(client.get("/v1/generations/bad:id"), 404, "unknown-job")
+    problem(client.delete("/v1/generations/0123456789abcdef"), 404, "unknown-job")
+    problem(client.get("/v1/generations/0123456789abcdef/events"), 404, "unknown-job")
+    problem(client.get("/v1/generations/0123456789abcdef/images/0.png"), 404, "unknown-job")
+    problem(client.get("/v1/generations/x/images/-1.png"), 422)
+    problem(client.get("/nowhere"), 404)
+    problem(client.put("/v1/generations"), 405)
+
+
+def test_queue_full_is_503_with_retry_after_and_keeps_accepted_jobs(make_client, live_worker, conn):
+    c = make_client(queues=["parked"], max_queue_depth=2)  # no worker listens to "parked"
+    try:
+        ids = [c.post("/v1/generations", json={"caption": CAPTION}).json()["id"] for _ in range(2)]
+        positions = [c.get(f"/v1/generations/{i}").json()["queue_position"] for i in ids]
+        assert positions == [0, 1]
+        r = c.post("/v1/generations", json={"caption": CAPTION})
+        body = problem(r, 503, "queue-full")
+        assert int(r.headers["retry-after"]) > 0 and "2" in body["detail"]
+        assert [c.get(f"/v1/generations/{i}").json()["status"] for i in ids] == ["queued", "queued"]
+    finally:
+        conn.delete("rq:queue:parked")
+
+
+def test_no_worker_503(make_client, service_redis_url, conn):
+    c = make_client(key_prefix="nobody")  # heartbeats live under another prefix: no worker seen
+    problem(c.post("/v1/generations", json={"caption": CAPTION}), 503, "no-worker")
+
+
+def test_bad_input_does_not_disturb_running_jobs(client):
+    jid = client.post("/v1/generations", json={"caption": CAPTION}).json()["id"]
+    for body in ({"caption": "zzz"}, {"n": 99}):
+        assert client.post("/v1/generations", json=body).status_code == 422
+    assert wait_status(client, jid, {"succeeded", "failed"})["status"] == "succeeded"

@@ -1,0 +1,149 @@
+"""End to end through a real worker: create, poll, outputs (also mid-run), events, cancel, idempotency."""
+
+from __future__ import annotations
+
+import json
+
+from tests.service.conftest import wait_status
+from tests.worker.conftest import wait_for
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CAPTION = "the digit 3 is at the top left of the image"
+
+
+def post(client, body: dict | None = None, **kw):
+    return client.post("/v1/generations", json=body or {"caption": CAPTION}, **kw)
+
+
+def test_create_poll_and_fetch_every_output(client):
+    r = post(client, {"captions": [CAPTION, "the digit 7 is at the bottom right"], "n": 2, "seed": 40})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    jid = job["id"]
+    assert job["status"] in {"queued", "running"}
+    assert job["links"]["self"].endswith(f"/v1/generations/{jid}")
+    assert job["links"]["events"].endswith(f"/v1/generations/{jid}/events")
+    assert r.headers["location"] == job["links"]["self"]
+    assert job["seeds"] == [40, 41, 42, 43] and job["images"] == 4 and job["model"] == "tiny-align"
+    if job["status"] == "queued":
+        assert isinstance(job["queue_position"], int) and job["queue_position"] >= 0
+    done = wait_status(client, jid, {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done
+    assert done["progress"]["step"] == done["progress"]["steps"] == 5
+    assert done["created_at"] and done["started_at"] and done["finished_at"] and done["expires_at"]
+    assert done["queue_position"] is None
+    out = done["outputs"][3]
+    assert out["caption"] == "the digit 7 is at the bottom right" and out["seed"] == 43
+    assert out["frames_drawn"] == 5 and len(out["frames"]) == 5
+
+    img = client.get(out["image"])
+    assert img.status_code == 200 and img.headers["content-type"] == "image/png" and img.content.startswith(PNG)
+    fr = client.get(out["frames"][2])
+    assert fr.headers["content-type"] == "image/png" and fr.content.startswith(PNG)
+    gif = client.get(out["animation_gif"])
+    assert gif.headers["content-type"] == "image/gif" and gif.content[:6] in (b"GIF89a", b"GIF87a")
+    webp = client.get(out["animation_webp"])
+    assert webp.headers["content-type"] == "image/webp"
+    assert webp.content[:4] == b"RIFF" and webp.content[8:12] == b"WEBP"
+    al = client.get(out["alignment"])
+    assert al.status_code == 200, al.text
+    al = al.json()
+    assert al["words"] == ["the", "digit", "7", "is", "at", "the", "bottom", "right"]
+    assert len(al["alignment"]) == 5 and all(len(row) == len(al["words"]) for row in al["alignment"])
+    att = client.get(out["attention"])
+    assert att.headers["content-type"] == "application/json" and len(json.loads(att.content)["windows"]) == 5
+    missing = client.get(f"/v1/generations/{jid}/images/9.png")
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+
+
+def test_same_seed_same_pixels(client):
+    a, b = (post(client, {"caption": CAPTION, "seed": 7, "output": {"gif": False, "webp": False}}).json()["id"]
+            for _ in range(2))
+    for jid in (a, b):
+        wait_status(client, jid, {"succeeded"})
+    assert client.get(f"/v1/generations/{a}/images/0.png").content == client.get(
+        f"/v1/generations/{b}/images/0.png").content
+
+
+def test_frames_readable_while_running(client):
+    jid = post(client).json()["id"]
+    running = wait_for(lambda: (lambda b: b if b["status"] == "running" and 1 <= b["progress"]["step"] < 5 else None)(
+        client.get(f"/v1/generations/{jid}").json()), 30, interval=0.02, what="mid-run")
+    link = running["outputs"][0]["frames"][0]
+    r = client.get(link)
+    assert r.status_code == 200 and r.content.startswith(PNG)
+    assert running["outputs"][0]["image"] is None
+    assert client.get(f"/v1/generations/{jid}/images/0.png").status_code == 404  # final image not yet
+    wait_status(client, jid, {"succeeded"})
+
+
+def parse_sse(text: str) -> list[dict]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        ev: dict = {}
+        for line in block.splitlines():
+            k, _, v = line.partition(": ")
+            if k in ("id", "event", "data"):
+                ev[k] = v
+        if "event" in ev:
+            events.append(ev)
+    return events
+
+
+def test_events_one_per_step_then_done_and_resume(client):
+    jid = post(client).json()["id"]
+    r = client.get(f"/v1/generations/{jid}/events")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(r.text)
+    steps = [e for e in events if e["event"] == "step"]
+    assert [int(e["id"]) for e in steps] == [1, 2, 3, 4, 5]
+    data = json.loads(steps[2]["data"])
+    assert data["step"] == 3 and data["steps"] == 5 and data["frames"][0].endswith(f"{jid}/images/0/frames/3.png")
+    assert events[-1]["event"] == "done" and json.loads(events[-1]["data"])["status"] == "succeeded"
+    resumed = parse_sse(client.get(f"/v1/generations/{jid}/events", headers={"Last-Event-ID": "3"}).text)
+    assert [int(e["id"]) for e in resumed if e["event"] == "step"] == [4, 5]
+    assert resumed[-1]["event"] == "done"
+
+
+def test_delete_cancels(client):
+    jid = post(client, {"caption": CAPTION, "n": 16}).json()["id"]
+    r = client.delete(f"/v1/generations/{jid}")
+    assert r.status_code == 202, r.text
+    done = wait_status(client, jid, {"canceled", "succeeded", "failed"})
+    assert done["status"] == "canceled"
+    again = client.delete(f"/v1/generations/{jid}")
+    assert again.status_code == 409 and again.headers["content-type"] == "application/problem+json"
+    assert parse_sse(client.get(f"/v1/generations/{jid}/events").text)[-1]["event"] == "canceled"
+
+
+def test_idempotency_key(client):
+    body = {"caption": CAPTION, "n": 2}
+    a = post(client, body, headers={"Idempotency-Key": "k-1"})
+    b = post(client, body, headers={"Idempotency-Key": "k-1"})
+    assert a.status_code == b.status_code == 202
+    assert a.json()["id"] == b.json()["id"] and b.headers.get("idempotent-replayed") == "true"
+    c = post(client, {"caption": CAPTION, "n": 3}, headers={"Idempotency-Key": "k-1"})
+    assert c.status_code == 409 and c.headers["content-type"] == "application/problem+json"
+    d = post(client, body, headers={"Idempotency-Key": "k-2"})
+    assert d.json()["id"] != a.json()["id"]
+    wait_status(client, d.json()["id"], {"succeeded"})
+
+
+def test_models(client):
+    r = client.get("/v1/models")
+    assert r.status_code == 200
+    models = {m["id"]: m for m in r.json()["models"]}
+    assert set(models) == {"tiny-align", "tiny-draw"}
+    m = models["tiny-align"]
+    assert m["kind"] == "aligndraw" and m["steps"] == 5 and m["height"] == 16 and "digit" in m["vocabulary"]
+    assert m["default"] is True and "held_out_captions" in m and "example_captions" in m
+    assert client.get("/v1/models/tiny-draw").json()["kind"] == "draw"
+    assert client.get("/v1/models/nope").status_code == 404
+
+
+def test_unconditional_draw_job(client):
+    jid = post(client, {"model": "tiny-draw", "n": 2}).json()["id"]
+    done = wait_status(client, jid, {"succeeded", "failed"})
+    assert done["status"] == "succeeded" and done["outputs"][1]["alignment"] is None
+    r = client.get(f"/v1/generations/{jid}/images/1/alignment.json")
+    assert r.status_code == 404 and r.json()["type"].endswith("no-alignment")

@@ -1,0 +1,79 @@
+"""`make serve` launcher: embedded Redis + worker + API come up, serve a job, and all stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.worker.conftest import ROOT, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_serve_starts_everything_and_stops_on_ctrl_c(checkpoints: Path, tmp_path: Path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_") and k != "REDIS_URL"}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLIMPSE_CHECKPOINTS=str(checkpoints),
+               GLIMPSE_REDIS_DIR=str(tmp_path / "redis"), GLIMPSE_DEFAULT_MODEL="tiny-align",
+               GLIMPSE_HEARTBEAT_INTERVAL="0.3", GLIMPSE_HEARTBEAT_TTL="1.5", GLIMPSE_SHUTDOWN_GRACE="2")
+    log = tmp_path / "serve.log"
+    p = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port)], cwd=ROOT, env=env,
+                         stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "ready at" in log.read_text() or p.poll() is not None, 90, interval=0.2,
+                 what="serve ready")
+        out = log.read_text()
+        assert f"ready at http://127.0.0.1:{port}" in out, out
+        pids = [int(x) for x in re.findall(r"pid (\d+)", out)]
+        assert len(pids) == 2
+        base = f"http://127.0.0.1:{port}"
+        status, job = http("POST", f"{base}/v1/generations", {"caption": "the digit 2 is at the top"})
+        assert status == 202, job
+        done = wait_for(lambda: (lambda b: b if b["status"] in ("succeeded", "failed") else None)(
+            http("GET", f"{base}/v1/generations/{job['id']}")[1]), 30, interval=0.1, what="job end")
+        assert done["status"] == "succeeded"
+        redis_url = re.search(r"glimpse: redis (\S+)", out).group(1)
+        assert redis_url.startswith("unix://") and redis.Redis.from_url(redis_url).ping()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 0, log.read_text()
+        out = log.read_text()
+        assert "glimpse: stopped" in out
+        assert all(gone(pid) for pid in pids), out
+        with pytest.raises(redis.ConnectionError):  # the embedded server went with it
+            redis.Redis.from_url(redis_url).ping()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
