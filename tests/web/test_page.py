@@ -1,0 +1,119 @@
+"""The web page in a real browser: Debian's Chromium driven by Playwright (its own browser download fails here).
+
+Skips, saying why, when Chromium or Playwright is missing; CI sets GLIMPSE_REQUIRE_BROWSER=1 so it never skips.
+Screenshots go to artifacts/screenshots/.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.worker.conftest import ROOT, checkpoints  # noqa: F401  (fixture)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = ROOT / "artifacts" / "screenshots"
+
+
+def _need(reason: str) -> None:
+    if os.environ.get("GLIMPSE_REQUIRE_BROWSER"):
+        pytest.fail(f"browser test required but {reason}")
+    pytest.skip(f"browser tests skipped: {reason}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _need("the playwright package is not installed")
+    if not Path(CHROMIUM).exists():
+        _need("Debian's chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints, tmp_path_factory):  # noqa: F811
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded Redis, as on a fresh machine
+    env |= {"GLIMPSE_CHECKPOINTS": str(checkpoints), "GLIMPSE_REDIS_DIR": str(tmp_path_factory.mktemp("redis")),
+            "GLIMPSE_DEFAULT_MODEL": "tiny-align", "GLIMPSE_STEP_DELAY": "0.25"}  # slow enough to see frames
+    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port), "--ready-timeout", "120"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        assert proc.poll() is None, Path(log.name).read_text()
+        time.sleep(0.3)
+    else:
+        pytest.fail("the stack never became ready: " + Path(log.name).read_text()[-2000:])
+    yield url
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+
+
+def test_draw_watch_scrub_and_unknown_words(browser, server):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+
+    # An unknown word is marked as it is typed, and the API's 422 is shown inline.
+    page.fill("#caption", "the digit 3 is beside the cat .")
+    assert page.locator("#marked .unknown").count() == 2
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])")
+    error = page.inner_text("#error")
+    assert "Unknown words" in error and "beside at position 4" in error and "cat at position 6" in error
+    page.screenshot(path=str(SHOTS / "unknown-words.png"))
+
+    # A real caption: the canvas fills step by step, then the samples and the player appear.
+    page.fill("#caption", "the digit 3 is at the top left of the image .")
+    assert page.locator("#marked .unknown").count() == 0
+    page.fill("#n", "2")
+    page.click("#submit")
+    frames: list[str] = []
+    deadline = time.monotonic() + 60
+    while page.locator("#grid img").count() < 2 and time.monotonic() < deadline:
+        src = page.get_attribute("#frame", "src")
+        if src and "/frames/" in src and (not frames or frames[-1] != src):
+            frames.append(src)
+        time.sleep(0.03)
+    assert page.locator("#grid img").count() == 2, page.inner_text("#status")
+    assert len(set(frames)) >= 2, frames  # at least two different canvases while it was drawn
+    page.wait_for_selector("#player:not([hidden])")
+    page.wait_for_function("document.querySelector('#grid img').naturalWidth > 0")  # the final image loaded
+    assert page.get_attribute("#error", "hidden") is not None
+    page.screenshot(path=str(SHOTS / "drawn.png"))
+
+    # Scrub to the first step: its frame, its window and its word weights.
+    page.eval_on_selector("#scrub", "e => { e.value = '1'; e.dispatchEvent(new Event('input')); }")
+    assert page.inner_text("#stepLabel").startswith("step 1 /")
+    assert page.get_attribute("#frame", "src").endswith("/frames/1.png")
+    weights = page.eval_on_selector_all("#words span", "spans => spans.map(s => Number(s.dataset.weight))")
+    assert len(weights) == 12 and abs(sum(weights) - 1) < 1e-2
+    downloads = page.eval_on_selector_all("#downloads a", "links => links.map(a => a.textContent)")
+    assert downloads == ["PNG", "GIF", "WebP"]
+    assert "curl -s -X POST" in page.text_content("#curl")  # inside a collapsed <details>
+    page.close()
