@@ -300,7 +300,7 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
                 e.canceled = True
         state = {"stopped": False}
 
-        def on_step(step: Step, chunk=chunk, in_chunk=in_chunk, c=c, state=state) -> bool:
+        def on_step(step: Step, chunk=chunk, in_chunk=in_chunk, c=c, state=state, conditions=conditions) -> bool:
             active = [e for e in in_chunk if not e.canceled]
             frames = _to_uint8(step.canvas[: len(chunk)])
             with conn.pipeline(transaction=False) as p:
@@ -313,10 +313,20 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
                 for e in active:
                     p.exists(keys.cancel(e.job.id))
                 flags = p.execute()[-len(active):] if active else []
+            first_row: dict[Any, int] = {}  # each job's first image in this chunk: its window and word weights go live in meta
+            for r, (e, _) in enumerate(chunk):
+                first_row.setdefault(e, r)
             for e, flag in zip(active, flags, strict=True):
                 e.steps_done = step.t
                 progress = (c * step.steps + step.t) / (n_chunks * step.steps)
-                _save_meta(e.job, e.meta, step=step.t, chunk=c + 1, progress=round(progress, 4))
+                r = first_row[e]
+                live: dict[str, Any] = {"image": chunk[r][1]}
+                if step.window is not None:
+                    live["window"] = [round(float(v), 2) for v in step.window[r]]
+                if step.alignment is not None and "lengths" in conditions:
+                    words = int(conditions["lengths"][r])
+                    live["alignment"] = [round(float(v), 4) for v in step.alignment[r, :words]]
+                _save_meta(e.job, e.meta, step=step.t, chunk=c + 1, progress=round(progress, 4), live=live)
                 if flag:
                     e.canceled = True
                     log.info("job %s: canceled after step %d", e.job.id, step.t)

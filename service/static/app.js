@@ -118,6 +118,7 @@ function startJob(job) {
     $("bar").style.width = `${(100 * d.step) / d.steps}%`;
     $("status").textContent = `drawing: step ${d.step} of ${d.steps}`;
     if (d.frames.length) $("frame").src = d.frames[0];
+    if (d.live) showLive(d.live);
   });
   source.addEventListener("done", (e) => { source.close(); finish(JSON.parse(e.data)); });
   for (const end of ["failed", "canceled", "expired"]) {
@@ -165,16 +166,29 @@ function show(t) {
   renderWords(t);
 }
 
+// While drawing: the first image's write window and word weights, straight from the step event.
+function showLive(live) {
+  drawBox(live.window);
+  if (live.alignment) {
+    const words = tokenize(state.job.captions?.[0] || "").map((t) => t.raw);
+    renderWeights(words, live.alignment);
+  }
+}
+
 function clearOverlay() {
   const c = $("overlay");
   c.getContext("2d").clearRect(0, 0, c.width, c.height);
 }
 
 function drawWindow(t) {
-  clearOverlay();
   const a = state.attention;
-  if (!a || !a.windows || !state.model) return;
-  const [x0, y0, x1, y1] = a.windows[t - 1];
+  drawBox(a && a.windows ? a.windows[t - 1] : null);
+}
+
+function drawBox(box) {
+  clearOverlay();
+  if (!box || !state.model) return;
+  const [x0, y0, x1, y1] = box;
   const c = $("overlay");
   const sx = c.width / state.model.width;
   const sy = c.height / state.model.height;
@@ -188,9 +202,13 @@ function renderWords(t) {
   const box = $("words");
   const a = state.attention;
   if (!a || !a.alignment || !t) { box.textContent = state.job ? state.job.captions?.[0] || "" : ""; return; }
-  const weights = a.alignment[t - 1];
+  renderWeights(a.words, a.alignment[t - 1]);
+}
+
+function renderWeights(words, weights) {
+  const box = $("words");
   const top = Math.max(...weights, 1e-6);
-  box.replaceChildren(...a.words.map((w, j) => {
+  box.replaceChildren(...words.map((w, j) => {
     const span = el("span", { title: `α = ${weights[j].toFixed(3)}`, "data-weight": weights[j] }, w);
     span.style.background = `rgba(74, 170, 136, ${(weights[j] / top).toFixed(3)})`;
     return span;

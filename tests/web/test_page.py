@@ -94,12 +94,15 @@ def test_draw_watch_scrub_and_unknown_words(browser, server):
     page.fill("#n", "2")
     page.click("#submit")
     frames: list[str] = []
+    live_weights = 0
     deadline = time.monotonic() + 60
     while page.locator("#grid img").count() < 2 and time.monotonic() < deadline:
         src = page.get_attribute("#frame", "src")
         if src and "/frames/" in src and (not frames or frames[-1] != src):
             frames.append(src)
+            live_weights = max(live_weights, page.locator("#words span[data-weight]").count())
         time.sleep(0.03)
+    assert live_weights == 12  # words highlighted by their weight while the image was being drawn
     assert page.locator("#grid img").count() == 2, page.inner_text("#status")
     assert len(set(frames)) >= 2, frames  # at least two different canvases while it was drawn
     page.wait_for_selector("#player:not([hidden])")

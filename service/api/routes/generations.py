@@ -291,8 +291,11 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int) -> AsyncIte
                 t = (sent - 1) % steps + 1
                 images = sorted(int(n.split("/")[1]) for n in names if n.startswith("frames/") and
                                 n.endswith(f"/{t}.png"))
-                yield _sse("step", {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
-                                    "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}, sent)
+                data: dict[str, Any] = {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
+                                        "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}
+                if sent == tick and view.meta.get("live"):  # the latest step: its write window and word weights
+                    data["live"] = view.meta["live"]
+                yield _sse("step", data, sent)
             quiet_since = time.monotonic()
         if view.status in TERMINAL:
             gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base)
