@@ -109,7 +109,7 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimiz
                               grad_norm.item()], dtype=torch.float64)
         seen = sums[2].item() * world
         bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.2f}", kl=f"{sums[1].item() / sums[2].item():.2f}",
-                        img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                        img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)  # bar's own pace
     if world > 1:
         dist.all_reduce(sums)
     seconds = time.perf_counter() - start
