@@ -71,7 +71,7 @@ def nll_k(model: DRAW | AlignDRAW, data: Batch, k: int, *, seed: int = 0, progre
                                                 generator=g))
     lk = torch.cat(values)
     return {f"nll_L{k}": -lk.mean().item(), f"nll_L{k}_stderr": (lk.std() / math.sqrt(n)).item() if n > 1 else 0.0,
-            "images": n}
+            f"images_L{k}": n}
 
 
 def main(args: argparse.Namespace) -> int:
