@@ -313,7 +313,8 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
                 for e in active:
                     p.exists(keys.cancel(e.job.id))
                 flags = p.execute()[-len(active):] if active else []
-            first_row: dict[Any, int] = {}  # each job's first image in this chunk: its window and word weights go live in meta
+            # each job's first image in this chunk: its window and word weights go live in meta
+            first_row: dict[Any, int] = {}
             for r, (e, _) in enumerate(chunk):
                 first_row.setdefault(e, r)
             for e, flag in zip(active, flags, strict=True):
