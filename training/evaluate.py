@@ -20,8 +20,8 @@ from tqdm import tqdm
 from models.aligndraw import AlignDRAW
 from models.checkpoint import load_checkpoint
 from models.draw import DRAW
-from training.tasks import Batch, batches
-from training.train import forward, resolve_device
+from training.tasks import Batch
+from training.train import forward, resolve_device, validate
 
 
 @torch.no_grad()
@@ -47,19 +47,9 @@ def importance_weighted_bound(model: DRAW | AlignDRAW, batch: Batch, k: int, *, 
 
 @torch.no_grad()
 def elbo_terms(model: DRAW | AlignDRAW, data: Batch, *, batch_size: int = 100, seed: int = 0) -> dict[str, float]:
-    """Mean −ELBO, reconstruction and KL in nats per image (one z sample per image)."""
-    noise = (model.steps, model.z_size, torch.Generator().manual_seed(seed))
-    device = next(model.parameters()).device
-    totals = torch.zeros(3, dtype=torch.float64)
-    count = 0
-    for batch in batches(data, batch_size, noise=noise):
-        n = batch["x"].shape[0]
-        e = forward(model, batch, device)
-        totals += torch.tensor([e.nll_bound.sum().item(), e.reconstruction.sum().item(), e.kl.sum().item()],
-                               dtype=torch.float64)
-        count += n
-    return {"nll_bound": totals[0].item() / count, "reconstruction": totals[1].item() / count,
-            "kl": totals[2].item() / count, "images": count}
+    """Mean −ELBO, reconstruction and KL in nats per image (one z sample per image): the trainer's validation pass."""
+    terms = validate(model, data, batch_size, next(model.parameters()).device, seed)
+    return {key.removeprefix("val_"): value for key, value in terms.items()}
 
 
 def nll_k(model: DRAW | AlignDRAW, data: Batch, k: int, *, seed: int = 0, progress: bool = True) -> dict[str, float]:

@@ -100,7 +100,9 @@ class CaptionsTask(Task):
             "held_out_captions": held_out,
         })
         self._val = self._tensors(self._generate(self.val_digits, config.val_size, generator=VAL_SEED))
-        self.extra["example_captions"] = self.preview_captions()[:8]  # shown to users as examples (seen captions)
+        seen = [vocab.decode(row.tolist()) for row in self._val["captions"][:8]]
+        self._preview = seen + held_out[:: max(1, len(held_out) // 8)][:8]  # seen, then held out across templates
+        self.extra["example_captions"] = seen  # shown to users as examples
 
     def _tensors(self, batch: Any) -> Batch:
         assert self.vocab is not None
@@ -118,20 +120,13 @@ class CaptionsTask(Task):
     def val_data(self) -> Batch:
         return self._val
 
-    def preview_captions(self) -> list[str]:
-        """Eight seen captions from the validation set and up to eight captions never seen in training."""
-        assert self.vocab is not None
-        seen = [self.vocab.decode(row.tolist()) for row in self._val["captions"][:8]]
-        held_out = self.extra["held_out_captions"]
-        return seen + held_out[:: max(1, len(held_out) // 8)][:8]  # spread over the templates
-
     def preview_conditions(self) -> dict[str, Tensor]:
         assert self.vocab is not None
-        ids, lengths = self.vocab.encode_batch(self.preview_captions())
+        ids, lengths = self.vocab.encode_batch(self._preview)
         return {"captions": torch.tensor(ids), "lengths": torch.tensor(lengths)}
 
     def preview_labels(self) -> list[str]:
-        return self.preview_captions()
+        return self._preview
 
 
 class BinarizedMnistTask(Task):

@@ -68,7 +68,8 @@ def forward(model: nn.Module, batch: Batch, device: torch.device):
 @torch.no_grad()
 def validate(model: nn.Module, data: Batch, batch_size: int, device: torch.device, seed: int,
              rank: int = 0, world: int = 1) -> dict[str, float]:
-    """Mean −ELBO, reconstruction and KL per image over the validation set (fixed noise, so epochs compare)."""
+    """Mean −ELBO, reconstruction and KL per image over a data set (fixed noise, so epochs compare)."""
+    was_training = model.training
     model.eval()
     noise = (model.steps, model.z_size, torch.Generator().manual_seed(seed))
     sums = torch.zeros(4, dtype=torch.float64)
@@ -79,10 +80,10 @@ def validate(model: nn.Module, data: Batch, batch_size: int, device: torch.devic
                               elbo.kl.sum().item(), n], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(sums)
-    model.train()
+    model.train(was_training)
     total = sums[3].item()
     return {"val_nll_bound": sums[0].item() / total, "val_reconstruction": sums[1].item() / total,
-            "val_kl": sums[2].item() / total}
+            "val_kl": sums[2].item() / total, "val_images": int(total)}
 
 
 def train_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, epoch: int,

@@ -299,8 +299,14 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
             if conn.exists(keys.cancel(e.job.id)):
                 e.canceled = True
         state = {"stopped": False}
+        # Fixed for the chunk: each job's first row (its window and word weights go live in meta) and its word count.
+        first_row: dict[Any, int] = {}
+        for r, (e, _) in enumerate(chunk):
+            first_row.setdefault(e, r)
+        n_words = conditions["lengths"].tolist() if "lengths" in conditions else None
 
-        def on_step(step: Step, chunk=chunk, in_chunk=in_chunk, c=c, state=state, conditions=conditions) -> bool:
+        def on_step(step: Step, chunk=chunk, in_chunk=in_chunk, c=c, state=state, first_row=first_row,
+                    n_words=n_words) -> bool:
             active = [e for e in in_chunk if not e.canceled]
             frames = _to_uint8(step.canvas[: len(chunk)])
             with conn.pipeline(transaction=False) as p:
@@ -313,10 +319,6 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
                 for e in active:
                     p.exists(keys.cancel(e.job.id))
                 flags = p.execute()[-len(active):] if active else []
-            # each job's first image in this chunk: its window and word weights go live in meta
-            first_row: dict[Any, int] = {}
-            for r, (e, _) in enumerate(chunk):
-                first_row.setdefault(e, r)
             for e, flag in zip(active, flags, strict=True):
                 e.steps_done = step.t
                 progress = (c * step.steps + step.t) / (n_chunks * step.steps)
@@ -324,9 +326,8 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
                 live: dict[str, Any] = {"image": chunk[r][1]}
                 if step.window is not None:
                     live["window"] = [round(float(v), 2) for v in step.window[r]]
-                if step.alignment is not None and "lengths" in conditions:
-                    words = int(conditions["lengths"][r])
-                    live["alignment"] = [round(float(v), 4) for v in step.alignment[r, :words]]
+                if step.alignment is not None and n_words is not None:
+                    live["alignment"] = [round(float(v), 4) for v in step.alignment[r, : n_words[r]]]
                 _save_meta(e.job, e.meta, step=step.t, chunk=c + 1, progress=round(progress, 4), live=live)
                 if flag:
                     e.canceled = True

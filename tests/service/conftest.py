@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from service.config import ApiSettings
 from service.main import create_app
 from tests.worker import conftest as worker_fixtures
-from tests.worker.conftest import ROOT, settings_env, wait_for, with_db
+from tests.worker.conftest import ROOT, flushed_db, settings_env, wait_for
 
 checkpoints = worker_fixtures.checkpoints  # the tiny checkpoints and the Redis of tests/worker, shared
 redis_base_url = worker_fixtures.redis_base_url
@@ -30,12 +30,7 @@ STEP_DELAY = 0.15  # T=5 → ~0.75 s a job: long enough to read frames mid-run
 
 @pytest.fixture(scope="session")
 def service_redis_url(redis_base_url: str) -> Iterator[str]:
-    url = with_db(redis_base_url, SERVICE_DB)
-    conn = redis.Redis.from_url(url)
-    conn.flushdb()
-    yield url
-    conn.flushdb()
-    conn.close()
+    yield from flushed_db(redis_base_url, SERVICE_DB)
 
 
 def api_settings(url: str, checkpoints: Path, **kw) -> ApiSettings:

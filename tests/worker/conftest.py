@@ -42,14 +42,19 @@ def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return embedded_url(tmp_path_factory.mktemp("redis"))
 
 
-@pytest.fixture
-def redis_url(redis_base_url: str) -> Iterator[str]:
-    url = with_db(redis_base_url, TEST_DB)
+def flushed_db(base_url: str, db: int) -> Iterator[str]:
+    """The URL of database `db`, emptied before and after use (the body of the DB fixtures here and in service)."""
+    url = with_db(base_url, db)
     conn = redis.Redis.from_url(url)
     conn.flushdb()
     yield url
     conn.flushdb()
     conn.close()
+
+
+@pytest.fixture
+def redis_url(redis_base_url: str) -> Iterator[str]:
+    yield from flushed_db(redis_base_url, TEST_DB)
 
 
 @pytest.fixture

@@ -68,6 +68,18 @@ def test_draw_job_and_output_options(conn, settings, run_burst):
     assert json.loads(files["attention/0.json"])["alignment"] is None
 
 
+def _burst_while_polling(run_burst, settings, conn, job_id, seen, on_step=None) -> None:
+    """Run a burst worker while a thread records the job's progress (and acts at some step)."""
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll_progress, args=(conn, settings, job_id, seen, stop, on_step))
+    poller.start()
+    try:
+        run_burst(settings)
+    finally:
+        stop.set()
+        poller.join()
+
+
 def _poll_progress(conn, settings, job_id, seen, stop, on_step=None):
     """Record (step, state, frame-readable) while the job runs; optionally act once at some step."""
     while not stop.is_set():
@@ -84,14 +96,7 @@ def test_progress_rises_step_by_step_and_frames_are_readable_mid_job(conn, setti
     slow = make_settings(settings.redis_url, settings.checkpoints, step_delay=0.15)
     job_id, _ = q.enqueue_generation(conn, request(), slow)
     seen: list[tuple[int, bool]] = []
-    stop = threading.Event()
-    poller = threading.Thread(target=_poll_progress, args=(conn, slow, job_id, seen, stop))
-    poller.start()
-    try:
-        run_burst(slow)
-    finally:
-        stop.set()
-        poller.join()
+    _burst_while_polling(run_burst, slow, conn, job_id, seen)
     steps = [s for s, _ in seen]
     assert steps == sorted(steps), "progress went backwards"
     assert set(steps) == {1, 2, 3, 4, 5}, f"every step should be visible while running, saw {sorted(set(steps))}"
@@ -111,14 +116,7 @@ def test_cancel_a_running_job_stops_within_one_step(conn, settings, run_burst):
             return True
         return False
 
-    stop = threading.Event()
-    poller = threading.Thread(target=_poll_progress, args=(conn, slow, job_id, [], stop, cancel_at))
-    poller.start()
-    try:
-        run_burst(slow)
-    finally:
-        stop.set()
-        poller.join()
+    _burst_while_polling(run_burst, slow, conn, job_id, [], cancel_at)
     view = q.get_view(conn, job_id, slow)
     assert view.status == "canceled" and view.result["state"] == "canceled"
     assert view.result["steps_done"] <= marks["step_after_cancel"] + 1 < 5
