@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 
@@ -37,8 +37,9 @@ def save_sample_grid(path: Path, images: Tensor, labels: list[str] | None = None
         out = Image.new("L", (img.width, img.height + 12 * len(text) + 4), 255)
         out.paste(img, (0, 0))
         draw = ImageDraw.Draw(out)
+        font = ImageFont.load_default(size=10)  # the scalable default: the bitmap one drops word spaces
         for i, line in enumerate(text):
-            draw.text((4, img.height + 2 + 12 * i), line, fill=0)
+            draw.text((4, img.height + 2 + 12 * i), line, fill=0, font=font)
         img = out
     img.save(path)
 
@@ -65,7 +66,18 @@ def save_loss_curves(path: Path, history: list[dict[str, Any]]) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    judged = [h for h in history if "val_fidelity_seen" in h]
+    if judged:  # caption fidelity on its own 0-100 % axis
+        ax2 = ax.twinx()
+        for key, label, style in (("val_fidelity_seen", "fidelity, seen captions", ":"),
+                                  ("val_fidelity_held_out", "fidelity, held-out captions", "-.")):
+            ax2.plot([h["epoch"] for h in judged], [100 * h[key] for h in judged], style, color="black", label=label)
+        ax2.set_ylim(0, 100)
+        ax2.set_ylabel("caption fidelity (%)")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

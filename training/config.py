@@ -32,6 +32,7 @@ class TrainConfig:
     val_size: int = 10_000  # validation images (captions: generated once from held-out digits)
     max_batches: int | None = None  # cap on training batches per epoch (time-boxed or smoke runs)
     preview_every: int = 1  # epochs between sample-grid / canvas-strip / curve PNGs
+    fidelity_samples: int = 500  # MNIST captions: samples judged per epoch for seen and held-out captions (0: off)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"steps": 16} for a small model
 
     def __post_init__(self) -> None:

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models.aligndraw import AlignDRAW
 from models.checkpoint import Checkpoint
 from models.sampling import sample
+from models.vocab import Vocabulary
 from training.classifier import DigitClassifier, load_classifier
 from training.data import captions as cap
 
@@ -48,20 +50,19 @@ def judge(images: Tensor, templates: np.ndarray, digits: np.ndarray, classifier:
     return ok
 
 
-def caption_batch(ckpt: Checkpoint, batch: cap.CaptionedBatch) -> dict[str, Tensor]:
-    assert ckpt.vocab is not None
-    ids, lengths = ckpt.vocab.encode_batch(batch.captions)
+def caption_batch(vocab: Vocabulary, batch: cap.CaptionedBatch) -> dict[str, Tensor]:
+    ids, lengths = vocab.encode_batch(batch.captions)
     return {"x": batch.images, "captions": torch.tensor(ids), "lengths": torch.tensor(lengths)}
 
 
-def fidelity(ckpt: Checkpoint, batch: cap.CaptionedBatch, classifier: DigitClassifier, *, seed: int = 0,
-             chunk: int = 250) -> float:
+def fidelity(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBatch, classifier: DigitClassifier, *,
+             seed: int = 0, chunk: int = 250) -> float:
     """Share of samples (one per caption of `batch`) that the judge accepts."""
-    data = caption_batch(ckpt, batch)
+    data = caption_batch(vocab, batch)
     accepted = []
     for lo in range(0, len(batch.captions), chunk):
         hi = min(lo + chunk, len(batch.captions))
-        out = sample(ckpt.model, captions=data["captions"][lo:hi], lengths=data["lengths"][lo:hi],
+        out = sample(model, captions=data["captions"][lo:hi], lengths=data["lengths"][lo:hi],
                      seeds=list(range(seed + lo, seed + hi)), keep_canvases=False)
         accepted.append(judge(out.images, batch.templates[lo:hi], batch.digits[lo:hi], classifier))
     return float(np.concatenate(accepted).mean())
@@ -75,17 +76,18 @@ def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: 
 
     test = load_mnist("test", root=data_dir)
     classifier = load_classifier(classifier_dir)
+    assert ckpt.vocab is not None and isinstance(ckpt.model, AlignDRAW)
     banned = tuple(ckpt.extra.get("banned", cap.DEFAULT_BANNED))
     n = limit or 1000
     results: dict[str, Any] = {"digits_source": test.source, "captions_per_split": n}
     for split, held_out in (("seen", False), ("held_out", True)):
         batch = cap.generate(test, n, generator=7 + held_out, banned=banned, held_out_only=held_out)
-        data = caption_batch(ckpt, batch)
+        data = caption_batch(ckpt.vocab, batch)
         model = ckpt.model
         results[split] = {
             **elbo_terms(model, data),
             **nll_k(model, {key: v[: min(n, 100)] for key, v in data.items()}, k),
-            "fidelity": fidelity(ckpt, batch, classifier),
+            "fidelity": fidelity(model, ckpt.vocab, batch, classifier),
             "fidelity_of_dataset_images": float(judge(batch.images, batch.templates, batch.digits, classifier).mean()),
         }
     return results

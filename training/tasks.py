@@ -48,6 +48,10 @@ class Task:
     def preview_labels(self) -> list[str]:
         return []
 
+    def epoch_metrics(self, model: Any) -> dict[str, float]:
+        """Task-specific numbers measured on the model after each epoch (rank 0 only)."""
+        return {}
+
 
 def batches(data: Batch, batch_size: int, *, rank: int = 0, world: int = 1, limit: int | None = None,
             noise: tuple[int, int, torch.Generator] | None = None) -> Iterator[Batch]:
@@ -99,7 +103,8 @@ class CaptionsTask(Task):
             "banned": list(cap.DEFAULT_BANNED),
             "held_out_captions": held_out,
         })
-        self._val = self._tensors(self._generate(self.val_digits, config.val_size, generator=VAL_SEED))
+        self._val_batch = self._generate(self.val_digits, config.val_size, generator=VAL_SEED)
+        self._val = self._tensors(self._val_batch)
         seen = [vocab.decode(row.tolist()) for row in self._val["captions"][:8]]
         self._preview = seen + held_out[:: max(1, len(held_out) // 8)][:8]  # seen, then held out across templates
         self.extra["example_captions"] = seen  # shown to users as examples
@@ -127,6 +132,28 @@ class CaptionsTask(Task):
 
     def preview_labels(self) -> list[str]:
         return self._preview
+
+    def epoch_metrics(self, model: Any) -> dict[str, float]:
+        """Caption fidelity (training/fidelity.py) on validation digits, so a run shows progress toward the target
+        and not only the bound; needs the shipped digit judge, which reads MNIST digits only."""
+        from training import fidelity as fi
+
+        n = self.config.fidelity_samples
+        if n <= 0 or self.config.dataset != "mnist-captions" or not (fi.CLASSIFIER / "checkpoint.json").exists():
+            return {}
+        if not hasattr(self, "_judge"):
+            from training.classifier import load_classifier
+            from training.data import captions as cap
+
+            self._judge = load_classifier(fi.CLASSIFIER)
+            self._judged = {"seen": self._val_batch.subset(slice(0, n)),
+                            "held_out": cap.generate(self.val_digits, n, generator=VAL_SEED + 1, held_out_only=True)}
+        assert self.vocab is not None
+        was_training = model.training
+        out = {f"val_fidelity_{split}": fi.fidelity(model.eval(), self.vocab, batch, self._judge)
+               for split, batch in self._judged.items()}
+        model.train(was_training)
+        return out
 
 
 class BinarizedMnistTask(Task):

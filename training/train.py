@@ -176,6 +176,7 @@ def train(config: TrainConfig) -> Progress:
             progress.epochs_without_improvement += 1
         stopped = progress.epochs_without_improvement >= config.patience
         if rank == 0:
+            row |= task.epoch_metrics(model)
             ckpt = Checkpoint(model, vocab=task.vocab, training=training_record(config, progress),
                               metrics={"best_val_nll_bound": progress.best_val, "best_epoch": progress.best_epoch,
                                        "last": row},
@@ -189,6 +190,7 @@ def train(config: TrainConfig) -> Progress:
                 artefacts.save_loss_curves(run / "loss-curves.png", progress.history)
             print(f"epoch {epoch}: train −ELBO {row['train_nll_bound']:.2f}, val −ELBO {row['val_nll_bound']:.2f} "
                   f"(KL {row['val_kl']:.2f}), {row['images_per_s']:.0f} img/s"
+                  + "".join(f", {k.removeprefix('val_')} {v:.1%}" for k, v in row.items() if "fidelity" in k)
                   + ("" if improved else f", no improvement for {progress.epochs_without_improvement}"),
                   file=sys.stderr, flush=True)
     if distributed:

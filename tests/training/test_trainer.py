@@ -96,3 +96,31 @@ def test_trains_on_a_users_own_jsonl_captions(tmp_path):
     assert ckpt.vocab is not None and {"red", "blue", "square", "a", "."} <= set(ckpt.vocab.words)
     assert (ckpt.model.config.height, ckpt.model.config.width, ckpt.model.config.channels) == (32, 32, 3)
     assert ckpt.extra["items"] == 24
+
+
+def test_caption_runs_judge_fidelity_each_epoch_on_seen_and_held_out_captions(tmp_path):
+    from training.data import captions as cap
+    from training.fidelity import CLASSIFIER
+    from training.tasks import make_task
+
+    if not (CLASSIFIER / "checkpoint.json").exists():
+        pytest.skip("the shipped digit judge is absent")
+    run = tmp_path / "run"
+    cli(["train", "--model", "aligndraw", "--dataset", "mnist-captions", "--out", str(run), "--epochs", "1",
+         "--max-batches", "2", "--batch-size", "20", "--val-size", "40", "--fidelity-samples", "30", *TINY])
+    row = json.loads((run / "metrics.jsonl").read_text())
+    for split in ("seen", "held_out"):
+        share = row[f"val_fidelity_{split}"]
+        assert 0 <= share <= 1 and round(share * 30, 6).is_integer()  # a share of the 30 judged samples
+    # The logged numbers are reproducible from the saved checkpoint, on the splits they claim to be.
+    from models.checkpoint import load_checkpoint
+
+    task = make_task(TrainConfig(model="aligndraw", dataset="mnist-captions", val_size=40, fidelity_samples=30))
+    again = task.epoch_metrics(load_checkpoint(run / "last").model)
+    assert again == {k: row[k] for k in again} and len(again) == 2
+    judged = task._judged  # type: ignore[attr-defined]
+    assert len(judged["seen"]) == len(judged["held_out"]) == 30
+    assert not cap.banned_mask(judged["seen"].templates, judged["seen"].digits).any()
+    assert cap.banned_mask(judged["held_out"].templates, judged["held_out"].digits).all()
+    off = make_task(TrainConfig(model="aligndraw", dataset="mnist-captions", val_size=40, fidelity_samples=0))
+    assert off.epoch_metrics(load_checkpoint(run / "last").model) == {}
