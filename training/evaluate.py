@@ -80,11 +80,13 @@ def main(args: argparse.Namespace) -> int:
             grey = torch.from_numpy(load_mnist("test", root=args.data_dir).images).float().div(255)
             x = dynamic_binarize(grey.view(-1, 1, 28, 28), torch.Generator().manual_seed(0))
         data = {"x": x[: args.limit] if args.limit else x}
-        results["test"] = elbo_terms(model, data) | nll_k(model, data, args.k)
+        lk_data = {"x": data["x"][: args.lk_images]} if args.lk_images else data
+        results["test"] = elbo_terms(model, data) | nll_k(model, lk_data, args.k)
     else:
         from training.fidelity import evaluate_captions
 
-        results |= evaluate_captions(ckpt, k=args.k, limit=args.limit, data_dir=args.data_dir)
+        results |= evaluate_captions(ckpt, k=args.k, limit=args.limit, data_dir=args.data_dir,
+                                     lk_images=args.lk_images or 100)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

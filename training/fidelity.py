@@ -68,7 +68,7 @@ def fidelity(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBatch, cla
     return float(np.concatenate(accepted).mean())
 
 
-def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: str | None,
+def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: str | None, lk_images: int = 100,
                       classifier_dir: str | Path = CLASSIFIER) -> dict[str, Any]:
     """ELBO, L_k and fidelity on MNIST-test digits, for captions seen in training and for held-out captions."""
     from training.data.mnist import load_mnist
@@ -86,7 +86,7 @@ def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: 
         model = ckpt.model
         results[split] = {
             **elbo_terms(model, data),
-            **nll_k(model, {key: v[: min(n, 100)] for key, v in data.items()}, k),
+            **nll_k(model, {key: v[: min(n, lk_images)] for key, v in data.items()}, k),
             "fidelity": fidelity(model, ckpt.vocab, batch, classifier),
             "fidelity_of_dataset_images": float(judge(batch.images, batch.templates, batch.digits, classifier).mean()),
         }

@@ -1,6 +1,7 @@
 """The training loop: exact resume, 2-process DDP equals one process, artefacts, config errors."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -124,3 +125,14 @@ def test_caption_runs_judge_fidelity_each_epoch_on_seen_and_held_out_captions(tm
     assert cap.banned_mask(judged["held_out"].templates, judged["held_out"].digits).all()
     off = make_task(TrainConfig(model="aligndraw", dataset="mnist-captions", val_size=40, fidelity_samples=0))
     assert off.epoch_metrics(load_checkpoint(run / "last").model) == {}
+
+
+def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_the_first_few(tmp_path, shared_data):
+    _train(tmp_path / "run", shared_data, "--epochs", "1")
+    out = tmp_path / "eval.json"
+    cli(["evaluate", str(tmp_path / "run" / "last"), "--data-dir", str(shared_data), "--limit", "30",
+         "--lk-images", "3", "--k", "20", "--device", "cpu", "--json", str(out)])
+    test = json.loads(out.read_text())["test"]
+    assert test["images"] == 30 and test["images_L20"] == 3
+    assert test["nll_bound"] == pytest.approx(test["reconstruction"] + test["kl"])
+    assert 0 < test["nll_L20"] < 28 * 28 * math.log(2) * 2 and test["nll_L20_stderr"] > 0
