@@ -22,7 +22,7 @@ class TrainConfig:
     captions_file: str | None = None  # coco: captions_*.json (images in data_dir); jsonl: {"image", "caption"} lines
     epochs: int = 1000  # an upper bound: early stopping ends the run (alignDRAW's script used 1000)
     batch_size: int = 100  # both papers' batch
-    optimizer: str = "rmsprop"  # the paper's (decay 0.9); "adam" is the option
+    optimizer: str = "auto"  # each paper's: Adam for DRAW (Gregor et al.), RMSprop for alignDRAW (its code)
     lr: float = 1e-3
     clip: float = 10.0  # gradient-norm clip of the official code
     patience: int = 3  # epochs without validation improvement before stopping (alignDRAW's script)
@@ -40,6 +40,8 @@ class TrainConfig:
             raise ValueError(f"--model must be one of {MODELS}, not {self.model!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"--dataset must be one of {DATASETS}, not {self.dataset!r}")
+        if self.optimizer == "auto":
+            object.__setattr__(self, "optimizer", "adam" if self.model == "draw" else "rmsprop")  # frozen
         if self.optimizer not in ("rmsprop", "adam"):
             raise ValueError(f"--optimizer must be rmsprop or adam, not {self.optimizer!r}")
         if (self.model == "aligndraw") != (self.dataset in CAPTIONED):

@@ -68,6 +68,9 @@ def test_config_file_flags_and_bad_values():
         TrainConfig(optimizer="sgd")
     cfg = TrainConfig.from_sources(None, {"model": "draw", "dataset": "mnist", "lr": 3e-4})
     assert cfg.run_dir.name == "draw-mnist" and cfg.lr == 3e-4
+    assert cfg.optimizer == "adam"  # each paper's optimiser unless one is named
+    assert TrainConfig(model="aligndraw", dataset="mnist-captions").optimizer == "rmsprop"
+    assert TrainConfig(model="draw", dataset="mnist", optimizer="rmsprop").optimizer == "rmsprop"
 
 
 def test_config_file_is_read_and_unknown_keys_refused(tmp_path):
