@@ -7,6 +7,7 @@ the grid is centred, unlike ports that index i from 0.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,18 @@ def attention_params(raw: Tensor, height: int, width: int, n: int) -> AttentionP
     g_y = 0.5 * (height + 1) * (gy_ + 1)
     delta = (max(height, width) - 1) / max(n - 1, 1) * torch.exp(log_delta_)
     return AttentionParams(g_x, g_y, delta, torch.exp(log_sigma2), torch.exp(log_gamma), n)
+
+
+@torch.no_grad()
+def start_tiled(bias: Tensor, height: int, width: int, n: int) -> None:
+    """Set a window's 5 biases so the first glimpse tiles the image: centred, stride max(H, W)/N, σ half a stride.
+
+    With zero biases DRAW's 2×2 read on MNIST starts as two 1-px-wide filters 27 px apart, on the blank border:
+    the encoder sees nothing, the KL collapses to 0 and training stalls at the pixel-marginal loss (measured).
+    """
+    side = max(height, width)
+    stride = side / n
+    bias.copy_(torch.tensor([0.0, 0.0, 2 * math.log(stride / 2), math.log(stride * max(n - 1, 1) / (side - 1)), 0.0]))
 
 
 def filterbank(params: AttentionParams, height: int, width: int) -> tuple[Tensor, Tensor]:
@@ -78,6 +91,8 @@ class Read(nn.Module):
         super().__init__()
         self.channels, self.height, self.width, self.n = channels, height, width, n
         self.params = nn.Linear(hidden_size, 5) if n is not None else None
+        if self.params is not None and n is not None:
+            start_tiled(self.params.bias, height, width, n)
 
     @property
     def out_features(self) -> int:
@@ -103,6 +118,8 @@ class Write(nn.Module):
         side = height * width if n is None else n * n
         # Patch and window parameters from one matmul: the write runs once per step in the sampler's hot loop.
         self.linear = nn.Linear(hidden_size, channels * side + (5 if n is not None else 0))
+        if n is not None:
+            start_tiled(self.linear.bias[-5:], height, width, n)
 
     def forward(self, h: Tensor) -> tuple[Tensor, AttentionParams | None]:
         """h: (B, hidden) -> canvas increment (B, C, H, W) and the window (None without attention)."""

@@ -31,6 +31,10 @@ class ELBO:
         """Mean −ELBO over the batch: the scalar to minimise."""
         return self.nll_bound.mean()
 
+    def annealed_loss(self, kl_weight: float) -> Tensor:
+        """Mean of reconstruction + β·KL: β < 1 during a KL warm-up (Sønderby et al. 2016), the −ELBO at β = 1."""
+        return self.loss if kl_weight == 1 else (self.reconstruction + kl_weight * self.kl.sum(1)).mean()
+
 
 def bernoulli_nll(canvas_logits: Tensor, x: Tensor) -> Tensor:
     """−log Bernoulli(x | σ(c_T)) summed over pixels, (B, C, H, W) -> (B,); x may be grey (cross-entropy)."""

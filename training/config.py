@@ -32,6 +32,7 @@ class TrainConfig:
     val_size: int = 10_000  # validation images (captions: generated once from held-out digits)
     max_batches: int | None = None  # cap on training batches per epoch (time-boxed or smoke runs)
     preview_every: int = 1  # epochs between sample-grid / canvas-strip / curve PNGs
+    kl_warmup: int | None = None  # batches for the KL weight to rise 0 -> 1; default 1000 for DRAW, 0 for alignDRAW
     fidelity_samples: int = 500  # MNIST captions: samples judged per epoch for seen and held-out captions (0: off)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"steps": 16} for a small model
 
@@ -42,6 +43,8 @@ class TrainConfig:
             raise ValueError(f"--dataset must be one of {DATASETS}, not {self.dataset!r}")
         if self.optimizer == "auto":
             object.__setattr__(self, "optimizer", "adam" if self.model == "draw" else "rmsprop")  # frozen
+        if self.kl_warmup is None:  # DRAW's 2×2 read otherwise loses the latents to KL collapse early (measured)
+            object.__setattr__(self, "kl_warmup", 1000 if self.model == "draw" else 0)
         if self.optimizer not in ("rmsprop", "adam"):
             raise ValueError(f"--optimizer must be rmsprop or adam, not {self.optimizer!r}")
         if (self.model == "aligndraw") != (self.dataset in CAPTIONED):

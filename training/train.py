@@ -86,6 +86,11 @@ def validate(model: nn.Module, data: Batch, batch_size: int, device: torch.devic
             "val_kl": sums[2].item() / total, "val_images": int(total)}
 
 
+def kl_weight(step: int, warmup: int) -> float:
+    """β for global batch `step` (0-based): rises linearly from 1/warmup to 1 over the first `warmup` batches."""
+    return 1.0 if step >= warmup else (step + 1) / warmup
+
+
 def train_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, epoch: int,
                 device: torch.device, rank: int, world: int) -> dict[str, float]:
     cfg = task.config
@@ -99,23 +104,26 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimiz
                mininterval=0.5 if sys.stderr.isatty() else 60)  # a log file gets a line a minute, not a flood
     sums = torch.zeros(4, dtype=torch.float64)
     start = time.perf_counter()
-    for batch in bar:
+    beta = 1.0
+    for i, batch in enumerate(bar):
         n = batch["x"].shape[0]
         elbo = forward(net, batch, device)
+        beta = kl_weight((epoch - 1) * n_batches + i, cfg.kl_warmup or 0)
         optimizer.zero_grad(set_to_none=True)
-        elbo.loss.backward()
+        elbo.annealed_loss(beta).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         optimizer.step()
         sums += torch.tensor([elbo.nll_bound.detach().sum().item(), elbo.kl.detach().sum().item(), n,
                               grad_norm.item()], dtype=torch.float64)
         seen = sums[2].item() * world
         bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.2f}", kl=f"{sums[1].item() / sums[2].item():.2f}",
-                        img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)  # bar's own pace
+                        img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False,  # bar's own pace
+                        **({"kl_weight": f"{beta:.2f}"} if beta < 1 else {}))
     if world > 1:
         dist.all_reduce(sums)
     seconds = time.perf_counter() - start
     return {"train_nll_bound": sums[0].item() / sums[2].item(), "train_kl": sums[1].item() / sums[2].item(),
-            "images_per_s": sums[2].item() / seconds, "epoch_seconds": seconds}
+            "images_per_s": sums[2].item() / seconds, "epoch_seconds": seconds, "kl_weight": beta}
 
 
 def write_previews(model: nn.Module, task: Task, run: Path, epoch: int, device: torch.device) -> None:

@@ -118,3 +118,18 @@ def test_colour_channels_share_the_filters():
     x = torch.rand(2, 3, h, w, dtype=torch.float64)
     per_channel = torch.cat([read_glimpse(x[:, c : c + 1], f_y, f_x) for c in range(3)], 1)
     torch.testing.assert_close(read_glimpse(x, f_y, f_x), per_channel)
+
+
+@pytest.mark.parametrize(("h", "w", "read_n", "write_n"), [(28, 28, 2, 5), (60, 60, 8, 8), (32, 32, 9, 9)])
+def test_a_fresh_window_tiles_the_image_evenly(h, w, read_n, write_n):
+    """Before any training (h = 0 gives the biases) each filter sits at the centre of its own 1/N of the image."""
+    for module, n in ((Read(16, 1, h, w, read_n), read_n), (Write(16, 1, h, w, write_n), write_n)):
+        linear = module.params if isinstance(module, Read) else module.linear
+        assert linear is not None
+        p = attention_params(linear(torch.zeros(1, 16))[:, -5:], h, w, n)
+        torch.testing.assert_close(p.box(), torch.tensor([[0.0, 0.0, float(w), float(h)]]), atol=1e-4, rtol=0)
+        i = torch.arange(1, n + 1)
+        centres = p.g_x + (i - n / 2 - 0.5) * p.delta  # eq. 19, 1-based pixels
+        cell = w / n
+        torch.testing.assert_close(centres, 0.5 + cell * (i - 0.5), atol=1e-4, rtol=0)
+        assert p.sigma2.sqrt().item() == pytest.approx(cell / 2, rel=1e-5)

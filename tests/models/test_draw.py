@@ -46,11 +46,21 @@ def test_a_few_hundred_steps_on_a_fixed_batch_cut_the_loss_by_a_large_factor(tin
     x = block_images(8, 12, 10)
     opt = torch.optim.Adam(tiny_draw.parameters(), lr=3e-3)
     first = tiny_draw(x, generator=g).loss.item()
-    for _ in range(600):
+    for _ in range(1000):
         opt.zero_grad()
         tiny_draw(x, generator=g).loss.backward()
         torch.nn.utils.clip_grad_norm_(tiny_draw.parameters(), 10)
         opt.step()
     with torch.no_grad():  # one z sample per step is noisy: judge the mean of a few
         last = sum(tiny_draw(x, generator=g).loss.item() for _ in range(5)) / 5
-    assert last < first / 4, (first, last)  # seeds 0-2 gave 4.8-7.4× when this was written
+    # Seeds 0-2 gave 10.4-11.2× (a z-blind model's floor is 37.8 nats, 2.2×); 600 steps gave 3.6-6.3×.
+    assert last < first / 4, (first, last)
+
+
+def test_annealed_loss_weights_only_the_kl(tiny_draw):
+    elbo = tiny_draw(torch.rand(3, 1, 12, 10), generator=torch.Generator().manual_seed(0))
+    rec, kl = elbo.reconstruction.mean(), elbo.kl.sum(1).mean()
+    assert kl.item() > 0
+    torch.testing.assert_close(elbo.annealed_loss(1.0), elbo.loss)
+    torch.testing.assert_close(elbo.annealed_loss(0.0), rec)
+    torch.testing.assert_close(elbo.annealed_loss(0.25), rec + 0.25 * kl)

@@ -71,6 +71,14 @@ def test_config_file_flags_and_bad_values():
     assert cfg.optimizer == "adam"  # each paper's optimiser unless one is named
     assert TrainConfig(model="aligndraw", dataset="mnist-captions").optimizer == "rmsprop"
     assert TrainConfig(model="draw", dataset="mnist", optimizer="rmsprop").optimizer == "rmsprop"
+    assert (cfg.kl_warmup, TrainConfig(model="aligndraw", dataset="mnist-captions").kl_warmup) == (1000, 0)
+
+
+def test_kl_weight_rises_linearly_then_stays_at_one():
+    from training.train import kl_weight
+
+    assert [kl_weight(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert kl_weight(0, 0) == 1.0  # no warm-up: the plain −ELBO from the first batch
 
 
 def test_config_file_is_read_and_unknown_keys_refused(tmp_path):
