@@ -59,8 +59,19 @@ function fillList(list, captions) {
   }));
 }
 
+// Caption-conditioned models have a vocabulary; DRAW draws unconditionally and the API refuses a caption for it.
+function captioned() {
+  return !!(state.model && state.model.vocabulary);
+}
+
 function chooseModel(id) {
   state.model = state.models.find((m) => m.id === id) || state.models[0] || null;
+  const conditional = captioned();
+  $("caption-field").hidden = !conditional;
+  $("caption").required = conditional;
+  $("marked").hidden = !conditional;
+  $("example-lists").hidden = !conditional;
+  $("unconditional").hidden = conditional;
   fillList($("examples"), state.model ? state.model.example_captions || [] : []);
   fillList($("heldout"), state.model ? state.model.held_out_captions || [] : []);
   markCaption();
@@ -78,7 +89,8 @@ async function loadModels() {
 }
 
 function requestBody() {
-  const body = { model: $("model").value, caption: $("caption").value, n: Number($("n").value) || 1 };
+  const body = { model: $("model").value, n: Number($("n").value) || 1 };
+  if (captioned()) body.caption = $("caption").value;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   return body;
 }

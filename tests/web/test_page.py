@@ -120,3 +120,21 @@ def test_draw_watch_scrub_and_unknown_words(browser, server):
     assert downloads == ["PNG", "GIF", "WebP"]
     assert "curl -s -X POST" in page.text_content("#curl")  # inside a collapsed <details>
     page.close()
+
+
+def test_an_unconditional_model_draws_without_a_caption(browser, server):
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 1")
+    page.select_option("#model", "tiny-draw")
+    assert not page.is_visible("#caption") and not page.is_visible("#example-lists")
+    assert page.is_visible("#unconditional")
+    page.fill("#n", "3")
+    page.click("#submit")
+    page.wait_for_function("document.querySelectorAll('#grid img').length === 3", timeout=60_000)
+    assert page.get_attribute("#error", "hidden") is not None
+    assert '"caption"' not in page.text_content("#curl")
+    page.screenshot(path=str(SHOTS / "unconditional.png"))
+    page.select_option("#model", "tiny-align")  # back to a captioned model: the caption box returns
+    assert page.is_visible("#caption") and page.is_visible("#example-lists")
+    page.close()
