@@ -77,9 +77,8 @@ def save_loss_curves(path: Path, history: list[dict[str, Any]]) -> None:
         ax2.set_ylabel("caption fidelity (%)")
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    ax.legend(handles, labels, fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # off the lines
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
