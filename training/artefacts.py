@@ -37,9 +37,9 @@ def save_sample_grid(path: Path, images: Tensor, labels: list[str] | None = None
         out = Image.new("L", (img.width, img.height + 12 * len(text) + 4), 255)
         out.paste(img, (0, 0))
         draw = ImageDraw.Draw(out)
-        font = ImageFont.load_default(size=10)  # the scalable default: the bitmap one drops word spaces
-        for i, line in enumerate(text):
-            draw.text((4, img.height + 2 + 12 * i), line, fill=0, font=font)
+        font = ImageFont.load_default(size=11)
+        for i, line in enumerate(text):  # doubled spaces: this font's space is 2 px, words ran together
+            draw.text((4, img.height + 2 + 12 * i), line.replace(" ", "  "), fill=0, font=font)
         img = out
     img.save(path)
 
