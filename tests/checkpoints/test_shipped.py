@@ -1,0 +1,46 @@
+"""The checkpoints the repository ships: intact, paper-config, small enough, documented, and able to draw."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.aligndraw import AlignDRAWConfig
+from models.checkpoint import KINDS, load_checkpoint, read_manifest
+from models.draw import DRAWConfig
+from models.sampling import sample
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted(d for d in (ROOT / "checkpoints").iterdir()
+                 if d.is_dir() and json.loads((d / "checkpoint.json").read_text()).get("kind") in KINDS)
+
+
+def test_both_generators_are_shipped():
+    assert {d.name for d in SHIPPED} >= {"aligndraw-mnist-captions", "draw-mnist"}
+
+
+@pytest.mark.parametrize("directory", SHIPPED, ids=lambda d: d.name)
+def test_a_shipped_generator_is_intact_documented_and_draws(directory):
+    size = sum(f.stat().st_size for f in directory.iterdir())
+    assert size <= 30 * 2**20, f"{directory.name}: {size / 2**20:.1f} MB"  # the issue's limit, resume state included
+    ckpt = load_checkpoint(directory)  # checks the weights' sha256
+    manifest = read_manifest(directory)
+    paper = (DRAWConfig() if manifest["kind"] == "draw"
+             else AlignDRAWConfig(vocab_size=len(ckpt.vocab or [])))  # the paper configs, nothing shrunk
+    assert ckpt.model.config == paper
+    assert ckpt.training["command"].startswith("python -m training train") and ckpt.training["epochs"] >= 1
+    assert ckpt.metrics["best_val_nll_bound"] > 0
+    evaluation = json.loads((directory / "evaluation.json").read_text())
+    assert directory.name in (ROOT / "README.md").read_text()
+    if manifest["kind"] == "aligndraw":
+        assert len(ckpt.extra["held_out_captions"]) == 80 and len(ckpt.extra["banned"]) == 12
+        assert {"seen", "held_out"} <= evaluation.keys()
+        assert ckpt.vocab is not None
+        ids, lengths = ckpt.vocab.encode_batch(["the digit 7 is at the top left of the image ."] * 2)
+        out = sample(ckpt.model, captions=torch.tensor(ids), lengths=torch.tensor(lengths), seeds=[0, 1])
+    else:
+        assert evaluation["test"]["images"] == 10_000  # the bound on the whole fixed test set
+        out = sample(ckpt.model, batch_size=2, seeds=[0, 1])
+    assert torch.isfinite(out.images).all() and out.images.min() >= 0 and out.images.max() <= 1
+    assert out.images.std() > 0.05  # drawn something, not a flat canvas
