@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -141,19 +142,26 @@ class CaptionsTask(Task):
         n = self.config.fidelity_samples
         if n <= 0 or self.config.dataset != "mnist-captions" or not (fi.CLASSIFIER / "checkpoint.json").exists():
             return {}
-        if not hasattr(self, "_judge"):
-            from training.classifier import load_classifier
-            from training.data import captions as cap
-
-            self._judge = load_classifier(fi.CLASSIFIER)
-            self._judged = {"seen": self._val_batch.subset(slice(0, n)),
-                            "held_out": cap.generate(self.val_digits, n, generator=VAL_SEED + 1, held_out_only=True)}
+        judge, splits = self._judging
         assert self.vocab is not None
         was_training = model.training
-        out = {f"val_fidelity_{split}": fi.fidelity(model.eval(), self.vocab, batch, self._judge)
-               for split, batch in self._judged.items()}
+        out = {f"val_fidelity_{split}": fi.fidelity(model.eval(), self.vocab, batch, judge)
+               for split, batch in splits.items()}
         model.train(was_training)
         return out
+
+    @cached_property
+    def _judging(self) -> tuple[Any, dict[str, Any]]:
+        """The digit judge and the judged captions (seen: the first validation pairs; held out: only banned
+        combinations, from the same validation digits), built once per run on first use."""
+        from training.classifier import load_classifier
+        from training.data import captions as cap
+        from training.fidelity import CLASSIFIER
+
+        n = self.config.fidelity_samples
+        return load_classifier(CLASSIFIER), {
+            "seen": self._val_batch.subset(slice(0, n)),
+            "held_out": cap.generate(self.val_digits, n, generator=VAL_SEED + 1, held_out_only=True)}
 
 
 class BinarizedMnistTask(Task):

@@ -130,7 +130,7 @@ def test_caption_runs_judge_fidelity_each_epoch_on_seen_and_held_out_captions(tm
     task = make_task(TrainConfig(model="aligndraw", dataset="mnist-captions", val_size=40, fidelity_samples=30))
     again = task.epoch_metrics(load_checkpoint(run / "last").model)
     assert again == {k: row[k] for k in again} and len(again) == 2
-    judged = task._judged  # type: ignore[attr-defined]
+    judged = task._judging[1]  # type: ignore[attr-defined]
     assert len(judged["seen"]) == len(judged["held_out"]) == 30
     assert not cap.banned_mask(judged["seen"].templates, judged["seen"].digits).any()
     assert cap.banned_mask(judged["held_out"].templates, judged["held_out"].digits).all()
