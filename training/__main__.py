@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("checkpoint")
     ev.add_argument("--k", type=int, default=5000, help="importance samples per image for L_k")
     ev.add_argument("--limit", type=int, help="evaluate the first N test images only")
-    ev.add_argument("--lk-images", type=int, help="L_k on the first N of those only (default: all for DRAW, 100 "
-                    "per caption split): k = 5000 costs 5000 passes an image")
+    ev.add_argument("--lk-images", type=int, help="L_k on a seeded random N of those only (default: all for DRAW, "
+                    "100 per caption split): k = 5000 costs 5000 passes an image. With fewer than all, DRAW also "
+                    "reports nll_L<k>_estimate_all: the ELBO on all minus the subset's mean L_k - ELBO gap")
     ev.add_argument("--data-dir")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", help="also write the results here")

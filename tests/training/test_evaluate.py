@@ -9,7 +9,7 @@ import torch
 from models.draw import DRAW
 from tests.models.conftest import TINY_DRAW, block_images
 from training.classifier import accuracy, load_classifier
-from training.evaluate import importance_weighted_bound
+from training.evaluate import importance_weighted_bound, log_weight_stats, subset
 from training.fidelity import CLASSIFIER, judge
 
 
@@ -53,6 +53,27 @@ def test_lk_chunking_does_not_change_the_estimate(trained_draw):
     a = importance_weighted_bound(model, {"x": x[:2]}, 300, chunk=300, generator=torch.Generator().manual_seed(5))
     b = importance_weighted_bound(model, {"x": x[:2]}, 300, chunk=7, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_the_bound_gap_is_measured_on_the_same_samples_and_never_negative(trained_draw):
+    model, x = trained_draw
+    lk, mean = log_weight_stats(model, {"x": x[:3]}, 400, chunk=64, generator=torch.Generator().manual_seed(2))
+    assert (lk >= mean).all()  # log-mean-exp >= mean on every image
+    again = importance_weighted_bound(model, {"x": x[:3]}, 400, chunk=64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(lk, again, atol=0, rtol=0)
+    with torch.no_grad():  # the mean log-weight is the ELBO in expectation: the analytic-KL one from many z
+        elbo = -model(x[:3].repeat_interleave(4000, 0), generator=torch.Generator().manual_seed(3)).nll_bound
+    elbo = elbo.double().view(3, 4000)
+    se = (elbo.var(1) / 4000 + 4 * elbo.var(1) / 400).sqrt()  # log-weights vary more than the analytic-KL ELBO
+    assert ((mean - elbo.mean(1)).abs() < 4 * se).all(), (mean, elbo.mean(1), se)
+
+
+def test_the_lk_subset_is_a_seeded_sorted_random_sample():
+    a, b = subset(10_000, 40), subset(10_000, 40)
+    assert torch.equal(a, b) and len(a.unique()) == 40 and torch.equal(a, a.sort().values)
+    assert a.max() > 1000 and not torch.equal(a, torch.arange(40))  # not the first 40
+    assert not torch.equal(a, subset(10_000, 40, seed=1))
+    assert torch.equal(subset(30, None), torch.arange(30)) and torch.equal(subset(30, 50), torch.arange(30))
 
 
 @pytest.fixture(scope="module")

@@ -138,7 +138,7 @@ def test_caption_runs_judge_fidelity_each_epoch_on_seen_and_held_out_captions(tm
     assert off.epoch_metrics(load_checkpoint(run / "last").model) == {}
 
 
-def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_the_first_few(tmp_path, shared_data):
+def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_a_few(tmp_path, shared_data):
     _train(tmp_path / "run", shared_data, "--epochs", "1")
     out = tmp_path / "eval.json"
     cli(["evaluate", str(tmp_path / "run" / "last"), "--data-dir", str(shared_data), "--limit", "30",
@@ -147,3 +147,4 @@ def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_the_first_few(tmp
     assert test["images"] == 30 and test["images_L20"] == 3
     assert test["nll_bound"] == pytest.approx(test["reconstruction"] + test["kl"])
     assert 0 < test["nll_L20"] < 28 * 28 * math.log(2) * 2 and test["nll_L20_stderr"] > 0
+    assert test["gap_L20"] >= 0 and test["nll_L20_estimate_all"] == test["nll_bound"] - test["gap_L20"]
