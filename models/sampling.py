@@ -6,6 +6,7 @@ this module owns the noise, the output buffers, the per-step callback and early 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -104,14 +105,18 @@ def sample(
     seeds: Sequence[int] | None = None,
     callback: StepCallback | None = None,
     keep_canvases: bool = True,
+    temperature: float = 1.0,
     **conditions: Tensor,
 ) -> SampleOutput:
     """Generate a batch and every intermediate canvas.
 
     Conditions are model-specific tensors (alignDRAW: `captions` (B, K) ids, `lengths` (B,)); they fix the
     batch size when given. Same seed(s) and inputs give bit-identical outputs on the CPU.
-    `keep_canvases=False` keeps only the final image and the small per-step records.
+    `keep_canvases=False` keeps only the final image and the small per-step records. `temperature` scales ε, so
+    z_t = μ_t + temperature · σ_t ε_t: 1 samples the model's prior, 0 takes its mean at every step.
     """
+    if not 0.0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be finite and ≥ 0; got {temperature}")
     device = next(model.parameters()).device
     conditions = {k: v.to(device) for k, v in conditions.items()}
     if conditions:
@@ -122,7 +127,7 @@ def sample(
     if batch_size is None:
         batch_size = len(seeds) if seeds is not None else 1
     t_total = model.steps
-    noise = draw_noise(batch_size, t_total, model.z_size, generator=generator, seeds=seeds).to(device)
+    noise = draw_noise(batch_size, t_total, model.z_size, generator=generator, seeds=seeds).mul_(temperature).to(device)
 
     canvases: Tensor | None = None
     windows: list[Tensor] = []

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--lk-images", type=int, help="L_k on a seeded random N of those only (default: all for DRAW, "
                     "100 per caption split): k = 5000 costs 5000 passes an image. With fewer than all, DRAW also "
                     "reports nll_L<k>_estimate_all: the ELBO on all minus the subset's mean L_k - ELBO gap")
+    ev.add_argument("--temperatures", type=float, nargs="+", default=[], metavar="T",
+                    help="alignDRAW: also the caption fidelity when sampling z_t = mu_t + T sigma_t eps_t at each T")
     ev.add_argument("--data-dir")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", help="also write the results here")

@@ -115,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
         from training.fidelity import evaluate_captions
 
         results |= evaluate_captions(ckpt, k=args.k, limit=args.limit, data_dir=args.data_dir,
-                                     lk_images=args.lk_images or 100)
+                                     lk_images=args.lk_images or 100, temperatures=args.temperatures)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

@@ -7,6 +7,7 @@ correctly. Run on the dataset's own images the judge scores ~97% (tests), which 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,21 +57,24 @@ def caption_batch(vocab: Vocabulary, batch: cap.CaptionedBatch) -> dict[str, Ten
 
 
 def fidelity(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBatch, classifier: DigitClassifier, *,
-             seed: int = 0, chunk: int = 250) -> float:
-    """Share of samples (one per caption of `batch`) that the judge accepts."""
+             seed: int = 0, chunk: int = 250, temperature: float = 1.0) -> float:
+    """Share of samples (one per caption of `batch`, at this sampling temperature) that the judge accepts."""
     data = caption_batch(vocab, batch)
     accepted = []
     for lo in range(0, len(batch.captions), chunk):
         hi = min(lo + chunk, len(batch.captions))
         out = sample(model, captions=data["captions"][lo:hi], lengths=data["lengths"][lo:hi],
-                     seeds=list(range(seed + lo, seed + hi)), keep_canvases=False)
+                     seeds=list(range(seed + lo, seed + hi)), keep_canvases=False, temperature=temperature)
         accepted.append(judge(out.images, batch.templates[lo:hi], batch.digits[lo:hi], classifier))
     return float(np.concatenate(accepted).mean())
 
 
 def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: str | None, lk_images: int = 100,
-                      classifier_dir: str | Path = CLASSIFIER) -> dict[str, Any]:
-    """ELBO, L_k and fidelity on MNIST-test digits, for captions seen in training and for held-out captions."""
+                      classifier_dir: str | Path = CLASSIFIER, temperatures: Sequence[float] = ()) -> dict[str, Any]:
+    """ELBO, L_k and fidelity on MNIST-test digits, for captions seen in training and for held-out captions.
+
+    `fidelity` samples the prior as trained (temperature 1); `temperatures` adds the fidelity at each of those.
+    """
     from training.data.mnist import load_mnist
     from training.evaluate import elbo_terms, nll_k
 
@@ -90,4 +94,7 @@ def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: 
             "fidelity": fidelity(model, ckpt.vocab, batch, classifier),
             "fidelity_of_dataset_images": float(judge(batch.images, batch.templates, batch.digits, classifier).mean()),
         }
+        if temperatures:
+            results[split]["fidelity_by_temperature"] = {
+                str(t): fidelity(model, ckpt.vocab, batch, classifier, temperature=t) for t in temperatures}
     return results

@@ -101,3 +101,21 @@ def test_bad_sampler_arguments_are_refused(tiny_draw):
     with pytest.raises(ValueError, match="either generator or seeds"):
         sample(tiny_draw, batch_size=1, seeds=[1], generator=torch.Generator())
 
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            sample(tiny_draw, batch_size=1, temperature=bad)
+
+
+@pytest.mark.parametrize("which", ["tiny_draw", "tiny_align"])
+def test_temperature_scales_the_prior_noise(which, request):
+    model = request.getfixturevalue(which)
+    assert torch.equal(_run(model, seed=4).images, _run(model, seed=4, temperature=1.0).images)
+    if which == "tiny_align":  # one caption for every row, so z_t = μ_t alone decides the image
+        ids, lengths = random_captions(1, 6, TINY_ALIGN.vocab_size)
+        one = {"captions": ids.expand(3, -1), "lengths": lengths.expand(3)}
+        cold = sample(model, seeds=[1, 2, 3], temperature=0.0, **one).images
+    else:
+        cold = _run(model, seeds=[1, 2, 3], temperature=0.0).images
+    torch.testing.assert_close(cold[1:], cold[:1].expand_as(cold[1:]), atol=1e-6, rtol=0)  # seeds no longer matter
+    warm, half = _run(model, seed=4).images, _run(model, seed=4, temperature=0.5).images
+    assert not torch.allclose(half, warm) and not torch.allclose(half, _run(model, seed=4, temperature=0.0).images)

@@ -136,6 +136,17 @@ def test_caption_runs_judge_fidelity_each_epoch_on_seen_and_held_out_captions(tm
     assert cap.banned_mask(judged["held_out"].templates, judged["held_out"].digits).all()
     off = make_task(TrainConfig(model="aligndraw", dataset="mnist-captions", val_size=40, fidelity_samples=0))
     assert off.epoch_metrics(load_checkpoint(run / "last").model) == {}
+    # evaluate: both caption splits, with the fidelity at extra sampling temperatures
+    out = tmp_path / "eval.json"
+    cli(["evaluate", str(run / "last"), "--limit", "20", "--k", "3", "--lk-images", "2", "--temperatures", "0", "0.5",
+         "--device", "cpu", "--json", str(out)])
+    result = json.loads(out.read_text())
+    for split in ("seen", "held_out"):
+        r = result[split]
+        assert r["images"] == 20 and r["images_L3"] == 2 and r["gap_L3"] >= 0
+        assert set(r["fidelity_by_temperature"]) == {"0.0", "0.5"}
+        for share in (r["fidelity"], *r["fidelity_by_temperature"].values()):
+            assert 0 <= share <= 1 and round(share * 20, 6).is_integer()
 
 
 def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_a_few(tmp_path, shared_data):
