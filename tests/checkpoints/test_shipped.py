@@ -41,6 +41,9 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
         out = sample(ckpt.model, captions=torch.tensor(ids), lengths=torch.tensor(lengths), seeds=[0, 1])
     else:
         assert evaluation["test"]["images"] == 10_000  # the bound on the whole fixed test set
+        test = evaluation["test"]  # L_5000 on a random subset, carried to the whole set by the paired gap
+        assert evaluation["k"] == 5000 and test["images_L5000"] >= 40 and test["gap_L5000"] > 0
+        assert test["nll_L5000_estimate_all"] == pytest.approx(test["nll_bound"] - test["gap_L5000"])
         out = sample(ckpt.model, batch_size=2, seeds=[0, 1])
     assert torch.isfinite(out.images).all() and out.images.min() >= 0 and out.images.max() <= 1
     assert out.images.std() > 0.05  # drawn something, not a flat canvas
