@@ -52,12 +52,6 @@ def log_weight_stats(model: DRAW | AlignDRAW, batch: Batch, k: int, *, chunk: in
     return lk, mean
 
 
-def importance_weighted_bound(model: DRAW | AlignDRAW, batch: Batch, k: int, *, chunk: int = 500,
-                              generator: torch.Generator | None = None, device: torch.device | None = None) -> Tensor:
-    """log p(x) estimates L_k, one per image: (B,)."""
-    return log_weight_stats(model, batch, k, chunk=chunk, generator=generator, device=device)[0]
-
-
 @torch.no_grad()
 def elbo_terms(model: DRAW | AlignDRAW, data: Batch, *, batch_size: int = 100, seed: int = 0) -> dict[str, float]:
     """Mean −ELBO, reconstruction and KL in nats per image (one z sample per image): the trainer's validation pass."""
