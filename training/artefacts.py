@@ -1,4 +1,5 @@
-"""Pictures a run leaves each epoch: a sample grid, a canvas strip (samples across the T steps), loss curves."""
+"""Pictures a run leaves each epoch: a sample grid, a canvas strip (samples across the T steps), loss curves, and
+for caption models the word alignment of each preview sample."""
 
 from __future__ import annotations
 
@@ -50,6 +51,35 @@ def save_canvas_strip(path: Path, canvases: Tensor, max_columns: int = 16) -> No
     steps = np.unique(np.linspace(0, t - 1, min(t, max_columns)).round().astype(int))
     tiles = canvases[:, steps].reshape(b * len(steps), *canvases.shape[2:])
     grid(tiles, len(steps)).save(path)
+
+
+def save_alignment_map(path: Path, alignments: Tensor, captions: list[str], columns: int = 4) -> None:
+    """alignments (B, T, K): one heat map per caption, steps down and words across (α_t, alignDRAW eq. 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    import matplotlib.pyplot as plt
+
+    from models.vocab import tokenize
+
+    b, t, _ = alignments.shape
+    rows = -(-b // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), dpi=90, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= b:
+            ax.axis("off")
+            continue
+        words = [tok.text for tok in tokenize(captions[i])]
+        ax.imshow(alignments[i, :, : len(words)].float().cpu().numpy(), aspect="auto", cmap="gray_r", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_xticks(range(len(words)), words, rotation=90, fontsize=7)
+        ax.set_yticks([0, t - 1], ["1", str(t)], fontsize=7)
+        ax.set_title(f"{i}", fontsize=8)  # numbered like the sample grid's captions
+        if i % columns == 0:
+            ax.set_ylabel("step t", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def save_loss_curves(path: Path, history: list[dict[str, Any]]) -> None:

@@ -3,11 +3,15 @@
 For every digit a caption names, the 28×28 window at the middle of that template's placement range is cut out of
 the sample and read by the shipped digit classifier; a sample counts as faithful when every named digit is read
 correctly. Run on the dataset's own images the judge scores ~97% (tests), which is the ceiling to compare with.
+Beside it, where the align operator looks: the share of α (eq. 4) on the digit words, on the place words and on the
+rest, which the paper's MNIST evaluation inspects by eye; a model that composes digit and place should put its
+weight on those words while it draws, not read the whole caption out of one word's bidirectional state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ from torch import Tensor
 from models.aligndraw import AlignDRAW
 from models.checkpoint import Checkpoint
 from models.sampling import sample
-from models.vocab import Vocabulary
+from models.vocab import Vocabulary, tokenize
 from training.classifier import DigitClassifier, load_classifier
 from training.data import captions as cap
 
@@ -56,17 +60,50 @@ def caption_batch(vocab: Vocabulary, batch: cap.CaptionedBatch) -> dict[str, Ten
     return {"x": batch.images, "captions": torch.tensor(ids), "lengths": torch.tensor(lengths)}
 
 
-def fidelity(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBatch, classifier: DigitClassifier, *,
-             seed: int = 0, chunk: int = 250, temperature: float = 1.0) -> float:
-    """Share of samples (one per caption of `batch`, at this sampling temperature) that the judge accepts."""
+PLACE_WORDS = frozenset({"left", "right", "top", "bottom"})
+DIGIT_WORDS = frozenset(str(d) for d in range(10))
+
+
+def attention_shares(alignments: Tensor, captions: Sequence[str]) -> dict[str, float]:
+    """alignments (N, T, K) α over each caption's words -> mean α mass per step on digit words, place words, rest."""
+    k = alignments.shape[2]
+    roles = torch.zeros(len(captions), k, 2)
+    for i, caption in enumerate(captions):
+        for j, token in enumerate(tokenize(caption)[:k]):
+            roles[i, j] = torch.tensor([token.text in DIGIT_WORDS, token.text in PLACE_WORDS], dtype=torch.float)
+    digit, place = (alignments.float().cpu() @ roles).mean(dim=(0, 1)).tolist()  # (N, T, 2) -> mean over N, T
+    return {"digit_words": digit, "place_words": place, "other_words": 1.0 - digit - place}
+
+
+@dataclass(frozen=True)
+class Judged:
+    accepted: np.ndarray  # (N,) bool, one sample per caption
+    alignments: Tensor  # (N, T, K) α_t of each sample
+
+    @property
+    def fidelity(self) -> float:
+        return float(self.accepted.mean())
+
+
+def sample_and_judge(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBatch, classifier: DigitClassifier, *,
+                     seed: int = 0, chunk: int = 250, temperature: float = 1.0) -> Judged:
+    """One sample per caption of `batch` at this sampling temperature, judged; with its word alignments."""
     data = caption_batch(vocab, batch)
-    accepted = []
+    accepted, alignments = [], []
     for lo in range(0, len(batch.captions), chunk):
         hi = min(lo + chunk, len(batch.captions))
         out = sample(model, captions=data["captions"][lo:hi], lengths=data["lengths"][lo:hi],
                      seeds=list(range(seed + lo, seed + hi)), keep_canvases=False, temperature=temperature)
         accepted.append(judge(out.images, batch.templates[lo:hi], batch.digits[lo:hi], classifier))
-    return float(np.concatenate(accepted).mean())
+        assert out.alignments is not None
+        alignments.append(out.alignments.cpu())  # every chunk keeps the batch's K (padding: α = 0)
+    return Judged(np.concatenate(accepted), torch.cat(alignments))
+
+
+def fidelity(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBatch, classifier: DigitClassifier, *,
+             seed: int = 0, chunk: int = 250, temperature: float = 1.0) -> float:
+    """Share of samples (one per caption of `batch`, at this sampling temperature) that the judge accepts."""
+    return sample_and_judge(model, vocab, batch, classifier, seed=seed, chunk=chunk, temperature=temperature).fidelity
 
 
 def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: str | None, lk_images: int = 100,
@@ -91,7 +128,8 @@ def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: 
         results[split] = {
             **elbo_terms(model, data),
             **nll_k(model, {key: v[: min(n, lk_images)] for key, v in data.items()}, k),
-            "fidelity": fidelity(model, ckpt.vocab, batch, classifier),
+            "fidelity": (judged := sample_and_judge(model, ckpt.vocab, batch, classifier)).fidelity,
+            "attention": attention_shares(judged.alignments, batch.captions),
             "fidelity_of_dataset_images": float(judge(batch.images, batch.templates, batch.digits, classifier).mean()),
         }
         if temperatures:

@@ -136,7 +136,8 @@ class CaptionsTask(Task):
 
     def epoch_metrics(self, model: Any) -> dict[str, float]:
         """Caption fidelity (training/fidelity.py) on validation digits, so a run shows progress toward the target
-        and not only the bound; needs the shipped digit judge, which reads MNIST digits only."""
+        and not only the bound, and the share of word attention on digit words; needs the shipped digit judge,
+        which reads MNIST digits only."""
         from training import fidelity as fi
 
         n = self.config.fidelity_samples
@@ -145,8 +146,12 @@ class CaptionsTask(Task):
         judge, splits = self._judging
         assert self.vocab is not None
         was_training = model.training
-        out = {f"val_fidelity_{split}": fi.fidelity(model.eval(), self.vocab, batch, judge)
-               for split, batch in splits.items()}
+        out = {}
+        for split, batch in splits.items():
+            judged = fi.sample_and_judge(model.eval(), self.vocab, batch, judge)
+            out[f"val_fidelity_{split}"] = judged.fidelity
+            out[f"val_attention_digit_words_{split}"] = fi.attention_shares(judged.alignments,
+                                                                            batch.captions)["digit_words"]
         model.train(was_training)
         return out
 

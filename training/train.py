@@ -134,6 +134,9 @@ def write_previews(model: nn.Module, task: Task, run: Path, epoch: int, device: 
     previews.mkdir(exist_ok=True)
     artefacts.save_sample_grid(previews / f"samples-epoch{epoch:04d}.png", out.images, task.preview_labels())
     artefacts.save_canvas_strip(previews / f"canvas-epoch{epoch:04d}.png", out.canvases[:4])
+    if out.alignments is not None:  # where each preview sample looked in its caption, step by step
+        artefacts.save_alignment_map(previews / f"alignment-epoch{epoch:04d}.png", out.alignments,
+                                     task.preview_labels())
 
 
 def train(config: TrainConfig) -> Progress:
@@ -198,7 +201,8 @@ def train(config: TrainConfig) -> Progress:
                 artefacts.save_loss_curves(run / "loss-curves.png", progress.history)
             print(f"epoch {epoch}: train −ELBO {row['train_nll_bound']:.2f}, val −ELBO {row['val_nll_bound']:.2f} "
                   f"(KL {row['val_kl']:.2f}), {row['images_per_s']:.0f} img/s"
-                  + "".join(f", {k.removeprefix('val_')} {v:.1%}" for k, v in row.items() if "fidelity" in k)
+                  + "".join(f", {k.removeprefix('val_')} {v:.1%}" for k, v in row.items()
+                            if "fidelity" in k or "attention" in k)
                   + ("" if improved else f", no improvement for {progress.epochs_without_improvement}"),
                   file=sys.stderr, flush=True)
     if distributed:

@@ -10,7 +10,7 @@ from models.draw import DRAW
 from tests.models.conftest import TINY_DRAW, block_images
 from training.classifier import accuracy, load_classifier
 from training.evaluate import log_weight_stats, subset
-from training.fidelity import CLASSIFIER, judge
+from training.fidelity import CLASSIFIER, attention_shares, judge
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +105,26 @@ def test_judge_accepts_the_datasets_own_images_and_rejects_wrong_digits_or_place
     one = batch.templates >= 4
     moved = judge(batch.images[one], swapped[one], batch.digits[one], classifier).mean()
     assert moved < 0.15, moved
+
+
+def test_attention_shares_count_alpha_on_digit_words_and_place_words():
+    captions = ["the digit 7 is at the top left of the image .", "the digit 2 is on the left of the digit 1 .",
+                "the digit 3 is at the top ."]  # 7 words: padding after it must carry no weight and count for nothing
+    t, k = 5, 12
+    on = torch.zeros(3, t, k)
+    on[:, :, 2] = 1  # every step on the first digit word
+    assert attention_shares(on, captions) == pytest.approx({"digit_words": 1, "place_words": 0, "other_words": 0})
+    on = torch.zeros(3, t, k)
+    on[:, :, 6] = 1  # "top", "left", "top"
+    assert attention_shares(on, captions)["place_words"] == pytest.approx(1)
+    uniform = torch.zeros(3, t, k)
+    for i, n in enumerate((12, 12, 7)):
+        uniform[i, :, :n] = 1 / n
+    shares = attention_shares(uniform, captions)
+    assert shares["digit_words"] == pytest.approx((1 / 12 + 2 / 12 + 1 / 7) / 3)
+    assert shares["place_words"] == pytest.approx((2 / 12 + 1 / 12 + 1 / 7) / 3)
+    assert sum(shares.values()) == pytest.approx(1)
+    half = uniform.clone()
+    half[0, :3] = 0
+    half[0, :3, 10] = 1  # caption 0, steps 1-3 on "image": its digit share falls from 1/12 to 2/5 of that
+    assert attention_shares(half, captions)["digit_words"] == pytest.approx((2 / 5 / 12 + 2 / 12 + 1 / 7) / 3)

@@ -124,12 +124,14 @@ def test_caption_runs_judge_fidelity_each_epoch_on_seen_and_held_out_captions(tm
     for split in ("seen", "held_out"):
         share = row[f"val_fidelity_{split}"]
         assert 0 <= share <= 1 and round(share * 30, 6).is_integer()  # a share of the 30 judged samples
+        assert 0 < row[f"val_attention_digit_words_{split}"] < 1  # some, not all, of α on the caption's digits
+    assert (run / "previews" / "alignment-epoch0001.png").stat().st_size > 0
     # The logged numbers are reproducible from the saved checkpoint, on the splits they claim to be.
     from models.checkpoint import load_checkpoint
 
     task = make_task(TrainConfig(model="aligndraw", dataset="mnist-captions", val_size=40, fidelity_samples=30))
     again = task.epoch_metrics(load_checkpoint(run / "last").model)
-    assert again == {k: row[k] for k in again} and len(again) == 2
+    assert again == {k: row[k] for k in again} and len(again) == 4
     judged = task._judging[1]  # type: ignore[attr-defined]
     assert len(judged["seen"]) == len(judged["held_out"]) == 30
     assert not cap.banned_mask(judged["seen"].templates, judged["seen"].digits).any()
@@ -147,6 +149,8 @@ def test_caption_runs_judge_fidelity_each_epoch_on_seen_and_held_out_captions(tm
         assert set(r["fidelity_by_temperature"]) == {"0.0", "0.5"}
         for share in (r["fidelity"], *r["fidelity_by_temperature"].values()):
             assert 0 <= share <= 1 and round(share * 20, 6).is_integer()
+        assert set(r["attention"]) == {"digit_words", "place_words", "other_words"}
+        assert sum(r["attention"].values()) == pytest.approx(1) and min(r["attention"].values()) > 0
 
 
 def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_a_few(tmp_path, shared_data):
