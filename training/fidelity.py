@@ -82,6 +82,7 @@ class Judged:
 
     @property
     def fidelity(self) -> float:
+        """Share of the samples that the judge accepts."""
         return float(self.accepted.mean())
 
 
@@ -98,12 +99,6 @@ def sample_and_judge(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBa
         assert out.alignments is not None
         alignments.append(out.alignments.cpu())  # every chunk keeps the batch's K (padding: α = 0)
     return Judged(np.concatenate(accepted), torch.cat(alignments))
-
-
-def fidelity(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBatch, classifier: DigitClassifier, *,
-             seed: int = 0, chunk: int = 250, temperature: float = 1.0) -> float:
-    """Share of samples (one per caption of `batch`, at this sampling temperature) that the judge accepts."""
-    return sample_and_judge(model, vocab, batch, classifier, seed=seed, chunk=chunk, temperature=temperature).fidelity
 
 
 def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: str | None, lk_images: int = 100,
@@ -134,5 +129,6 @@ def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: 
         }
         if temperatures:
             results[split]["fidelity_by_temperature"] = {
-                str(t): fidelity(model, ckpt.vocab, batch, classifier, temperature=t) for t in temperatures}
+                str(t): sample_and_judge(model, ckpt.vocab, batch, classifier, temperature=t).fidelity
+                for t in temperatures}
     return results
