@@ -53,12 +53,19 @@ def save_canvas_strip(path: Path, canvases: Tensor, max_columns: int = 16) -> No
     grid(tiles, len(steps)).save(path)
 
 
-def save_alignment_map(path: Path, alignments: Tensor, captions: list[str], columns: int = 4) -> None:
-    """alignments (B, T, K): one heat map per caption, steps down and words across (α_t, alignDRAW eq. 4)."""
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the headless backend, imported on first use (only the PNG writers need it)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # headless
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_alignment_map(path: Path, alignments: Tensor, captions: list[str], columns: int = 4) -> None:
+    """alignments (B, T, K): one heat map per caption, steps down and words across (α_t, alignDRAW eq. 4)."""
+    plt = _pyplot()
 
     from models.vocab import tokenize
 
@@ -83,10 +90,7 @@ def save_alignment_map(path: Path, alignments: Tensor, captions: list[str], colu
 
 
 def save_loss_curves(path: Path, history: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)

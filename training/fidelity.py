@@ -70,7 +70,7 @@ def attention_shares(alignments: Tensor, captions: Sequence[str]) -> dict[str, f
     roles = torch.zeros(len(captions), k, 2)
     for i, caption in enumerate(captions):
         for j, token in enumerate(tokenize(caption)[:k]):
-            roles[i, j] = torch.tensor([token.text in DIGIT_WORDS, token.text in PLACE_WORDS], dtype=torch.float)
+            roles[i, j, 0], roles[i, j, 1] = token.text in DIGIT_WORDS, token.text in PLACE_WORDS
     digit, place = (alignments.float().cpu() @ roles).mean(dim=(0, 1)).tolist()  # (N, T, 2) -> mean over N, T
     return {"digit_words": digit, "place_words": place, "other_words": 1.0 - digit - place}
 
