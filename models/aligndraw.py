@@ -3,6 +3,11 @@
 Per step: s_t = align(h^gen_{t−1}, h^lang) (eq. 3-5); prior p(z_t | Z_<t) = N(μ_t, σ_t) from h^gen_{t−1} (eq. 1);
 h^gen_t = LSTM^gen([z_t, s_t]); c_t = c_{t−1} + write(h^gen_t). The inference network is DRAW's: the caption
 reaches q only through h^gen_{t−1}.
+
+`align_values="words"` (ours, not the paper's) keeps the BiLSTM states as align's keys but takes the context s_t
+from a context-free table of word vectors, separating where to look (syntax) from what is read there (semantics)
+as Russin et al. (2019) do for compositional generalisation: a held-out caption's digit word then yields the very
+vector it yields in every seen caption, where the paper's h_j is new for every new caption.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class AlignDRAWConfig:
     embed_size: int = 128  # word embedding; the paper's one-hot input folded into a learned table
     lang_size: int = 128  # per direction of the caption BiLSTM
     align_size: int = 512  # dimAlign of U, W and v
+    align_values: str = "states"  # what s_t averages: "states" h_j (eq. 5, the paper) or "words" (module doc)
 
     @classmethod
     def coco(cls, vocab_size: int = 25323) -> AlignDRAWConfig:
@@ -78,7 +84,8 @@ class CaptionEncoder(nn.Module):
 
 
 class Align(nn.Module):
-    """e_tj = vᵀ tanh(U h_j + W h^gen_{t−1} + b); α_t = softmax over real words; s_t = Σ_j α_tj h_j (eq. 3-5)."""
+    """e_tj = vᵀ tanh(U h_j + W h^gen_{t−1} + b); α_t = softmax over real words; s_t = Σ_j α_tj value_j, where
+    value_j is h_j in the paper (eq. 3-5)."""
 
     def __init__(self, word_size: int, dec_size: int, align_size: int):
         super().__init__()
@@ -90,14 +97,14 @@ class Align(nn.Module):
         """2·(U h_j + b), (B, K, A): depends on the caption only, so computed once per caption, not per step."""
         return 2 * self.u(words)
 
-    def forward(self, keys: Tensor, words: Tensor, mask: Tensor, h_gen: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, keys: Tensor, values: Tensor, mask: Tensor, h_gen: Tensor) -> tuple[Tensor, Tensor]:
         """-> context s_t (B, 2H) and weights α_t (B, K), exactly 0 on padding."""
         # vᵀ tanh(a) = 2·vᵀσ(2a) − Σv exactly; this CPU build's tanh is ~7× slower than its sigmoid and
         # this (B, K, A) pass is the sampler's largest elementwise cost.
         pre = keys + 2 * self.w(h_gen)[:, None]
         e = 2 * (torch.sigmoid_(pre) @ self.v.weight[0]) - self.v.weight.sum()
         alpha = torch.softmax(e.masked_fill(~mask, float("-inf")), dim=-1)
-        return (alpha[:, None] @ words).squeeze(1), alpha
+        return (alpha[:, None] @ values).squeeze(1), alpha
 
 
 class AlignDRAW(nn.Module):
@@ -106,6 +113,8 @@ class AlignDRAW(nn.Module):
     def __init__(self, config: AlignDRAWConfig | None = None):
         super().__init__()
         self.config = c = config or AlignDRAWConfig()
+        if c.align_values not in ("states", "words"):
+            raise ValueError(f"align_values must be 'states' or 'words', not {c.align_values!r}")
         self.caption_encoder = CaptionEncoder(c.vocab_size, c.embed_size, c.lang_size)
         self.align = Align(2 * c.lang_size, c.dec_size, c.align_size)
         self.posterior = Posterior(dec_size=c.dec_size, enc_size=c.enc_size, z_size=c.z_size,
@@ -115,6 +124,10 @@ class AlignDRAW(nn.Module):
         self.generator_initial = InitialState(c.dec_size)
         self.write = Write(c.dec_size, c.channels, c.height, c.width, c.write_n)
         self.canvas0 = nn.Parameter(torch.zeros(c.channels, c.height, c.width))
+        self.word_values: nn.Embedding | None = None
+        if c.align_values == "words":
+            self.word_values = nn.Embedding(c.vocab_size, 2 * c.lang_size, padding_idx=0)
+            nn.init.normal_(self.word_values.weight[1:], std=0.1)  # on the scale of LSTM states, not N(0, 1)
 
     @property
     def steps(self) -> int:
@@ -132,8 +145,10 @@ class AlignDRAW(nn.Module):
         return mu, log_sigma
 
     def _caption(self, captions: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        words, mask = self.caption_encoder(captions, lengths)
-        return words, self.align.keys(words), mask
+        """-> align's values (B, K, 2H), keys (B, K, A) and the real-word mask (B, K)."""
+        states, mask = self.caption_encoder(captions, lengths)
+        values = states if self.word_values is None else self.word_values(captions) * mask[..., None]
+        return values, self.align.keys(states), mask
 
     def forward(self, x: Tensor, captions: Tensor, lengths: Tensor, *,
                 generator: torch.Generator | None = None, noise: Tensor | None = None) -> ELBO:
@@ -142,7 +157,7 @@ class AlignDRAW(nn.Module):
         ε (B, T, Z) comes from `noise` when given, else `generator`.
         """
         b = x.shape[0]
-        words, keys, mask = self._caption(captions, lengths)
+        values, keys, mask = self._caption(captions, lengths)
         h_gen, c_gen = self.generator_initial(b)
         enc_state: LSTMState = self.posterior.initial(b)
         canvas = self.canvas0.expand(b, -1, -1, -1)
@@ -156,7 +171,7 @@ class AlignDRAW(nn.Module):
             z = reparameterise(mu_q, log_sigma_q, eps[:, t])
             kls.append(kl_diagonal(mu_q, log_sigma_q, mu_p, log_sigma_p))
             log_ratios.append(log_density(z, mu_q, log_sigma_q) - log_density(z, mu_p, log_sigma_p))
-            s, _ = self.align(keys, words, mask, h_gen)
+            s, _ = self.align(keys, values, mask, h_gen)
             h_gen, c_gen = self.generator_lstm(torch.cat([z, s], dim=1), (h_gen, c_gen))
             canvas = canvas + self.write(h_gen)[0]
         return ELBO(bernoulli_nll(canvas, x), torch.stack(kls, 1), torch.stack(log_ratios, 1))
@@ -164,11 +179,11 @@ class AlignDRAW(nn.Module):
     def generation_steps(self, noise: Tensor, captions: Tensor, lengths: Tensor) -> Iterator[CanvasStep]:
         """z_t ~ p(z_t | Z_<t) = μ_t + σ_t ε_t: noise (B, T, Z), captions (B, K), lengths (B,)."""
         b = noise.shape[0]
-        words, keys, mask = self._caption(captions, lengths)
+        values, keys, mask = self._caption(captions, lengths)
         h_gen, c_gen = self.generator_initial(b)
         canvas = self.canvas0.expand(b, -1, -1, -1)
         for t in range(self.steps):
-            s, alpha = self.align(keys, words, mask, h_gen)
+            s, alpha = self.align(keys, values, mask, h_gen)
             z = reparameterise(*self._prior(t, h_gen), noise[:, t])
             h_gen, c_gen = self.generator_lstm(torch.cat([z, s], dim=1), (h_gen, c_gen))
             delta, window = self.write(h_gen)

@@ -34,6 +34,7 @@ class TrainConfig:
     preview_every: int = 1  # epochs between sample-grid / canvas-strip / curve PNGs
     kl_warmup: int | None = None  # batches for the KL weight to rise 0 -> 1; default 1000 for DRAW, 0 for alignDRAW
     fidelity_samples: int = 500  # MNIST captions: samples judged per epoch for seen and held-out captions (0: off)
+    init_from: str | None = None  # a checkpoint whose weights start a new run where names and shapes match
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"steps": 16} for a small model
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.checkpoint import Checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 OPTIMIZER = "optimizer.safetensors"
 PROGRESS = "progress.json"
@@ -86,3 +86,29 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, directory: Path, device:
     """Load the optimizer state saved beside a checkpoint into an optimizer built on the loaded model."""
     meta = json.loads((directory / PROGRESS).read_text())["optimizer"]
     optimizer_from_files(optimizer, load_file(str(directory / OPTIMIZER), device=str(device)), meta)
+
+
+def warm_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path,
+               device: str | torch.device = "cpu") -> list[str]:
+    """Start a new run from a checkpoint's weights wherever name and shape match, and from the optimizer state
+    saved beside it for those parameters (so RMSprop does not restart its averages from zero on trained weights);
+    -> the names of the tensors that start fresh."""
+    source = load_checkpoint(directory, device=device).model
+    own = model.state_dict()
+    matched = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    if (directory / OPTIMIZER).exists():
+        meta = json.loads((directory / PROGRESS).read_text())["optimizer"]
+        current = optimizer.state_dict()
+        if set(meta["param_groups"][0]) == set(current["param_groups"][0]):  # same optimizer kind
+            old_names = [name for name, _ in source.named_parameters()]
+            new_index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+            state: dict[int, dict[str, Any]] = {}
+            saved = [(k, v) for k, v in load_file(str(directory / OPTIMIZER), device=str(device)).items()]
+            saved += [(f"{i}.{key}", v) for i, values in meta["scalars"].items() for key, v in values.items()]
+            for name, value in saved:
+                idx, key = name.split(".", 1)
+                if old_names[int(idx)] in matched:
+                    state.setdefault(new_index[old_names[int(idx)]], {})[key] = value
+            optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+    return sorted(set(own) - set(matched))

@@ -27,7 +27,7 @@ from models.draw import DRAW
 from models.sampling import sample
 from training import artefacts
 from training.config import TrainConfig
-from training.state import Progress, load_progress, restore_optimizer, save_run_state
+from training.state import Progress, load_progress, restore_optimizer, save_run_state, warm_start
 from training.tasks import Batch, Task, batches, epoch_seed, make_task
 
 
@@ -164,6 +164,10 @@ def train(config: TrainConfig) -> Progress:
         model = build_model(task).to(device)
         optimizer = make_optimizer(model, config)
         progress = Progress()
+        if config.init_from:
+            fresh = warm_start(model, optimizer, Path(config.init_from), device)
+            if rank == 0:
+                print(f"initialised from {config.init_from}; fresh: {', '.join(fresh) or 'none'}", file=sys.stderr)
     net = DistributedDataParallel(model) if distributed else model
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -132,3 +134,25 @@ def test_sample_shapes_and_ranges(tiny_align, batch):
     assert out.windows is not None and out.windows.shape == (batch, TINY_ALIGN.steps, 4)
     assert out.canvases.min() >= 0 and out.canvases.max() <= 1
     torch.testing.assert_close(out.images, out.canvases[:, -1])
+
+
+def test_word_values_give_a_word_the_same_context_vector_in_every_caption():
+    """align_values="words": keys still come from the caption's BiLSTM states, values do not depend on context."""
+    torch.manual_seed(0)
+    words_model = AlignDRAW(replace(TINY_ALIGN, align_values="words"))
+    ids = torch.tensor([[3, 5, 7, 2], [4, 5, 9, 0]])  # word 5 at position 1 in two different captions
+    lengths = torch.tensor([4, 3])
+    values, keys, mask = words_model._caption(ids, lengths)
+    torch.testing.assert_close(values[0, 1], values[1, 1], atol=0, rtol=0)
+    torch.testing.assert_close(values[0, 1], words_model.word_values.weight[5], atol=0, rtol=0)
+    assert not torch.allclose(keys[0, 1], keys[1, 1])  # where to look still reads the whole caption
+    assert (values[1, 3] == 0).all() and not mask[1, 3]
+    states_values, _, _ = AlignDRAW(TINY_ALIGN)._caption(ids, lengths)  # the paper's h_j: context in every word
+    assert not torch.allclose(states_values[0, 1], states_values[1, 1])
+    h = torch.randn(2, TINY_ALIGN.dec_size)
+    s, alpha = words_model.align(keys, values, mask, h)
+    torch.testing.assert_close(s, torch.einsum("bk,bkd->bd", alpha, words_model.word_values(ids)))
+    out = sample(words_model, captions=ids, lengths=lengths, seeds=[0, 1])
+    assert out.images.shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match="align_values"):
+        AlignDRAW(replace(TINY_ALIGN, align_values="embeddings"))

@@ -163,3 +163,40 @@ def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_a_few(tmp_path, s
     assert test["nll_bound"] == pytest.approx(test["reconstruction"] + test["kl"])
     assert 0 < test["nll_L20"] < 28 * 28 * math.log(2) * 2 and test["nll_L20_stderr"] > 0
     assert test["gap_L20"] >= 0 and test["nll_L20_estimate_all"] == test["nll_bound"] - test["gap_L20"]
+
+
+def test_init_from_copies_matching_weights_and_their_optimizer_averages(tmp_path):
+    """A new run warm-started from another model's checkpoint: shared tensors and RMSprop's running averages
+    carry over by name; a tensor the source lacks starts fresh and has no optimizer state yet."""
+    from dataclasses import replace
+
+    from models.aligndraw import AlignDRAW
+    from models.checkpoint import Checkpoint
+    from tests.models.conftest import TINY_ALIGN, random_captions
+    from training.state import Progress, save_run_state, warm_start
+    from training.train import make_optimizer
+
+    torch.manual_seed(0)
+    source, config = AlignDRAW(TINY_ALIGN), TrainConfig()
+    source_opt = make_optimizer(source, config)
+    ids, lengths = random_captions(4, 6, TINY_ALIGN.vocab_size)
+    for _ in range(2):
+        source(torch.rand(4, 1, 16, 16), ids, lengths).loss.backward()
+        source_opt.step()
+    save_run_state(tmp_path / "source", Checkpoint(source), source_opt, Progress())
+
+    target = AlignDRAW(replace(TINY_ALIGN, align_values="words"))
+    target_opt = make_optimizer(target, config)
+    assert warm_start(target, target_opt, tmp_path / "source") == ["word_values.weight"]
+    source_params = dict(source.named_parameters())
+    for name, p in target.named_parameters():
+        if name == "word_values.weight":
+            assert p not in target_opt.state
+            continue
+        torch.testing.assert_close(p, source_params[name], atol=0, rtol=0)
+        torch.testing.assert_close(target_opt.state[p]["square_avg"], source_opt.state[source_params[name]]
+                                   ["square_avg"], atol=0, rtol=0)
+        assert float(target_opt.state[p]["step"]) == 2
+    target(torch.rand(4, 1, 16, 16), ids, lengths).loss.backward()
+    target_opt.step()  # the restored state steps together with the fresh parameter
+    assert float(target_opt.state[target.word_values.weight]["step"]) == 1
