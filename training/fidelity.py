@@ -75,6 +75,12 @@ def attention_shares(alignments: Tensor, captions: Sequence[str]) -> dict[str, f
     return {"digit_words": digit, "place_words": place, "other_words": 1.0 - digit - place}
 
 
+def by_template(accepted: np.ndarray, templates: np.ndarray) -> dict[str, dict[str, float]]:
+    """Fidelity per caption template: which wordings and places a model composes and which it does not."""
+    return {cap.TEMPLATES[t].name: {"fidelity": float(accepted[templates == t].mean()),
+                                    "samples": int((templates == t).sum())} for t in np.unique(templates)}
+
+
 @dataclass(frozen=True)
 class Judged:
     accepted: np.ndarray  # (N,) bool, one sample per caption
@@ -124,6 +130,7 @@ def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: 
             **elbo_terms(model, data),
             **nll_k(model, {key: v[: min(n, lk_images)] for key, v in data.items()}, k),
             "fidelity": (judged := sample_and_judge(model, ckpt.vocab, batch, classifier)).fidelity,
+            "fidelity_by_template": by_template(judged.accepted, batch.templates),
             "attention": attention_shares(judged.alignments, batch.captions),
             "fidelity_of_dataset_images": float(judge(batch.images, batch.templates, batch.digits, classifier).mean()),
         }

@@ -149,6 +149,10 @@ def test_caption_runs_judge_fidelity_each_epoch_on_seen_and_held_out_captions(tm
         assert set(r["fidelity_by_temperature"]) == {"0.0", "0.5"}
         for share in (r["fidelity"], *r["fidelity_by_temperature"].values()):
             assert 0 <= share <= 1 and round(share * 20, 6).is_integer()
+        per_template = r["fidelity_by_template"].values()
+        assert sum(t["samples"] for t in per_template) == 20
+        assert sum(t["fidelity"] * t["samples"] for t in per_template) == pytest.approx(r["fidelity"] * 20)
+        assert set(r["fidelity_by_template"]) <= {t.name for t in cap.TEMPLATES}
         assert set(r["attention"]) == {"digit_words", "place_words", "other_words"}
         assert sum(r["attention"].values()) == pytest.approx(1) and min(r["attention"].values()) > 0
 
