@@ -45,14 +45,19 @@ def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def _per_parameter(tensors: dict[str, torch.Tensor], meta: dict) -> dict[int, dict[str, Any]]:
+    """The files' state, keyed by parameter index as in an optimizer state_dict."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     for idx, values in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return state
+
+
+def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    optimizer.load_state_dict({"state": _per_parameter(tensors, meta), "param_groups": meta["param_groups"]})
 
 
 def save_run_state(directory: Path, ckpt: Checkpoint, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
@@ -103,12 +108,7 @@ def warm_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, directo
         if set(meta["param_groups"][0]) == set(current["param_groups"][0]):  # same optimizer kind
             old_names = [name for name, _ in source.named_parameters()]
             new_index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
-            state: dict[int, dict[str, Any]] = {}
-            saved = [(k, v) for k, v in load_file(str(directory / OPTIMIZER), device=str(device)).items()]
-            saved += [(f"{i}.{key}", v) for i, values in meta["scalars"].items() for key, v in values.items()]
-            for name, value in saved:
-                idx, key = name.split(".", 1)
-                if old_names[int(idx)] in matched:
-                    state.setdefault(new_index[old_names[int(idx)]], {})[key] = value
+            saved = _per_parameter(load_file(str(directory / OPTIMIZER), device=str(device)), meta)
+            state = {new_index[old_names[i]]: values for i, values in saved.items() if old_names[i] in matched}
             optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
     return sorted(set(own) - set(matched))
