@@ -45,19 +45,16 @@ def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _per_parameter(tensors: dict[str, torch.Tensor], meta: dict) -> dict[int, dict[str, Any]]:
-    """The files' state, keyed by parameter index as in an optimizer state_dict."""
+def saved_optimizer(directory: Path, device: str | torch.device = "cpu") -> tuple[dict[int, dict[str, Any]], list]:
+    """The optimizer state saved beside a checkpoint: per-parameter state keyed by index, and the param groups."""
+    meta = json.loads((directory / PROGRESS).read_text())["optimizer"]
     state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
+    for name, value in load_file(str(directory / OPTIMIZER), device=str(device)).items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     for idx, values in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(values)
-    return state
-
-
-def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    optimizer.load_state_dict({"state": _per_parameter(tensors, meta), "param_groups": meta["param_groups"]})
+    return state, meta["param_groups"]
 
 
 def save_run_state(directory: Path, ckpt: Checkpoint, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
@@ -89,8 +86,8 @@ def load_progress(directory: Path) -> Progress:
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, directory: Path, device: str | torch.device = "cpu") -> None:
     """Load the optimizer state saved beside a checkpoint into an optimizer built on the loaded model."""
-    meta = json.loads((directory / PROGRESS).read_text())["optimizer"]
-    optimizer_from_files(optimizer, load_file(str(directory / OPTIMIZER), device=str(device)), meta)
+    state, param_groups = saved_optimizer(directory, device)
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
 def warm_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path,
@@ -103,12 +100,11 @@ def warm_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, directo
     matched = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matched, strict=False)
     if (directory / OPTIMIZER).exists():
-        meta = json.loads((directory / PROGRESS).read_text())["optimizer"]
+        saved, saved_groups = saved_optimizer(directory, device)
         current = optimizer.state_dict()
-        if set(meta["param_groups"][0]) == set(current["param_groups"][0]):  # same optimizer kind
+        if set(saved_groups[0]) == set(current["param_groups"][0]):  # same optimizer kind
             old_names = [name for name, _ in source.named_parameters()]
             new_index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
-            saved = _per_parameter(load_file(str(directory / OPTIMIZER), device=str(device)), meta)
             state = {new_index[old_names[i]]: values for i, values in saved.items() if old_names[i] in matched}
             optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
     return sorted(set(own) - set(matched))
