@@ -11,6 +11,8 @@ MODELS = ("draw", "aligndraw")
 DATASETS = ("mnist-captions", "fashion-captions", "binarized-mnist", "mnist", "coco", "jsonl")
 CAPTIONED = ("mnist-captions", "fashion-captions", "coco", "jsonl")
 
+DEFAULT_LR = 1e-3  # both papers' learning rate
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -23,7 +25,7 @@ class TrainConfig:
     epochs: int = 1000  # an upper bound: early stopping ends the run (alignDRAW's script used 1000)
     batch_size: int = 100  # both papers' batch
     optimizer: str = "auto"  # each paper's: Adam for DRAW (Gregor et al.), RMSprop for alignDRAW (its code)
-    lr: float = 1e-3
+    lr: float | None = None  # DEFAULT_LR for a new run; on resume the saved rate unless --lr is given
     clip: float = 10.0  # gradient-norm clip of the official code
     patience: int = 3  # epochs without validation improvement before stopping (alignDRAW's script)
     seed: int = 0

@@ -26,7 +26,7 @@ from models.checkpoint import Checkpoint, load_checkpoint
 from models.draw import DRAW
 from models.sampling import sample
 from training import artefacts
-from training.config import TrainConfig
+from training.config import DEFAULT_LR, TrainConfig
 from training.state import Progress, load_progress, restore_optimizer, save_run_state, warm_start
 from training.tasks import Batch, Task, batches, epoch_seed, make_task
 
@@ -47,10 +47,11 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    lr = DEFAULT_LR if config.lr is None else config.lr
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr)
+        return torch.optim.Adam(model.parameters(), lr=lr)
     # The official alignDRAW update: running mean of squared gradients, decay 0.9, eps 1e-6.
-    return torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=0.9, eps=1e-6)
+    return torch.optim.RMSprop(model.parameters(), lr=lr, alpha=0.9, eps=1e-6)
 
 
 def build_model(task: Task) -> DRAW | AlignDRAW:
@@ -123,7 +124,8 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimiz
         dist.all_reduce(sums)
     seconds = time.perf_counter() - start
     return {"train_nll_bound": sums[0].item() / sums[2].item(), "train_kl": sums[1].item() / sums[2].item(),
-            "images_per_s": sums[2].item() / seconds, "epoch_seconds": seconds, "kl_weight": beta}
+            "images_per_s": sums[2].item() / seconds, "epoch_seconds": seconds, "kl_weight": beta,
+            "lr": optimizer.param_groups[0]["lr"]}
 
 
 def write_previews(model: nn.Module, task: Task, run: Path, epoch: int, device: torch.device) -> None:
@@ -157,8 +159,13 @@ def train(config: TrainConfig) -> Progress:
         optimizer = make_optimizer(model, config)
         restore_optimizer(optimizer, last, device)
         progress = load_progress(last)
+        saved_lr = optimizer.param_groups[0]["lr"]
+        if config.lr is not None:  # an explicit --lr wins over the saved rate, so a run can go on at a lower one
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr
         if rank == 0:
-            print(f"resuming {run} after epoch {progress.epoch}", file=sys.stderr)
+            print(f"resuming {run} after epoch {progress.epoch}, lr {optimizer.param_groups[0]['lr']:g}"
+                  + (f" (was {saved_lr:g})" if optimizer.param_groups[0]["lr"] != saved_lr else ""), file=sys.stderr)
     else:
         torch.manual_seed(config.seed)
         model = build_model(task).to(device)

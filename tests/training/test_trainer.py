@@ -43,6 +43,14 @@ def test_resume_continues_the_same_run_exactly(tmp_path, shared_data):
     assert manifest["metrics"]["best_epoch"] in (1, 2)
 
 
+def test_resume_takes_the_commands_learning_rate(tmp_path, shared_data):
+    _train(tmp_path / "run", shared_data, "--epochs", "1")
+    _train(tmp_path / "run", shared_data, "--epochs", "2", "--lr", "3e-4")  # go on at a lower rate
+    _train(tmp_path / "run", shared_data, "--epochs", "3")  # a plain resume keeps the saved rate
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == [1e-3, 3e-4, 3e-4]
+
+
 def test_two_gloo_processes_take_the_same_steps_as_one(tmp_path, shared_data):
     _train(tmp_path / "single", shared_data, "--epochs", "1", "--device", "cpu")
     env = os.environ | {"OMP_NUM_THREADS": "1"}
