@@ -44,11 +44,16 @@ def test_resume_continues_the_same_run_exactly(tmp_path, shared_data):
 
 
 def test_resume_takes_the_commands_learning_rate(tmp_path, shared_data):
-    _train(tmp_path / "run", shared_data, "--epochs", "1")
-    _train(tmp_path / "run", shared_data, "--epochs", "2", "--lr", "3e-4")  # go on at a lower rate
-    _train(tmp_path / "run", shared_data, "--epochs", "3")  # a plain resume keeps the saved rate
+    _train(tmp_path / "run", shared_data, "--epochs", "2", "--patience", "1")
+    path = tmp_path / "run" / "last" / "progress.json"
+    saved = json.loads(path.read_text())
+    saved["progress"]["epochs_without_improvement"] = 1  # as if epoch 2 had not improved: the run has stopped
+    path.write_text(json.dumps(saved))
+    _train(tmp_path / "run", shared_data, "--epochs", "3", "--patience", "1")  # stopped: nothing more
+    _train(tmp_path / "run", shared_data, "--epochs", "3", "--patience", "1", "--lr", "3e-4")  # a lower rate goes on
+    _train(tmp_path / "run", shared_data, "--epochs", "4", "--patience", "9")  # a plain resume keeps the saved rate
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["lr"] for r in rows] == [1e-3, 3e-4, 3e-4]
+    assert [(r["epoch"], r["lr"]) for r in rows] == [(1, 1e-3), (2, 1e-3), (3, 3e-4), (4, 3e-4)]
 
 
 def test_two_gloo_processes_take_the_same_steps_as_one(tmp_path, shared_data):
