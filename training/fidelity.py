@@ -40,19 +40,24 @@ def windows(templates: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def judge(images: Tensor, templates: np.ndarray, digits: np.ndarray, classifier: DigitClassifier) -> np.ndarray:
-    """images (N, 1, 60, 60) in [0, 1] -> (N,) bool: every digit the caption names is read in its place."""
+def read_digits(images: Tensor, templates: np.ndarray, digits: np.ndarray, classifier: DigitClassifier) -> np.ndarray:
+    """images (N, 1, 60, 60) in [0, 1] -> (N, 2) the digit the judge reads in each named digit's window, layout
+    order as `digits`; -1 where the template names one digit."""
     boxes = windows(templates)
-    ok = np.ones(len(templates), bool)
+    read = np.full(digits.shape, -1, np.int64)
     for j in range(2):
         rows = np.flatnonzero(digits[:, j] >= 0)
         if rows.size == 0:
             continue
         crops = torch.stack([images[i, :, r : r + 28, c : c + 28] for i, (r, c) in zip(rows, boxes[rows, j],
                                                                                        strict=True)])
-        predicted = classifier(crops.float().cpu()).argmax(1).numpy()
-        ok[rows] &= predicted == digits[rows, j]
-    return ok
+        read[rows, j] = classifier(crops.float().cpu()).argmax(1).numpy()
+    return read
+
+
+def judge(images: Tensor, templates: np.ndarray, digits: np.ndarray, classifier: DigitClassifier) -> np.ndarray:
+    """images (N, 1, 60, 60) in [0, 1] -> (N,) bool: every digit the caption names is read in its place."""
+    return (read_digits(images, templates, digits, classifier) == digits).all(axis=1)
 
 
 def caption_batch(vocab: Vocabulary, batch: cap.CaptionedBatch) -> dict[str, Tensor]:
@@ -81,10 +86,34 @@ def by_template(accepted: np.ndarray, templates: np.ndarray) -> dict[str, dict[s
                                     "samples": int((templates == t).sum())} for t in np.unique(templates)}
 
 
+# Each digit's place in layout order (captions.py): index 0 is the left / top / only digit, 1 the right / bottom.
+PLACE_NAMES = {0: ("left", "right"), 1: ("left", "right"), 2: ("top", "bottom"), 3: ("top", "bottom")}
+
+
+def by_place(read: np.ndarray, templates: np.ndarray, digits: np.ndarray, worst: int = 3) -> dict[str, Any]:
+    """Per template and digit place: the share of named digits read right, and the commonest misreadings
+    ("4→9": count), so a failure shows whether the place or the identity goes wrong and which digit replaces it."""
+    out: dict[str, Any] = {}
+    for t in np.unique(templates):
+        rows = templates == t
+        places: dict[str, Any] = {}
+        for j, name in enumerate(PLACE_NAMES.get(int(t), ("only",))):
+            truth, seen = digits[rows, j], read[rows, j]
+            wrong = truth != seen
+            pairs, counts = np.unique(np.stack([truth[wrong], seen[wrong]], 1), axis=0, return_counts=True)
+            order = np.argsort(-counts, kind="stable")[:worst]
+            places[name] = {"accuracy": float((~wrong).mean()), "samples": int(rows.sum()),
+                            "misread": {f"{a}→{b}": int(c) for (a, b), c in zip(pairs[order], counts[order],
+                                                                                 strict=True)}}
+        out[cap.TEMPLATES[int(t)].name] = places
+    return out
+
+
 @dataclass(frozen=True)
 class Judged:
     accepted: np.ndarray  # (N,) bool, one sample per caption
     alignments: Tensor  # (N, T, K) α_t of each sample
+    read: np.ndarray  # (N, 2) the digit read in each named place (-1 where none is named)
 
     @property
     def fidelity(self) -> float:
@@ -96,15 +125,16 @@ def sample_and_judge(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBa
                      seed: int = 0, chunk: int = 250, temperature: float = 1.0) -> Judged:
     """One sample per caption of `batch` at this sampling temperature, judged; with its word alignments."""
     data = caption_batch(vocab, batch)
-    accepted, alignments = [], []
+    read, alignments = [], []
     for lo in range(0, len(batch.captions), chunk):
         hi = min(lo + chunk, len(batch.captions))
         out = sample(model, captions=data["captions"][lo:hi], lengths=data["lengths"][lo:hi],
                      seeds=list(range(seed + lo, seed + hi)), keep_canvases=False, temperature=temperature)
-        accepted.append(judge(out.images, batch.templates[lo:hi], batch.digits[lo:hi], classifier))
+        read.append(read_digits(out.images, batch.templates[lo:hi], batch.digits[lo:hi], classifier))
         assert out.alignments is not None
         alignments.append(out.alignments.cpu())  # every chunk keeps the batch's K (padding: α = 0)
-    return Judged(np.concatenate(accepted), torch.cat(alignments))
+    digits_read = np.concatenate(read)
+    return Judged((digits_read == batch.digits).all(axis=1), torch.cat(alignments), digits_read)
 
 
 def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: str | None, lk_images: int = 100,
@@ -131,6 +161,7 @@ def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: 
             **nll_k(model, {key: v[: min(n, lk_images)] for key, v in data.items()}, k),
             "fidelity": (judged := sample_and_judge(model, ckpt.vocab, batch, classifier)).fidelity,
             "fidelity_by_template": by_template(judged.accepted, batch.templates),
+            "fidelity_by_place": by_place(judged.read, batch.templates, batch.digits),
             "attention": attention_shares(judged.alignments, batch.captions),
             "fidelity_of_dataset_images": float(judge(batch.images, batch.templates, batch.digits, classifier).mean()),
         }

@@ -10,7 +10,7 @@ from models.draw import DRAW
 from tests.models.conftest import TINY_DRAW, block_images
 from training.classifier import accuracy, load_classifier
 from training.evaluate import log_weight_stats, subset
-from training.fidelity import CLASSIFIER, attention_shares, judge
+from training.fidelity import CLASSIFIER, attention_shares, by_place, judge
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,17 @@ def test_judge_accepts_the_datasets_own_images_and_rejects_wrong_digits_or_place
     one = batch.templates >= 4
     moved = judge(batch.images[one], swapped[one], batch.digits[one], classifier).mean()
     assert moved < 0.15, moved
+
+
+def test_by_place_counts_each_named_digit_and_names_what_replaced_it():
+    templates = np.array([0, 0, 0, 4, 2])
+    digits = np.array([[1, 0], [2, 0], [3, 0], [8, -1], [4, 5]])
+    read = np.array([[1, 8], [2, 8], [3, 0], [0, -1], [9, 5]])
+    places = by_place(read, templates, digits)
+    assert places["left of"] == {"left": {"accuracy": 1.0, "samples": 3, "misread": {}},
+                                 "right": {"accuracy": pytest.approx(1 / 3), "samples": 3, "misread": {"0→8": 2}}}
+    assert places["top left"] == {"only": {"accuracy": 0.0, "samples": 1, "misread": {"8→0": 1}}}
+    assert places["top of"]["top"]["misread"] == {"4→9": 1} and places["top of"]["bottom"]["accuracy"] == 1.0
 
 
 def test_attention_shares_count_alpha_on_digit_words_and_place_words():

@@ -166,6 +166,10 @@ def test_caption_runs_judge_fidelity_each_epoch_on_seen_and_held_out_captions(tm
         assert sum(t["samples"] for t in per_template) == 20
         assert sum(t["fidelity"] * t["samples"] for t in per_template) == pytest.approx(r["fidelity"] * 20)
         assert set(r["fidelity_by_template"]) <= {t.name for t in cap.TEMPLATES}
+        assert set(r["fidelity_by_place"]) == set(r["fidelity_by_template"])
+        for name, places in r["fidelity_by_place"].items():  # a sample is accepted only where every place is right
+            worst = min(place["accuracy"] for place in places.values())
+            assert r["fidelity_by_template"][name]["fidelity"] <= worst + 1e-9
         assert set(r["attention"]) == {"digit_words", "place_words", "other_words"}
         assert sum(r["attention"].values()) == pytest.approx(1) and min(r["attention"].values()) > 0
 
