@@ -55,9 +55,14 @@ def read_digits(images: Tensor, templates: np.ndarray, digits: np.ndarray, class
     return read
 
 
+def all_read_right(read: np.ndarray, digits: np.ndarray) -> np.ndarray:
+    """(N, 2) digits read and named (-1 where none is named on both) -> (N,) bool: the sample is accepted."""
+    return (read == digits).all(axis=1)
+
+
 def judge(images: Tensor, templates: np.ndarray, digits: np.ndarray, classifier: DigitClassifier) -> np.ndarray:
     """images (N, 1, 60, 60) in [0, 1] -> (N,) bool: every digit the caption names is read in its place."""
-    return (read_digits(images, templates, digits, classifier) == digits).all(axis=1)
+    return all_read_right(read_digits(images, templates, digits, classifier), digits)
 
 
 def caption_batch(vocab: Vocabulary, batch: cap.CaptionedBatch) -> dict[str, Tensor]:
@@ -111,9 +116,14 @@ def by_place(read: np.ndarray, templates: np.ndarray, digits: np.ndarray, worst:
 
 @dataclass(frozen=True)
 class Judged:
-    accepted: np.ndarray  # (N,) bool, one sample per caption
+    read: np.ndarray  # (N, 2) the digit read in each named place of each sample (-1 where none is named)
+    digits: np.ndarray  # (N, 2) the digits the captions name, same layout
     alignments: Tensor  # (N, T, K) α_t of each sample
-    read: np.ndarray  # (N, 2) the digit read in each named place (-1 where none is named)
+
+    @property
+    def accepted(self) -> np.ndarray:
+        """(N,) bool: every named digit read right, one sample per caption."""
+        return all_read_right(self.read, self.digits)
 
     @property
     def fidelity(self) -> float:
@@ -133,8 +143,7 @@ def sample_and_judge(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBa
         read.append(read_digits(out.images, batch.templates[lo:hi], batch.digits[lo:hi], classifier))
         assert out.alignments is not None
         alignments.append(out.alignments.cpu())  # every chunk keeps the batch's K (padding: α = 0)
-    digits_read = np.concatenate(read)
-    return Judged((digits_read == batch.digits).all(axis=1), torch.cat(alignments), digits_read)
+    return Judged(np.concatenate(read), batch.digits, torch.cat(alignments))
 
 
 def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: str | None, lk_images: int = 100,

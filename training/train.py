@@ -160,13 +160,14 @@ def train(config: TrainConfig) -> Progress:
         restore_optimizer(optimizer, last, device)
         progress = load_progress(last)
         saved_lr = optimizer.param_groups[0]["lr"]
-        if config.lr is not None and config.lr != saved_lr:  # an explicit --lr wins: go on at a lower rate
+        new_rate = config.lr is not None and config.lr != saved_lr
+        if new_rate:  # an explicit --lr wins: go on at a lower rate
             for group in optimizer.param_groups:
                 group["lr"] = config.lr
             progress.epochs_without_improvement = 0  # a new rate gets its own patience, even after a stop
         if rank == 0:
             print(f"resuming {run} after epoch {progress.epoch}, lr {optimizer.param_groups[0]['lr']:g}"
-                  + (f" (was {saved_lr:g})" if optimizer.param_groups[0]["lr"] != saved_lr else ""), file=sys.stderr)
+                  + (f" (was {saved_lr:g})" if new_rate else ""), file=sys.stderr)
     else:
         torch.manual_seed(config.seed)
         model = build_model(task).to(device)
