@@ -8,6 +8,11 @@ reaches q only through h^gen_{t−1}.
 from a context-free table of word vectors, separating where to look (syntax) from what is read there (semantics)
 as Russin et al. (2019) do for compositional generalisation: a held-out caption's digit word then yields the very
 vector it yields in every seen caption, where the paper's h_j is new for every new caption.
+
+`prior_context=True` (ours, not the paper's) gives the prior s_t beside h^gen_{t−1}: p(z_t | h^gen_{t−1}, s_t). s_t is
+itself a function of h^gen_{t−1} and the caption, so this is still the paper's family of priors; it adds a path
+from the word being read to the latent that is the same linear term in every caption, where the paper's prior
+must learn each word's effect anew inside every wording's h^gen.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class AlignDRAWConfig:
     lang_size: int = 128  # per direction of the caption BiLSTM
     align_size: int = 512  # dimAlign of U, W and v
     align_values: str = "states"  # what s_t averages: "states" h_j (eq. 5, the paper) or "words" (module doc)
+    prior_context: bool = False  # the prior also reads s_t (module doc); False is the paper's eq. 1
 
     @classmethod
     def coco(cls, vocab_size: int = 25323) -> AlignDRAWConfig:
@@ -119,7 +125,8 @@ class AlignDRAW(nn.Module):
         self.align = Align(2 * c.lang_size, c.dec_size, c.align_size)
         self.posterior = Posterior(dec_size=c.dec_size, enc_size=c.enc_size, z_size=c.z_size,
                                    channels=c.channels, height=c.height, width=c.width, read_n=c.read_n)
-        self.prior = nn.Linear(c.dec_size, 2 * c.z_size)  # μ_t, log σ_t = tanh(W h^gen_{t−1} + b) (eq. 1)
+        # μ_t, log σ_t = tanh(W h^gen_{t−1} + b) (eq. 1), or tanh(W [h^gen_{t−1}, s_t] + b) with prior_context
+        self.prior = nn.Linear(c.dec_size + (2 * c.lang_size if c.prior_context else 0), 2 * c.z_size)
         self.generator_lstm = LSTMCell(c.z_size + 2 * c.lang_size, c.dec_size)
         self.generator_initial = InitialState(c.dec_size)
         self.write = Write(c.dec_size, c.channels, c.height, c.width, c.write_n)
@@ -137,11 +144,12 @@ class AlignDRAW(nn.Module):
     def z_size(self) -> int:
         return self.config.z_size
 
-    def _prior(self, t: int, h_gen: Tensor) -> tuple[Tensor, Tensor]:
+    def _prior(self, t: int, h_gen: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         if t == 0:  # N(0, I) at the first step, as in the official code
             zeros = h_gen.new_zeros(h_gen.shape[0], self.z_size)
             return zeros, zeros
-        mu, log_sigma = torch.tanh(self.prior(h_gen)).chunk(2, dim=1)
+        mu, log_sigma = torch.tanh(self.prior(torch.cat([h_gen, s], 1) if self.config.prior_context else h_gen)
+                                   ).chunk(2, dim=1)
         return mu, log_sigma
 
     def _caption(self, captions: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -167,11 +175,11 @@ class AlignDRAW(nn.Module):
         kls, log_ratios = [], []
         for t in range(self.steps):
             mu_q, log_sigma_q, enc_state = self.posterior(x, canvas, h_gen, enc_state)
-            mu_p, log_sigma_p = self._prior(t, h_gen)
+            s, _ = self.align(keys, values, mask, h_gen)
+            mu_p, log_sigma_p = self._prior(t, h_gen, s)
             z = reparameterise(mu_q, log_sigma_q, eps[:, t])
             kls.append(kl_diagonal(mu_q, log_sigma_q, mu_p, log_sigma_p))
             log_ratios.append(log_density(z, mu_q, log_sigma_q) - log_density(z, mu_p, log_sigma_p))
-            s, _ = self.align(keys, values, mask, h_gen)
             h_gen, c_gen = self.generator_lstm(torch.cat([z, s], dim=1), (h_gen, c_gen))
             canvas = canvas + self.write(h_gen)[0]
         return ELBO(bernoulli_nll(canvas, x), torch.stack(kls, 1), torch.stack(log_ratios, 1))
@@ -184,7 +192,7 @@ class AlignDRAW(nn.Module):
         canvas = self.canvas0.expand(b, -1, -1, -1)
         for t in range(self.steps):
             s, alpha = self.align(keys, values, mask, h_gen)
-            z = reparameterise(*self._prior(t, h_gen), noise[:, t])
+            z = reparameterise(*self._prior(t, h_gen, s), noise[:, t])
             h_gen, c_gen = self.generator_lstm(torch.cat([z, s], dim=1), (h_gen, c_gen))
             delta, window = self.write(h_gen)
             canvas = canvas + delta

@@ -84,26 +84,30 @@ def test_word_keys_are_computed_once_per_caption_not_per_step(tiny_align):
     assert len(calls) == 1
 
 
-def test_kl_is_taken_against_the_state_dependent_prior(tiny_align):
-    """Replay the inference pass and check each KL term against the prior computed from h^gen_{t−1}."""
-    m = tiny_align
+@pytest.mark.parametrize("variant", [{}, {"align_values": "words", "prior_context": True}])
+def test_kl_is_taken_against_the_state_dependent_prior(variant):
+    """Replay the inference pass and check each KL term against the prior computed from h^gen_{t−1} (and s_t
+    with prior_context)."""
+    torch.manual_seed(0)
+    m = AlignDRAW(replace(TINY_ALIGN, **variant))
     x = torch.rand(3, 1, 16, 16)
     ids, lengths = random_captions(3, 6, TINY_ALIGN.vocab_size, seed=5)
     elbo = m(x, ids, lengths, generator=torch.Generator().manual_seed(7))
     eps = torch.randn(3, TINY_ALIGN.steps, TINY_ALIGN.z_size, generator=torch.Generator().manual_seed(7))
-    words, mask = m.caption_encoder(ids, lengths)
-    keys = m.align.keys(words)
+    states, mask = m.caption_encoder(ids, lengths)
+    keys = m.align.keys(states)
+    values = states if m.word_values is None else m.word_values(ids) * mask[..., None]
     h, c = m.generator_initial(3)
     enc = m.posterior.initial(3)
     canvas = m.canvas0.expand(3, -1, -1, -1)
     for t in range(TINY_ALIGN.steps):
         mu_q, ls_q, enc = m.posterior(x, canvas, h, enc)
+        s, _ = m.align(keys, values, mask, h)
         if t == 0:
             mu_p = ls_p = torch.zeros_like(mu_q)
         else:
-            mu_p, ls_p = torch.tanh(m.prior(h)).chunk(2, 1)
+            mu_p, ls_p = torch.tanh(m.prior(torch.cat([h, s], 1) if variant else h)).chunk(2, 1)
         torch.testing.assert_close(elbo.kl[:, t], kl_diagonal(mu_q, ls_q, mu_p, ls_p))
-        s, _ = m.align(keys, words, mask, h)
         h, c = m.generator_lstm(torch.cat([mu_q + ls_q.exp() * eps[:, t], s], 1), (h, c))
         canvas = canvas + m.write(h)[0]
     assert elbo.kl[:, 1:].abs().sum() > 0
