@@ -13,6 +13,10 @@ vector it yields in every seen caption, where the paper's h_j is new for every n
 itself a function of h^gen_{t−1} and the caption, so this is still the paper's family of priors; it adds a path
 from the word being read to the latent that is the same linear term in every caption, where the paper's prior
 must learn each word's effect anew inside every wording's h^gen.
+
+`key_blind=(ids...)` (ours, not the paper's) builds align's keys from the caption with every listed word read as the
+first of them (e.g. all ten digits as one), while the values still see the real words: where align looks is then
+the same for every digit a template is filled with, so a held-out filling is attended exactly like a seen one.
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ class AlignDRAWConfig:
     align_size: int = 512  # dimAlign of U, W and v
     align_values: str = "states"  # what s_t averages: "states" h_j (eq. 5, the paper) or "words" (module doc)
     prior_context: bool = False  # the prior also reads s_t (module doc); False is the paper's eq. 1
+    key_blind: tuple[int, ...] = ()  # word ids align's keys cannot tell apart (module doc); () is the paper
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_blind", tuple(int(i) for i in self.key_blind))  # JSON gives a list
 
     @classmethod
     def coco(cls, vocab_size: int = 25323) -> AlignDRAWConfig:
@@ -115,6 +123,7 @@ class Align(nn.Module):
 
 class AlignDRAW(nn.Module):
     kind = "aligndraw"
+    key_blind_ids: Tensor  # buffer: config.key_blind on the model's device
 
     def __init__(self, config: AlignDRAWConfig | None = None):
         super().__init__()
@@ -135,6 +144,9 @@ class AlignDRAW(nn.Module):
         if c.align_values == "words":
             self.word_values = nn.Embedding(c.vocab_size, 2 * c.lang_size, padding_idx=0)
             nn.init.normal_(self.word_values.weight[1:], std=0.1)  # on the scale of LSTM states, not N(0, 1)
+        if any(not 0 < i < c.vocab_size for i in c.key_blind):
+            raise ValueError(f"key_blind ids must be words of the vocabulary (1..{c.vocab_size - 1}): {c.key_blind}")
+        self.register_buffer("key_blind_ids", torch.tensor(c.key_blind, dtype=torch.long), persistent=False)
 
     @property
     def steps(self) -> int:
@@ -156,6 +168,10 @@ class AlignDRAW(nn.Module):
         """-> align's values (B, K, 2H), keys (B, K, A) and the real-word mask (B, K)."""
         states, mask = self.caption_encoder(captions, lengths)
         values = states if self.word_values is None else self.word_values(captions) * mask[..., None]
+        if self.config.key_blind:
+            blind = self.key_blind_ids
+            states, _ = self.caption_encoder(captions.masked_fill(torch.isin(captions, blind), int(blind[0])),
+                                             lengths)
         return values, self.align.keys(states), mask
 
     def forward(self, x: Tensor, captions: Tensor, lengths: Tensor, *,

@@ -117,7 +117,18 @@ class CaptionsTask(Task):
 
     def model_config(self) -> AlignDRAWConfig:
         assert self.vocab is not None
-        return AlignDRAWConfig(vocab_size=len(self.vocab), **self.config.model_overrides)
+        overrides = dict(self.config.model_overrides)
+        if "key_blind" in overrides:  # words or ids: --set key_blind='["0","1",...]' names them as a user would
+            overrides["key_blind"] = tuple(self._word_id(w) for w in overrides["key_blind"])
+        return AlignDRAWConfig(vocab_size=len(self.vocab), **overrides)
+
+    def _word_id(self, word: int | str) -> int:
+        assert self.vocab is not None
+        if isinstance(word, int):
+            return word
+        if word not in self.vocab:
+            raise ValueError(f"key_blind: {word!r} is not a word of this dataset's vocabulary {self.vocab.words}")
+        return self.vocab.stoi[word]
 
     def train_data(self, epoch: int) -> Batch:
         seed = epoch_seed(self.config.seed, epoch)

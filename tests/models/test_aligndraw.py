@@ -160,3 +160,25 @@ def test_word_values_give_a_word_the_same_context_vector_in_every_caption():
     assert out.images.shape == (2, 1, 16, 16)
     with pytest.raises(ValueError, match="align_values"):
         AlignDRAW(replace(TINY_ALIGN, align_values="embeddings"))
+
+
+def test_key_blind_words_get_the_same_keys_and_alignment_but_their_own_values():
+    """key_blind: captions that differ only in listed words are looked at identically and read differently."""
+    torch.manual_seed(0)
+    config = replace(TINY_ALIGN, align_values="words", key_blind=[5, 6])  # a list, as a JSON config gives it
+    assert config.key_blind == (5, 6)
+    model = AlignDRAW(config)
+    ids = torch.tensor([[3, 5, 7, 2], [3, 6, 7, 2], [3, 8, 7, 2]])  # 5 and 6 listed, 8 not
+    lengths = torch.tensor([4, 4, 4])
+    values, keys, mask = model._caption(ids, lengths)
+    torch.testing.assert_close(keys[0], keys[1], atol=0, rtol=0)
+    assert not torch.allclose(keys[0], keys[2])  # an unlisted word still changes where align looks
+    assert not torch.allclose(values[0, 1], values[1, 1])
+    h = torch.randn(1, TINY_ALIGN.dec_size).expand(3, -1)
+    _, alpha = model.align(keys, values, mask, h)
+    torch.testing.assert_close(alpha[0], alpha[1], atol=0, rtol=0)
+    _, open_keys, _ = AlignDRAW(replace(config, key_blind=()))._caption(ids, lengths)
+    assert not torch.allclose(open_keys[0], open_keys[1])
+    assert AlignDRAWConfig(**config.to_dict()) == config  # checkpoint.json round trip
+    with pytest.raises(ValueError, match="key_blind"):
+        AlignDRAW(replace(TINY_ALIGN, key_blind=(0,)))  # padding is no word

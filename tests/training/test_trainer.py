@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -221,3 +222,17 @@ def test_init_from_copies_matching_weights_and_their_optimizer_averages(tmp_path
     target(torch.rand(4, 1, 16, 16), ids, lengths).loss.backward()
     target_opt.step()  # the restored state steps together with the fresh parameter
     assert float(target_opt.state[target.word_values.weight]["step"]) == 1
+
+
+def test_key_blind_names_words_and_a_word_outside_the_vocabulary_is_a_clear_error():
+    from training.tasks import make_task
+
+    config = TrainConfig(model="aligndraw", dataset="mnist-captions", val_size=40, fidelity_samples=0,
+                         model_overrides={"align_values": "words", "key_blind": ["3", "7", 5]})
+    task = make_task(config)
+    assert task.vocab is not None
+    blind = task.model_config().key_blind
+    assert blind == (task.vocab.stoi["3"], task.vocab.stoi["7"], 5)
+    bad = make_task(replace(config, model_overrides={"key_blind": ["3", "eleven"]}))
+    with pytest.raises(ValueError, match="'eleven' is not a word"):
+        bad.model_config()
