@@ -21,7 +21,7 @@ the same for every digit a template is filled with, so a held-out filling is att
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -180,15 +180,22 @@ class AlignDRAW(nn.Module):
 
         ε (B, T, Z) comes from `noise` when given, else `generator`.
         """
+        if noise is None:
+            noise = torch.randn(x.shape[0], self.steps, self.z_size, generator=generator)
+        return self._infer(x, captions, lengths, noise.to(x.device))[0]
+
+    def posterior_means(self, x: Tensor, captions: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, Z) the means of q(z_t | x, z_<t) along the path that feeds them back: latents that redraw x
+        through `decode`, to probe what the latents carry beside the caption."""
+        return self._infer(x, captions, lengths, x.new_zeros(x.shape[0], self.steps, self.z_size))[1]
+
+    def _infer(self, x: Tensor, captions: Tensor, lengths: Tensor, eps: Tensor) -> tuple[ELBO, Tensor]:
         b = x.shape[0]
         values, keys, mask = self._caption(captions, lengths)
         h_gen, c_gen = self.generator_initial(b)
         enc_state: LSTMState = self.posterior.initial(b)
         canvas = self.canvas0.expand(b, -1, -1, -1)
-        if noise is None:
-            noise = torch.randn(b, self.steps, self.z_size, generator=generator)
-        eps = noise.to(x.device)
-        kls, log_ratios = [], []
+        kls, log_ratios, zs = [], [], []
         for t in range(self.steps):
             mu_q, log_sigma_q, enc_state = self.posterior(x, canvas, h_gen, enc_state)
             s, _ = self.align(keys, values, mask, h_gen)
@@ -196,19 +203,31 @@ class AlignDRAW(nn.Module):
             z = reparameterise(mu_q, log_sigma_q, eps[:, t])
             kls.append(kl_diagonal(mu_q, log_sigma_q, mu_p, log_sigma_p))
             log_ratios.append(log_density(z, mu_q, log_sigma_q) - log_density(z, mu_p, log_sigma_p))
+            zs.append(z)
             h_gen, c_gen = self.generator_lstm(torch.cat([z, s], dim=1), (h_gen, c_gen))
             canvas = canvas + self.write(h_gen)[0]
-        return ELBO(bernoulli_nll(canvas, x), torch.stack(kls, 1), torch.stack(log_ratios, 1))
+        elbo = ELBO(bernoulli_nll(canvas, x), torch.stack(kls, 1), torch.stack(log_ratios, 1))
+        return elbo, torch.stack(zs, 1)
 
     def generation_steps(self, noise: Tensor, captions: Tensor, lengths: Tensor) -> Iterator[CanvasStep]:
         """z_t ~ p(z_t | Z_<t) = μ_t + σ_t ε_t: noise (B, T, Z), captions (B, K), lengths (B,)."""
-        b = noise.shape[0]
+        return self._draw(captions, lengths, lambda t, mu, log_sigma: reparameterise(mu, log_sigma, noise[:, t]))
+
+    def decode(self, z: Tensor, captions: Tensor, lengths: Tensor) -> Tensor:
+        """c_T (B, C, H, W) logits drawn from the given latents z (B, T, Z) in place of the prior's samples."""
+        *_, last = self._draw(captions, lengths, lambda t, mu, log_sigma: z[:, t])
+        return last.canvas_logits
+
+    def _draw(self, captions: Tensor, lengths: Tensor,
+              latent: Callable[[int, Tensor, Tensor], Tensor]) -> Iterator[CanvasStep]:
+        """The generator's T steps; latent(t, μ_t, log σ_t) of the prior gives z_t."""
+        b = captions.shape[0]
         values, keys, mask = self._caption(captions, lengths)
         h_gen, c_gen = self.generator_initial(b)
         canvas = self.canvas0.expand(b, -1, -1, -1)
         for t in range(self.steps):
             s, alpha = self.align(keys, values, mask, h_gen)
-            z = reparameterise(*self._prior(t, h_gen, s), noise[:, t])
+            z = latent(t, *self._prior(t, h_gen, s))
             h_gen, c_gen = self.generator_lstm(torch.cat([z, s], dim=1), (h_gen, c_gen))
             delta, window = self.write(h_gen)
             canvas = canvas + delta

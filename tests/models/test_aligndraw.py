@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from models.aligndraw import AlignDRAW, AlignDRAWConfig
+from models.elbo import bernoulli_nll
 from models.gaussian import kl_diagonal
 from models.sampling import sample
 from tests.models.conftest import TINY_ALIGN, block_images, random_captions
@@ -182,3 +183,17 @@ def test_key_blind_words_get_the_same_keys_and_alignment_but_their_own_values():
     assert AlignDRAWConfig(**config.to_dict()) == config  # checkpoint.json round trip
     with pytest.raises(ValueError, match="key_blind"):
         AlignDRAW(replace(TINY_ALIGN, key_blind=(0,)))  # padding is no word
+
+
+def test_decode_of_the_posterior_means_redraws_the_reconstruction_of_the_bound():
+    """decode (the generator from given latents) and posterior_means (q's means fed back) retrace forward at ε = 0."""
+    torch.manual_seed(0)
+    model = AlignDRAW(replace(TINY_ALIGN, align_values="words", key_blind=(5, 6)))
+    x = block_images(3, TINY_ALIGN.height, TINY_ALIGN.width)
+    captions, lengths = random_captions(3, 6, TINY_ALIGN.vocab_size)
+    z = model.posterior_means(x, captions, lengths)
+    assert z.shape == (3, model.steps, model.z_size)
+    at_the_means = model(x, captions, lengths, noise=torch.zeros_like(z))
+    torch.testing.assert_close(bernoulli_nll(model.decode(z, captions, lengths), x), at_the_means.reconstruction)
+    other = model(x, captions, lengths, noise=torch.ones_like(z)).reconstruction  # the check can fail
+    assert not torch.allclose(bernoulli_nll(model.decode(z, captions, lengths), x), other)
