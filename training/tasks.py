@@ -74,6 +74,22 @@ def batches(data: Batch, batch_size: int, *, rank: int = 0, world: int = 1, limi
         yield out
 
 
+def with_word_ids(overrides: dict[str, Any], vocab: Vocabulary) -> dict[str, Any]:
+    """alignDRAW overrides with key_blind's words as vocabulary ids: --set key_blind='["0","1"]' names words as a
+    user would (ids pass through; one word or id need not be in a list)."""
+    if "key_blind" not in overrides:
+        return dict(overrides)
+    words = overrides["key_blind"]
+    ids = []
+    for word in words if isinstance(words, list | tuple) else [words]:
+        if not isinstance(word, int):
+            if str(word) not in vocab:
+                raise ValueError(f"key_blind: {word!r} is not a word of this dataset's vocabulary {vocab.words}")
+            [word] = vocab.encode(str(word))
+        ids.append(word)
+    return dict(overrides) | {"key_blind": tuple(ids)}
+
+
 class CaptionsTask(Task):
     """MNIST with Captions (alignDRAW §4.1) or its Fashion-MNIST variant."""
 
@@ -117,18 +133,7 @@ class CaptionsTask(Task):
 
     def model_config(self) -> AlignDRAWConfig:
         assert self.vocab is not None
-        overrides = dict(self.config.model_overrides)
-        if "key_blind" in overrides:  # words or ids: --set key_blind='["0","1",...]' names them as a user would
-            overrides["key_blind"] = tuple(self._word_id(w) for w in overrides["key_blind"])
-        return AlignDRAWConfig(vocab_size=len(self.vocab), **overrides)
-
-    def _word_id(self, word: int | str) -> int:
-        assert self.vocab is not None
-        if isinstance(word, int):
-            return word
-        if word not in self.vocab:
-            raise ValueError(f"key_blind: {word!r} is not a word of this dataset's vocabulary {self.vocab.words}")
-        return self.vocab.stoi[word]
+        return AlignDRAWConfig(vocab_size=len(self.vocab), **with_word_ids(self.config.model_overrides, self.vocab))
 
     def train_data(self, epoch: int) -> Batch:
         seed = epoch_seed(self.config.seed, epoch)
@@ -250,7 +255,8 @@ class FolderCaptionsTask(Task):
 
     def model_config(self) -> AlignDRAWConfig:
         assert self.vocab is not None
-        return AlignDRAWConfig(**(AlignDRAWConfig.coco(len(self.vocab)).to_dict() | self.config.model_overrides))
+        overrides = with_word_ids(self.config.model_overrides, self.vocab)
+        return AlignDRAWConfig(**(AlignDRAWConfig.coco(len(self.vocab)).to_dict() | overrides))
 
     def train_data(self, epoch: int) -> Batch:
         g = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))

@@ -233,6 +233,8 @@ def test_key_blind_names_words_and_a_word_outside_the_vocabulary_is_a_clear_erro
     assert task.vocab is not None
     blind = task.model_config().key_blind
     assert blind == (task.vocab.stoi["3"], task.vocab.stoi["7"], 5)
+    one = make_task(replace(config, model_overrides={"key_blind": "3"}))
+    assert one.model_config().key_blind == (task.vocab.stoi["3"],)
     bad = make_task(replace(config, model_overrides={"key_blind": ["3", "eleven"]}))
     with pytest.raises(ValueError, match="'eleven' is not a word"):
         bad.model_config()
