@@ -30,10 +30,16 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
     manifest = read_manifest(directory)
     paper = (DRAWConfig() if manifest["kind"] == "draw"
              else AlignDRAWConfig(vocab_size=len(ckpt.vocab or [])))  # the paper configs, nothing shrunk
+    # The deviations we allow (Training in README), each only where the recorded command names it.
     values = getattr(ckpt.model.config, "align_values", "states")
-    if values != "states":  # the one deviation we allow, and only where the recorded command names it
+    if values != "states":
         assert f"align_values={values}" in ckpt.training["command"]
         paper = replace(paper, align_values=values)  # type: ignore[arg-type]
+    blind = getattr(ckpt.model.config, "key_blind", ())
+    if blind:
+        assert "key_blind=" in ckpt.training["command"] and ckpt.vocab is not None
+        assert [ckpt.vocab.itos[i] for i in blind] == [str(d) for d in range(10)]  # the digits, as named
+        paper = replace(paper, key_blind=blind)  # type: ignore[arg-type]
     assert ckpt.model.config == paper
     assert ckpt.training["command"].startswith("python -m training train") and ckpt.training["epochs"] >= 1
     assert ckpt.metrics["best_val_nll_bound"] > 0
