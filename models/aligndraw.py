@@ -166,12 +166,13 @@ class AlignDRAW(nn.Module):
 
     def _caption(self, captions: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """-> align's values (B, K, 2H), keys (B, K, A) and the real-word mask (B, K)."""
-        states, mask = self.caption_encoder(captions, lengths)
-        values = states if self.word_values is None else self.word_values(captions) * mask[..., None]
-        if self.config.key_blind:
-            blind = self.key_blind_ids
-            states, _ = self.caption_encoder(captions.masked_fill(torch.isin(captions, blind), int(blind[0])),
-                                             lengths)
+        blind = self.config.key_blind
+        key_ids = captions.masked_fill(torch.isin(captions, self.key_blind_ids), blind[0]) if blind else captions
+        states, mask = self.caption_encoder(key_ids, lengths)
+        if self.word_values is not None:
+            values = self.word_values(captions) * mask[..., None]
+        else:  # the paper's h_j, of the real words: a second BiLSTM pass only where the keys were blinded
+            values = self.caption_encoder(captions, lengths)[0] if blind else states
         return values, self.align.keys(states), mask
 
     def forward(self, x: Tensor, captions: Tensor, lengths: Tensor, *,

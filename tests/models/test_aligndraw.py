@@ -178,6 +178,9 @@ def test_key_blind_words_get_the_same_keys_and_alignment_but_their_own_values():
     h = torch.randn(1, TINY_ALIGN.dec_size).expand(3, -1)
     _, alpha = model.align(keys, values, mask, h)
     torch.testing.assert_close(alpha[0], alpha[1], atol=0, rtol=0)
+    states_values, states_keys, _ = AlignDRAW(replace(config, align_values="states"))._caption(ids, lengths)
+    torch.testing.assert_close(states_keys[0], states_keys[1], atol=0, rtol=0)
+    assert not torch.allclose(states_values[0, 1], states_values[1, 1])  # h_j of the real words
     _, open_keys, _ = AlignDRAW(replace(config, key_blind=()))._caption(ids, lengths)
     assert not torch.allclose(open_keys[0], open_keys[1])
     assert AlignDRAWConfig(**config.to_dict()) == config  # checkpoint.json round trip
