@@ -22,10 +22,11 @@ import torch
 
 from models.aligndraw import AlignDRAW
 from models.checkpoint import load_checkpoint
+from models.sampling import sample
 from models.vocab import Vocabulary, tokenize
 from training.classifier import DigitClassifier, load_classifier
 from training.data import captions as cap
-from training.fidelity import CLASSIFIER, DIGIT_WORDS, caption_batch, read_digits, sample_and_judge
+from training.fidelity import CLASSIFIER, DIGIT_WORDS, caption_batch, read_digits
 
 
 def _share(read: np.ndarray, digits: np.ndarray) -> float:
@@ -65,11 +66,13 @@ def identity_probe(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBatc
     }
 
 
-def attention_by_word(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBatch,
-                      classifier: DigitClassifier) -> dict[str, Any]:
+def attention_by_word(model: AlignDRAW, vocab: Vocabulary, batch: cap.CaptionedBatch) -> dict[str, Any]:
     """Per template, per digit word of the caption: α summed over steps and per step (means over captions)."""
-    judged = sample_and_judge(model, vocab, batch, classifier)
-    alpha = judged.alignments.float().numpy()  # (N, T, K)
+    data = caption_batch(vocab, batch)
+    drawn = sample(model, captions=data["captions"], lengths=data["lengths"], seeds=list(range(len(batch.captions))),
+                  keep_canvases=False)  # the same seeds as sample_and_judge; only α is needed, nothing is judged
+    assert drawn.alignments is not None
+    alpha = drawn.alignments.float().cpu().numpy()  # (N, T, K)
     out: dict[str, Any] = {}
     for t in np.unique(batch.templates):
         rows = batch.templates == t
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     for split, held_out in (("seen", False), ("held_out", True)):
         batch = cap.generate(test, args.captions, generator=11 + held_out, banned=banned, held_out_only=held_out)
         results[split] = {"identity": identity_probe(model, vocab, batch, classifier),
-                          "attention_by_word": attention_by_word(model, vocab, batch, classifier)}
+                          "attention_by_word": attention_by_word(model, vocab, batch)}
     text = json.dumps(results, indent=1)
     if args.json:
         with open(args.json, "w") as f:

@@ -36,7 +36,7 @@ def test_probe_on_the_shipped_model_redraws_images_and_reads_identity_from_the_c
     assert shares["reconstruction_reads_a"] > 0.9  # q's means fed through decode redraw the image's digits
     assert shares["z_of_a_caption_b_reads_b"] > shares["z_of_a_caption_b_reads_a"]  # the words carry identity
     assert shares["z_zero_caption_b_reads_b"] > 0.7
-    attention = attention_by_word(ckpt.model.eval(), ckpt.vocab, batch, classifier)
+    attention = attention_by_word(ckpt.model.eval(), ckpt.vocab, batch)
     left_of = attention["left of"]
     assert set(left_of) == {"word 2", "word 10"}  # "the digit A is on the left of the digit B ."
     for word in left_of.values():
