@@ -1,0 +1,141 @@
+"""The refactor guard: PNG bytes for fixed seeds from every shipped generator, through the sampler and through the
+API with a real worker, must stay what they were when recorded (before the generator contract was built).
+
+`GLIMPSE_RECORD_GOLDEN=1 pytest tests/golden` rewrites golden.json; a change of model maths, sampling order,
+noise, rendering or the worker's batching shows up here as a changed digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.sampling import sample
+from tests.worker import conftest as worker_fixtures
+from tests.worker.conftest import ROOT, wait_for
+from worker import render
+
+GOLDEN = Path(__file__).with_name("golden.json")
+RECORD = os.environ.get("GLIMPSE_RECORD_GOLDEN") == "1"
+SHIPPED = ["aligndraw-mnist-captions", "aligndraw-mnist-captions-blind-keys", "aligndraw-mnist-captions-words",
+           "draw-mnist"]
+SEEN = "the digit 7 is at the top left of the image ."
+SEEDS = [0, 1, 2]
+
+redis_base_url = worker_fixtures.redis_base_url  # the suite's one real Redis
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:24]
+
+
+def uint8(canvas: torch.Tensor):
+    return (canvas * 255).round_().clamp_(0, 255).to(torch.uint8).movedim(-3, -1).numpy()
+
+
+def captions_for(ckpt) -> list[str] | None:
+    """A seen caption twice and the first held-out one (alignDRAW); None for an unconditional model."""
+    if ckpt.vocab is None:
+        return None
+    return [SEEN, SEEN, ckpt.extra["held_out_captions"][0]]
+
+
+def check(section: str, found: dict[str, str]) -> None:
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    if RECORD:
+        golden[section] = found
+        GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+        return
+    assert section in golden, f"no golden digests for {section}: record them (module doc)"
+    changed = sorted(k for k in golden[section] if golden[section][k] != found.get(k))
+    assert not changed, f"{section}: {len(changed)} of {len(golden[section])} outputs changed, e.g. {changed[:5]}"
+    assert set(found) == set(golden[section])
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_sampler_draws_the_recorded_pixels(name):
+    ckpt = load_checkpoint(ROOT / "checkpoints" / name)
+    captions = captions_for(ckpt)
+    conditions = {}
+    if captions is not None:
+        ids, lengths = ckpt.vocab.encode_batch(captions)
+        conditions = {"captions": torch.tensor(ids), "lengths": torch.tensor(lengths)}
+    out = sample(ckpt.model, seeds=SEEDS, batch_size=len(SEEDS), **conditions)
+    found = {}
+    frames = uint8(out.canvases)
+    for i in range(len(SEEDS)):
+        found[f"{i}/image"] = digest(render.png(uint8(out.images[i])))
+        found[f"{i}/frames"] = digest(b"".join(render.png(f) for f in frames[i]))
+        windows = out.windows[i].numpy() if out.windows is not None else None
+        align = out.alignments[i].numpy() if out.alignments is not None else None
+        found[f"{i}/attention"] = digest(render.attention(windows, align, [], max_words=64, longest_word=16))
+    check(f"sampler/{name}", found)
+
+
+@pytest.fixture(scope="module")
+def shipped_stack(redis_base_url, tmp_path_factory):
+    """The API over a real `python -m worker` serving the shipped checkpoints (database 11)."""
+    import signal
+    import subprocess
+    import sys
+
+    import redis
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from tests.service.conftest import api_settings
+    from tests.worker.conftest import flushed_db, settings_env
+
+    gen = flushed_db(redis_base_url, 11)
+    url = next(gen)
+    s = api_settings(url, ROOT / "checkpoints", default_model=SHIPPED[1])
+    log = (tmp_path_factory.mktemp("golden") / "worker.log").open("w")
+    p = subprocess.Popen([sys.executable, "-m", "worker", "--name", "golden", "--log-level", "INFO"], cwd=ROOT,
+                         env=settings_env(s), stdout=log, stderr=subprocess.STDOUT)
+    conn = redis.Redis.from_url(url)
+    try:
+        wait_for(lambda: conn.exists(f"{s.key_prefix}:worker:golden") or p.poll() is not None, 120,
+                 what="worker heartbeat")
+        assert p.poll() is None, Path(log.name).read_text()
+        with TestClient(create_app(s)) as client:
+            yield client
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+        conn.close()
+        next(gen, None)  # flush the database after use
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_api_serves_the_recorded_bytes(name, shipped_stack):
+    client = shipped_stack
+    captions = captions_for(load_checkpoint(ROOT / "checkpoints" / name))
+    body = {"model": name, "n": 1 if captions else 3, "seed": 40}
+    if captions:
+        body["captions"] = captions[1:]  # one seen, one held out
+    created = client.post("/v1/generations", json=body)
+    assert created.status_code == 202, created.text
+    job = created.json()["id"]
+
+    def finished():
+        gen = client.get(f"/v1/generations/{job}").json()
+        return gen if gen["status"] in ("succeeded", "failed", "canceled") else None
+
+    gen = wait_for(finished, 300, interval=0.2, what=f"{name} job")
+    assert gen["status"] == "succeeded", gen
+    found = {}
+    for out in gen["outputs"]:
+        i = out["index"]
+        for key in ("image", "animation_gif", "animation_webp", "attention"):
+            r = client.get(out[key])
+            assert r.status_code == 200
+            found[f"{i}/{key}"] = digest(r.content)
+        found[f"{i}/frames"] = digest(b"".join(client.get(url).content for url in out["frames"]))
+        found[f"{i}/frame_count"] = str(len(out["frames"]))
+    check(f"api/{name}", found)
