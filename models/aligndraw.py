@@ -21,18 +21,18 @@ the same for every digit a template is filled with, so a held-out filling is att
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
 from models.attention import Write
-from models.draw import InitialState, Posterior
+from models.draw import InitialState, Posterior, elbo_losses
 from models.elbo import ELBO, bernoulli_nll
+from models.family import Losses, Step
 from models.gaussian import kl_diagonal, log_density, reparameterise
 from models.lstm import LSTMCell, LSTMState
-from models.sampling import CanvasStep
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,13 @@ class Align(nn.Module):
 
 
 class AlignDRAW(nn.Module):
+    Config = AlignDRAWConfig
     kind = "aligndraw"
+    modes = {"caption": "frames"}  # models/family.py: condition -> output
+    data = "captioned_images"
+    likelihood = True
+    train_defaults = {"optimizer": "rmsprop", "kl_warmup": 0}  # the official code's RMSprop, no warm-up
+    optimizer_options: dict = {}
     key_blind_ids: Tensor  # buffer: config.key_blind on the model's device
 
     def __init__(self, config: AlignDRAWConfig | None = None):
@@ -155,6 +161,17 @@ class AlignDRAW(nn.Module):
     @property
     def z_size(self) -> int:
         return self.config.z_size
+
+    def noise_shape(self) -> tuple[int, ...]:
+        return (self.steps, self.z_size)
+
+    loss_noise_shape = noise_shape
+
+    def loss(self, batch: Mapping[str, Tensor], noise: Tensor, *, kl_weight: float = 1.0) -> Losses:
+        return elbo_losses(self(batch["x"], batch["captions"], batch["lengths"], noise=noise), kl_weight)
+
+    def log_weight(self, batch: Mapping[str, Tensor], noise: Tensor) -> Tensor:
+        return self(batch["x"], batch["captions"], batch["lengths"], noise=noise).log_weight
 
     def _prior(self, t: int, h_gen: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         if t == 0:  # N(0, I) at the first step, as in the official code
@@ -210,17 +227,18 @@ class AlignDRAW(nn.Module):
         elbo = ELBO(bernoulli_nll(canvas, x), torch.stack(kls, 1), torch.stack(log_ratios, 1))
         return elbo, torch.stack(zs, 1)
 
-    def generation_steps(self, noise: Tensor, captions: Tensor, lengths: Tensor) -> Iterator[CanvasStep]:
+    def generate(self, noise: Tensor, captions: Tensor, lengths: Tensor) -> Iterator[Step]:
         """z_t ~ p(z_t | Z_<t) = μ_t + σ_t ε_t: noise (B, T, Z), captions (B, K), lengths (B,)."""
         return self._draw(captions, lengths, lambda t, mu, log_sigma: reparameterise(mu, log_sigma, noise[:, t]))
 
     def decode(self, z: Tensor, captions: Tensor, lengths: Tensor) -> Tensor:
         """c_T (B, C, H, W) logits drawn from the given latents z (B, T, Z) in place of the prior's samples."""
         *_, last = self._draw(captions, lengths, lambda t, mu, log_sigma: z[:, t])
-        return last.canvas_logits
+        assert last.logits is not None
+        return last.logits
 
     def _draw(self, captions: Tensor, lengths: Tensor,
-              latent: Callable[[int, Tensor, Tensor], Tensor]) -> Iterator[CanvasStep]:
+              latent: Callable[[int, Tensor, Tensor], Tensor]) -> Iterator[Step]:
         """The generator's T steps; latent(t, μ_t, log σ_t) of the prior gives z_t."""
         b = captions.shape[0]
         values, keys, mask = self._caption(captions, lengths)
@@ -232,4 +250,4 @@ class AlignDRAW(nn.Module):
             h_gen, c_gen = self.generator_lstm(torch.cat([z, s], dim=1), (h_gen, c_gen))
             delta, window = self.write(h_gen)
             canvas = canvas + delta
-            yield CanvasStep(canvas, window, alpha)
+            yield Step(logits=canvas, window=window.box() if window is not None else None, alignment=alpha)

@@ -17,19 +17,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.aligndraw import AlignDRAW, AlignDRAWConfig
-from models.draw import DRAW, DRAWConfig
+from models.family import FAMILIES, family
 from models.vocab import Vocabulary
 
 FORMAT = "glimpse-checkpoint/1"
 WEIGHTS = "model.safetensors"
 MANIFEST = "checkpoint.json"
-
-KINDS: dict[str, tuple[type[nn.Module], type]] = {
-    "draw": (DRAW, DRAWConfig),
-    "aligndraw": (AlignDRAW, AlignDRAWConfig),
-}
-
 
 class CheckpointError(ValueError):
     pass
@@ -37,7 +30,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    model: DRAW | AlignDRAW
+    model: nn.Module  # a family of models/family.py
     vocab: Vocabulary | None = None
     training: dict[str, Any] = field(default_factory=dict)  # command, data, epochs, wall time, machine...
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -57,7 +50,7 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     model = ckpt.model
     kind = getattr(model, "kind", None)
-    if kind not in KINDS or not isinstance(model, KINDS[kind][0]):
+    if kind not in FAMILIES or not isinstance(model, family(kind)):
         raise CheckpointError(f"cannot save a model of kind {kind!r}")
     # Write to temporary names and rename: a crash mid-save never leaves a half checkpoint behind.
     tmp_weights = directory / (WEIGHTS + ".tmp")
@@ -91,7 +84,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("kind") not in KINDS:
+    if manifest.get("kind") not in FAMILIES:
         raise CheckpointError(f"{path}: unknown model kind {manifest.get('kind')!r}")
     return manifest
 
@@ -105,8 +98,8 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     digest = _sha256(weights)
     if digest != manifest["weights_sha256"]:
         raise CheckpointError(f"{weights}: sha256 {digest} does not match {manifest['weights_sha256']}")
-    model_cls, config_cls = KINDS[manifest["kind"]]
-    model: DRAW | AlignDRAW = model_cls(config_cls(**manifest["config"]))  # type: ignore[assignment]
+    cls = family(manifest["kind"])
+    model: nn.Module = cls(cls.Config(**manifest["config"]))
     model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
     model.to(device).eval()
     vocab = manifest.get("vocabulary")

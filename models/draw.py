@@ -6,7 +6,7 @@ z ~ q(z | h^enc); h^dec = LSTM^dec(z); c_t = c_{t−1} + write(h^dec). Likelihoo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -14,9 +14,9 @@ from torch import Tensor, nn
 
 from models.attention import Read, Write
 from models.elbo import ELBO, bernoulli_nll
+from models.family import Losses, Step
 from models.gaussian import kl_standard_normal, log_density, log_standard_density, reparameterise
 from models.lstm import LSTMCell, LSTMState
-from models.sampling import CanvasStep
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,13 @@ class Posterior(nn.Module):
 
 
 class DRAW(nn.Module):
+    Config = DRAWConfig
     kind = "draw"
+    modes = {"none": "frames"}  # models/family.py: condition -> output
+    data = "images"
+    likelihood = True
+    train_defaults = {"optimizer": "adam", "kl_warmup": 1000}  # Adam (Gregor et al.); the warm-up: training/config.py
+    optimizer_options: dict = {}
 
     def __init__(self, config: DRAWConfig | None = None):
         super().__init__()
@@ -91,6 +97,17 @@ class DRAW(nn.Module):
     @property
     def z_size(self) -> int:
         return self.config.z_size
+
+    def noise_shape(self) -> tuple[int, ...]:
+        return (self.steps, self.z_size)  # one ε_t per glimpse
+
+    loss_noise_shape = noise_shape
+
+    def loss(self, batch: Mapping[str, Tensor], noise: Tensor, *, kl_weight: float = 1.0) -> Losses:
+        return elbo_losses(self(batch["x"], noise=noise), kl_weight)
+
+    def log_weight(self, batch: Mapping[str, Tensor], noise: Tensor) -> Tensor:
+        return self(batch["x"], noise=noise).log_weight
 
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None) -> ELBO:
         """x: (B, C, H, W) in [0, 1] -> the ELBO's terms, one z sample per step (eq. 9-12).
@@ -114,8 +131,8 @@ class DRAW(nn.Module):
             canvas = canvas + self.write(h_dec)[0]
         return ELBO(bernoulli_nll(canvas, x), torch.stack(kls, 1), torch.stack(log_ratios, 1))
 
-    def generation_steps(self, noise: Tensor) -> Iterator[CanvasStep]:
-        """Decoder only, z_t = ε_t ~ N(0, I): noise (B, T, Z) -> one CanvasStep per step."""
+    def generate(self, noise: Tensor) -> Iterator[Step]:
+        """Decoder only, z_t = ε_t ~ N(0, I): noise (B, T, Z) -> one Step per glimpse."""
         b = noise.shape[0]
         h_dec, c_dec = self.decoder_initial(b)
         canvas = self.canvas0.expand(b, -1, -1, -1)
@@ -123,4 +140,10 @@ class DRAW(nn.Module):
             h_dec, c_dec = self.decoder(noise[:, t], (h_dec, c_dec))
             delta, window = self.write(h_dec)
             canvas = canvas + delta
-            yield CanvasStep(canvas, window, None)
+            yield Step(logits=canvas, window=window.box() if window is not None else None)
+
+
+def elbo_losses(elbo: ELBO, kl_weight: float = 1.0) -> Losses:
+    """The DRAW family's contract terms: −ELBO (β-weighted KL during a warm-up) as the one group's loss."""
+    return Losses(minimise={"model": elbo.annealed_loss(kl_weight)}, bound=elbo.nll_bound, log_weight=elbo.log_weight,
+                  terms={"reconstruction": elbo.reconstruction, "kl": elbo.kl.sum(1)})

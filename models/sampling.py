@@ -1,29 +1,19 @@
-"""The sampler: runs a model's T generation steps without gradients and keeps every canvas.
+"""The sampler: runs a generator's steps without gradients and keeps every canvas.
 
-Models only define `generation_steps(noise, **conditions)`, an iterator of `CanvasStep`s built from locals;
-this module owns the noise, the output buffers, the per-step callback and early stopping.
+Families only define `generate(noise, **conditions)`, an iterator of `models.family.Step`s (T for the DRAW family,
+one for one-shot decoders); this module owns the noise, the output buffers, the per-step callback and early stopping.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from models.attention import AttentionParams
-
-
-@dataclass(frozen=True)
-class CanvasStep:
-    """What a model yields after generation step t: the raw canvas c_t and what drew it."""
-
-    canvas_logits: Tensor  # (B, C, H, W) c_t before the sigmoid
-    window: AttentionParams | None  # write attention of step t (None without attention)
-    alignment: Tensor | None  # (B, K) word weights α_t (alignDRAW only)
+from models.family import Generator
 
 
 @dataclass(frozen=True)
@@ -55,31 +45,14 @@ class SampleOutput:
         return self.steps_done == self.steps
 
 
-class Generator(Protocol):
-    """What the sampler needs from a model."""
-
-    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
-
-    @property
-    def generation_steps(self) -> Callable[..., Iterator[CanvasStep]]:
-        """(noise (B, T, Z), **conditions) -> one CanvasStep per step; each model names its own conditions."""
-
-    @property
-    def steps(self) -> int: ...
-
-    @property
-    def z_size(self) -> int: ...
-
-
 def draw_noise(
     batch_size: int,
-    steps: int,
-    z_size: int,
-    *,
+    *shape: int,
     generator: torch.Generator | None = None,
     seeds: Sequence[int] | None = None,
 ) -> Tensor:
-    """ε for every step, drawn up front on the CPU: (B, T, Z).
+    """ε of one latent sample per image (`shape`, e.g. the family's noise_shape() (T, Z)), drawn up front on the
+    CPU: (B, *shape).
 
     With `seeds`, image i's noise comes from its own seed alone, so its image does not depend on what else
     shares the batch beyond float rounding (~1e-7: matmul blocking varies with batch size). Noise is drawn on
@@ -91,9 +64,9 @@ def draw_noise(
         if len(seeds) != batch_size:
             raise ValueError(f"need one seed per image: got {len(seeds)} for {batch_size} images")
         return torch.stack(
-            [torch.randn(steps, z_size, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+            [torch.randn(*shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         )
-    return torch.randn(batch_size, steps, z_size, generator=generator)
+    return torch.randn(batch_size, *shape, generator=generator)
 
 
 @torch.inference_mode()
@@ -110,8 +83,8 @@ def sample(
 ) -> SampleOutput:
     """Generate a batch and every intermediate canvas.
 
-    Conditions are model-specific tensors (alignDRAW: `captions` (B, K) ids, `lengths` (B,)); they fix the
-    batch size when given. Same seed(s) and inputs give bit-identical outputs on the CPU.
+    Conditions are the family's tensors (alignDRAW: `captions` (B, K) ids, `lengths` (B,)); they fix the batch
+    size when given. Same seed(s) and inputs give bit-identical outputs on the CPU.
     `keep_canvases=False` keeps only the final image and the small per-step records. `temperature` scales ε, so
     z_t = μ_t + temperature · σ_t ε_t: 1 samples the model's prior, 0 takes its mean at every step.
     """
@@ -127,24 +100,25 @@ def sample(
     if batch_size is None:
         batch_size = len(seeds) if seeds is not None else 1
     t_total = model.steps
-    noise = draw_noise(batch_size, t_total, model.z_size, generator=generator, seeds=seeds).mul_(temperature).to(device)
+    noise = draw_noise(batch_size, *model.noise_shape(), generator=generator, seeds=seeds).mul_(temperature).to(device)
 
     canvases: Tensor | None = None
     windows: list[Tensor] = []
     alignments: list[Tensor] = []
     frame: Tensor | None = None
     steps_done = 0
-    for t, out in enumerate(model.generation_steps(noise, **conditions)):
+    for t, out in enumerate(model.generate(noise, **conditions)):
+        if out.logits is None:
+            raise TypeError(f"{type(model).__name__}.generate yields no image logits: not an image generator")
         if canvases is None:
             # Step-major, so each step's frame is contiguous: one elementwise kernel (bit-identical results
             # whatever keep_canvases is) and a frame a caller can encode without a copy.
-            shape = (t_total if keep_canvases else 1, batch_size, *out.canvas_logits.shape[1:])
+            shape = (t_total if keep_canvases else 1, batch_size, *out.logits.shape[1:])
             canvases = torch.empty(shape, device=device)
         frame = canvases[t if keep_canvases else 0]
-        torch.sigmoid(out.canvas_logits, out=frame)
-        box = None
-        if out.window is not None:
-            box = out.window.box()
+        torch.sigmoid(out.logits, out=frame)
+        box = out.window
+        if box is not None:
             windows.append(box)
         if out.alignment is not None:
             alignments.append(out.alignment)

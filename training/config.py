@@ -7,9 +7,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-MODELS = ("draw", "aligndraw")
-DATASETS = ("mnist-captions", "fashion-captions", "binarized-mnist", "mnist", "coco", "jsonl")
-CAPTIONED = ("mnist-captions", "fashion-captions", "coco", "jsonl")
+from models.family import FAMILIES, family
+
+MODELS = tuple(FAMILIES)
+# What each dataset yields, matched against a family's `data` (models/family.py).
+DATASETS: dict[str, str] = {"mnist-captions": "captioned_images", "fashion-captions": "captioned_images",
+                            "coco": "captioned_images", "jsonl": "captioned_images",
+                            "binarized-mnist": "images", "mnist": "images"}
 
 DEFAULT_LR = 1e-3  # both papers' learning rate
 
@@ -24,7 +28,7 @@ class TrainConfig:
     captions_file: str | None = None  # coco: captions_*.json (images in data_dir); jsonl: {"image", "caption"} lines
     epochs: int = 1000  # an upper bound: early stopping ends the run (alignDRAW's script used 1000)
     batch_size: int = 100  # both papers' batch
-    optimizer: str = "auto"  # each paper's: Adam for DRAW (Gregor et al.), RMSprop for alignDRAW (its code)
+    optimizer: str = "auto"  # each paper's (the family's train_defaults): Adam for DRAW and IWAE, RMSprop for alignDRAW
     lr: float | None = None  # DEFAULT_LR for a new run; on resume the saved rate unless --lr is given
     clip: float = 10.0  # gradient-norm clip of the official code
     patience: int = 3  # epochs without validation improvement before stopping (alignDRAW's script)
@@ -32,9 +36,10 @@ class TrainConfig:
     device: str = "auto"  # cuda when present
     pairs_per_epoch: int = 10_000  # alignDRAW draws a fresh 10k captioned pairs every epoch
     val_size: int = 10_000  # validation images (captions: generated once from held-out digits)
+    val_holdout: int | None = None  # MNIST: last training images held out for validation; None: min(10k, N/6)
     max_batches: int | None = None  # cap on training batches per epoch (time-boxed or smoke runs)
     preview_every: int = 1  # epochs between sample-grid / canvas-strip / curve PNGs
-    kl_warmup: int | None = None  # batches for the KL weight to rise 0 -> 1; default 1000 for DRAW, 0 for alignDRAW
+    kl_warmup: int | None = None  # batches for the KL weight to rise 0 -> 1; the family's default (DRAW 1000)
     fidelity_samples: int = 500  # MNIST captions: samples judged per epoch for seen and held-out captions (0: off)
     init_from: str | None = None  # a checkpoint whose weights start a new run where names and shapes match
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"steps": 16} for a small model
@@ -44,14 +49,18 @@ class TrainConfig:
             raise ValueError(f"--model must be one of {MODELS}, not {self.model!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"--dataset must be one of {DATASETS}, not {self.dataset!r}")
-        if self.optimizer == "auto":
-            object.__setattr__(self, "optimizer", "adam" if self.model == "draw" else "rmsprop")  # frozen
-        if self.kl_warmup is None:  # DRAW's 2×2 read otherwise loses the latents to KL collapse early (measured)
-            object.__setattr__(self, "kl_warmup", 1000 if self.model == "draw" else 0)
+        cls = family(self.model)
+        # Unset fields take the family's paper values (frozen dataclass: set once here). DRAW's 1000-batch KL
+        # warm-up: its 2×2 read otherwise loses the latents to KL collapse early (measured).
+        defaults = {"optimizer": "adam", "kl_warmup": 0} | dict(cls.train_defaults)
+        for name, value in defaults.items():
+            if getattr(self, name) in (None, "auto"):
+                object.__setattr__(self, name, value)
         if self.optimizer not in ("rmsprop", "adam"):
             raise ValueError(f"--optimizer must be rmsprop or adam, not {self.optimizer!r}")
-        if (self.model == "aligndraw") != (self.dataset in CAPTIONED):
-            raise ValueError(f"{self.model} does not train on {self.dataset}")
+        if cls.data != DATASETS[self.dataset]:
+            raise ValueError(f"{self.model} does not train on {self.dataset}: it takes {cls.data}, the dataset has "
+                             f"{DATASETS[self.dataset]}")
         if self.dataset in ("coco", "jsonl") and not self.captions_file:
             raise ValueError(f"--dataset {self.dataset} needs --captions-file")
         if self.dataset == "coco" and not self.data_dir:

@@ -25,6 +25,7 @@ from models.sampling import sample
 from models.vocab import Vocabulary, tokenize
 from training.classifier import DigitClassifier, load_classifier
 from training.data import captions as cap
+from training.likelihood import elbo_terms, nll_k
 
 CLASSIFIER = Path(__file__).resolve().parents[1] / "checkpoints" / "mnist-classifier"
 
@@ -153,7 +154,6 @@ def evaluate_captions(ckpt: Checkpoint, *, k: int, limit: int | None, data_dir: 
     `fidelity` samples the prior as trained (temperature 1); `temperatures` adds the fidelity at each of those.
     """
     from training.data.mnist import load_mnist
-    from training.evaluate import elbo_terms, nll_k
 
     test = load_mnist("test", root=data_dir)
     classifier = load_classifier(classifier_dir)

@@ -1,5 +1,7 @@
-"""Resumable run state without pickle: the model as a checkpoint, the optimizer's tensors in safetensors, the
-rest (epoch, best score, history, optimizer scalars) in JSON.
+"""Resumable run state without pickle: the model as a checkpoint, the optimizers' tensors in safetensors, the
+rest (epoch, best score, history, optimizer scalars) in JSON. The family's group "model" keeps the file names of
+a one-optimizer run (`optimizer.safetensors`, progress.json "optimizer"); other groups add
+`optimizer-{group}.safetensors` and progress.json "optimizers"[group].
 
 A run directory holds `last/` (written after every epoch, atomically) and `best/` (best validation so far).
 """
@@ -19,6 +21,11 @@ from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 OPTIMIZER = "optimizer.safetensors"
 PROGRESS = "progress.json"
+MAIN = "model"  # the optimiser group of one-network families
+
+
+def optimizer_file(group: str) -> str:
+    return OPTIMIZER if group == MAIN else f"optimizer-{group}.safetensors"
 
 
 @dataclass
@@ -45,11 +52,13 @@ def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def saved_optimizer(directory: Path, device: str | torch.device = "cpu") -> tuple[dict[int, dict[str, Any]], list]:
+def saved_optimizer(directory: Path, device: str | torch.device = "cpu",
+                    group: str = MAIN) -> tuple[dict[int, dict[str, Any]], list]:
     """The optimizer state saved beside a checkpoint: per-parameter state keyed by index, and the param groups."""
-    meta = json.loads((directory / PROGRESS).read_text())["optimizer"]
+    saved = json.loads((directory / PROGRESS).read_text())
+    meta = saved["optimizer"] if group == MAIN else saved["optimizers"][group]
     state: dict[int, dict[str, Any]] = {}
-    for name, value in load_file(str(directory / OPTIMIZER), device=str(device)).items():
+    for name, value in load_file(str(directory / optimizer_file(group)), device=str(device)).items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     for idx, values in meta["scalars"].items():
@@ -57,13 +66,20 @@ def saved_optimizer(directory: Path, device: str | torch.device = "cpu") -> tupl
     return state, meta["param_groups"]
 
 
-def save_run_state(directory: Path, ckpt: Checkpoint, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+def save_run_state(directory: Path, ckpt: Checkpoint, optimizers: dict[str, torch.optim.Optimizer],
+                   progress: Progress) -> None:
     """Write to `<directory>.tmp` then swap it in: a run killed mid-save still has its previous state."""
     tmp = directory.with_name(directory.name + ".tmp")
     save_checkpoint(tmp, ckpt)
-    tensors, meta = optimizer_to_files(optimizer)
-    save_file(tensors, str(tmp / OPTIMIZER))
-    (tmp / PROGRESS).write_text(json.dumps({"progress": progress.__dict__, "optimizer": meta}, indent=1))
+    doc: dict[str, Any] = {"progress": progress.__dict__}
+    for group, optimizer in optimizers.items():
+        tensors, meta = optimizer_to_files(optimizer)
+        save_file(tensors, str(tmp / optimizer_file(group)))
+        if group == MAIN:
+            doc["optimizer"] = meta
+        else:
+            doc.setdefault("optimizers", {})[group] = meta
+    (tmp / PROGRESS).write_text(json.dumps(doc, indent=1))
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
         directory.rename(old)
@@ -84,22 +100,25 @@ def load_progress(directory: Path) -> Progress:
     return Progress(**json.loads((directory / PROGRESS).read_text())["progress"])
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, directory: Path, device: str | torch.device = "cpu") -> None:
-    """Load the optimizer state saved beside a checkpoint into an optimizer built on the loaded model."""
-    state, param_groups = saved_optimizer(directory, device)
-    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+def restore_optimizers(optimizers: dict[str, torch.optim.Optimizer], directory: Path,
+                       device: str | torch.device = "cpu") -> None:
+    """Load the optimizer states saved beside a checkpoint into optimizers built on the loaded model."""
+    for group, optimizer in optimizers.items():
+        state, param_groups = saved_optimizer(directory, device, group)
+        optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
-def warm_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path,
+def warm_start(model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer], directory: Path,
                device: str | torch.device = "cpu") -> list[str]:
     """Start a new run from a checkpoint's weights wherever name and shape match, and from the optimizer state
     saved beside it for those parameters (so RMSprop does not restart its averages from zero on trained weights);
-    -> the names of the tensors that start fresh."""
+    -> the names of the tensors that start fresh. Optimizer state carries over for one-group families."""
     source = load_checkpoint(directory, device=device).model
     own = model.state_dict()
     matched = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matched, strict=False)
-    if (directory / OPTIMIZER).exists():
+    optimizer = optimizers.get(MAIN)
+    if optimizer is not None and len(optimizers) == 1 and (directory / OPTIMIZER).exists():
         saved, saved_groups = saved_optimizer(directory, device)
         current = optimizer.state_dict()
         if set(saved_groups[0]) == set(current["param_groups"][0]):  # same optimizer kind

@@ -4,27 +4,24 @@ and conditions for preview samples. Batches are dicts: `x` plus the model's cond
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from models.aligndraw import AlignDRAWConfig
-from models.draw import DRAWConfig
+from models.family import family
 from models.vocab import Vocabulary
+from training import fidelity as fi
+from training.batching import Batch, batches, epoch_seed
 from training.config import TrainConfig
 
-Batch = dict[str, Tensor]
+__all__ = ["Batch", "Task", "batches", "epoch_seed", "make_task"]
+
 VAL_SEED = 1_000_003  # the validation set is generated once from held-out digits with this seed
-
-
-def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
-    """Independent, reproducible streams per (run seed, epoch, purpose/rank): resuming replays them exactly."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
 
 
 @dataclass
@@ -33,7 +30,8 @@ class Task:
     vocab: Vocabulary | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # stored in the checkpoint (e.g. banned combinations)
 
-    def model_config(self) -> DRAWConfig | AlignDRAWConfig:
+    def model_config(self) -> Any:
+        """The family's Config for this data (with --set overrides)."""
         raise NotImplementedError
 
     def train_data(self, epoch: int) -> Batch:
@@ -53,25 +51,9 @@ class Task:
         """Task-specific numbers measured on the model after each epoch (rank 0 only)."""
         return {}
 
-
-def batches(data: Batch, batch_size: int, *, rank: int = 0, world: int = 1, limit: int | None = None,
-            noise: tuple[int, int, torch.Generator] | None = None) -> Iterator[Batch]:
-    """Consecutive batches; with world > 1 each global batch is split into equal per-rank slices.
-
-    With `noise=(steps, z_size, generator)` each batch also gets its ε under "noise": drawn for the whole global
-    batch and sliced like the data, so N ranks see exactly what one process would.
-    """
-    n = next(iter(data.values())).shape[0]
-    count = -(-n // batch_size) if limit is None else min(limit, -(-n // batch_size))
-    for b in range(count):
-        size = min(batch_size, n - b * batch_size)
-        per_rank = size // world
-        lo = b * batch_size + rank * per_rank
-        out = {k: v[lo : lo + per_rank] for k, v in data.items()}
-        if noise is not None:
-            steps, z_size, gen = noise
-            out["noise"] = torch.randn(size, steps, z_size, generator=gen)[rank * per_rank : (rank + 1) * per_rank]
-        yield out
+    def pixel_means(self) -> Tensor:
+        """(C, H, W) mean of the training images: families that start their output bias from it (IWAE)."""
+        return self.train_data(1)["x"].float().mean(0)
 
 
 def with_word_ids(overrides: dict[str, Any], vocab: Vocabulary) -> dict[str, Any]:
@@ -131,9 +113,10 @@ class CaptionsTask(Task):
         ids, lengths = self.vocab.encode_batch(batch.captions)
         return {"x": batch.images, "captions": torch.tensor(ids), "lengths": torch.tensor(lengths)}
 
-    def model_config(self) -> AlignDRAWConfig:
+    def model_config(self) -> Any:
         assert self.vocab is not None
-        return AlignDRAWConfig(vocab_size=len(self.vocab), **with_word_ids(self.config.model_overrides, self.vocab))
+        cls = family(self.config.model).Config
+        return cls(vocab_size=len(self.vocab), **with_word_ids(self.config.model_overrides, self.vocab))
 
     def train_data(self, epoch: int) -> Batch:
         seed = epoch_seed(self.config.seed, epoch)
@@ -154,8 +137,6 @@ class CaptionsTask(Task):
         """Caption fidelity (training/fidelity.py) on validation digits, so a run shows progress toward the target
         and not only the bound, and the share of word attention on digit words; needs the shipped digit judge,
         which reads MNIST digits only."""
-        from training import fidelity as fi
-
         n = self.config.fidelity_samples
         if n <= 0 or self.config.dataset != "mnist-captions" or not (fi.CLASSIFIER / "checkpoint.json").exists():
             return {}
@@ -186,7 +167,8 @@ class CaptionsTask(Task):
 
 
 class BinarizedMnistTask(Task):
-    """DRAW on binarized MNIST: the fixed Larochelle split, or dynamic binarisation of MNIST."""
+    """Binarized MNIST: the fixed Larochelle split, or dynamic binarisation of MNIST (the last `val_holdout`
+    training digits held out for validation, binarised once)."""
 
     def __init__(self, config: TrainConfig):
         super().__init__(config, None, {"dataset": config.dataset})
@@ -200,7 +182,7 @@ class BinarizedMnistTask(Task):
             from training.data.mnist import load_mnist, split_validation
 
             digits = load_mnist("train", root=config.data_dir, download=config.download)
-            train, val = split_validation(digits, n_val=None)
+            train, val = split_validation(digits, n_val=config.val_holdout)
             self.extra["digits_source"] = train.source
             self._train = torch.from_numpy(train.images).float().div(255)
             self._val = torch.from_numpy(val.images).float().div(255)
@@ -212,8 +194,11 @@ class BinarizedMnistTask(Task):
 
             self._val = dynamic_binarize(self._val, torch.Generator().manual_seed(VAL_SEED))
 
-    def model_config(self) -> DRAWConfig:
-        return DRAWConfig(**self.config.model_overrides)
+    def model_config(self) -> Any:
+        return family(self.config.model).Config(**self.config.model_overrides)
+
+    def pixel_means(self) -> Tensor:
+        return self._train.mean(0)  # grey levels for dynamic binarisation: the expected binary pixel
 
     def train_data(self, epoch: int) -> Batch:
         g = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))
@@ -274,7 +259,10 @@ class FolderCaptionsTask(Task):
         return [self.vocab.decode(row.tolist()) for row in self._val["captions"][:8]]
 
 
+TASKS: dict[str, type[Task]] = {"mnist-captions": CaptionsTask, "fashion-captions": CaptionsTask,
+                                "coco": FolderCaptionsTask, "jsonl": FolderCaptionsTask,
+                                "binarized-mnist": BinarizedMnistTask, "mnist": BinarizedMnistTask}
+
+
 def make_task(config: TrainConfig) -> Task:
-    if config.dataset in ("coco", "jsonl"):
-        return FolderCaptionsTask(config)
-    return CaptionsTask(config) if config.model == "aligndraw" else BinarizedMnistTask(config)
+    return TASKS[config.dataset](config)

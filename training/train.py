@@ -8,7 +8,6 @@ A run directory keeps `last/` (every epoch) and `best/`; starting the same comma
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict
@@ -21,70 +20,49 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from models.aligndraw import AlignDRAW, AlignDRAWConfig
 from models.checkpoint import Checkpoint, load_checkpoint
-from models.draw import DRAW
+from models.family import Losses, family, param_groups
 from models.sampling import sample
 from training import artefacts
+from training.batching import Batch, batches, epoch_seed
 from training.config import DEFAULT_LR, TrainConfig
-from training.state import Progress, load_progress, restore_optimizer, save_run_state, warm_start
-from training.tasks import Batch, Task, batches, epoch_seed, make_task
+from training.device import machine, resolve_device
+from training.likelihood import on_device, validate
+from training.state import Progress, load_progress, restore_optimizers, save_run_state, warm_start
+from training.tasks import Task, make_task
+
+Optimizers = dict[str, torch.optim.Optimizer]  # one per optimiser group of the family (models/family.py)
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} ({torch.cuda.device_count()} GPU)"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-
-
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: Any, config: TrainConfig, options: dict[str, Any] | None = None) -> torch.optim.Optimizer:
+    """The run's optimizer over `params` (a module's parameters or a list); `options` from the family."""
     lr = DEFAULT_LR if config.lr is None else config.lr
+    params = list(params.parameters()) if isinstance(params, nn.Module) else list(params)
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.Adam(params, lr=lr, **(options or {}))
     # The official alignDRAW update: running mean of squared gradients, decay 0.9, eps 1e-6.
-    return torch.optim.RMSprop(model.parameters(), lr=lr, alpha=0.9, eps=1e-6)
+    return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-6, **(options or {}))
 
 
-def build_model(task: Task) -> DRAW | AlignDRAW:
+def make_optimizers(model: nn.Module, config: TrainConfig) -> Optimizers:
+    options = dict(getattr(model, "optimizer_options", {}))
+    return {group: make_optimizer(params, config, options) for group, params in param_groups(model).items()}
+
+
+def build_model(task: Task) -> nn.Module:
     cfg = task.model_config()
-    return AlignDRAW(cfg) if isinstance(cfg, AlignDRAWConfig) else DRAW(cfg)
+    return family(task.config.model)(cfg)
 
 
-def forward(model: nn.Module, batch: Batch, device: torch.device):
-    """The model's ELBO terms for a batch dict (`x`, its conditions and `noise`)."""
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    x = batch.pop("x")
-    return model(x, **batch)
+class Objective(nn.Module):
+    """The family's `loss` as a module call, so DistributedDataParallel's gradient hooks see every batch."""
 
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
 
-@torch.no_grad()
-def validate(model: nn.Module, data: Batch, batch_size: int, device: torch.device, seed: int,
-             rank: int = 0, world: int = 1) -> dict[str, float]:
-    """Mean −ELBO, reconstruction and KL per image over a data set (fixed noise, so epochs compare)."""
-    was_training = model.training
-    model.eval()
-    noise = (model.steps, model.z_size, torch.Generator().manual_seed(seed))
-    sums = torch.zeros(4, dtype=torch.float64)
-    for batch in batches(data, batch_size, rank=rank, world=world, noise=noise):  # type: ignore[arg-type]
-        n = batch["x"].shape[0]
-        elbo = forward(model, batch, device)
-        sums += torch.tensor([elbo.nll_bound.sum().item(), elbo.reconstruction.sum().item(),
-                              elbo.kl.sum().item(), n], dtype=torch.float64)
-    if world > 1:
-        dist.all_reduce(sums)
-    model.train(was_training)
-    total = sums[3].item()
-    return {"val_nll_bound": sums[0].item() / total, "val_reconstruction": sums[1].item() / total,
-            "val_kl": sums[2].item() / total, "val_images": int(total)}
+    def forward(self, batch: Batch, noise: torch.Tensor, kl_weight: float) -> Losses:
+        return self.model.loss(batch, noise, kl_weight=kl_weight)  # type: ignore[operator]
 
 
 def kl_weight(step: int, warmup: int) -> float:
@@ -92,30 +70,32 @@ def kl_weight(step: int, warmup: int) -> float:
     return 1.0 if step >= warmup else (step + 1) / warmup
 
 
-def train_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, epoch: int,
+def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: Task, epoch: int,
                 device: torch.device, rank: int, world: int) -> dict[str, float]:
     cfg = task.config
     data = task.train_data(epoch)
-    noise = (model.steps, model.z_size, torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, stream=1)))
+    noise = (tuple(model.loss_noise_shape()),  # type: ignore[operator]
+             torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, stream=1)))
+    groups = param_groups(model)
     n_batches = next(iter(data.values())).shape[0] // cfg.batch_size  # a last partial batch is dropped
     if cfg.max_batches is not None:
         n_batches = min(n_batches, cfg.max_batches)
-    bar = tqdm(batches(data, cfg.batch_size, rank=rank, world=world, limit=n_batches, noise=noise),  # type: ignore[arg-type]
+    bar = tqdm(batches(data, cfg.batch_size, rank=rank, world=world, limit=n_batches, noise=noise),
                total=n_batches, desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True, leave=False,
                mininterval=0.5 if sys.stderr.isatty() else 60)  # a log file gets a line a minute, not a flood
     sums = torch.zeros(4, dtype=torch.float64)
     start = time.perf_counter()
     beta = 1.0
     for i, batch in enumerate(bar):
+        batch = on_device(batch, device)
+        eps = batch.pop("noise")
         n = batch["x"].shape[0]
-        elbo = forward(net, batch, device)
         beta = kl_weight((epoch - 1) * n_batches + i, cfg.kl_warmup or 0)
-        optimizer.zero_grad(set_to_none=True)
-        elbo.annealed_loss(beta).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        optimizer.step()
-        sums += torch.tensor([elbo.nll_bound.detach().sum().item(), elbo.kl.detach().sum().item(), n,
-                              grad_norm.item()], dtype=torch.float64)
+        losses = net(batch, eps, beta)
+        grad_norm = step(losses, optimizers, groups, cfg.clip)
+        kl = losses.terms.get("kl", torch.zeros(()))
+        sums += torch.tensor([losses.bound.detach().sum().item(), kl.detach().sum().item(), n,
+                              grad_norm], dtype=torch.float64)
         seen = sums[2].item() * world
         bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.2f}", kl=f"{sums[1].item() / sums[2].item():.2f}",
                         img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False,  # bar's own pace
@@ -125,7 +105,25 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimiz
     seconds = time.perf_counter() - start
     return {"train_nll_bound": sums[0].item() / sums[2].item(), "train_kl": sums[1].item() / sums[2].item(),
             "images_per_s": sums[2].item() / seconds, "epoch_seconds": seconds, "kl_weight": beta,
-            "lr": optimizer.param_groups[0]["lr"]}
+            "lr": next(iter(optimizers.values())).param_groups[0]["lr"]}
+
+
+def step(losses: Losses, optimizers: Optimizers, groups: dict[str, list[nn.Parameter]], clip: float) -> float:
+    """One update of every optimiser group from its own loss, gradients routed to that group's parameters only;
+    -> the largest gradient norm before clipping."""
+    if set(losses.minimise) != set(optimizers):
+        raise ValueError(f"loss groups {sorted(losses.minimise)} do not match the optimizers {sorted(optimizers)}")
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    names = list(losses.minimise)
+    for j, name in enumerate(names):
+        inputs = groups[name] if len(names) > 1 else None  # one group: the plain backward of every parameter
+        losses.minimise[name].backward(inputs=inputs, retain_graph=j < len(names) - 1)
+    norm = 0.0
+    for name in names:
+        norm = max(norm, torch.nn.utils.clip_grad_norm_(groups[name], clip).item())
+        optimizers[name].step()
+    return norm
 
 
 def write_previews(model: nn.Module, task: Task, run: Path, epoch: int, device: torch.device) -> None:
@@ -156,28 +154,33 @@ def train(config: TrainConfig) -> Progress:
 
     if (last / "checkpoint.json").exists():
         model = load_checkpoint(last, device=device).model.train()
-        optimizer = make_optimizer(model, config)
-        restore_optimizer(optimizer, last, device)
+        optimizers = make_optimizers(model, config)
+        restore_optimizers(optimizers, last, device)
         progress = load_progress(last)
-        saved_lr = optimizer.param_groups[0]["lr"]
+        saved_lr = next(iter(optimizers.values())).param_groups[0]["lr"]
         new_rate = config.lr is not None and config.lr != saved_lr
         if new_rate:  # an explicit --lr wins: go on at a lower rate
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr
+            for opt in optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] = config.lr
             progress.epochs_without_improvement = 0  # a new rate gets its own patience, even after a stop
         if rank == 0:
-            print(f"resuming {run} after epoch {progress.epoch}, lr {optimizer.param_groups[0]['lr']:g}"
+            print(f"resuming {run} after epoch {progress.epoch}, lr {config.lr if new_rate else saved_lr:g}"
                   + (f" (was {saved_lr:g})" if new_rate else ""), file=sys.stderr)
     else:
         torch.manual_seed(config.seed)
         model = build_model(task).to(device)
-        optimizer = make_optimizer(model, config)
+        init_bias = getattr(model, "init_output_bias", None)
+        if callable(init_bias):  # IWAE's released code: output bias = logit of the training pixel means
+            init_bias(task.pixel_means().to(device))
+        optimizers = make_optimizers(model, config)
         progress = Progress()
         if config.init_from:
-            fresh = warm_start(model, optimizer, Path(config.init_from), device)
+            fresh = warm_start(model, optimizers, Path(config.init_from), device)
             if rank == 0:
                 print(f"initialised from {config.init_from}; fresh: {', '.join(fresh) or 'none'}", file=sys.stderr)
-    net = DistributedDataParallel(model) if distributed else model
+    objective = Objective(model)
+    net = DistributedDataParallel(objective) if distributed else objective
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
 
@@ -186,7 +189,7 @@ def train(config: TrainConfig) -> Progress:
         if stopped:
             break
         row: dict[str, Any] = {"epoch": epoch}
-        row |= train_epoch(net, model, optimizer, task, epoch, device, rank, world)
+        row |= train_epoch(net, model, optimizers, task, epoch, device, rank, world)
         row |= validate(model, task.val_data(), config.batch_size, device, seed=epoch_seed(config.seed, 0, 99),
                         rank=rank, world=world)
         progress.epoch = epoch
@@ -206,14 +209,15 @@ def train(config: TrainConfig) -> Progress:
                                        "last": row},
                               extra=task.extra)
             if improved:
-                save_run_state(best, ckpt, optimizer, progress)
-            save_run_state(last, ckpt, optimizer, progress)
+                save_run_state(best, ckpt, optimizers, progress)
+            save_run_state(last, ckpt, optimizers, progress)
             artefacts.append_jsonl(run / "metrics.jsonl", row)
             if epoch % config.preview_every == 0 or stopped:
                 write_previews(model, task, run, epoch, device)
                 artefacts.save_loss_curves(run / "loss-curves.png", progress.history)
-            print(f"epoch {epoch}: train −ELBO {row['train_nll_bound']:.2f}, val −ELBO {row['val_nll_bound']:.2f} "
-                  f"(KL {row['val_kl']:.2f}), {row['images_per_s']:.0f} img/s"
+            bound = getattr(model, "bound_name", "−ELBO")
+            print(f"epoch {epoch}: train {bound} {row['train_nll_bound']:.2f}, val {bound} {row['val_nll_bound']:.2f} "
+                  f"(KL {row.get('val_kl', float('nan')):.2f}), {row['images_per_s']:.0f} img/s"
                   + "".join(f", {k.removeprefix('val_')} {v:.1%}" for k, v in row.items()
                             if "fidelity" in k or "attention" in k)
                   + ("" if improved else f", no improvement for {progress.epochs_without_improvement}"),

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from models.aligndraw import AlignDRAWConfig
-from models.checkpoint import KINDS, load_checkpoint, read_manifest
+from models.checkpoint import load_checkpoint, read_manifest
 from models.draw import DRAWConfig
+from models.family import FAMILIES
 from models.sampling import sample
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(d for d in (ROOT / "checkpoints").iterdir()
-                 if d.is_dir() and json.loads((d / "checkpoint.json").read_text()).get("kind") in KINDS)
+                 if d.is_dir() and json.loads((d / "checkpoint.json").read_text()).get("kind") in FAMILIES)
 
 
 def test_both_generators_are_shipped():

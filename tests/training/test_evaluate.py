@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from models.bounds import importance_weighted
 from models.draw import DRAW
 from tests.models.conftest import TINY_DRAW, block_images
 from training.classifier import accuracy, load_classifier
-from training.evaluate import log_weight_stats, subset
 from training.fidelity import CLASSIFIER, attention_shares, by_place, judge
+from training.likelihood import subset
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +51,14 @@ def test_lk_rises_with_k_and_l1_is_the_elbo_in_expectation(trained_draw):
 
 def test_lk_chunking_does_not_change_the_estimate(trained_draw):
     model, x = trained_draw
-    a = log_weight_stats(model, {"x": x[:2]}, 300, chunk=300, generator=torch.Generator().manual_seed(5))
-    b = log_weight_stats(model, {"x": x[:2]}, 300, chunk=7, generator=torch.Generator().manual_seed(5))
+    a = importance_weighted(model, {"x": x[:2]}, 300, chunk=300, generator=torch.Generator().manual_seed(5))
+    b = importance_weighted(model, {"x": x[:2]}, 300, chunk=7, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)  # L_k and the mean log-weight alike
 
 
 def test_the_bound_gap_is_measured_on_the_same_samples_and_never_negative(trained_draw):
     model, x = trained_draw
-    lk, mean = log_weight_stats(model, {"x": x[:3]}, 400, chunk=64, generator=torch.Generator().manual_seed(2))
+    lk, mean = importance_weighted(model, {"x": x[:3]}, 400, chunk=64, generator=torch.Generator().manual_seed(2))
     assert (lk >= mean).all()  # log-mean-exp >= mean on every image
     with torch.no_grad():  # the mean log-weight is the ELBO in expectation: the analytic-KL one from many z
         out = model(x[:3].repeat_interleave(4000, 0), generator=torch.Generator().manual_seed(3))

@@ -205,11 +205,11 @@ def test_init_from_copies_matching_weights_and_their_optimizer_averages(tmp_path
     for _ in range(2):
         source(torch.rand(4, 1, 16, 16), ids, lengths).loss.backward()
         source_opt.step()
-    save_run_state(tmp_path / "source", Checkpoint(source), source_opt, Progress())
+    save_run_state(tmp_path / "source", Checkpoint(source), {"model": source_opt}, Progress())
 
     target = AlignDRAW(replace(TINY_ALIGN, align_values="words"))
     target_opt = make_optimizer(target, config)
-    assert warm_start(target, target_opt, tmp_path / "source") == ["word_values.weight"]
+    assert warm_start(target, {"model": target_opt}, tmp_path / "source") == ["word_values.weight"]
     source_params = dict(source.named_parameters())
     for name, p in target.named_parameters():
         if name == "word_values.weight":
