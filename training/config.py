@@ -30,6 +30,7 @@ class TrainConfig:
     batch_size: int = 100  # both papers' batch
     optimizer: str = "auto"  # each paper's (the family's train_defaults): Adam for DRAW and IWAE, RMSprop for alignDRAW
     lr: float | None = None  # DEFAULT_LR for a new run; on resume the saved rate unless --lr is given
+    lr_stages: str = ""  # a staged schedule that sets lr each epoch (stage_lr below): "burda:S" or JSON [[epochs, lr]]
     clip: float = 10.0  # gradient-norm clip of the official code
     patience: int = 3  # epochs without validation improvement before stopping (alignDRAW's script)
     seed: int = 0
@@ -66,6 +67,8 @@ class TrainConfig:
         if self.dataset == "coco" and not self.data_dir:
             raise ValueError("--dataset coco needs --data-dir (the image folder)")
 
+        stages(self.lr_stages)  # a bad schedule fails here, not epochs into the run
+
     @property
     def run_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model}-{self.dataset}")
@@ -82,3 +85,32 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys in {file}: {sorted(unknown)}")
         return cls(**(values | overrides))
+
+
+def stages(spec: str) -> list[tuple[int, float]]:
+    """(epochs, lr) per stage. "burda:S" is IWAE's schedule (Burda et al. App. C) compressed by S: stage i = 0..7
+    runs max(1, round(S·3^i)) epochs at 1e-3·10^(−i/7) (S = 1: the paper's 3,280 epochs); else a JSON list."""
+    if not spec:
+        return []
+    if spec.startswith("burda:"):
+        scale = float(spec.removeprefix("burda:"))
+        if not scale > 0:
+            raise ValueError(f"--lr-stages {spec!r}: the scale must be > 0")
+        return [(max(1, round(scale * 3**i)), 1e-3 * 10 ** (-i / 7)) for i in range(8)]
+    try:
+        out = [(int(e), float(lr)) for e, lr in json.loads(spec)]
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"--lr-stages {spec!r}: expected 'burda:S' or a JSON list of [epochs, lr]") from e
+    if any(e < 1 or not lr > 0 for e, lr in out):
+        raise ValueError(f"--lr-stages {spec!r}: every stage needs epochs >= 1 and lr > 0")
+    return out
+
+
+def stage_lr(spec: str, epoch: int) -> float | None:
+    """The staged schedule's rate for 1-based `epoch`; None past its last stage (the run is done) or without one."""
+    done = 0
+    for epochs, lr in stages(spec):
+        done += epochs
+        if epoch <= done:
+            return lr
+    return None

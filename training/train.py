@@ -25,7 +25,7 @@ from models.family import Losses, family, param_groups
 from models.sampling import sample
 from training import artefacts
 from training.batching import Batch, batches, epoch_seed
-from training.config import DEFAULT_LR, TrainConfig
+from training.config import DEFAULT_LR, TrainConfig, stage_lr
 from training.device import machine, resolve_device
 from training.likelihood import on_device, validate
 from training.state import Progress, load_progress, restore_optimizers, save_run_state, warm_start
@@ -186,8 +186,13 @@ def train(config: TrainConfig) -> Progress:
 
     stopped = progress.epochs_without_improvement >= config.patience
     for epoch in range(progress.epoch + 1, config.epochs + 1):
-        if stopped:
+        staged = stage_lr(config.lr_stages, epoch) if config.lr_stages else None
+        if stopped or (config.lr_stages and staged is None):  # early stopping, or the schedule's end
             break
+        if staged is not None:
+            for opt in optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] = staged
         row: dict[str, Any] = {"epoch": epoch}
         row |= train_epoch(net, model, optimizers, task, epoch, device, rank, world)
         row |= validate(model, task.val_data(), config.batch_size, device, seed=epoch_seed(config.seed, 0, 99),
