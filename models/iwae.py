@@ -207,6 +207,16 @@ class IWAE(nn.Module):
             means.append(h)
         return torch.cat(means, dim=-1)
 
+    def encode_noise(self, x: Tensor) -> Tensor:
+        """x (B, C, H, W) -> the ε (B, Z) that decode_top maps to the posterior-mean path's h: ε_L = μ_L and
+        ε_l = (μ_l − μ_p(μ_{l+1})) / σ_p(μ_{l+1}), so a walk between two images can run in ε like one between seeds."""
+        means = self.encode_means(x).split(self.config.latent, dim=-1)
+        eps = [means[-1]]
+        for l in reversed(range(len(self.decoder))):
+            mu, log_sigma = self.decoder[l](means[l + 1])
+            eps.insert(0, (means[l] - mu) * torch.exp(-log_sigma))
+        return torch.cat(eps, dim=-1)
+
     def generate(self, noise: Tensor, **conditions: Tensor) -> Iterator[Step]:
         """One Step with logits (B, C, H, W): a prior sample decode_top(noise) for noise (B, Z), or with
         `images` (B, C, H, W) a deterministic reconstruction p(x | h_1 = μ_1(x)) (noise then unused).

@@ -79,6 +79,7 @@ def sample(
     callback: StepCallback | None = None,
     keep_canvases: bool = True,
     temperature: float = 1.0,
+    noise: Tensor | None = None,
     **conditions: Tensor,
 ) -> SampleOutput:
     """Generate a batch and every intermediate canvas.
@@ -86,7 +87,8 @@ def sample(
     Conditions are the family's tensors (alignDRAW: `captions` (B, K) ids, `lengths` (B,)); they fix the batch
     size when given. Same seed(s) and inputs give bit-identical outputs on the CPU.
     `keep_canvases=False` keeps only the final image and the small per-step records. `temperature` scales ε, so
-    z_t = μ_t + temperature · σ_t ε_t: 1 samples the model's prior, 0 takes its mean at every step.
+    z_t = μ_t + temperature · σ_t ε_t: 1 samples the model's prior, 0 takes its mean at every step. `noise`
+    (B, *noise_shape) replaces the seeded draw (a latent walk's path).
     """
     if not 0.0 <= temperature < math.inf:
         raise ValueError(f"temperature must be finite and ≥ 0; got {temperature}")
@@ -97,10 +99,17 @@ def sample(
         if batch_size is not None and batch_size != b:
             raise ValueError(f"batch_size={batch_size} but conditions hold {b} rows")
         batch_size = b
+    if noise is not None:
+        if batch_size is not None and batch_size != noise.shape[0]:
+            raise ValueError(f"batch_size={batch_size} but noise holds {noise.shape[0]} rows")
+        batch_size = noise.shape[0]
+        noise = (noise * temperature).to(device)
     if batch_size is None:
         batch_size = len(seeds) if seeds is not None else 1
     t_total = model.steps
-    noise = draw_noise(batch_size, *model.noise_shape(), generator=generator, seeds=seeds).mul_(temperature).to(device)
+    if noise is None:
+        noise = draw_noise(batch_size, *model.noise_shape(), generator=generator, seeds=seeds).mul_(temperature)
+        noise = noise.to(device)
 
     canvases: Tensor | None = None
     windows: list[Tensor] = []

@@ -20,6 +20,8 @@ class ApiSettings(Settings):
     # --- HTTP ---
     default_model: str = "aligndraw-mnist-captions-blind-keys"  # POST /v1/generations without `model` (README)
     max_body_bytes: int = Field(64 * 1024, ge=1024)  # 16 captions × 500 chars fit ~10× over
+    # POSTs that carry images (base64 PNGs): 64 images of the 64 KiB limit each, as base64, fit.
+    max_image_body_bytes: int = Field(6 * 2**20, ge=1024)
     max_queue_depth: int = Field(1000, ge=0)  # waiting jobs over all queues; beyond it POST → 503 + Retry-After
     queue_full_retry_after: int = Field(10, ge=1)  # seconds, the Retry-After of that 503
     # --- auth (off when empty) ---

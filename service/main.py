@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from service import problems
-from service.api.routes import generations, health, models
+from service.api.routes import generations, health, likelihoods, models
 from service.config import ApiSettings, get_api_settings
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
@@ -23,8 +23,9 @@ from worker import redis_conn
 
 STATIC = Path(__file__).resolve().parent / "static"
 
-DESCRIPTION = """Text to image with alignDRAW: post captions, poll or stream the job, fetch images, every step's
-frame, animations and the caption alignment. Errors are `application/problem+json` (RFC 9457)."""
+DESCRIPTION = """Text to image with alignDRAW and its companion generators: post captions (or nothing, images, a
+latent walk), poll or stream the job, fetch images, every step's frame, animations and the caption alignment; score
+images' likelihood under a model. Errors are `application/problem+json` (RFC 9457)."""
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -43,9 +44,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.metrics.watch_queue(app.state.redis, settings)
     problems.install(app)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, image_limit=settings.max_image_body_bytes,
+                       image_paths=("/v1/generations", "/v1/likelihoods"))
     app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)
     app.include_router(generations.router)
+    app.include_router(likelihoods.router)
     app.include_router(models.router)
     app.include_router(health.router)
     # The web page: plain HTML/JS/CSS served as files (no build step, no CDN).

@@ -50,9 +50,9 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc, Problem):
         return problem_response(request, exc.status_code, kind=exc.kind, title=exc.title, detail=exc.detail,
-                                headers=exc.headers, **exc.extensions)
+                                headers=dict(exc.headers or {}), **exc.extensions)
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != HTTPStatus(exc.status_code).phrase else None
-    return problem_response(request, exc.status_code, detail=detail, headers=exc.headers)
+    return problem_response(request, exc.status_code, detail=detail, headers=dict(exc.headers or {}))
 
 
 def _validation(request: Request, exc: Exception) -> JSONResponse:

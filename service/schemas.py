@@ -6,14 +6,47 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from worker.protocol import MAX_CAPTION_CHARS, MAX_CAPTIONS, MAX_IMAGES, MAX_PER_CAPTION, SEED_MAX, OutputOptions
+from worker.protocol import (
+    MAX_CAPTION_CHARS,
+    MAX_CAPTIONS,
+    MAX_IMAGES,
+    MAX_INPUT_BYTES,
+    MAX_INPUTS,
+    MAX_K,
+    MAX_PER_CAPTION,
+    MAX_WALK_POINTS,
+    SEED_MAX,
+    ModelInfo,
+    OutputOptions,
+)
 
 Caption = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CAPTION_CHARS)]
 Status = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
+# base64 of a PNG (a `data:image/png;base64,` prefix is accepted); checked against the model by worker.inputs.
+ImageData = Annotated[str, StringConstraints(min_length=1, max_length=4 * (MAX_INPUT_BYTES // 3 + 2) + 64)]
+IMAGES_DOC = (f"base64 PNGs of exactly the model's height × width (GET /v1/models), ≤ {MAX_INPUT_BYTES} bytes "
+              "each; grey models convert colour to grey; pixel > 127 counts as ink")
+
+
+class WalkIn(BaseModel):
+    """A latent walk: between two seeds (`seeds`), or between two uploaded images (`images`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: Annotated[list[Annotated[int, Field(ge=0, le=SEED_MAX)]], Field(min_length=2, max_length=2)] | None = None
+    images: Annotated[list[ImageData], Field(min_length=2, max_length=2, description=IMAGES_DOC)] | None = None
+    points: int = Field(8, ge=2, le=MAX_WALK_POINTS, description="points of the path, both ends included")
+
+    @model_validator(mode="after")
+    def _check(self) -> WalkIn:
+        if (self.seeds is None) == (self.images is None):
+            raise ValueError("a walk needs `seeds` (two) or `images` (two), not both")
+        return self
 
 
 class GenerationCreate(BaseModel):
-    """`caption` or `captions` (alignDRAW), neither for an unconditional DRAW model; `n` images per caption."""
+    """`caption` or `captions` (alignDRAW); nothing for unconditional samples (DRAW, IWAE); `images` for
+    reconstructions, `walk` for a latent walk (IWAE). `n` samples per caption (or in all)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"caption": "the digit 3 is at the top left of the image", "n": 4},
@@ -26,6 +59,8 @@ class GenerationCreate(BaseModel):
         None, description="Model id from GET /v1/models; default: the alignDRAW MNIST-captions model")
     caption: Caption | None = None
     captions: Annotated[list[Caption], Field(min_length=1, max_length=MAX_CAPTIONS)] | None = None
+    images: Annotated[list[ImageData], Field(min_length=1, max_length=MAX_INPUTS, description=IMAGES_DOC)] | None = None
+    walk: WalkIn | None = None
     n: int = Field(1, ge=1, le=MAX_PER_CAPTION, description=f"images per caption (≤ {MAX_IMAGES} in all)")
     seed: int | None = Field(None, ge=0, le=SEED_MAX - MAX_IMAGES,
                              description="image i gets seed + i; drawn at random when absent (returned either way)")
@@ -35,9 +70,41 @@ class GenerationCreate(BaseModel):
     def _check(self) -> GenerationCreate:
         if self.caption is not None and self.captions is not None:
             raise ValueError("send `caption` or `captions`, not both")
+        given = [name for name in ("caption_list", "images", "walk") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError("send one of captions, `images` or `walk`")
+        if given and given[0] != "caption_list" and self.n != 1:
+            raise ValueError("`n` applies to samples; send n = 1 with `images` or `walk`")
         images = self.n * len(self.caption_list or [None])
         if images > MAX_IMAGES:
             raise ValueError(f"{images} images requested; the limit is {MAX_IMAGES} per job (captions × n)")
+        return self
+
+    @property
+    def caption_list(self) -> list[str] | None:
+        return [self.caption] if self.caption is not None else self.captions
+
+
+class LikelihoodCreate(BaseModel):
+    """Score images under a model with an encoder: −L_k (the importance-weighted bound, Burda et al. eq. 8) and the
+    ELBO from the same k samples, in nats. Captioned models score each image under its caption."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model": "iwae-mnist", "images": ["iVBORw0KGgo..."], "k": 1000}]})
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    images: Annotated[list[ImageData], Field(min_length=1, max_length=MAX_INPUTS, description=IMAGES_DOC)]
+    caption: Caption | None = None
+    captions: list[Caption] | None = Field(None, description="one per image (or `caption` for all)")
+    k: int = Field(100, ge=1, le=MAX_K, description="importance samples per image; L_k tightens as k grows")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="of the k samples; drawn when absent, returned")
+
+    @model_validator(mode="after")
+    def _check(self) -> LikelihoodCreate:
+        if self.caption is not None and self.captions is not None:
+            raise ValueError("send `caption` or `captions`, not both")
+        if self.captions is not None and len(self.captions) != len(self.images):
+            raise ValueError(f"{len(self.captions)} captions for {len(self.images)} images: send one per image")
         return self
 
     @property
@@ -63,6 +130,7 @@ class ImageOutput(BaseModel):
     index: int
     caption: str | None
     seed: int | None
+    input: int | None = Field(None, description="index of the uploaded image it came from")
     image: str | None = Field(None, description="final PNG (present once drawn)")
     animation_gif: str | None = None
     animation_webp: str | None = None
@@ -70,6 +138,9 @@ class ImageOutput(BaseModel):
     attention: str | None = None
     frames_drawn: int = Field(0, description="frame PNGs stored so far")
     frames: list[str] = Field(default_factory=list, description="one link per stored frame, step order")
+    nll: float | None = Field(None, description="likelihood jobs: −L_k in nats (lower is better)")
+    elbo: float | None = Field(None, description="likelihood jobs: the ELBO estimate, nats (≤ −nll in expectation)")
+    k: int | None = None
 
 
 class Generation(BaseModel):
@@ -85,6 +156,7 @@ class Generation(BaseModel):
     id: str
     status: Status
     model: str | None = None
+    condition: str | None = Field(None, description="none, caption, images, walk or likelihood")
     captions: list[str] | None = None
     n: int | None = None
     images: int | None = None
@@ -101,24 +173,15 @@ class Generation(BaseModel):
     outputs: list[ImageOutput] = Field(default_factory=list)
 
 
-class ModelOut(BaseModel):
-    id: str
-    kind: Literal["draw", "aligndraw"]
-    height: int
-    width: int
-    channels: int
-    steps: int
+class ServedModel(ModelInfo):
+    """A model some live worker serves (its heartbeat's ModelInfo), as GET /v1/models shows it."""
+
     default: bool = False
-    max_caption_tokens: int | None = None
-    vocabulary: list[str] | None = None
-    example_captions: list[str] = Field(default_factory=list)
-    held_out_captions: list[str] = Field(default_factory=list,
-                                         description="captions kept out of training (compositional test)")
     links: dict[str, str] = Field(default_factory=dict)
 
 
 class ModelList(BaseModel):
-    models: list[ModelOut]
+    models: list[ServedModel]
 
 
 class Health(BaseModel):

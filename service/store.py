@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 from rq.job import Job
 
 from service.config import ApiSettings
 from service.schemas import Generation, ImageOutput, Links, Progress
-from worker.protocol import TERMINAL, Keys
+from worker.protocol import TERMINAL, JobRequest, JobResult, Keys, Output
 from worker.queue import JobView, make_queue
-
-_FILE = re.compile(r"^(frames/(\d+)/(\d+)\.png|images/(\d+)\.png|animations/(\d+)\.(gif|webp)|attention/(\d+)\.json)$")
+from worker.redis_conn import text
 
 
 def _k(settings: ApiSettings, *parts: str) -> str:
@@ -39,7 +38,7 @@ def save_record(conn: redis.Redis, settings: ApiSettings, job_id: str, owner: st
 
 def load_owner(conn: redis.Redis, settings: ApiSettings, job_id: str) -> str | None:
     raw = conn.hget(_k(settings, "job", job_id), "owner")
-    return raw.decode() if raw else None
+    return text(raw) if raw else None
 
 
 # --- idempotency ------------------------------------------------------------------------------------------------
@@ -84,8 +83,8 @@ def queue_position(conn: redis.Redis, settings: ApiSettings, job_id: str) -> int
     for q in settings.queues:
         key = make_queue(conn, q).key
         pos = conn.lpos(key, job_id)
-        if pos is not None:
-            return ahead + int(pos)
+        if isinstance(pos, int):
+            return ahead + pos
         ahead += conn.llen(key)
     return None
 
@@ -106,8 +105,13 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z") if t else None
 
 
-def links(base: str, job_id: str) -> Links:
-    me = f"{base}/v1/generations/{job_id}"
+def route(condition: str | None) -> str:
+    """The collection a job lives under: likelihood jobs under /v1/likelihoods, the rest under /v1/generations."""
+    return "likelihoods" if condition == "likelihood" else "generations"
+
+
+def links(base: str, job_id: str, condition: str | None = None) -> Links:
+    me = f"{base}/v1/{route(condition)}/{job_id}"
     return Links(self=me, events=f"{me}/events", cancel=me)
 
 
@@ -116,19 +120,49 @@ def expired(base: str, job_id: str) -> Generation:
 
 
 def file_names(conn: redis.Redis, settings: ApiSettings, job_id: str) -> list[str]:
-    return [n.decode() for n in conn.hkeys(Keys(settings.key_prefix).files(job_id))]
+    return [text(n) for n in conn.hkeys(Keys(settings.key_prefix).files(job_id))]
+
+
+def _request(view: JobView) -> JobRequest | None:
+    try:
+        return JobRequest.model_validate(view.request) if view.request is not None else None
+    except ValidationError:  # a payload the worker fails with "invalid": show what the job record has
+        return None
+
+
+def _outputs(request: JobRequest, view: JobView) -> list[Output]:
+    """The typed outputs: result.json's once complete; while running, the frame counts the worker keeps in meta."""
+    if view.result is not None:
+        return JobResult.model_validate(view.result).outputs
+    counts = view.meta.get("frames") or []
+    captions = request.image_captions()
+    seeds = request.seeds if request.condition.kind in ("none", "caption", "images") else None
+    return [Output(index=i, caption=captions[i], seed=seeds[i] if seeds and i < len(seeds) else None,
+                   frames=int(counts[i]) if i < len(counts) else 0) for i in range(request.images)]
+
+
+def _image_output(out: Output, request: JobRequest, me: str) -> ImageOutput:
+    img = f"{me}/images/{out.index}"
+    inputs = request.inputs
+    return ImageOutput(
+        index=out.index, caption=out.caption, seed=out.seed,
+        input=inputs.index(out.input) if out.input in inputs else None,
+        image=f"{img}.png" if out.image else None,
+        animation_gif=f"{img}/animation.gif" if "gif" in out.animations else None,
+        animation_webp=f"{img}/animation.webp" if "webp" in out.animations else None,
+        alignment=f"{img}/alignment.json" if out.attention and out.caption is not None else None,
+        attention=f"{img}/attention.json" if out.attention else None,
+        frames_drawn=out.frames, frames=[f"{img}/frames/{t}.png" for t in range(1, out.frames + 1)],
+        nll=out.score.nll if out.score else None, elbo=out.score.elbo if out.score else None,
+        k=out.score.k if out.score else None,
+    )
 
 
 def build(conn: redis.Redis, settings: ApiSettings, view: JobView, base: str) -> Generation:
     job_id = view.id
-    req = view.request or {}
-    captions = req.get("captions")
-    n = req.get("n")
-    images = n * (len(captions) if captions else 1) if n else None
-    with conn.pipeline(transaction=False) as p:
-        p.hmget(Job.key_for(job_id), ["created_at", "started_at", "ended_at"])
-        p.hkeys(Keys(settings.key_prefix).files(job_id))
-        times, names = p.execute()
+    request = _request(view)
+    condition = request.condition.kind if request else None
+    times = conn.hmget(Job.key_for(job_id), ["created_at", "started_at", "ended_at"])
     created, started, ended = (_parse_time(t) for t in times)
     if view.result and view.result.get("finished_at"):
         ended = _parse_time(view.result["finished_at"]) or ended
@@ -140,57 +174,17 @@ def build(conn: redis.Redis, settings: ApiSettings, view: JobView, base: str) ->
         expires = created + timedelta(seconds=settings.queued_ttl) if created and view.status == "queued" else None
     if view.status == "queued":
         started = None
-
-    found: dict[int, dict[str, Any]] = {}
-    for raw in names:
-        name = raw.decode() if isinstance(raw, bytes) else raw
-        m = _FILE.match(name)
-        if not m:
-            continue
-        if m.group(2):
-            found.setdefault(int(m.group(2)), {}).setdefault("frames", []).append(int(m.group(3)))
-        elif m.group(4):
-            found.setdefault(int(m.group(4)), {})["image"] = True
-        elif m.group(5):
-            found.setdefault(int(m.group(5)), {})[m.group(6)] = True
-        else:
-            found.setdefault(int(m.group(7)), {})["attention"] = True
-    seeds = view.seeds or req.get("seeds")
-    me = f"{base}/v1/generations/{job_id}"
-    outputs = []
-    per_image = [c for c in captions for _ in range(n)] if captions and n else [None] * (images or 0)
-    for i, caption in enumerate(per_image):
-        f = found.get(i, {})
-        img = f"{me}/images/{i}"
-        frames = sorted(f.get("frames", []))
-        outputs.append(ImageOutput(
-            index=i, caption=caption, seed=seeds[i] if seeds and i < len(seeds) else None,
-            image=f"{img}.png" if f.get("image") else None,
-            animation_gif=f"{img}/animation.gif" if f.get("gif") else None,
-            animation_webp=f"{img}/animation.webp" if f.get("webp") else None,
-            alignment=f"{img}/alignment.json" if f.get("attention") and caption is not None else None,
-            attention=f"{img}/attention.json" if f.get("attention") else None,
-            frames_drawn=len(frames), frames=[f"{img}/frames/{t}.png" for t in frames],
-        ))
+    me = f"{base}/v1/{route(condition)}/{job_id}"
+    outputs = [_image_output(o, request, me) for o in _outputs(request, view)] if request else []
     meta = view.meta
     return Generation(
-        id=job_id, status=view.status, model=req.get("model"), captions=captions, n=n, images=images, seeds=seeds,
+        id=job_id, status=view.status, model=request.model if request else None, condition=condition,
+        captions=request.captions if request else None, n=request.n if request else None,
+        images=request.images if request else None, seeds=view.seeds or (request.seeds if request else None),
         progress=Progress(step=view.step, steps=view.steps, chunk=meta.get("chunk"), chunks=meta.get("chunks"),
                           fraction=float(meta.get("progress") or (1.0 if view.status == "succeeded" else 0.0))),
         # queued but out of the list: a worker is picking it up right now → next
         queue_position=(queue_position(conn, settings, job_id) or 0) if view.status == "queued" else None,
         created_at=_iso(created), started_at=_iso(started), finished_at=_iso(ended), expires_at=_iso(expires),
-        error=view.error, attempt=view.attempt or None, links=links(base, job_id), outputs=outputs,
+        error=view.error, attempt=view.attempt or None, links=links(base, job_id, condition), outputs=outputs,
     )
-
-
-def served_models(conn: redis.Redis, settings: ApiSettings) -> dict[str, dict[str, Any]]:
-    """Heartbeat model entries of live workers by id, as published (extra fields such as `example_captions` and
-    `held_out_captions` kept; worker.queue.model_catalog parses them into ModelInfo, which drops extras)."""
-    from worker.queue import live_workers
-
-    catalog: dict[str, dict[str, Any]] = {}
-    for beat in live_workers(conn, settings):
-        for info in beat.get("models", []):
-            catalog.setdefault(info["id"], info)
-    return catalog

@@ -1,11 +1,12 @@
-"""The job function RQ runs, `generate(payload)`, and the batched sampler run behind it.
+"""The job function RQ runs, `generate(payload)`, and what runs behind it: the batched sampler for samples and
+reconstructions, a latent walk, or likelihood scoring, as the request's condition says (worker.protocol).
 
-A job (the "leader") may take up to B−1 more waiting jobs for the same model out of the queue and draw them in
-the same sampler call. Every sampler call has the same shape whatever it serves: exactly `batch_rows` rows
-(padding rows fill the rest, seed 0 and a one-word caption) and captions padded to the model's
-`max_caption_tokens`. MKL picks its kernels by matrix shape, so a fixed shape is what makes a job's pixels the
-same alone and in any batch; rows never mix (every op is row-wise), so neighbours do not matter either
-(tests/worker/test_batching.py checks the bytes for several job mixes).
+A sampling job (the "leader") may take up to B−1 more waiting jobs for the same model and condition kind out of
+the queue and draw them in the same sampler call. Every sampler call has the same shape whatever it serves:
+exactly `batch_rows` rows (padding rows fill the rest, seed 0 and a one-word caption) and captions padded to the
+model's `max_caption_tokens` (worker.conditions). MKL picks its kernels by matrix shape, so a fixed shape is what
+makes a job's pixels the same alone and in any batch; rows never mix (every op is row-wise), so neighbours do not
+matter either (tests/worker/test_batching.py checks the bytes for several job mixes).
 
 Claimed jobs stay RQ jobs: when the leader is done it has written their files and pushes them back to the front
 of the queue; the worker then dequeues each, `generate` finds its result.json, and returns it at once.
@@ -32,14 +33,21 @@ from rq import Retry, get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
+from models.bounds import importance_weighted
 from models.sampling import Step, sample
-from worker import render
+from worker import conditions, render
 from worker.protocol import (
     JOB_FUNC,
     RESULT_FILE,
+    Images,
     InvalidJobError,
     JobRequest,
+    JobResult,
     Keys,
+    Likelihood,
+    Output,
+    Score,
+    Walk,
     animation_name,
     attention_name,
     frame_name,
@@ -147,10 +155,16 @@ class Entry:
     steps_done: int = 0
     canceled: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
-    # per image: uint8 frames (T', H, W, C), windows (T', 4) or None, alignment (T', K) or None
+    # per output: uint8 frames (T', H, W, C), windows (T', 4) or None, alignment (T', K) or None, scores
     frames: dict[int, np.ndarray] = field(default_factory=dict)
     windows: dict[int, np.ndarray | None] = field(default_factory=dict)
     alignments: dict[int, np.ndarray | None] = field(default_factory=dict)
+    stored: dict[int, int] = field(default_factory=dict)  # frame PNGs written so far, per output
+    steps_total: int = 0  # steps this run counts: T, a walk's points, the images scored
+    scores: dict[int, Score] = field(default_factory=dict)
+
+    def returns(self, lm: LoadedModel) -> str:
+        return lm.info.modes[self.request.condition.kind]
 
 
 def _to_uint8(canvas: torch.Tensor) -> np.ndarray:
@@ -228,11 +242,15 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
     return summaries[job.id]
 
 
+BATCHED = ("none", "caption", "images")  # conditions whose rows share sampler calls across jobs
+
+
 def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel) -> list[Entry]:
     """Take up to B−1 waiting jobs for the same model that fit in the leader's one sampler call."""
     s = rt.settings
     free = s.batch_rows - leader.request.images
-    if s.batch_jobs <= 1 or free <= 0:
+    kind = leader.request.condition.kind
+    if s.batch_jobs <= 1 or free <= 0 or kind not in BATCHED:
         return []
     keys = Keys(s.key_prefix)
     queue_key = make_queue(conn, leader.job.origin).key
@@ -246,7 +264,7 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
             request, _ = _load(rt, job.args[0] if job.args else None)
         except InvalidJobError:
             continue  # it fails on its own, with its own error
-        if request.model != leader.request.model or request.images > free:
+        if request.model != leader.request.model or request.condition.kind != kind or request.images > free:
             continue
         meta = job.get_meta(refresh=True)
         attempt = int(meta.get("attempt") or 0) + 1
@@ -269,41 +287,63 @@ def _release(conn: redis.Redis, rt: Runtime, entry: Entry) -> None:
 
 
 def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], guard: ShutdownGuard) -> bool:
-    """Sample every entry's images in chunks of exactly `batch_rows` rows. Returns True when stopped by shutdown."""
+    """Run the entries' job(s) as their condition says. Returns True when stopped by shutdown."""
+    condition = entries[0].request.condition
+    if isinstance(condition, Likelihood):
+        return _score(conn, rt, lm, entries[0], condition, guard)
+    if isinstance(condition, Walk):
+        return _walk(conn, rt, lm, entries[0], condition, guard)
+    return _sample(conn, rt, lm, entries, guard)
+
+
+def _start(e: Entry, rt: Runtime, steps: int, chunks: int, batch_jobs: int, lm: LoadedModel) -> None:
+    e.steps_total = steps
+    _save_meta(e.job, e.meta, state="running", step=0, steps=steps, attempt=e.attempt, worker=rt.worker_name,
+               chunk=1, chunks=chunks, progress=0.0, batch_jobs=batch_jobs, returns=e.returns(lm))
+
+
+def _canceled(conn: redis.Redis, keys: Keys, e: Entry) -> bool:
+    if not e.canceled and conn.exists(keys.cancel(e.job.id)):
+        e.canceled = True
+        log.info("job %s: canceled after step %d", e.job.id, e.steps_done)
+    return e.canceled
+
+
+def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], guard: ShutdownGuard) -> bool:
+    """Sample (or reconstruct) every entry's images in chunks of exactly `batch_rows` rows."""
     s = rt.settings
     keys = Keys(s.key_prefix)
     info = lm.info
     rows: list[tuple[Entry, int]] = []  # (entry, image index within the entry)
+    uploads: dict[Entry, torch.Tensor] = {}
     for e in entries:
         e.first_image = len(rows)
         rows += [(e, i) for i in range(e.request.images)]
+        if isinstance(e.request.condition, Images):
+            uploads[e] = conditions.read_images(conn, keys, e.job.id, e.request.inputs, info)
     n_chunks = math.ceil(len(rows) / s.batch_rows)
-    pad_caption = [1]  # any valid word: padding rows are drawn and thrown away
     for e in entries:
-        _save_meta(e.job, e.meta, state="running", step=0, steps=info.steps, attempt=e.attempt,
-                   worker=rt.worker_name, chunk=1, chunks=n_chunks, progress=0.0, batch_jobs=len(entries))
+        _start(e, rt, info.steps, n_chunks, len(entries), lm)
     ttl = s.result_ttl + max(e.job.timeout or 0 for e in entries)
     for c in range(n_chunks):
         chunk = rows[c * s.batch_rows : (c + 1) * s.batch_rows]
         in_chunk = list(dict.fromkeys(e for e, _ in chunk))
         seeds = [e.request.seeds[i] for e, i in chunk] + [0] * (s.batch_rows - len(chunk))  # type: ignore[index]
-        conditions: dict[str, torch.Tensor] = {}
-        if info.kind == "aligndraw":
+        given: dict[str, torch.Tensor] = {}
+        if "caption" in info.modes:
             assert lm.vocab is not None
-            k = info.max_caption_tokens or lm.vocab.max_length
-            ids = [lm.vocab.encode(e.request.image_captions()[i] or "") for e, i in chunk]
-            ids += [pad_caption] * (s.batch_rows - len(chunk))
-            conditions["captions"] = torch.tensor([x + [0] * (k - len(x)) for x in ids], dtype=torch.long)
-            conditions["lengths"] = torch.tensor([len(x) for x in ids], dtype=torch.long)
+            given = conditions.captions(lm.vocab, [e.request.image_captions()[i] or "" for e, i in chunk],
+                                        s.batch_rows, info.max_caption_tokens or lm.vocab.max_length)
+        if uploads:
+            given["images"] = conditions.pad_rows(torch.stack([uploads[e][i] for e, i in chunk]), s.batch_rows)
         for e in in_chunk:
-            if conn.exists(keys.cancel(e.job.id)):
-                e.canceled = True
+            _canceled(conn, keys, e)
         state = {"stopped": False}
         # Fixed for the chunk: each job's first row (its window and word weights go live in meta) and its word count.
         first_row: dict[Any, int] = {}
         for r, (e, _) in enumerate(chunk):
             first_row.setdefault(e, r)
-        n_words = conditions["lengths"].tolist() if "lengths" in conditions else None
+        n_words = given["lengths"].tolist() if "lengths" in given else None
 
         def on_step(step: Step, chunk=chunk, in_chunk=in_chunk, c=c, state=state, first_row=first_row,
                     n_words=n_words) -> bool:
@@ -311,9 +351,10 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
             frames = _to_uint8(step.canvas[: len(chunk)])
             with conn.pipeline(transaction=False) as p:
                 for r, (e, i) in enumerate(chunk):
-                    if not e.canceled and e.request.output.frames:
+                    if not e.canceled and e.request.output.frames and e.returns(lm) == "frames":
                         p.hset(keys.files(e.job.id), frame_name(i, step.t), render.png(frames[r],
                                                                                      scale=e.request.output.scale))
+                        e.stored[i] = step.t
                 for e in active:
                     p.expire(keys.files(e.job.id), int(ttl))
                 for e in active:
@@ -328,7 +369,8 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
                     live["window"] = [round(float(v), 2) for v in step.window[r]]
                 if step.alignment is not None and n_words is not None:
                     live["alignment"] = [round(float(v), 4) for v in step.alignment[r, : n_words[r]]]
-                _save_meta(e.job, e.meta, step=step.t, chunk=c + 1, progress=round(progress, 4), live=live)
+                _save_meta(e.job, e.meta, step=step.t, chunk=c + 1, progress=round(progress, 4), live=live,
+                           frames=[e.stored.get(i, 0) for i in range(e.request.images)])
                 if flag:
                     e.canceled = True
                     log.info("job %s: canceled after step %d", e.job.id, step.t)
@@ -342,7 +384,7 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
         if all(e.canceled for e in in_chunk):
             continue
         out = sample(lm.model, seeds=seeds, batch_size=s.batch_rows, callback=on_step,
-                     **conditions)  # type: ignore[arg-type]  # mypy reads **dict as filling every keyword
+                     **given)  # type: ignore[arg-type]  # mypy reads **dict as filling every keyword
         if state["stopped"]:
             return True
         frames = _to_uint8(out.canvases[: len(chunk)])
@@ -355,42 +397,120 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
     return False
 
 
+def _walk(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, walk: Walk, guard: ShutdownGuard) -> bool:
+    """One output whose frames are the decoded points of a latent path (worker.conditions.walk_path)."""
+    s = rt.settings
+    keys = Keys(s.key_prefix)
+    ends = conditions.read_images(conn, keys, e.job.id, walk.inputs, lm.info) if walk.inputs else None
+    path = conditions.walk_path(lm.model, e.request.seeds or [], ends, walk.points)
+    _start(e, rt, walk.points, 1, 1, lm)
+    ttl = s.result_ttl + (e.job.timeout or 0)
+    drawn: list[np.ndarray] = []
+    for lo in range(0, walk.points, s.batch_rows):
+        if _canceled(conn, keys, e):
+            break
+        hi = min(walk.points, lo + s.batch_rows)
+        out = sample(lm.model, noise=conditions.pad_rows(path[lo:hi], s.batch_rows), keep_canvases=False)
+        images = _to_uint8(out.images[: hi - lo])
+        if e.request.output.frames:
+            with conn.pipeline(transaction=False) as p:
+                for j, pixels in enumerate(images):
+                    p.hset(keys.files(e.job.id), frame_name(0, lo + j + 1),
+                           render.png(pixels, scale=e.request.output.scale))
+                p.expire(keys.files(e.job.id), int(ttl))
+                p.execute()
+            e.stored[0] = hi
+        drawn += list(images)
+        e.steps_done = hi
+        _save_meta(e.job, e.meta, step=hi, progress=round(hi / walk.points, 4), frames=[e.stored.get(0, 0)])
+        if s.step_delay:
+            time.sleep(s.step_delay)
+        if guard.stop:
+            return True
+    if drawn:
+        e.frames[0], e.windows[0], e.alignments[0] = np.stack(drawn), None, None
+    return False
+
+
+def _score(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, job: Likelihood, guard: ShutdownGuard) -> bool:
+    """−L_k and the ELBO per uploaded image (models.bounds), the k samples from the job's one seed."""
+    s = rt.settings
+    keys = Keys(s.key_prefix)
+    x = conditions.read_images(conn, keys, e.job.id, job.inputs, lm.info)
+    given: dict[str, torch.Tensor] = {}
+    captions = e.request.image_captions()
+    if captions[0] is not None:
+        assert lm.vocab is not None
+        given = conditions.captions(lm.vocab, [c or "" for c in captions], len(captions),
+                                    lm.info.max_caption_tokens or lm.vocab.max_length)
+    _start(e, rt, len(job.inputs), 1, 1, lm)
+    generator = torch.Generator().manual_seed((e.request.seeds or [0])[0])
+    for j in range(len(job.inputs)):
+        if _canceled(conn, keys, e):
+            break
+        batch = {"x": x[j : j + 1], **{name: v[j : j + 1] for name, v in given.items()}}
+        lk, mean = importance_weighted(lm.model, batch, job.k, generator=generator)
+        e.scores[j] = Score(nll=-float(lk[0]), elbo=float(mean[0]), k=job.k)
+        e.steps_done = j + 1
+        _save_meta(e.job, e.meta, step=j + 1, progress=round((j + 1) / len(job.inputs), 4))
+        if guard.stop:
+            return True
+    return False
+
+
 def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: list[Entry]) -> dict[str, Any]:
     """Encode and store the entry's final images, animations and attention; then result.json, atomically."""
     s = rt.settings
     keys = Keys(s.key_prefix)
     opts = e.request.output
     info = lm.info
+    returns = e.returns(lm)
     files: dict[str, bytes] = {}
-    complete = not e.canceled and len(e.frames) == e.request.images
-    if complete:
-        captions = e.request.image_captions()
-        for i in range(e.request.images):
-            frames = e.frames[i]
-            files[image_name(i)] = render.png(frames[-1], scale=opts.scale)
-            if opts.gif:
-                files[animation_name(i, "gif")] = render.gif(frames, frame_ms=opts.frame_ms, scale=opts.scale)
-            if opts.webp:
-                files[animation_name(i, "webp")] = render.webp(frames, frame_ms=opts.frame_ms, scale=opts.scale)
-            words: list[str] = []
-            align = e.alignments[i]
-            caption = captions[i]
-            if caption is not None and lm.vocab is not None:
-                words = [caption[t.start : t.end] for t in lm.vocab.check(caption)]
-                align = align[:, : len(words)] if align is not None else None
-            files[attention_name(i)] = render.attention(
-                e.windows[i], align, words, max_words=info.max_caption_tokens or 0, longest_word=lm.longest_word)
+    done = len(e.scores) if returns == "scores" else len(e.frames)
+    complete = not e.canceled and done == e.request.images
+    captions = e.request.image_captions()
+    inputs = e.request.inputs
+    seeded = e.request.condition.kind in ("none", "caption", "images")
+    outputs = [Output(index=i, seed=e.request.seeds[i] if seeded and e.request.seeds else None, caption=captions[i],
+                      input=inputs[i] if i < len(inputs) else None, frames=e.stored.get(i, 0),
+                      score=e.scores.get(i)) for i in range(e.request.images)]
+    for i, out in enumerate(outputs):
+        if not complete or returns == "scores":
+            continue
+        frames = e.frames[i]
+        files[image_name(i)] = render.png(frames[-1], scale=opts.scale)
+        out.image = True
+        if returns != "frames":
+            continue
+        if opts.gif:
+            files[animation_name(i, "gif")] = render.gif(frames, frame_ms=opts.frame_ms, scale=opts.scale)
+            out.animations.append("gif")
+        if opts.webp:
+            files[animation_name(i, "webp")] = render.webp(frames, frame_ms=opts.frame_ms, scale=opts.scale)
+            out.animations.append("webp")
+        align, windows = e.alignments[i], e.windows[i]
+        if windows is None and align is None:
+            continue  # a walk: no attention to record
+        words: list[str] = []
+        caption = captions[i]
+        if caption is not None and lm.vocab is not None:
+            words = [caption[t.start : t.end] for t in lm.vocab.check(caption)]
+            align = align[:, : len(words)] if align is not None else None
+        files[attention_name(i)] = render.attention(
+            windows, align, words, max_words=info.max_caption_tokens or 0, longest_word=lm.longest_word)
+        out.attention = True
     state = "succeeded" if complete else "canceled"
     names = sorted({text(n) for n in conn.hkeys(keys.files(e.job.id))} | set(files))
     stored = sum(len(v) for v in files.values()) + sum(
-        conn.hstrlen(keys.files(e.job.id), n) for n in names if n not in files)
-    summary = {
-        "job_id": e.job.id, "state": state, "model": info.id, "kind": info.kind, "captions": e.request.captions,
-        "n": e.request.n, "seeds": e.request.seeds, "steps": info.steps, "steps_done": e.steps_done if e.canceled
-        else info.steps, "files": names, "bytes": stored, "bytes_bound": job_bytes_bound(e.request, info),
-        "batch": {"jobs": len(entries), "leader": entries[0].job.id, "rows": s.batch_rows},
-        "worker": rt.worker_name, "attempt": e.attempt, "device": str(rt.device), "finished_at": now_iso(),
-    }
+        conn.hstrlen(keys.files(e.job.id), n) for n in names if n not in files and not n.startswith("inputs/"))
+    summary = JobResult(
+        job_id=e.job.id, state=state, model=info.id, kind=info.kind, condition=e.request.condition.kind,
+        captions=e.request.captions, n=e.request.n, seeds=e.request.seeds, steps=e.steps_total,
+        steps_done=e.steps_done if e.canceled else e.steps_total, outputs=outputs, files=names, bytes=stored,
+        bytes_bound=job_bytes_bound(e.request, info),
+        batch={"jobs": len(entries), "leader": entries[0].job.id, "rows": s.batch_rows},
+        worker=rt.worker_name, attempt=e.attempt, device=str(rt.device), finished_at=now_iso(),
+    ).model_dump(mode="json")
     with conn.pipeline(transaction=True) as p:
         if files:
             p.hset(keys.files(e.job.id), mapping=cast(Any, files))  # redis-py's Mapping key type is invariant

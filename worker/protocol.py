@@ -3,7 +3,15 @@
 Torch-free (the API imports it). A job travels through RQ's JSON serializer as one positional argument: the
 `JobRequest.model_dump(mode="json")` dict, handed to the importable top-level function `worker.jobs.generate`.
 
-Images of a job are ordered caption-major: image i draws caption `i // n` with seed `seeds[i]`.
+A request carries one condition (a discriminated union on `kind`), and a model says which conditions it takes and
+what each returns (`ModelInfo.modes`, from the family's contract in models/family.py):
+  none        -> n images (DRAW: every step's canvas as frames)
+  caption     -> n images per caption, caption-major: image i draws caption `i // n` with seed `seeds[i]`
+  images      -> one reconstruction per uploaded image (families with an encoder)
+  walk        -> one output whose frames are the points of a latent path between two seeds or two images
+  likelihood  -> per uploaded image −L_k and the ELBO in nats (families with an encoder)
+Uploaded images are stored in the job's files hash as `inputs/{j}.png` before the job is queued; the payload only
+names them, so it stays small JSON.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import math
 import re
 import secrets
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -20,7 +28,11 @@ JOB_FUNC = "worker.jobs.generate"
 
 MAX_CAPTIONS = 16
 MAX_PER_CAPTION = 16  # n
-MAX_IMAGES = 64  # captions × n
+MAX_IMAGES = 64  # outputs per job: captions × n, or uploaded images
+MAX_INPUTS = 64  # uploaded images per job (reconstructions, likelihoods)
+MAX_INPUT_BYTES = 64 * 1024  # one uploaded PNG, before decoding (a 60×60 RGB PNG is ~11 KB at worst)
+MAX_WALK_POINTS = 64  # points of a latent walk, ends included
+MAX_K = 5000  # importance samples per image of a likelihood job
 MAX_CAPTION_CHARS = 500  # before tokenising; the model's vocabulary also caps tokens (Vocabulary.max_length)
 MAX_SCALE = 4
 SEED_MAX = 2**32 - 1
@@ -33,6 +45,8 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 
 Caption = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CAPTION_CHARS)]
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+InputName = Annotated[str, StringConstraints(pattern=r"^inputs/[0-9]{1,2}\.png$")]
+ModeOutput = Literal["frames", "images", "scores"]  # what a mode returns (models/family.py names the same)
 
 
 class OutputOptions(BaseModel):
@@ -45,55 +59,222 @@ class OutputOptions(BaseModel):
     scale: int = Field(1, ge=1, le=MAX_SCALE)  # nearest-neighbour upscaling of every image written
 
 
+class _Condition(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoCondition(_Condition):
+    """Unconditional samples: n images from n seeds."""
+
+    kind: Literal["none"] = "none"
+
+
+class Captions(_Condition):
+    kind: Literal["caption"] = "caption"
+    captions: Annotated[list[Caption], Field(min_length=1, max_length=MAX_CAPTIONS)]
+
+
+def _distinct(inputs: list[str]) -> list[str]:
+    if len(set(inputs)) != len(inputs):
+        raise ValueError("input names must be distinct")
+    return inputs
+
+
+class Images(_Condition):
+    """Reconstructions of uploaded images through the posterior means (deterministic)."""
+
+    kind: Literal["images"] = "images"
+    inputs: Annotated[list[InputName], Field(min_length=1, max_length=MAX_INPUTS)]
+
+    @model_validator(mode="after")
+    def _check(self) -> Images:
+        _distinct(self.inputs)
+        return self
+
+
+class Walk(_Condition):
+    """A latent walk of `points` points, ends included: between the job's two seeds (spherical interpolation of
+    their noise, which keeps every point a typical prior sample), or between two uploaded images (linear
+    interpolation of their encodings)."""
+
+    kind: Literal["walk"] = "walk"
+    inputs: Annotated[list[InputName], Field(max_length=2)] = []  # [] : the ends are seeds[0] and seeds[1]
+    points: int = Field(8, ge=2, le=MAX_WALK_POINTS)
+
+    @model_validator(mode="after")
+    def _check(self) -> Walk:
+        if len(self.inputs) not in (0, 2):
+            raise ValueError("a walk runs between two images (or two seeds: no images)")
+        _distinct(self.inputs)
+        return self
+
+
+class Likelihood(_Condition):
+    """Score uploaded images: −L_k (the importance-weighted bound, nats) and the ELBO estimate from the same k
+    samples. Captioned families need a caption per image (or one for all)."""
+
+    kind: Literal["likelihood"] = "likelihood"
+    inputs: Annotated[list[InputName], Field(min_length=1, max_length=MAX_INPUTS)]
+    captions: Annotated[list[Caption], Field(min_length=1)] | None = None
+    k: int = Field(100, ge=1, le=MAX_K)
+
+    @model_validator(mode="after")
+    def _check(self) -> Likelihood:
+        _distinct(self.inputs)
+        if self.captions is not None and len(self.captions) not in (1, len(self.inputs)):
+            raise ValueError(f"send one caption for all images or one per image ({len(self.inputs)})")
+        return self
+
+
+Condition = Annotated[NoCondition | Captions | Images | Walk | Likelihood, Field(discriminator="kind")]
+CONDITIONS = ("none", "caption", "images", "walk", "likelihood")
+
+
 class JobRequest(BaseModel):
-    """One generation job. `captions=None` asks an unconditional (DRAW) model for `n` images."""
+    """One job. `captions=[...]` is shorthand for `condition=Captions(captions=[...])`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: Annotated[str, StringConstraints(pattern=MODEL_ID)]
-    captions: Annotated[list[Caption], Field(min_length=1, max_length=MAX_CAPTIONS)] | None = None
+    condition: Condition = NoCondition()
     n: int = Field(1, ge=1, le=MAX_PER_CAPTION)
-    seeds: list[Seed] | None = None  # one per image; drawn by `with_seeds()` when absent, then always recorded
+    seeds: list[Seed] | None = None  # see seed_count; drawn by `with_seeds()` when absent, then always recorded
     output: OutputOptions = OutputOptions()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _captions_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "captions" in data:
+            data = dict(data)
+            captions = data.pop("captions")
+            if captions is not None:
+                if "condition" in data:
+                    raise ValueError("send `captions` or `condition`, not both")
+                data["condition"] = {"kind": "caption", "captions": captions}
+        return data
+
+    @property
+    def captions(self) -> list[str] | None:
+        return self.condition.captions if isinstance(self.condition, Captions) else None
 
     @property
     def images(self) -> int:
-        return self.n * (len(self.captions) if self.captions is not None else 1)
+        """Outputs of the job (images; scored images for likelihood; one animation for a walk)."""
+        c = self.condition
+        if isinstance(c, Captions):
+            return self.n * len(c.captions)
+        if isinstance(c, Images | Likelihood):
+            return len(c.inputs)
+        return 1 if isinstance(c, Walk) else self.n
+
+    @property
+    def seed_count(self) -> int:
+        """Seeds the job needs: one per image drawn; a walk's two ends (none between images); one for the
+        importance samples of a likelihood job; reconstructions are deterministic but record one per image."""
+        c = self.condition
+        if isinstance(c, Walk):
+            return 0 if c.inputs else 2
+        return 1 if isinstance(c, Likelihood) else self.images
+
+    @property
+    def rows(self) -> int:
+        """Model rows the job costs (the timeout's unit): images; walk points; images × k when scoring."""
+        c = self.condition
+        if isinstance(c, Walk):
+            return c.points
+        return len(c.inputs) * c.k if isinstance(c, Likelihood) else self.images
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(getattr(self.condition, "inputs", []))
 
     @model_validator(mode="after")
     def _check(self) -> JobRequest:
         if self.images > MAX_IMAGES:
             raise ValueError(f"{self.images} images requested; the limit is {MAX_IMAGES} per job")
-        if self.seeds is not None and len(self.seeds) != self.images:
-            raise ValueError(f"need one seed per image: got {len(self.seeds)} seeds for {self.images} images")
+        if self.n != 1 and self.condition.kind not in ("none", "caption"):
+            raise ValueError(f"n applies to samples; a {self.condition.kind} job takes n = 1")
+        if self.seeds is not None and len(self.seeds) != self.seed_count:
+            raise ValueError(f"need {self.seed_count} seed(s) for this job: got {len(self.seeds)}")
         return self
 
     def with_seeds(self) -> JobRequest:
-        """This request with a seed for every image (kept when given): retries then redraw the same pixels."""
+        """This request with every seed it needs (kept when given): retries then redraw the same pixels."""
         if self.seeds is not None:
             return self
-        return self.model_copy(update={"seeds": [secrets.randbelow(SEED_MAX + 1) for _ in range(self.images)]})
+        return self.model_copy(update={"seeds": [secrets.randbelow(SEED_MAX + 1) for _ in range(self.seed_count)]})
 
     def image_captions(self) -> list[str | None]:
-        """Caption of each image, caption-major."""
-        if self.captions is None:
-            return [None] * self.n
-        return [c for c in self.captions for _ in range(self.n)]
+        """Caption of each output, caption-major (a likelihood job: the caption each image is scored under)."""
+        c = self.condition
+        if isinstance(c, Captions):
+            return [x for x in c.captions for _ in range(self.n)]
+        if isinstance(c, Likelihood) and c.captions is not None:
+            return list[str | None](c.captions * len(c.inputs) if len(c.captions) == 1 else c.captions)
+        return [None] * self.images
 
 
 class ModelInfo(BaseModel):
-    """What a worker serves, published in its heartbeat so the API can validate without torch."""
+    """The one description of a served model: published in the worker's heartbeat, validated against by the API
+    without torch, and shown by GET /v1/models."""
 
     id: str
-    kind: Literal["draw", "aligndraw"]
+    kind: str  # the family (models/family.py)
+    modes: dict[str, ModeOutput]  # condition kind -> what it returns
     height: int
     width: int
     channels: int
-    steps: int  # T
-    vocabulary: list[str] | None = None  # alignDRAW: the words it knows (index 0 padding excluded)
+    steps: int  # steps a generation runs (T for the DRAW family; 1 for one-shot decoders)
+    vocabulary: list[str] | None = None  # captioned families: the words it knows (index 0 padding excluded)
     max_caption_tokens: int | None = None
     example_captions: list[str] = []  # from the checkpoint (training records a few validation captions)
     held_out_captions: list[str] = []  # captions whose combination training never showed
+
+
+class Score(BaseModel):
+    """One image's likelihood: −L_k and the ELBO estimate (the mean log-weight) from the same k samples, nats."""
+
+    nll: float
+    elbo: float
+    k: int
+
+
+class Output(BaseModel):
+    """One output of a job, as result.json records it (what is stored, not how to fetch it)."""
+
+    index: int
+    seed: int | None = None
+    caption: str | None = None
+    input: str | None = None  # the uploaded image it came from
+    image: bool = False  # images/{index}.png stored
+    frames: int = 0  # frames/{index}/{t}.png stored for t = 1..frames
+    animations: list[Literal["gif", "webp"]] = []
+    attention: bool = False  # attention/{index}.json stored
+    score: Score | None = None
+
+
+class JobResult(BaseModel):
+    """result.json: written last, so its presence means the job is complete (succeeded or canceled)."""
+
+    job_id: str
+    state: JobState
+    model: str
+    kind: str
+    condition: str
+    n: int
+    seeds: list[int] | None
+    steps: int
+    steps_done: int
+    outputs: list[Output]
+    files: list[str]
+    bytes: int
+    bytes_bound: int
+    batch: dict[str, Any]
+    worker: str
+    attempt: int
+    device: str
+    finished_at: str
+    captions: list[str] | None = None
 
 
 class InvalidJobError(ValueError):
@@ -107,7 +288,8 @@ class InvalidJobError(ValueError):
 #   animations/{i}.gif     all T frames of image i
 #   animations/{i}.webp    same, animated lossless WebP
 #   attention/{i}.json     {"steps", "windows": (T, 4) write window x0,y0,x1,y1 px, "alignment": (T, K)|null, "words"}
-#   result.json            the summary the job returns; written last, so its presence means "complete"
+#   inputs/{j}.png         uploaded image j, as the API checked and normalised it (written before the job is queued)
+#   result.json            JobResult; written last, so its presence means "complete"
 
 RESULT_FILE = "result.json"
 
@@ -126,6 +308,10 @@ def animation_name(image: int, fmt: Literal["gif", "webp"]) -> str:
 
 def attention_name(image: int) -> str:
     return f"attention/{image}.json"
+
+
+def input_name(index: int) -> str:
+    return f"inputs/{index}.png"
 
 
 CONTENT_TYPES = {"png": "image/png", "gif": "image/gif", "webp": "image/webp", "json": "application/json"}
@@ -199,19 +385,25 @@ def attention_bound(steps: int, words: int, longest_word: int) -> int:
 
 
 def job_bytes_bound(request: JobRequest, info: ModelInfo) -> int:
-    """Upper bound on the bytes a job stores in Redis (all its files), given the model that runs it."""
+    """Upper bound on the bytes a job stores in Redis (all its files but its inputs), given the model that runs it."""
     s = request.output.scale
-    h, w, c, t = info.height * s, info.width * s, info.channels, info.steps
-    words = info.max_caption_tokens or 0
-    longest = max((len(v) for v in info.vocabulary or []), default=0)
-    per_image = png_bound(h, w, c) + attention_bound(t, words, longest)
-    if request.output.frames:
-        per_image += t * png_bound(h, w, c)
-    if request.output.gif:
-        per_image += gif_bound(h, w, t)
-    if request.output.webp:
-        per_image += webp_bound(h, w, c, t)
-    summary = 4096 + request.images * 64 + sum(len(x) * 6 for x in request.captions or [])
+    h, w, c = info.height * s, info.width * s, info.channels
+    returns = info.modes.get(request.condition.kind, "scores")
+    summary = 4096 + request.images * 256 + sum(len(x) * 6 for x in request.image_captions() if x)
+    if returns == "scores":
+        return summary  # the scores travel inline in result.json
+    per_image = png_bound(h, w, c)
+    if returns == "frames":
+        t = request.condition.points if isinstance(request.condition, Walk) else info.steps
+        words = info.max_caption_tokens or 0
+        longest = max((len(v) for v in info.vocabulary or []), default=0)
+        per_image += attention_bound(t, words, longest)
+        if request.output.frames:
+            per_image += t * png_bound(h, w, c)
+        if request.output.gif:
+            per_image += gif_bound(h, w, t)
+        if request.output.webp:
+            per_image += webp_bound(h, w, c, t)
     return request.images * per_image + summary
 
 
@@ -222,23 +414,38 @@ def check_job_id(job_id: str) -> str:
 
 
 def validate_for_model(request: JobRequest, info: ModelInfo, *, max_job_bytes: int) -> None:
-    """Checks what needs the model: kind vs captions, the caption vocabulary, the result size. Raises InvalidJobError.
-
-    Torch-free: the API runs it with the ModelInfo from a worker's heartbeat; the worker runs it again.
-    """
+    """Checks what needs the model: its modes against the condition, the caption vocabulary, the result size.
+    Raises InvalidJobError. Torch-free: the API runs it with the ModelInfo from a worker's heartbeat; the worker
+    runs it again. (Uploaded images are checked where they are decoded: worker.inputs.)"""
     from models.vocab import CaptionError, Vocabulary
 
-    if info.kind == "draw" and request.captions is not None:
-        raise InvalidJobError(f"model {info.id!r} is unconditional (DRAW): send no captions")
-    if info.kind == "aligndraw":
-        if request.captions is None:
-            raise InvalidJobError(f"model {info.id!r} draws captions (alignDRAW): send 1..{MAX_CAPTIONS} captions")
+    kind = request.condition.kind
+    captioned = "caption" in info.modes
+    if kind not in info.modes:
+        if kind == "caption" and "none" in info.modes:
+            raise InvalidJobError(f"model {info.id!r} is unconditional ({info.kind}): send no captions")
+        if captioned and kind == "none":
+            raise InvalidJobError(f"model {info.id!r} draws captions ({info.kind}): send 1..{MAX_CAPTIONS} captions")
+        if kind == "likelihood":
+            raise InvalidJobError(f"model {info.id!r} ({info.kind}) has no encoder: it cannot score images")
+        raise InvalidJobError(f"model {info.id!r} ({info.kind}) takes no {kind!r} condition; it takes "
+                              f"{sorted(info.modes)}")
+    captions = request.captions
+    if isinstance(request.condition, Likelihood):
+        captions = request.condition.captions
+        if captioned and captions is None:
+            raise InvalidJobError(f"model {info.id!r} scores an image under a caption: send `captions`")
+        if not captioned and captions is not None:
+            raise InvalidJobError(f"model {info.id!r} ({info.kind}) takes no captions")
+    if captions is not None:
         vocab = Vocabulary(info.vocabulary or [], max_length=info.max_caption_tokens or 1)
-        for j, caption in enumerate(request.captions):
+        for j, caption in enumerate(captions):
             try:
                 vocab.check(caption)
             except CaptionError as e:
                 raise InvalidJobError(f"caption {j}: {e}") from e
+    if isinstance(request.condition, Walk) and request.condition.inputs and "images" not in info.modes:
+        raise InvalidJobError(f"model {info.id!r} ({info.kind}) cannot encode images: walk between seeds")
     bound = job_bytes_bound(request, info)
     if bound > max_job_bytes:
         raise InvalidJobError(f"results could reach {bound} bytes; the limit is {max_job_bytes} (lower n or scale)")

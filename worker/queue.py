@@ -59,9 +59,9 @@ def fetch_job(conn: redis.Redis, job_id: str) -> Job | None:
 
 
 def job_timeout(request: JobRequest, settings: Settings, steps: int | None = None) -> int:
-    """Seconds from the cost: padded sampler rows × T steps."""
+    """Seconds from the cost: padded model rows (images; walk points; images × k when scoring) × T steps."""
     t = steps or settings.default_steps
-    rows = padded_rows(request.images, settings.batch_rows)
+    rows = padded_rows(request.rows, settings.batch_rows)
     return math.ceil(settings.job_timeout_base + settings.job_timeout_per_row_step * rows * t)
 
 
@@ -93,6 +93,7 @@ def enqueue_generation(
         failure_ttl=settings.result_ttl,
         ttl=settings.queued_ttl,
         meta={"state": "queued", "step": 0, "steps": steps, "attempt": 0, "seeds": request.seeds,
+              "images": request.images,
               "updated_at": now_iso()},
         unique=unique,
     )
@@ -193,10 +194,15 @@ def live_workers(conn: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
 
 def model_catalog(conn: redis.Redis, settings: Settings) -> dict[str, ModelInfo]:
     """Models some live worker serves, by id."""
+    from pydantic import ValidationError
+
     catalog: dict[str, ModelInfo] = {}
     for beat in live_workers(conn, settings):
         for info in beat.get("models", []):
-            catalog.setdefault(info["id"], ModelInfo.model_validate(info))
+            try:
+                catalog.setdefault(info["id"], ModelInfo.model_validate(info))
+            except (ValidationError, KeyError, TypeError):
+                continue  # a worker of another version: its models are not offered, the rest still are
     return catalog
 
 

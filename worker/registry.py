@@ -10,12 +10,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from models.aligndraw import AlignDRAW
-from models.checkpoint import FORMAT, MANIFEST, CheckpointError, load_checkpoint
-from models.draw import DRAW
+from models.checkpoint import FORMAT, MANIFEST, Checkpoint, CheckpointError, load_checkpoint
 from models.vocab import Vocabulary
 from worker.protocol import MODEL_ID, ModelInfo
 
@@ -25,7 +24,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class LoadedModel:
     info: ModelInfo
-    model: DRAW | AlignDRAW
+    model: Any  # a family of models/family.py
     vocab: Vocabulary | None
 
     @property
@@ -68,19 +67,25 @@ def load_models(directory: str | Path, device: torch.device | str = "cpu") -> di
         except CheckpointError as e:
             log.error("skipping %s: %s", sub, e)
             continue
-        m = ckpt.model
-        cfg = m.config
-        info = ModelInfo(
-            id=sub.name, kind=m.kind, height=cfg.height, width=cfg.width, channels=cfg.channels, steps=cfg.steps,
-            vocabulary=ckpt.vocab.words if ckpt.vocab is not None else None,
-            max_caption_tokens=ckpt.vocab.max_length if ckpt.vocab is not None else None,
-            example_captions=list(ckpt.extra.get("example_captions", [])),
-            held_out_captions=list(ckpt.extra.get("held_out_captions", [])),
-        )
-        if info.kind == "aligndraw" and ckpt.vocab is None:
-            log.error("skipping %s: an alignDRAW checkpoint without a vocabulary", sub)
+        info = describe(sub.name, ckpt)
+        if "caption" in info.modes and ckpt.vocab is None:
+            log.error("skipping %s: a captions model (%s) without a vocabulary", sub, info.kind)
             continue
-        models[info.id] = LoadedModel(info=info, model=m, vocab=ckpt.vocab)
+        models[info.id] = LoadedModel(info=info, model=ckpt.model, vocab=ckpt.vocab)
         log.info("loaded %s (%s, %dx%dx%d, T=%d) on %s", info.id, info.kind, info.height, info.width,
                  info.channels, info.steps, device)
     return models
+
+
+def describe(model_id: str, ckpt: Checkpoint) -> ModelInfo:
+    """The family's contract (models/family.py) and the checkpoint's records as the ModelInfo the API sees."""
+    m: Any = ckpt.model
+    cfg = m.config
+    modes = dict(m.modes) | ({"likelihood": "scores"} if m.likelihood else {})
+    return ModelInfo(
+        id=model_id, kind=m.kind, modes=modes, height=cfg.height, width=cfg.width, channels=cfg.channels,
+        steps=m.steps, vocabulary=ckpt.vocab.words if ckpt.vocab is not None else None,
+        max_caption_tokens=ckpt.vocab.max_length if ckpt.vocab is not None else None,
+        example_captions=list(ckpt.extra.get("example_captions", [])),
+        held_out_captions=list(ckpt.extra.get("held_out_captions", [])),
+    )

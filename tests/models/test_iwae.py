@@ -342,3 +342,16 @@ def test_init_output_bias_is_the_logit_of_clamped_pixel_means():
     torch.testing.assert_close(torch.sigmoid(model.decode(torch.randn(1, 4))), means.clamp(1e-3, 1 - 1e-3)[None])
     with pytest.raises(ValueError, match="16"):
         model.init_output_bias(torch.rand(1, 5, 5))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_encode_noise_inverts_decode_top_on_the_posterior_mean_path(layers):
+    torch.manual_seed(0)
+    model = IWAE(IWAEConfig(layers=layers)).eval()
+    x = (torch.rand(3, 1, 28, 28) > 0.5).float()
+    with torch.no_grad():
+        eps = model.encode_noise(x)
+        means = model.encode_means(x)
+        assert eps.shape == (3, model.z_size)
+        torch.testing.assert_close(model.decode_top(eps), model.decode(means[:, : model.config.latent[0]]),
+                                   atol=1e-4, rtol=0)

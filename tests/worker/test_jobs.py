@@ -205,8 +205,8 @@ def test_orphaned_jobs_are_requeued_and_given_up_after_max_attempts(conn, settin
 def test_heartbeats_list_live_workers_and_their_models(conn, settings):
     from worker.heartbeat import Heartbeat
 
-    hb = Heartbeat(conn, settings, "w1", lambda: {"models": [{"id": "m", "kind": "draw", "height": 2, "width": 2,
-                                                               "channels": 1, "steps": 3}]})
+    hb = Heartbeat(conn, settings, "w1", lambda: {"models": [{"id": "m", "kind": "draw", "modes": {"none": "frames"},
+                                                               "height": 2, "width": 2, "channels": 1, "steps": 3}]})
     hb.start()
     try:
         beats = wait_for(lambda: q.live_workers(conn, settings), timeout=3, what="a heartbeat")

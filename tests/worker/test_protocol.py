@@ -84,9 +84,11 @@ def test_worker_recheck_gives_clear_errors():
         parse_request({"model": "m", "n": 1})
 
 
-ALIGN = ModelInfo(id="a", kind="aligndraw", height=16, width=16, channels=1, steps=5, vocabulary=WORDS,
+ALIGN = ModelInfo(id="a", kind="aligndraw", modes={"caption": "frames", "likelihood": "scores"},
+                  height=16, width=16, channels=1, steps=5, vocabulary=WORDS,
                   max_caption_tokens=12)
-DRAW = ModelInfo(id="d", kind="draw", height=12, width=10, channels=1, steps=6)
+DRAW = ModelInfo(id="d", kind="draw", modes={"none": "frames", "likelihood": "scores"},
+                 height=12, width=10, channels=1, steps=6)
 
 
 def test_validate_for_model():
@@ -108,8 +110,8 @@ def test_byte_bound_grows_with_every_output_and_the_worst_case_fits():
     full = JobRequest(model="a", captions=["1"] * 4, n=16).with_seeds()
     bare = full.model_copy(update={"output": OutputOptions(frames=False, gif=False, webp=False)})
     assert job_bytes_bound(bare, ALIGN) < job_bytes_bound(full, ALIGN)
-    paper = ModelInfo(id="p", kind="aligndraw", height=60, width=60, channels=1, steps=32, vocabulary=WORDS,
-                      max_caption_tokens=12)
+    paper = ModelInfo(id="p", kind="aligndraw", modes=ALIGN.modes, height=60, width=60, channels=1, steps=32,
+                      vocabulary=WORDS, max_caption_tokens=12)
     assert job_bytes_bound(full, paper) < 64 * 2**20  # 64 paper-size images with everything: under 64 MiB
 
 

@@ -18,20 +18,28 @@ from service import store
 from service.api.deps import CallerDep, ConnDep, MetricsDep, SettingsDep
 from service.problems import PROBLEM_JSON, Problem
 from service.schemas import Generation, GenerationCreate
+from worker import inputs
 from worker.protocol import (
     JOB_ID,
     TERMINAL,
+    Captions,
+    Condition,
+    Images,
     InvalidJobError,
     JobRequest,
+    Keys,
     ModelInfo,
+    NoCondition,
+    Walk,
     animation_name,
     attention_name,
     content_type,
     frame_name,
     image_name,
+    input_name,
     validate_for_model,
 )
-from worker.queue import cancel, enqueue_generation, get_file, get_view, job_timeout
+from worker.queue import cancel, enqueue_generation, get_file, get_view, job_timeout, model_catalog
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
@@ -67,14 +75,24 @@ def _caption_problems(captions: list[str], info: ModelInfo, base: str) -> None:
                       unknown_words=unknown, vocabulary=f"{base}/v1/models/{info.id}")
 
 
-@router.post("", status_code=202, response_model=Generation, responses=ERRORS,
-             summary="Draw images for captions (a job)")
-def create_generation(body: GenerationCreate, request: Request, response: Response, settings: SettingsDep,
-                      conn: ConnDep, caller: CallerDep, metrics: MetricsDep,
-                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Generation:
-    base = _base(request)
-    model = body.model or settings.default_model
-    catalog = store.served_models(conn, settings)
+def decode_images(images: list[str], info: ModelInfo, field: str = "images") -> list[bytes]:
+    """Check uploaded base64 PNGs against the model (worker.inputs) -> the normalised PNGs to store; a bad one is a
+    422 naming it and why."""
+    out = []
+    for j, text in enumerate(images):
+        try:
+            pixels = inputs.decode(inputs.from_base64(text), height=info.height, width=info.width,
+                                   channels=info.channels)
+        except inputs.InputImageError as e:
+            raise Problem(422, "bad-image", f"{field}[{j}]: {e}", title="Bad image", image=j, field=field,
+                          expected={"format": "png", "height": info.height, "width": info.width,
+                                    "channels": info.channels}) from None
+        out.append(inputs.normalised_png(pixels))
+    return out
+
+
+def lookup_model(conn, settings, metrics, model: str, base: str) -> ModelInfo:
+    catalog = model_catalog(conn, settings)
     if not catalog:
         metrics.jobs_rejected.labels("no-worker").inc()
         raise Problem(503, "no-worker", "no worker is running; nothing could draw this job", title="No worker",
@@ -83,21 +101,15 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
         metrics.jobs_rejected.labels("unknown-model").inc()
         raise Problem(422, "unknown-model", f"unknown model {model!r}; served: {sorted(catalog)}",
                       title="Unknown model", models=f"{base}/v1/models")
-    info = ModelInfo.model_validate(catalog[model])
-    captions = body.caption_list
-    if info.kind == "aligndraw":
-        if captions is None:
-            raise Problem(422, "caption-required", f"model {model!r} draws captions: send `caption` or `captions`",
-                          title="Caption required")
-        try:
-            _caption_problems(captions, info, base)
-        except Problem:
-            metrics.jobs_rejected.labels("caption").inc()
-            raise
-    images = body.n * (len(captions) if captions else 1)
-    seeds = [body.seed + i for i in range(images)] if body.seed is not None else None
+    return catalog[model]
+
+
+def submit(conn, settings, caller, metrics, response: Response, base: str, *, body: Any, model: str,
+           info: ModelInfo, condition: Condition, n: int, seeds: list[int] | None, output: Any,
+           uploads: list[bytes], idempotency_key: str | None) -> Generation:
+    """Check, store the uploaded images beside the job, enqueue: what every POST that creates a job shares."""
     try:
-        job = JobRequest(model=model, captions=captions, n=body.n, seeds=seeds, output=body.output)
+        job = JobRequest(model=model, condition=condition, n=n, seeds=seeds, output=output)
         validate_for_model(job, info, max_job_bytes=settings.max_job_bytes)
     except (ValidationError, InvalidJobError) as e:
         metrics.jobs_rejected.labels("invalid").inc()
@@ -113,6 +125,7 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
 
     job_id = new_job_id()
     ttl = store.record_ttl(settings, job_timeout(job, settings, info.steps))
+    collection = store.route(condition.kind)
     if idempotency_key is not None:
         digest = store.body_hash({**body.model_dump(mode="json"), "model": model})
         earlier = store.claim_idempotency(conn, settings, caller.owner, idempotency_key, digest, job_id, ttl)
@@ -122,16 +135,66 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
                               title="Idempotency key reused")
             response.headers["Idempotent-Replayed"] = "true"
             return _read(conn, settings, earlier["job"], base)
+    files = Keys(settings.key_prefix).files(job_id)
     try:
         store.save_record(conn, settings, job_id, caller.owner, ttl)
+        if uploads:  # before the job exists, so a worker never sees a job without its inputs
+            with conn.pipeline() as p:
+                p.hset(files, mapping={input_name(j): data for j, data in enumerate(uploads)})
+                p.expire(files, ttl)
+                p.execute()
         job_id, job = enqueue_generation(conn, job, settings, job_id=job_id, steps=info.steps)
     except Exception:
         if idempotency_key is not None:
             store.release_idempotency(conn, settings, caller.owner, idempotency_key)
+        conn.delete(files)
         raise
     metrics.jobs_created.labels(model).inc()
-    response.headers["Location"] = f"{base}/v1/generations/{job_id}"
+    response.headers["Location"] = f"{base}/v1/{collection}/{job_id}"
     return _read(conn, settings, job_id, base)
+
+
+@router.post("", status_code=202, response_model=Generation, responses=ERRORS,
+             summary="Draw images: for captions, unconditional samples, reconstructions or a latent walk (a job)")
+def create_generation(body: GenerationCreate, request: Request, response: Response, settings: SettingsDep,
+                      conn: ConnDep, caller: CallerDep, metrics: MetricsDep,
+                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Generation:
+    base = _base(request)
+    model = body.model or settings.default_model
+    info = lookup_model(conn, settings, metrics, model, base)
+    captions = body.caption_list
+    uploads: list[bytes] = []
+    condition: Condition = NoCondition()
+    if captions is not None:
+        condition = Captions(captions=captions)
+    elif body.images is not None:
+        uploads = decode_images(body.images, info)
+        condition = Images(inputs=[input_name(j) for j in range(len(uploads))])
+    elif body.walk is not None:
+        if body.walk.images is not None:
+            uploads = decode_images(body.walk.images, info, field="walk.images")
+        condition = Walk(inputs=[input_name(j) for j in range(len(uploads))], points=body.walk.points)
+    if "caption" in info.modes:
+        if captions is None:
+            raise Problem(422, "caption-required", f"model {model!r} draws captions: send `caption` or `captions`",
+                          title="Caption required")
+        try:
+            _caption_problems(captions, info, base)
+        except Problem:
+            metrics.jobs_rejected.labels("caption").inc()
+            raise
+    try:
+        images = JobRequest(model=model, condition=condition, n=body.n).images
+    except ValidationError as e:
+        raise Problem(422, "invalid-request", str(e), title="Invalid request") from None
+    seeds: list[int] | None = None
+    if isinstance(condition, Walk) and body.walk is not None and body.walk.seeds is not None:
+        seeds = list(body.walk.seeds)
+    elif body.seed is not None and not isinstance(condition, Walk):
+        seeds = [body.seed + i for i in range(images)]
+    return submit(conn, settings, caller, metrics, response, base, body=body, model=model, info=info,
+                  condition=condition, n=body.n, seeds=seeds, output=body.output, uploads=uploads,
+                  idempotency_key=idempotency_key)
 
 
 def _read(conn, settings, job_id: str, base: str, metrics=None) -> Generation:
@@ -206,7 +269,7 @@ def _file(conn, settings, caller, job_id: str, name: str) -> Response:
     return Response(data, media_type=content_type(name), headers=headers)
 
 
-IMAGE = {200: {"content": {"image/png": {}}, "description": "PNG"}, 404: PROBLEM}
+IMAGE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "PNG"}, 404: PROBLEM}
 
 
 @router.get("/{job_id}/images/{index}.png", responses=IMAGE, response_class=Response, summary="Final image")
@@ -237,7 +300,7 @@ def attention(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep,
 @router.get("/{job_id}/images/{index}/alignment.json", responses={404: PROBLEM},
             summary="Alignment over caption words: T rows × words, with the words")
 def alignment(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> dict:
-    att = json.loads(_file(conn, settings, caller, job_id, attention_name(index)).body)
+    att = json.loads(bytes(_file(conn, settings, caller, job_id, attention_name(index)).body))
     if att.get("alignment") is None:
         raise Problem(404, "no-alignment", "this image was drawn without a caption: it has no alignment",
                       title="No alignment")
@@ -271,7 +334,7 @@ async def events(job_id: JobId, request: Request, settings: SettingsDep, conn: C
 
 
 async def _stream(conn, settings, job_id: str, base: str, sent: int) -> AsyncIterator[str]:
-    me = f"{base}/v1/generations/{job_id}"
+    me = f"{base}/v1/generations/{job_id}"  # the files live under generations for every kind of job
     yield "retry: 1000\n\n"
     quiet_since = time.monotonic()
     while True:
@@ -279,7 +342,8 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int) -> AsyncIte
         if view is None:
             yield _sse("expired", {"id": job_id, "status": "expired"})
             return
-        steps = view.steps or 0
+        returns_frames = view.meta.get("returns", "frames") == "frames"
+        steps = (view.steps or 0) if returns_frames else 0  # step events only where the steps are frames
         chunk = int(view.meta.get("chunk") or 1)
         tick = (chunk - 1) * steps + view.step if view.status != "queued" else 0
         if view.status == "succeeded":

@@ -1,0 +1,81 @@
+"""A job's condition as the tensors a family's `generate` or `log_weight` takes, in fixed-shape chunks.
+
+Captions are padded to the model's `max_caption_tokens` and every chunk to `batch_rows` rows (padding rows: a
+one-word caption, a blank image), so a row's pixels never depend on what shares its sampler call (jobs.py).
+Uploaded images are read back from the job's files hash and decoded by worker.inputs, the same code the API ran.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import redis
+import torch
+from torch import Tensor
+
+from models.sampling import draw_noise
+from models.vocab import Vocabulary
+from worker import inputs
+from worker.protocol import InvalidJobError, Keys, ModelInfo
+
+PAD_CAPTION = [1]  # any valid word: padding rows are drawn and thrown away
+
+
+def captions(vocab: Vocabulary, texts: Sequence[str], rows: int, max_tokens: int) -> dict[str, Tensor]:
+    """`captions` (rows, max_tokens) ids and `lengths` (rows,), padding rows after the given captions."""
+    ids = [vocab.encode(t) for t in texts] + [PAD_CAPTION] * (rows - len(texts))
+    return {"captions": torch.tensor([x + [0] * (max_tokens - len(x)) for x in ids], dtype=torch.long),
+            "lengths": torch.tensor([len(x) for x in ids], dtype=torch.long)}
+
+
+def read_images(conn: redis.Redis, keys: Keys, job_id: str, names: Sequence[str], info: ModelInfo) -> Tensor:
+    """The job's uploaded images as the model's binary pixels, (N, C, H, W) float32."""
+    raw = conn.hmget(keys.files(job_id), list(names)) if names else []
+    out = []
+    for name, data in zip(names, raw, strict=True):
+        if data is None:
+            raise InvalidJobError(f"{name} is missing from the job's files (expired, or never stored)")
+        try:
+            raw_bytes = data.encode() if isinstance(data, str) else data
+            pixels = inputs.decode(raw_bytes, height=info.height, width=info.width, channels=info.channels)
+        except inputs.InputImageError as e:
+            raise InvalidJobError(f"{name}: {e}") from None
+        out.append(inputs.binary(pixels))
+    return torch.from_numpy(np.stack(out))
+
+
+def pad_rows(x: Tensor, rows: int) -> Tensor:
+    """x (N, ...) -> (rows, ...) with zero rows after it."""
+    return torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])]) if x.shape[0] < rows else x
+
+
+def slerp(a: Tensor, b: Tensor, points: int) -> Tensor:
+    """`points` spherical interpolants of two noise draws, ends included, (points, *a.shape): every point keeps the
+    norm of a typical N(0, I) draw, where the straight line's middle falls towards the origin (White 2016)."""
+    t = torch.linspace(0, 1, points, dtype=torch.float64)[:, None]
+    fa, fb = a.flatten().double(), b.flatten().double()
+    omega = torch.arccos((fa @ fb / (fa.norm() * fb.norm())).clamp(-1, 1))
+    if omega.abs() < 1e-6:  # parallel ends: the line is the arc
+        path = (1 - t) * fa + t * fb
+    else:
+        path = (torch.sin((1 - t) * omega) * fa + torch.sin(t * omega) * fb) / math.sin(omega.item())
+    return path.to(a.dtype).view(points, *a.shape)
+
+
+def lerp(a: Tensor, b: Tensor, points: int) -> Tensor:
+    t = torch.linspace(0, 1, points, dtype=a.dtype).view(points, *([1] * a.dim()))
+    return (1 - t) * a + t * b
+
+
+def walk_path(model, seeds: Sequence[int], ends: Tensor | None, points: int) -> Tensor:
+    """The walk's noise, (points, *noise_shape): slerp between the seeds' draws, or lerp between the two images'
+    encodings (`model.encode_noise`, the family's inverse of its decoder on the posterior-mean path)."""
+    if ends is None:
+        a, b = draw_noise(2, *model.noise_shape(), seeds=list(seeds))
+        return slerp(a, b, points)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        encoded = model.encode_noise(ends.to(device)).cpu()
+    return lerp(encoded[0], encoded[1], points)
