@@ -96,6 +96,9 @@ FAMILIES: dict[str, str] = {
 }
 
 
+DEFAULT_KIND = "aligndraw"  # the product's own family: `python -m training train` without --model
+
+
 class UnknownFamilyError(KeyError):
     pass
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from models.family import FAMILIES, family
+from models.family import DEFAULT_KIND, FAMILIES, family
 
 MODELS = tuple(FAMILIES)
 # What each dataset yields, matched against a family's `data` (models/family.py).
@@ -20,7 +20,7 @@ DEFAULT_LR = 1e-3  # both papers' learning rate
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "aligndraw"
+    model: str = DEFAULT_KIND
     dataset: str = "mnist-captions"
     out: str = ""  # run directory; default runs/<model>-<dataset>
     data_dir: str | None = None  # else GLIMPSE_DATA_DIR, then the bundled/Debian sources
