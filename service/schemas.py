@@ -22,8 +22,9 @@ from worker.protocol import (
 
 Caption = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CAPTION_CHARS)]
 Status = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
-# base64 of a PNG (a `data:image/png;base64,` prefix is accepted); checked against the model by worker.inputs.
-ImageData = Annotated[str, StringConstraints(min_length=1, max_length=4 * (MAX_INPUT_BYTES // 3 + 2) + 64)]
+# base64 of a PNG (a `data:image/png;base64,` prefix is accepted); checked against the model by worker.inputs,
+# whose 422 names the image and says why (its size too: the body limit bounds what is read at all).
+ImageData = Annotated[str, StringConstraints(min_length=1)]
 IMAGES_DOC = (f"base64 PNGs of exactly the model's height × width (GET /v1/models), ≤ {MAX_INPUT_BYTES} bytes "
               "each; grey models convert colour to grey; pixel > 127 counts as ink")
 

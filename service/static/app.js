@@ -158,7 +158,7 @@ function finish(result) {
 async function select(i) {
   const out = state.result.outputs[i];
   state.selected = i;
-  state.frames = out.frames;
+  state.frames = out.frames.length ? out.frames : [out.image];  // one-step models (IWAE) keep no frames
   [...$("grid").children].forEach((img, j) => img.classList.toggle("selected", j === i));
   const dl = $("downloads");
   dl.replaceChildren(...[["PNG", out.image], ["GIF", out.animation_gif], ["WebP", out.animation_webp]]

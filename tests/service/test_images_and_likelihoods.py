@@ -1,0 +1,257 @@
+"""Images as inputs and the families beyond DRAW, end to end through the API and a real worker on a real Redis:
+IWAE samples, reconstructions of uploaded images, latent walks, likelihood scoring (checked against models.bounds
+run directly), and every bad image answered with a 422 that names it."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from models.bounds import importance_weighted
+from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from models.iwae import IWAE, IWAEConfig
+from models.sampling import sample
+from service.main import create_app
+from tests.service.conftest import api_settings
+from tests.worker.conftest import ROOT, flushed_db, settings_env, wait_for
+
+DB = 10
+SIDE = 8  # tiny-iwae is 8×8
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, checkpoints: Path) -> Path:
+    """tiny-iwae beside copies of the suite's tiny-draw and tiny-align."""
+    d = tmp_path_factory.mktemp("served")
+    torch.manual_seed(0)
+    iwae = IWAE(IWAEConfig(height=SIDE, width=SIDE, layers=2, k=5, hidden=(16, 8), latent=(4, 3)))
+    save_checkpoint(d / "tiny-iwae", Checkpoint(iwae, extra={"dataset": "mnist"}))
+    for name in ("tiny-draw", "tiny-align"):
+        shutil.copytree(checkpoints / name, d / name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def api(served: Path, redis_base_url: str, tmp_path_factory):
+    db = flushed_db(redis_base_url, DB)
+    url = next(db)
+    s = api_settings(url, served, default_model="tiny-iwae")
+    log = (tmp_path_factory.mktemp("iwae-worker") / "worker.log").open("w")
+    p = subprocess.Popen([sys.executable, "-m", "worker", "--name", "img-worker", "--log-level", "INFO"], cwd=ROOT,
+                         env=settings_env(s), stdout=log, stderr=subprocess.STDOUT)
+    conn = redis.Redis.from_url(url)
+    try:
+        wait_for(lambda: conn.exists(f"{s.key_prefix}:worker:img-worker") or p.poll() is not None, 60,
+                 what="worker heartbeat")
+        assert p.poll() is None, Path(log.name).read_text()
+        with TestClient(create_app(s)) as client:
+            yield client, s
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(15)
+        conn.close()
+        next(db, None)
+
+
+def png64(pixels: np.ndarray, comment: str = "") -> str:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if comment:
+        info.add_text("Comment", comment)  # a text chunk: as a drawing program may write
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buf, format="PNG", pnginfo=info)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def digits(n: int, side: int = SIDE) -> list[np.ndarray]:
+    """Grey test images (some pixels on either side of the 127 threshold)."""
+    rng = np.random.default_rng(n)
+    return [rng.choice([0, 100, 128, 255], size=(side, side)) for _ in range(n)]
+
+
+def ink(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy((pixels > 127).astype(np.float32))[None]
+
+
+def finished(client, path: str) -> dict:
+    def done():
+        body = client.get(path).json()
+        return body if body["status"] in ("succeeded", "failed", "canceled") else None
+
+    body = wait_for(done, 60, interval=0.05, what=path)
+    assert body["status"] == "succeeded", body
+    return body
+
+
+def pixels_of(client, url: str) -> np.ndarray:
+    r = client.get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(r.content)))
+
+
+def test_the_model_list_shows_each_models_modes(api):
+    client, _ = api
+    models = {m["id"]: m for m in client.get("/v1/models").json()["models"]}
+    assert models["tiny-iwae"]["modes"] == {"none": "images", "images": "images", "walk": "frames",
+                                            "likelihood": "scores"}
+    assert models["tiny-iwae"]["steps"] == 1 and models["tiny-iwae"]["default"]
+    assert models["tiny-draw"]["modes"] == {"none": "frames", "likelihood": "scores"}
+    assert models["tiny-align"]["modes"] == {"caption": "frames", "likelihood": "scores"}
+
+
+def test_unconditional_samples_are_the_samplers_pixels(api, served):
+    client, s = api
+    r = client.post("/v1/generations", json={"model": "tiny-iwae", "n": 3, "seed": 5})
+    assert r.status_code == 202, r.text
+    body = finished(client, r.json()["links"]["self"])
+    assert body["condition"] == "none" and [o["seed"] for o in body["outputs"]] == [5, 6, 7]
+    model = load_checkpoint(served / "tiny-iwae").model
+    rows = s.batch_rows  # the worker's fixed sampler shape
+    direct = sample(model, seeds=[5, 6, 7] + [0] * (rows - 3), batch_size=rows).images[:3]
+    for i, out in enumerate(body["outputs"]):
+        assert out["frames"] == [] and out["animation_gif"] is None and out["attention"] is None  # one step
+        expected = (direct[i] * 255).round().clamp(0, 255).to(torch.uint8)[0].numpy()
+        assert np.array_equal(pixels_of(client, out["image"]), expected)
+
+
+def test_uploaded_images_are_reconstructed_through_the_posterior_means(api, served):
+    client, s = api
+    images = digits(2)
+    r = client.post("/v1/generations", json={"model": "tiny-iwae", "images": [png64(x) for x in images]})
+    assert r.status_code == 202, r.text
+    body = finished(client, r.json()["links"]["self"])
+    assert body["condition"] == "images" and [o["input"] for o in body["outputs"]] == [0, 1]
+    model = load_checkpoint(served / "tiny-iwae").model
+    x = torch.stack([ink(p) for p in images] + [torch.zeros(1, SIDE, SIDE)] * (s.batch_rows - 2))
+    with torch.no_grad():
+        [step] = model.generate(torch.zeros(s.batch_rows, model.z_size), images=x)
+    expected = (torch.sigmoid(step.logits[:2]) * 255).round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+    for i, out in enumerate(body["outputs"]):
+        assert np.array_equal(pixels_of(client, out["image"]), expected[i])
+
+
+def test_a_walk_between_seeds_is_an_animation_that_starts_at_the_first_seeds_sample(api, served):
+    client, s = api
+    r = client.post("/v1/generations", json={"model": "tiny-iwae", "walk": {"seeds": [5, 9], "points": 6}})
+    assert r.status_code == 202, r.text
+    body = finished(client, r.json()["links"]["self"])
+    [out] = body["outputs"]
+    assert body["condition"] == "walk" and body["seeds"] == [5, 9] and len(out["frames"]) == 6
+    assert client.get(out["animation_gif"]).content[:3] == b"GIF"
+    assert client.get(out["animation_webp"]).content[8:12] == b"WEBP"
+    frames = [pixels_of(client, f).astype(int) for f in out["frames"]]
+    model = load_checkpoint(served / "tiny-iwae").model
+    ends = sample(model, seeds=[5, 9] + [0] * (s.batch_rows - 2), batch_size=s.batch_rows).images[:2]
+    ends = (ends * 255).round()[:, 0].numpy()
+    assert np.abs(frames[0] - ends[0]).max() <= 1 and np.abs(frames[-1] - ends[1]).max() <= 1
+    assert any(np.abs(frames[j] - frames[0]).sum() > 0 for j in range(1, 6))  # it moves
+
+
+def test_a_walk_between_two_images_and_its_limits(api):
+    client, _ = api
+    a, b = digits(2)
+    r = client.post("/v1/generations", json={"model": "tiny-iwae", "walk": {"images": [png64(a), png64(b)]}})
+    assert r.status_code == 202, r.text
+    assert len(finished(client, r.json()["links"]["self"])["outputs"][0]["frames"]) == 8  # the default points
+    for bad in ({"walk": {"seeds": [1, 2], "images": [png64(a), png64(b)]}}, {"walk": {"seeds": [1]}},
+                {"walk": {"seeds": [1, 2], "points": 1}}, {"walk": {"seeds": [1, 2]}, "n": 2}):
+        r = client.post("/v1/generations", json={"model": "tiny-iwae", **bad})
+        assert r.status_code == 422 and r.json()["type"].endswith("/invalid-request"), (bad, r.text)
+    r = client.post("/v1/generations", json={"model": "tiny-draw", "walk": {"seeds": [1, 2]}})
+    assert r.status_code == 422 and "takes no 'walk'" in r.json()["detail"]
+
+
+def test_likelihoods_are_models_bounds_on_the_binarised_upload(api, served):
+    client, _ = api
+    images = digits(3)
+    r = client.post("/v1/likelihoods", json={"model": "tiny-iwae", "images": [png64(x) for x in images], "k": 40,
+                                             "seed": 3})
+    assert r.status_code == 202, r.text
+    assert r.headers["location"].endswith(f"/v1/likelihoods/{r.json()['id']}")
+    body = finished(client, r.headers["location"])
+    assert body["condition"] == "likelihood" and body["seeds"] == [3]
+    model = load_checkpoint(served / "tiny-iwae").model
+    g = torch.Generator().manual_seed(3)
+    for j, out in enumerate(body["outputs"]):
+        lk, elbo = importance_weighted(model, {"x": ink(images[j])[None]}, 40, generator=g)
+        assert out["k"] == 40 and out["input"] == j and out["image"] is None
+        assert out["nll"] == pytest.approx(-lk.item(), abs=1e-9) and out["elbo"] == pytest.approx(elbo.item(), abs=1e-9)
+        assert out["nll"] <= -out["elbo"]  # L_k ≥ the mean log-weight, on the same samples
+    events = client.get(f"/v1/likelihoods/{body['id']}/events").text
+    assert "event: done" in events and "event: step" not in events and '"nll"' in events
+
+
+def test_likelihoods_of_the_draw_family(api):
+    client, _ = api
+    side = {"tiny-draw": (12, 10), "tiny-align": (16, 16)}
+    img = [png64(np.zeros((12, 10)))]
+    r = client.post("/v1/likelihoods", json={"model": "tiny-draw", "images": img, "k": 4})
+    assert r.status_code == 202, r.text
+    assert finished(client, r.headers["location"])["outputs"][0]["nll"] > 0
+    h, w = side["tiny-align"]
+    img = [png64(np.zeros((h, w)))]
+    r = client.post("/v1/likelihoods", json={"model": "tiny-align", "images": img})
+    assert r.status_code == 422 and "caption" in r.json()["detail"]
+    r = client.post("/v1/likelihoods", json={"model": "tiny-align", "images": img, "caption": "the zebra"})
+    assert r.status_code == 422 and r.json()["type"].endswith("/unknown-words")
+    r = client.post("/v1/likelihoods", json={"model": "tiny-align", "images": img, "k": 3,
+                                             "caption": "the digit 3 is at the top left"})
+    assert r.status_code == 202, r.text
+    out = finished(client, r.headers["location"])["outputs"][0]
+    assert out["caption"] == "the digit 3 is at the top left" and out["nll"] > 0
+
+
+def bad_image_problem(client, images, model="tiny-iwae", path="/v1/likelihoods") -> dict:
+    r = client.post(path, json={"model": model, "images": images})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
+    return r.json()
+
+
+def test_every_bad_image_is_a_422_that_names_it_and_why(api):
+    client, _ = api
+    good = png64(digits(1)[0])
+    wrong_size = bad_image_problem(client, [good, png64(np.zeros((9, 8)))])
+    assert wrong_size["type"].endswith("/bad-image") and wrong_size["image"] == 1
+    assert "8×9 pixels; this model takes 8×8" in wrong_size["detail"]
+    assert wrong_size["expected"] == {"format": "png", "height": 8, "width": 8, "channels": 1}
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, format="JPEG")
+    not_png = bad_image_problem(client, [base64.b64encode(buf.getvalue()).decode()])
+    assert "not a PNG" in not_png["detail"] and not_png["image"] == 0
+    assert "not valid base64" in bad_image_problem(client, ["***"])["detail"]
+    truncated = base64.b64encode(base64.b64decode(good)[:40]).decode()
+    assert "not a readable PNG" in bad_image_problem(client, [truncated])["detail"]
+    huge = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(70_000)).decode()
+    assert "the limit is 65536" in bad_image_problem(client, [huge])["detail"]
+    assert bad_image_problem(client, [good] * 65)["type"].endswith("/invalid-request")  # > 64 images
+    rgba = np.zeros((8, 8, 4), np.uint8)  # transparent: composited onto black, accepted
+    r = client.post("/v1/likelihoods", json={"model": "tiny-iwae", "images": [png64(rgba)], "k": 2})
+    assert r.status_code == 202, r.text
+    # Generations check the same way; and a model that takes no images says so.
+    assert bad_image_problem(client, [png64(np.zeros((3, 3)))], path="/v1/generations")["image"] == 0
+    r = client.post("/v1/generations", json={"model": "tiny-draw", "images": [png64(np.zeros((12, 10)))]})
+    assert r.status_code == 422 and "takes no 'images'" in r.json()["detail"]
+
+
+def test_only_bodies_with_images_get_the_larger_limit(api):
+    client, s = api
+    padding = "x" * (s.max_body_bytes + 10)
+    r = client.post("/v1/generations", json={"model": "tiny-iwae", "n": 1, "pad": padding})
+    assert r.status_code == 413 and r.json()["limit_bytes"] == s.max_body_bytes
+    many = [png64(x, comment="x" * 2000) for x in digits(64)]
+    r = client.post("/v1/likelihoods", json={"model": "tiny-iwae", "images": many, "k": 1})
+    assert r.status_code == 202, r.text  # well over 64 KiB with its images
+    assert len(r.request.content) > s.max_body_bytes
