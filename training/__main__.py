@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                     "reports nll_L<k>_estimate_all: the ELBO on all minus the subset's mean L_k - ELBO gap")
     ev.add_argument("--temperatures", type=float, nargs="+", default=[], metavar="T",
                     help="alignDRAW: also the caption fidelity when sampling z_t = mu_t + T sigma_t eps_t at each T")
+    ev.add_argument("--chunk", type=int, default=500, help="rows of one L_k pass (k samples of ≥ 1 image)")
     ev.add_argument("--data-dir")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", help="also write the results here")

@@ -32,11 +32,16 @@ def main(args: argparse.Namespace) -> int:
             x = dynamic_binarize(grey.view(-1, 1, 28, 28), torch.Generator().manual_seed(0))
         data = {"x": x[: args.limit] if args.limit else x}
         test = elbo_terms(model, data)
-        lk = nll_k(model, {"x": data["x"][subset(len(data["x"]), args.lk_images)]}, args.k)
+        lk = nll_k(model, {"x": data["x"][subset(len(data["x"]), args.lk_images)]}, args.k, chunk=args.chunk)
         if lk[f"images_L{args.k}"] < test["images"]:
             # L_k on every image costs k passes each; the paired gap from a random subset carries it to all of them
             lk[f"nll_L{args.k}_estimate_all"] = test["nll_bound"] - lk[f"gap_L{args.k}"]
         results["test"] = test | lk
+        active = getattr(model, "active_units", None)
+        if callable(active):  # A_u = Cov_x E_q[u | x] > 1e-2 (Burda et al. §5.2), per stochastic layer
+            counts, variances = active(data["x"].to(device))
+            results["test"]["active_units"] = list(counts)
+            results["test"]["active_units_threshold"] = 1e-2
     else:
         from training.fidelity import evaluate_captions
 

@@ -67,8 +67,10 @@ def nll_k(model: Any, data: Batch, k: int, *, seed: int = 0, progress: bool = Tr
     def stderr(v: Tensor) -> float:
         return (v.std() / math.sqrt(n)).item() if n > 1 else 0.0
 
+    elbo = lk - gap  # the mean log-weight: a k-sample ELBO estimate from the same samples
     return {f"nll_L{k}": -lk.mean().item(), f"nll_L{k}_stderr": stderr(lk), f"images_L{k}": n,
-            f"gap_L{k}": gap.mean().item(), f"gap_L{k}_stderr": stderr(gap)}
+            f"gap_L{k}": gap.mean().item(), f"gap_L{k}_stderr": stderr(gap),
+            f"neg_elbo_L{k}_samples": -elbo.mean().item(), f"neg_elbo_L{k}_samples_stderr": stderr(elbo)}
 
 
 def subset(n: int, size: int | None, seed: int = 0) -> Tensor:
