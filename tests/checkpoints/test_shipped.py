@@ -12,6 +12,7 @@ from models.aligndraw import AlignDRAWConfig
 from models.checkpoint import load_checkpoint, read_manifest
 from models.draw import DRAWConfig
 from models.family import FAMILIES
+from models.iwae import IWAEConfig
 from models.sampling import sample
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,8 +30,8 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
     assert size <= 30 * 2**20, f"{directory.name}: {size / 2**20:.1f} MB"  # the issue's limit, resume state included
     ckpt = load_checkpoint(directory)  # checks the weights' sha256
     manifest = read_manifest(directory)
-    paper = (DRAWConfig() if manifest["kind"] == "draw"
-             else AlignDRAWConfig(vocab_size=len(ckpt.vocab or [])))  # the paper configs, nothing shrunk
+    paper = {"draw": DRAWConfig(), "iwae": IWAEConfig(),  # the paper configs, nothing shrunk
+             "aligndraw": AlignDRAWConfig(vocab_size=len(ckpt.vocab or []))}[manifest["kind"]]
     # The deviations we allow (Training in README), each only where the recorded command names it.
     values = getattr(ckpt.model.config, "align_values", "states")
     if values != "states":
@@ -41,6 +42,10 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
         assert "key_blind=" in ckpt.training["command"] and ckpt.vocab is not None
         assert [ckpt.vocab.itos[i] for i in blind] == [str(d) for d in range(10)]  # the digits, as named
         paper = replace(paper, key_blind=blind)  # type: ignore[arg-type]
+    k = getattr(ckpt.model.config, "k", 50)
+    if k != 50:  # IWAE's VAE baseline: the same net trained with k = 1
+        assert f"k={k}" in ckpt.training["command"]
+        paper = replace(paper, k=k)  # type: ignore[arg-type]
     assert ckpt.model.config == paper
     assert ckpt.training["command"].startswith("python -m training train") and ckpt.training["epochs"] >= 1
     assert ckpt.metrics["best_val_nll_bound"] > 0
@@ -52,6 +57,12 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
         assert ckpt.vocab is not None
         ids, lengths = ckpt.vocab.encode_batch(["the digit 7 is at the top left of the image ."] * 2)
         out = sample(ckpt.model, captions=torch.tensor(ids), lengths=torch.tensor(lengths), seeds=[0, 1])
+    elif manifest["kind"] == "iwae":
+        test = evaluation["test"]  # L_5000 on every MNIST test image, no subset (the issue's protocol)
+        assert evaluation["k"] == 5000 and test["images_L5000"] == test["images"] == 10_000
+        assert 0 < test["nll_L5000_stderr"] < 1 and test["nll_L5000"] <= test["neg_elbo_L5000_samples"]
+        assert len(test["active_units"]) == 2
+        out = sample(ckpt.model, batch_size=2, seeds=[0, 1])
     else:
         assert evaluation["test"]["images"] == 10_000  # the bound on the whole fixed test set
         test = evaluation["test"]  # L_5000 on a random subset, carried to the whole set by the paired gap
