@@ -7,6 +7,7 @@ A run directory keeps `last/` (every epoch) and `best/`; starting the same comma
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -103,7 +104,8 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: 
     if world > 1:
         dist.all_reduce(sums)
     seconds = time.perf_counter() - start
-    return {"train_nll_bound": sums[0].item() / sums[2].item(), "train_kl": sums[1].item() / sums[2].item(),
+    images = sums[2].item() or math.nan  # --max-batches 0 validates only: no training numbers
+    return {"train_nll_bound": sums[0].item() / images, "train_kl": sums[1].item() / images,
             "images_per_s": sums[2].item() / seconds, "epoch_seconds": seconds, "kl_weight": beta,
             "lr": next(iter(optimizers.values())).param_groups[0]["lr"]}
 
