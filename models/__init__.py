@@ -1,4 +1,4 @@
-"""PyTorch generators of the DRAW family.
+"""PyTorch generators: the DRAW family and its companions, one file each, behind models/family.py's contract.
 
 Submodules import lazily so that `models.vocab` (pure Python) can be used without loading torch.
 """
@@ -11,6 +11,10 @@ _EXPORTS = {
     "DRAWConfig": "models.draw",
     "AlignDRAW": "models.aligndraw",
     "AlignDRAWConfig": "models.aligndraw",
+    "IWAE": "models.iwae",
+    "IWAEConfig": "models.iwae",
+    "FAMILIES": "models.family",
+    "family": "models.family",
     "sample": "models.sampling",
     "SampleOutput": "models.sampling",
     "Step": "models.sampling",

@@ -8,6 +8,12 @@ checkpoint loader and the worker talk to it through this contract alone and neve
 - `loss(batch, noise)` → `Losses`: the scalar per optimiser group, the bound in nats, the log importance weight;
 - `log_weight(batch, noise)` → log p(x, z) − log q(z | x) at one sample per row (families with an encoder);
 - `generate(noise, **conditions)` → T `Step`s (the DRAW family) or one.
+
+The tensors each condition arrives as (worker/conditions.py builds them): "caption" → `captions` (B, K) word ids
+right-padded with 0 and `lengths` (B,); "images" → `images` (B, C, H, W) in {0, 1}; "none" → nothing. A "walk" is
+run by the caller in noise space: families that offer it with "images" also define `encode_noise(x)` → (B, *noise
+shape), the ε their decoder maps to x's posterior-mean path. Optional: `param_groups()` (several networks),
+`init_output_bias(pixel_means)` (called by the trainer on a fresh run), `active_units(x)` (reported by evaluate).
 """
 
 from __future__ import annotations
