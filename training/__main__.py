@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", help="also write the results here")
 
+    sub.add_parser("card", help="write (or --check) the README.md card beside checkpoints", add_help=False)
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["card"]:
+        from training.card import main as card_main
+
+        return card_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "train":
         from training.train import train

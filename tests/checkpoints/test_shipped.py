@@ -71,3 +71,22 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
         out = sample(ckpt.model, batch_size=2, seeds=[0, 1])
     assert torch.isfinite(out.images).all() and out.images.min() >= 0 and out.images.max() <= 1
     assert out.images.std() > 0.05  # drawn something, not a flat canvas
+
+
+@pytest.mark.parametrize("directory", SHIPPED, ids=lambda d: d.name)
+def test_every_card_is_current(directory):
+    """checkpoints/<name>/README.md is what `python -m training card` renders from the JSON beside it."""
+    from training.card import CARD, render
+
+    assert (directory / CARD).read_text() == render(directory), f"run: python -m training card {directory}"
+
+
+def test_a_card_sets_the_papers_number_beside_ours_where_the_protocol_matches():
+    from models.family import family
+    from training.card import paper_rows
+
+    iwae = family("iwae")
+    assert paper_rows(iwae, "mnist", {"layers": 2, "k": 50, "objective": "iwae"})["−L_5000"].startswith("82.90")
+    assert paper_rows(iwae, "mnist", {"layers": 2, "k": 1, "objective": "iwae"})["−L_5000"].startswith("85.33")
+    assert paper_rows(iwae, "binarized-mnist", {"layers": 2, "k": 1, "objective": "iwae"}) == {}  # no such row
+    assert paper_rows(family("draw"), "mnist", {"attention": True}) == {}  # the paper's DRAW is on the fixed split
