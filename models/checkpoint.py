@@ -24,6 +24,7 @@ FORMAT = "glimpse-checkpoint/1"
 WEIGHTS = "model.safetensors"
 MANIFEST = "checkpoint.json"
 
+
 class CheckpointError(ValueError):
     pass
 

@@ -66,7 +66,6 @@ class TrainConfig:
             raise ValueError(f"--dataset {self.dataset} needs --captions-file")
         if self.dataset == "coco" and not self.data_dir:
             raise ValueError("--dataset coco needs --data-dir (the image folder)")
-
         stages(self.lr_stages)  # a bad schedule fails here, not epochs into the run
 
     @property

@@ -131,3 +131,67 @@ def test_key_layout():
     k = Keys("gl")
     assert k.files("j1") == "gl:job:j1:files" and k.cancel("j1") == "gl:job:j1:cancel"
     assert k.running == "gl:running" and k.worker("w") == "gl:worker:w" and k.workers == "gl:workers"
+
+
+IWAE = ModelInfo(id="i", kind="iwae", modes={"none": "images", "images": "images", "walk": "frames",
+                                            "likelihood": "scores"}, height=28, width=28, channels=1, steps=1)
+
+
+def test_each_condition_counts_its_outputs_seeds_and_rows():
+    from worker.protocol import Images, Likelihood, Walk
+
+    inputs = [f"inputs/{j}.png" for j in range(3)]
+    cases = [  # (request, images, seeds needed, model rows)
+        (JobRequest(model="m", n=4), 4, 4, 4),
+        (JobRequest(model="m", captions=["a", "b"], n=3), 6, 6, 6),
+        (JobRequest(model="m", condition=Images(inputs=inputs)), 3, 3, 3),
+        (JobRequest(model="m", condition=Walk(points=12)), 1, 2, 12),
+        (JobRequest(model="m", condition=Walk(inputs=inputs[:2])), 1, 0, 8),
+        (JobRequest(model="m", condition=Likelihood(inputs=inputs, k=500)), 3, 1, 1500),
+    ]
+    for request, images, seeds, rows in cases:
+        assert (request.images, request.seed_count, request.rows) == (images, seeds, rows), request
+        assert len(request.with_seeds().seeds) == seeds
+    scored = JobRequest(model="m", condition=Likelihood(inputs=inputs, captions=["a"]))
+    assert scored.image_captions() == ["a", "a", "a"]
+    with pytest.raises(ValidationError):
+        JobRequest(model="m", condition=Images(inputs=inputs), n=2)  # n is for samples
+    with pytest.raises(ValidationError):
+        Walk(inputs=inputs[:1])  # between two images or two seeds
+    with pytest.raises(ValidationError):
+        Likelihood(inputs=inputs, captions=["a", "b"])  # one caption, or one per image
+    with pytest.raises(ValidationError):
+        Images(inputs=["inputs/0.png", "inputs/0.png"])
+    with pytest.raises(ValidationError):
+        Images(inputs=["../etc/passwd"])  # names in the job's own files hash only
+    with pytest.raises(ValidationError):
+        JobRequest(model="m", condition=Walk(), seeds=[1])  # a walk between seeds needs both
+
+
+def test_validate_for_model_checks_the_condition_against_the_models_modes():
+    from worker.protocol import Images, Likelihood, Walk
+
+    def check(request, info):
+        validate_for_model(request.with_seeds(), info, max_job_bytes=10**9)
+
+    one = ["inputs/0.png"]
+    check(JobRequest(model="i", condition=Walk(points=4)), IWAE)
+    check(JobRequest(model="i", condition=Likelihood(inputs=one)), IWAE)
+    with pytest.raises(InvalidJobError, match="takes no 'images' condition"):
+        check(JobRequest(model="d", condition=Images(inputs=one)), DRAW)
+    with pytest.raises(InvalidJobError, match="takes no 'walk' condition"):
+        check(JobRequest(model="d", condition=Walk()), DRAW)
+    with pytest.raises(InvalidJobError, match="scores an image under a caption"):
+        check(JobRequest(model="a", condition=Likelihood(inputs=one)), ALIGN)
+    with pytest.raises(InvalidJobError, match="takes no captions"):
+        check(JobRequest(model="i", condition=Likelihood(inputs=one, captions=["the digit 3"])), IWAE)
+    with pytest.raises(InvalidJobError, match="unknown words"):
+        check(JobRequest(model="a", condition=Likelihood(inputs=one, captions=["the zebra"])), ALIGN)
+    no_encoder = IWAE.model_copy(update={"modes": {"none": "images"}})
+    with pytest.raises(InvalidJobError, match="no encoder"):
+        check(JobRequest(model="i", condition=Likelihood(inputs=one)), no_encoder)
+    # Scores travel inline: a likelihood job's bound is small; a walk's grows with its points.
+    small = job_bytes_bound(JobRequest(model="i", condition=Likelihood(inputs=one)).with_seeds(), IWAE)
+    assert small < 8192
+    walks = [job_bytes_bound(JobRequest(model="i", condition=Walk(points=p)).with_seeds(), IWAE) for p in (4, 40)]
+    assert walks[0] < walks[1]
