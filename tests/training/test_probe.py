@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import absent
 from training.probe import changed_digits
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +28,7 @@ def test_probe_on_the_shipped_model_redraws_images_and_reads_identity_from_the_c
     from training.probe import attention_by_word, identity_probe
 
     if not (WORDS / "checkpoint.json").exists() or not (CLASSIFIER / "checkpoint.json").exists():
-        pytest.skip("shipped checkpoints absent")
+        absent("shipped checkpoints absent")
     ckpt = load_checkpoint(WORDS)
     assert ckpt.vocab is not None
     batch = cap.generate(real_digits, 40, generator=5, banned=tuple(ckpt.extra["banned"]))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import absent
 from training.__main__ import main as cli
 from training.config import TrainConfig
 
@@ -130,7 +131,7 @@ def test_caption_runs_judge_fidelity_each_epoch_on_seen_and_held_out_captions(tm
     from training.tasks import make_task
 
     if not (CLASSIFIER / "checkpoint.json").exists():
-        pytest.skip("the shipped digit judge is absent")
+        absent("the shipped digit judge is absent")
     run = tmp_path / "run"
     cli(["train", "--model", "aligndraw", "--dataset", "mnist-captions", "--out", str(run), "--epochs", "1",
          "--max-batches", "2", "--batch-size", "20", "--val-size", "40", "--fidelity-samples", "30", *TINY])
@@ -183,7 +184,11 @@ def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_a_few(tmp_path, s
     test = json.loads(out.read_text())["test"]
     assert test["images"] == 30 and test["images_L20"] == 3
     assert test["nll_bound"] == pytest.approx(test["reconstruction"] + test["kl"])
-    assert 0 < test["nll_L20"] < 28 * 28 * math.log(2) * 2 and test["nll_L20_stderr"] > 0
+    # L_k ≥ the mean log-weight of its own samples, by their paired gap; and no worse than chance (p = ½ a pixel:
+    # 784 log 2 = 543 nats) plus a little KL for a model three batches old.
+    assert test["nll_L20"] <= test["neg_elbo_L20_samples"] and test["nll_L20_stderr"] > 0
+    assert test["neg_elbo_L20_samples"] - test["nll_L20"] == pytest.approx(test["gap_L20"])
+    assert 300 < test["nll_L20"] < 28 * 28 * math.log(2) + 50
     assert test["gap_L20"] >= 0 and test["nll_L20_estimate_all"] == test["nll_bound"] - test["gap_L20"]
 
 
@@ -264,6 +269,7 @@ def test_iwae_trains_through_the_shared_trainer_on_its_staged_schedule(tmp_path,
     _train_iwae(tmp_path / "run", shared_data, "--epochs", "9", *stages)  # resumes; the schedule ends after 2
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["lr"]) for r in rows] == [(1, 1e-3), (2, 5e-4)]
-    assert all(0 < r["val_nll_bound"] < 784 * math.log(2) for r in rows)  # −L_3 of binary digits, in nats
+    # −L_3 starts at about the pixel marginal's 206 nats (the output bias), far below chance's 543
+    assert all(100 < r["val_nll_bound"] < 230 for r in rows), [r["val_nll_bound"] for r in rows]
     saved = json.loads((tmp_path / "run" / "last" / "progress.json").read_text())["optimizer"]
     assert saved["param_groups"][0]["eps"] == 1e-4  # the paper's Adam ε, from the family's optimizer options
