@@ -181,3 +181,31 @@ def test_caption_evaluation_draws_held_out_captions_on_mnist_test_digits(monkeyp
         assert "t10k" in source and len(batch.captions) == 12
         assert cap.banned_mask(batch.templates, batch.digits).all() == held
         assert cap.banned_mask(batch.templates, batch.digits).any() == held
+
+
+def test_a_blank_window_is_no_digit_and_a_digit_everywhere_fails_a_corner_caption(judge_inputs):
+    """The judge's two loopholes, closed: an empty canvas read as "1" (the classifier's argmax on nothing) passed
+    every caption naming only 1s; and a digit drawn in all four corners passed every corner caption."""
+    from training import fidelity
+    from training.data import captions as cap
+
+    _, batch, classifier = judge_inputs
+    ones = np.array([[1, -1]] * 4 + [[1, 1]] * 4)
+    templates = np.array([4, 5, 6, 7, 0, 1, 2, 3])
+    blank = torch.zeros(8, 1, 60, 60)
+    read = fidelity.read_digits(blank, templates, ones, classifier)
+    assert (read[ones >= 0] == fidelity.BLANK).all()
+    assert not judge(blank, templates, ones, classifier).any()
+    assert by_place(read, templates, ones)["top left"]["only"]["misread"] == {"1→blank": 1}
+
+    corner = np.flatnonzero(batch.templates == 4)[:20]  # one digit at the top left, accepted as it is
+    alone = batch.images[corner]
+    assert judge(alone, batch.templates[corner], batch.digits[corner], classifier).mean() > 0.9
+    everywhere = alone.clone()
+    for shift in ((0, 28), (30, 0), (30, 28)):  # the same digit pasted into the other three corners too
+        everywhere = torch.maximum(everywhere, torch.roll(alone, shifts=shift, dims=(2, 3)))
+    assert judge(everywhere, batch.templates[corner], batch.digits[corner], classifier).sum() == 0
+    assert (fidelity.stray_ink(everywhere, batch.templates[corner]) > 0.6).all()
+    # The dataset's own images put no ink outside their template's placement region.
+    assert fidelity.stray_ink(batch.images, batch.templates).max() == 0
+    assert cap.TEMPLATES[4].name == "top left"
