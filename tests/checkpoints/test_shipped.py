@@ -90,3 +90,50 @@ def test_a_card_sets_the_papers_number_beside_ours_where_the_protocol_matches():
     assert paper_rows(iwae, "mnist", {"layers": 2, "k": 1, "objective": "iwae"})["−L_5000"].startswith("85.33")
     assert paper_rows(iwae, "binarized-mnist", {"layers": 2, "k": 1, "objective": "iwae"}) == {}  # no such row
     assert paper_rows(family("draw"), "mnist", {"attention": True}) == {}  # the paper's DRAW is on the fixed split
+
+
+def _recomputed_bound(ckpt, manifest, evaluation, n: int = 200):
+    """(this run's mean bound on n evaluation images, its standard error, evaluation.json's figure)."""
+    from tests.training.conftest import shared_data_dir
+    from training.likelihood import on_device
+
+    root = shared_data_dir()
+    if root is None:
+        from tests.conftest import absent
+
+        absent("shared data absent: the shipped metrics cannot be recomputed")
+    dataset = ckpt.extra.get("dataset")
+    if dataset in ("binarized-mnist", "mnist"):
+        from training.data.binarized import dynamic_binarize, load_binarized_mnist
+        from training.data.mnist import load_mnist
+        from training.likelihood import subset
+
+        if dataset == "binarized-mnist":
+            x = torch.from_numpy(load_binarized_mnist("test", root=root)).float().view(-1, 1, 28, 28)
+        else:  # the evaluator's one fixed binarisation of the test set
+            grey = torch.from_numpy(load_mnist("test", root=root).images).float().div(255)
+            x = dynamic_binarize(grey.view(-1, 1, 28, 28), torch.Generator().manual_seed(0))
+        batch, figure = {"x": x[subset(len(x), n, seed=5)]}, evaluation["test"]["nll_bound"]
+    else:  # the evaluator's seen-caption split, regenerated as it made it
+        from training.data import captions as cap
+        from training.data.mnist import load_mnist
+        from training.fidelity import caption_batch
+
+        test = load_mnist("test", root=root)
+        batch = caption_batch(ckpt.vocab, cap.generate(test, 1000, generator=7, banned=tuple(ckpt.extra["banned"])))
+        batch, figure = {k: v[:n] for k, v in batch.items()}, evaluation["seen"]["nll_bound"]
+    model = ckpt.model
+    noise = torch.randn(n, *model.loss_noise_shape(), generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        bound = model.loss(on_device(batch, torch.device("cpu")), noise).bound.double()
+    return bound.mean().item(), (bound.std() / n**0.5).item(), figure
+
+
+@pytest.mark.parametrize("directory", SHIPPED, ids=lambda d: d.name)
+def test_the_headline_bound_recomputes_within_its_noise(directory):
+    """The bound in evaluation.json, recomputed here on 200 of the same evaluation images (a fresh noise draw),
+    agrees within 4 standard errors: the file describes these weights and this evaluation protocol."""
+    ckpt = load_checkpoint(directory)
+    evaluation = json.loads((directory / "evaluation.json").read_text())
+    mean, stderr, figure = _recomputed_bound(ckpt, read_manifest(directory), evaluation)
+    assert abs(mean - figure) < 4 * stderr + 0.5, (mean, stderr, figure)
