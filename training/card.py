@@ -19,6 +19,12 @@ from models.family import family
 
 CARD = "README.md"
 EVALUATION = "evaluation.json"
+# The pictures a card shows when its directory has them (copied from the run's previews when it is shipped).
+PICTURES = {"samples.png": "samples (captioned models: one per preview caption, seen captions first, then held out)",
+            "canvas.png": "canvas strip: the first samples over the T steps",
+            "alignment.png": "word alignment α: the words (across) at each step (down), per preview caption",
+            "walk.png": "a latent walk between two seeds",
+            "loss-curves.png": "training and validation curves (and per-epoch fidelity where judged)"}
 
 def paper_rows(cls: Any, dataset: str | None, config: dict[str, Any]) -> dict[str, str]:
     """The family's published numbers (its `paper_results`) for this dataset and config, by measurement."""
@@ -97,6 +103,9 @@ def render(directory: str | Path) -> str:
             lines += [f"| {m} | {v} | {p} |" for m, v, p in _bounds(split, k, getattr(cls, "bound_name", "−ELBO"),
                                                                      paper)]
             lines.append("")
+    shown = [(name, what) for name, what in PICTURES.items() if (directory / name).exists()]
+    if shown:
+        lines += ["## Pictures", ""] + [f"![{what}]({name})  \n{what}" + "\n" for name, what in shown]
     lines += ["## Resuming", "", "The optimizer state ships beside the weights, so training goes on where it stopped: "
               f"`mkdir -p runs/{directory.name} && cp -r checkpoints/{directory.name} runs/{directory.name}/last`, "
               f"then the command above with `--out runs/{directory.name}`.", ""]

@@ -4,7 +4,8 @@ else?
 For every digit a caption names, the 28×28 window at the middle of that template's placement range is cut out of
 the sample and read by the shipped digit classifier; a window with almost no ink reads as blank, never as a digit.
 A sample counts as faithful when every named digit is read correctly and at most MAX_STRAY of its ink pixels lie
-outside the region where the caption's digits may be placed (a digit drawn in every corner fails a corner caption). Run on the dataset's own images the judge scores ~97% (tests), which is the ceiling to compare with.
+outside the region where the caption's digits may be placed (a digit drawn in every corner fails a corner caption).
+Run on the dataset's own images the judge scores ~97% (tests), which is the ceiling to compare with.
 Beside it, where the align operator looks: the share of α (eq. 4) on the digit words, on the place words and on the
 rest, which the paper's MNIST evaluation inspects by eye; a model that composes digit and place should put its
 weight on those words while it draws, not read the whole caption out of one word's bidirectional state.
@@ -137,9 +138,9 @@ def by_place(read: np.ndarray, templates: np.ndarray, digits: np.ndarray, worst:
             wrong = truth != seen
             pairs, counts = np.unique(np.stack([truth[wrong], seen[wrong]], 1), axis=0, return_counts=True)
             order = np.argsort(-counts, kind="stable")[:worst]
-            places[name] = {"accuracy": float((~wrong).mean()), "samples": int(rows.sum()),
-                            "misread": {f"{a}→{'blank' if b == BLANK else b}": int(c) for (a, b), c in zip(pairs[order], counts[order],
-                                                                                 strict=True)}}
+            misread = {f"{a}→{'blank' if b == BLANK else b}": int(c)
+                       for (a, b), c in zip(pairs[order], counts[order], strict=True)}
+            places[name] = {"accuracy": float((~wrong).mean()), "samples": int(rows.sum()), "misread": misread}
         out[cap.TEMPLATES[int(t)].name] = places
     return out
 
