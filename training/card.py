@@ -26,6 +26,16 @@ PICTURES = {"samples.png": "samples (captioned models: one per preview caption, 
             "walk.png": "a latent walk between two seeds",
             "loss-curves.png": "training and validation curves (and per-epoch fidelity where judged)"}
 
+# What a reader must know to compare a dataset's nats with anything else.
+DATASET_NOTES = {
+    "mnist-captions": "MNIST with Captions images are grey-level (not binarised): these nats are Bernoulli "
+                      "cross-entropy against grey targets, not log-likelihoods of binary data; compare them only with "
+                      "each other.",
+    "fashion-captions": "Fashion-MNIST with captions is grey-level: its nats are cross-entropy against grey targets.",
+    "mnist": "Dynamic binarisation: the test images are binarised once (seed 0), pixel ~ Bernoulli(grey level).",
+}
+
+
 def paper_rows(cls: Any, dataset: str | None, config: dict[str, Any]) -> dict[str, str]:
     """The family's published numbers (its `paper_results`) for this dataset and config, by measurement."""
     return {metric: value for sel, metric, value in getattr(cls, "paper_results", ())
@@ -97,7 +107,9 @@ def render(directory: str | Path) -> str:
     splits = {name: v for name, v in evaluation.items() if isinstance(v, dict) and "nll_bound" in v}
     if splits:
         k = evaluation.get("k", 0)
-        lines += ["## Measured", "", f"`python -m training evaluate` (k = {k}); nats per image, lower is better.", ""]
+        lines += ["## Measured", "", f"`python -m training evaluate` (k = {k}); nats per image, lower is better. "
+                  f"−L_{k} and the −ELBO from its samples are paired (the same images and samples)."
+                  + (f" {DATASET_NOTES[dataset]}" if dataset in DATASET_NOTES else ""), ""]
         for name, split in splits.items():
             lines += [f"### {name}", "", "| measurement | this checkpoint | paper |", "|---|---:|---|"]
             lines += [f"| {m} | {v} | {p} |" for m, v, p in _bounds(split, k, getattr(cls, "bound_name", "−ELBO"),

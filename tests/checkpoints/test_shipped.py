@@ -50,7 +50,7 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
     assert ckpt.training["command"].startswith("python -m training train") and ckpt.training["epochs"] >= 1
     assert ckpt.metrics["best_val_nll_bound"] > 0
     evaluation = json.loads((directory / "evaluation.json").read_text())
-    assert directory.name in (ROOT / "README.md").read_text()
+    assert f"(checkpoints/{directory.name}/README.md)" in (ROOT / "README.md").read_text()  # its row links its card
     if manifest["kind"] == "aligndraw":
         assert len(ckpt.extra["held_out_captions"]) == 80 and len(ckpt.extra["banned"]) == 12
         assert {"seen", "held_out"} <= evaluation.keys()
