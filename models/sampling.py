@@ -146,3 +146,20 @@ def sample(
         steps=t_total,
     )
 
+
+def slerp(a: Tensor, b: Tensor, points: int) -> Tensor:
+    """`points` spherical interpolants of two noise draws, ends included, (points, *a.shape): every point keeps the
+    norm of a typical N(0, I) draw, where the straight line's middle falls towards the origin (White 2016)."""
+    t = torch.linspace(0, 1, points, dtype=torch.float64)[:, None]
+    fa, fb = a.flatten().double(), b.flatten().double()
+    omega = torch.arccos((fa @ fb / (fa.norm() * fb.norm())).clamp(-1, 1))
+    if omega.abs() < 1e-6:  # parallel ends: the line is the arc
+        path = (1 - t) * fa + t * fb
+    else:
+        path = (torch.sin((1 - t) * omega) * fa + torch.sin(t * omega) * fb) / math.sin(omega.item())
+    return path.to(a.dtype).view(points, *a.shape)
+
+
+def lerp(a: Tensor, b: Tensor, points: int) -> Tensor:
+    t = torch.linspace(0, 1, points, dtype=a.dtype).view(points, *([1] * a.dim()))
+    return (1 - t) * a + t * b

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from models.checkpoint import Checkpoint, load_checkpoint
 from models.family import Losses, family, param_groups
-from models.sampling import sample
+from models.sampling import draw_noise, sample, slerp
 from training import artefacts
 from training.batching import Batch, batches, epoch_seed
 from training.config import DEFAULT_LR, TrainConfig, stage_lr
@@ -139,6 +139,12 @@ def write_previews(model: nn.Module, task: Task, run: Path, epoch: int, device: 
     if out.alignments is not None:  # where each preview sample looked in its caption, step by step
         artefacts.save_alignment_map(previews / f"alignment-epoch{epoch:04d}.png", out.alignments,
                                      task.preview_labels())
+    if "walk" in getattr(model, "modes", {}) and not conditions:  # 8 latent walks of 10 points between seeds
+        ends = draw_noise(16, *model.noise_shape(), seeds=list(range(16)))  # type: ignore[operator]
+        path = torch.cat([slerp(ends[2 * i], ends[2 * i + 1], 10) for i in range(8)])
+        walk = sample(model, noise=path, keep_canvases=False).images  # type: ignore[arg-type]
+        artefacts.save_canvas_strip(previews / f"walk-epoch{epoch:04d}.png", walk.view(8, 10, *walk.shape[1:]),
+                                    max_columns=10)
 
 
 def train(config: TrainConfig) -> Progress:

@@ -7,7 +7,6 @@ Uploaded images are read back from the job's files hash and decoded by worker.in
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,7 +14,7 @@ import redis
 import torch
 from torch import Tensor
 
-from models.sampling import draw_noise
+from models.sampling import draw_noise, lerp, slerp
 from models.vocab import Vocabulary
 from worker import inputs
 from worker.protocol import InvalidJobError, Keys, ModelInfo
@@ -49,24 +48,6 @@ def read_images(conn: redis.Redis, keys: Keys, job_id: str, names: Sequence[str]
 def pad_rows(x: Tensor, rows: int) -> Tensor:
     """x (N, ...) -> (rows, ...) with zero rows after it."""
     return torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])]) if x.shape[0] < rows else x
-
-
-def slerp(a: Tensor, b: Tensor, points: int) -> Tensor:
-    """`points` spherical interpolants of two noise draws, ends included, (points, *a.shape): every point keeps the
-    norm of a typical N(0, I) draw, where the straight line's middle falls towards the origin (White 2016)."""
-    t = torch.linspace(0, 1, points, dtype=torch.float64)[:, None]
-    fa, fb = a.flatten().double(), b.flatten().double()
-    omega = torch.arccos((fa @ fb / (fa.norm() * fb.norm())).clamp(-1, 1))
-    if omega.abs() < 1e-6:  # parallel ends: the line is the arc
-        path = (1 - t) * fa + t * fb
-    else:
-        path = (torch.sin((1 - t) * omega) * fa + torch.sin(t * omega) * fb) / math.sin(omega.item())
-    return path.to(a.dtype).view(points, *a.shape)
-
-
-def lerp(a: Tensor, b: Tensor, points: int) -> Tensor:
-    t = torch.linspace(0, 1, points, dtype=a.dtype).view(points, *([1] * a.dim()))
-    return (1 - t) * a + t * b
 
 
 def walk_path(model, seeds: Sequence[int], ends: Tensor | None, points: int) -> Tensor:

@@ -119,3 +119,16 @@ def test_temperature_scales_the_prior_noise(which, request):
     torch.testing.assert_close(cold[1:], cold[:1].expand_as(cold[1:]), atol=1e-6, rtol=0)  # seeds no longer matter
     warm, half = _run(model, seed=4).images, _run(model, seed=4, temperature=0.5).images
     assert not torch.allclose(half, warm) and not torch.allclose(half, _run(model, seed=4, temperature=0.0).images)
+
+
+def test_slerp_runs_from_one_draw_to_the_other_at_a_typical_norm():
+    from models.sampling import lerp, slerp
+
+    a, b = draw_noise(2, 6, 50, seeds=[1, 2])
+    path = slerp(a, b, 7)
+    assert path.shape == (7, 6, 50)
+    torch.testing.assert_close(path[0], a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(path[-1], b, atol=1e-5, rtol=0)
+    norms = path.flatten(1).norm(dim=1)
+    assert (norms - a.norm()).abs().max() < 0.1 * a.norm()  # the arc keeps the norm of a typical draw ...
+    assert lerp(a, b, 7)[3].norm() < 0.8 * a.norm()  # ... where the straight line's middle sinks towards 0

@@ -271,5 +271,6 @@ def test_iwae_trains_through_the_shared_trainer_on_its_staged_schedule(tmp_path,
     assert [(r["epoch"], r["lr"]) for r in rows] == [(1, 1e-3), (2, 5e-4)]
     # −L_3 starts at about the pixel marginal's 206 nats (the output bias), far below chance's 543
     assert all(100 < r["val_nll_bound"] < 230 for r in rows), [r["val_nll_bound"] for r in rows]
+    assert (tmp_path / "run" / "previews" / "walk-epoch0002.png").stat().st_size > 0  # 8 latent walks
     saved = json.loads((tmp_path / "run" / "last" / "progress.json").read_text())["optimizer"]
     assert saved["param_groups"][0]["eps"] == 1e-4  # the paper's Adam ε, from the family's optimizer options
