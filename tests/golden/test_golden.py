@@ -81,35 +81,20 @@ def test_the_sampler_draws_the_recorded_pixels(name):
 @pytest.fixture(scope="module")
 def shipped_stack(redis_base_url, tmp_path_factory):
     """The API over a real `python -m worker` serving the shipped checkpoints (database 11)."""
-    import signal
-    import subprocess
-    import sys
-
-    import redis
     from fastapi.testclient import TestClient
 
     from service.main import create_app
-    from tests.service.conftest import api_settings
-    from tests.worker.conftest import flushed_db, settings_env
+    from tests.service.conftest import api_settings, running_worker
+    from tests.worker.conftest import flushed_db
 
-    gen = flushed_db(redis_base_url, 11)
-    url = next(gen)
-    s = api_settings(url, ROOT / "checkpoints", default_model=SHIPPED[1])
-    log = (tmp_path_factory.mktemp("golden") / "worker.log").open("w")
-    p = subprocess.Popen([sys.executable, "-m", "worker", "--name", "golden", "--log-level", "INFO"], cwd=ROOT,
-                         env=settings_env(s), stdout=log, stderr=subprocess.STDOUT)
-    conn = redis.Redis.from_url(url)
+    db = flushed_db(redis_base_url, 11)
+    s = api_settings(next(db), ROOT / "checkpoints", default_model=SHIPPED[1])
     try:
-        wait_for(lambda: conn.exists(f"{s.key_prefix}:worker:golden") or p.poll() is not None, 120,
-                 what="worker heartbeat")
-        assert p.poll() is None, Path(log.name).read_text()
-        with TestClient(create_app(s)) as client:
+        with running_worker(s, "golden", tmp_path_factory.mktemp("golden"), timeout=120), \
+                TestClient(create_app(s)) as client:
             yield client
     finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(30)
-        conn.close()
-        next(gen, None)  # flush the database after use
+        next(db, None)  # flush the database after use
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,26 +41,33 @@ def api_settings(url: str, checkpoints: Path, **kw) -> ApiSettings:
     return ApiSettings(**base)
 
 
-@pytest.fixture(scope="session")
-def live_worker(service_redis_url: str, checkpoints: Path, tmp_path_factory) -> Iterator[subprocess.Popen]:
-    s = api_settings(service_redis_url, checkpoints, step_delay=STEP_DELAY)
-    log = (tmp_path_factory.mktemp("worker") / "worker.log").open("w")
-    p = subprocess.Popen([sys.executable, "-m", "worker", "--name", "svc-worker", "--log-level", "INFO"], cwd=ROOT,
-                         env=settings_env(s), stdout=log, stderr=subprocess.STDOUT)
-    conn = redis.Redis.from_url(service_redis_url)
+@contextmanager
+def running_worker(settings: ApiSettings, name: str, log_dir: Path, timeout: float = 60) -> Iterator[subprocess.Popen]:
+    """A real `python -m worker` with these settings, up once its heartbeat is in Redis; SIGTERM at the end."""
+    log = (log_dir / f"{name}.log").open("w")
+    p = subprocess.Popen([sys.executable, "-m", "worker", "--name", name, "--log-level", "INFO"], cwd=ROOT,
+                         env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT)
+    conn = redis.Redis.from_url(settings.redis_url or "")
     try:
-        wait_for(lambda: conn.exists(f"{s.key_prefix}:worker:svc-worker") or p.poll() is not None, 60,
+        wait_for(lambda: conn.exists(f"{settings.key_prefix}:worker:{name}") or p.poll() is not None, timeout,
                  what="worker heartbeat")
         assert p.poll() is None, f"worker exited: {Path(log.name).read_text()}"
         yield p
     finally:
         p.send_signal(signal.SIGTERM)
         try:
-            p.wait(10)
+            p.wait(30)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(5)
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def live_worker(service_redis_url: str, checkpoints: Path, tmp_path_factory) -> Iterator[subprocess.Popen]:
+    s = api_settings(service_redis_url, checkpoints, step_delay=STEP_DELAY)
+    with running_worker(s, "svc-worker", tmp_path_factory.mktemp("worker")) as p:
+        yield p
 
 
 @pytest.fixture

@@ -7,14 +7,10 @@ from __future__ import annotations
 import base64
 import io
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -24,8 +20,8 @@ from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.iwae import IWAE, IWAEConfig
 from models.sampling import sample
 from service.main import create_app
-from tests.service.conftest import api_settings
-from tests.worker.conftest import ROOT, flushed_db, settings_env, wait_for
+from tests.service.conftest import api_settings, running_worker
+from tests.worker.conftest import flushed_db, wait_for
 
 DB = 10
 SIDE = 8  # tiny-iwae is 8×8
@@ -46,22 +42,12 @@ def served(tmp_path_factory, checkpoints: Path) -> Path:
 @pytest.fixture(scope="module")
 def api(served: Path, redis_base_url: str, tmp_path_factory):
     db = flushed_db(redis_base_url, DB)
-    url = next(db)
-    s = api_settings(url, served, default_model="tiny-iwae")
-    log = (tmp_path_factory.mktemp("iwae-worker") / "worker.log").open("w")
-    p = subprocess.Popen([sys.executable, "-m", "worker", "--name", "img-worker", "--log-level", "INFO"], cwd=ROOT,
-                         env=settings_env(s), stdout=log, stderr=subprocess.STDOUT)
-    conn = redis.Redis.from_url(url)
+    s = api_settings(next(db), served, default_model="tiny-iwae")
     try:
-        wait_for(lambda: conn.exists(f"{s.key_prefix}:worker:img-worker") or p.poll() is not None, 60,
-                 what="worker heartbeat")
-        assert p.poll() is None, Path(log.name).read_text()
-        with TestClient(create_app(s)) as client:
+        with running_worker(s, "img-worker", tmp_path_factory.mktemp("iwae-worker")), \
+                TestClient(create_app(s)) as client:
             yield client, s
     finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(15)
-        conn.close()
         next(db, None)
 
 
