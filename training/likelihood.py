@@ -58,11 +58,13 @@ def nll_k(model: Any, data: Batch, k: int, *, seed: int = 0, progress: bool = Tr
     g = torch.Generator().manual_seed(seed)
     n = data["x"].shape[0]
     per = max(1, chunk // k)  # examples whose k samples share one pass
-    pairs = [importance_weighted(model, {key: v[i : i + per] for key, v in data.items()}, k, chunk=chunk,
-                                 generator=g)
-             for i in tqdm(range(0, n, per), desc=f"L_{k}", disable=not progress, leave=False)]
-    lk = torch.cat([p[0] for p in pairs])
-    gap = lk - torch.cat([p[1] for p in pairs])
+    lk, mean = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
+    for i in tqdm(range(0, n, per), desc=f"L_{k}", disable=not progress, leave=False):
+        # Written into buffers made up front: 10,000 small result tensors kept alive between each pass's large
+        # temporaries pinned glibc's heap (measured: ~2 MB of RSS an image, 23 GB and an OOM kill at 9,412 images).
+        lk[i : i + per], mean[i : i + per] = importance_weighted(
+            model, {key: v[i : i + per] for key, v in data.items()}, k, chunk=chunk, generator=g)
+    gap = lk - mean
 
     def stderr(v: Tensor) -> float:
         return (v.std() / math.sqrt(n)).item() if n > 1 else 0.0
