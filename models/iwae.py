@@ -108,7 +108,7 @@ class IWAE(nn.Module):
     modes = {"none": "images", "images": "images", "walk": "frames"}  # models/family.py: condition -> output
     data = "images"
     likelihood = True
-    bound_name = "−L_k"
+    bound_name = "−L_{k}"  # formatted with the config: the bound of the training objective's k
     # Adam with the paper's ε = 1e-4; no KL warm-up; the last 400 training digits validate, as the released code.
     train_defaults = {"optimizer": "adam", "kl_warmup": 0, "val_holdout": 400}
     optimizer_options = {"eps": 1e-4}

@@ -54,7 +54,8 @@ DATA_FIELDS = ("vocab_size",)  # set by the dataset, not a choice of the model
 def _config_rows(cls: Any, config: dict[str, Any]) -> str:
     default = cls.Config().to_dict()
     names = [f.name for f in fields(cls.Config) if f.name not in DATA_FIELDS]
-    changed = [f"{n}={json.dumps(config[n])}" for n in names if n in config and config[n] != default.get(n)]
+    same = [n for n in names if n in config and json.dumps(config[n]) == json.dumps(default.get(n))]  # tuple = list
+    changed = [f"{n}={json.dumps(config[n])}" for n in names if n in config and n not in same]
     return "the paper's" if not changed else "the paper's except " + ", ".join(f"`{c}`" for c in changed)
 
 
@@ -112,8 +113,8 @@ def render(directory: str | Path) -> str:
                   + (f" {DATASET_NOTES[dataset]}" if dataset in DATASET_NOTES else ""), ""]
         for name, split in splits.items():
             lines += [f"### {name}", "", "| measurement | this checkpoint | paper |", "|---|---:|---|"]
-            lines += [f"| {m} | {v} | {p} |" for m, v, p in _bounds(split, k, getattr(cls, "bound_name", "−ELBO"),
-                                                                     paper)]
+            bound = getattr(cls, "bound_name", "−ELBO").format(**config)  # IWAE: −L_{k} of its training k
+            lines += [f"| {m} | {v} | {p} |" for m, v, p in _bounds(split, k, bound, paper)]
             lines.append("")
     shown = [(name, what) for name, what in PICTURES.items() if (directory / name).exists()]
     if shown:
