@@ -228,8 +228,8 @@ def train(config: TrainConfig) -> Progress:
             if epoch % config.preview_every == 0 or stopped:
                 write_previews(model, task, run, epoch, device)
                 artefacts.save_loss_curves(run / "loss-curves.png", progress.history)
-            config: Any = getattr(model, "config", None)  # the family's Config names its bound (IWAE: −L_{k})
-            bound = getattr(model, "bound_name", "−ELBO").format(**(config.to_dict() if config is not None else {}))
+            fields_: Any = getattr(model, "config", None)  # the family's Config names its bound (IWAE: −L_{k})
+            bound = getattr(model, "bound_name", "−ELBO").format(**(fields_.to_dict() if fields_ is not None else {}))
             print(f"epoch {epoch}: train {bound} {row['train_nll_bound']:.2f}, val {bound} {row['val_nll_bound']:.2f} "
                   f"(KL {row.get('val_kl', float('nan')):.2f}), {row['images_per_s']:.0f} img/s"
                   + "".join(f", {k.removeprefix('val_')} {v:.1%}" for k, v in row.items()
