@@ -127,7 +127,6 @@ class Likelihood(_Condition):
 
 
 Condition = Annotated[NoCondition | Captions | Images | Walk | Likelihood, Field(discriminator="kind")]
-CONDITIONS = ("none", "caption", "images", "walk", "likelihood")
 
 
 class JobRequest(BaseModel):

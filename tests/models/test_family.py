@@ -5,12 +5,13 @@ contract's shapes, the sampler runs it, and a checkpoint round trip changes noth
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import pytest
 import torch
 
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from models.family import FAMILIES, Losses, Step, build, family, param_groups
+from models.family import FAMILIES, Condition, Data, Losses, Output, Step, build, family, param_groups
 from models.iwae import IWAEConfig
 from models.sampling import sample
 from tests.models.conftest import TINY_ALIGN, TINY_DRAW, block_images, random_captions
@@ -25,9 +26,8 @@ def test_every_family_has_a_tiny_config_and_resolves():
     for kind in FAMILIES:
         cls = family(kind)
         assert cls.kind == kind and isinstance(TINY[kind], cls.Config)
-        assert cls.data in ("images", "captioned_images", "image_sets", "texts")
-        assert set(cls.modes) <= {"none", "caption", "images", "walk", "image_set", "few_shot", "text_pair"}
-        assert set(cls.modes.values()) <= {"frames", "images", "text", "labels"}
+        assert cls.data in get_args(Data)
+        assert set(cls.modes) <= set(get_args(Condition)) and set(cls.modes.values()) <= set(get_args(Output))
 
 
 def conditions(model, b: int, x: torch.Tensor) -> tuple[dict, dict]:
