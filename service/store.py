@@ -136,8 +136,8 @@ def _outputs(request: JobRequest, view: JobView) -> list[Output]:
         return JobResult.model_validate(view.result).outputs
     counts = view.meta.get("frames") or []
     captions = request.image_captions()
-    seeds = request.seeds if request.condition.kind in ("none", "caption", "images") else None
-    return [Output(index=i, caption=captions[i], seed=seeds[i] if seeds and i < len(seeds) else None,
+    seeds = request.output_seeds()
+    return [Output(index=i, caption=captions[i], seed=seeds[i],
                    frames=int(counts[i]) if i < len(counts) else 0) for i in range(request.images)]
 
 

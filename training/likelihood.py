@@ -47,7 +47,8 @@ def validate(model: Any, data: Batch, batch_size: int, device: torch.device, see
 
 
 def elbo_terms(model: Any, data: Batch, *, batch_size: int = 100, seed: int = 0) -> dict[str, float]:
-    """Mean bound and its terms per image (one z sample per image): the trainer's validation pass."""
+    """Mean bound and its terms per image, one draw of the family's loss noise per image (one z for the DRAW
+    family, its training k for IWAE): the trainer's validation pass."""
     terms = validate(model, data, batch_size, next(model.parameters()).device, seed)
     return {key.removeprefix("val_"): value for key, value in terms.items()}
 

@@ -470,8 +470,8 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
     complete = not e.canceled and done == e.request.images
     captions = e.request.image_captions()
     inputs = e.request.inputs
-    seeded = e.request.condition.kind in ("none", "caption", "images")
-    outputs = [Output(index=i, seed=e.request.seeds[i] if seeded and e.request.seeds else None, caption=captions[i],
+    seeds = e.request.output_seeds()
+    outputs = [Output(index=i, seed=seeds[i], caption=captions[i],
                       input=inputs[i] if i < len(inputs) else None, frames=e.stored.get(i, 0),
                       score=e.scores.get(i)) for i in range(e.request.images)]
     for i, out in enumerate(outputs):

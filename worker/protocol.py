@@ -203,6 +203,13 @@ class JobRequest(BaseModel):
             return self
         return self.model_copy(update={"seeds": [secrets.randbelow(SEED_MAX + 1) for _ in range(self.seed_count)]})
 
+    def output_seeds(self) -> list[int | None]:
+        """The seed of each output: its own where outputs are drawn one per seed (samples, reconstructions); None
+        for a walk (its two seeds are the path's ends) and a likelihood job (one seed for all the samples)."""
+        if self.seeds is None or self.seed_count != self.images:
+            return [None] * self.images
+        return list[int | None](self.seeds)
+
     def image_captions(self) -> list[str | None]:
         """Caption of each output, caption-major (a likelihood job: the caption each image is scored under)."""
         c = self.condition

@@ -130,10 +130,16 @@ def test_one_sample_bound_is_the_elbo():
     torch.testing.assert_close(out.minimise["model"], (out.terms["reconstruction"] + out.terms["kl"]).mean())
 
 
-def test_vae_objective_reports_the_same_bound_but_minimises_the_mean_weight():
-    iwae = tiny(TINY1)
-    vae = IWAE(IWAEConfig(**{**TINY1.to_dict(), "objective": "vae"}))
+def twins(config):
+    """The same weights under the IWAE objective and the k-sample VAE objective."""
+    iwae = tiny(config)
+    vae = IWAE(IWAEConfig(**{**config.to_dict(), "objective": "vae"}))
     vae.load_state_dict(iwae.state_dict())
+    return iwae, vae
+
+
+def test_vae_objective_reports_the_same_bound_but_minimises_the_mean_weight():
+    iwae, vae = twins(TINY1)
     x = binary(3, TINY1)
     noise = torch.randn(3, 6, iwae.z_size, generator=torch.Generator().manual_seed(4))
     a, b = iwae.loss({"x": x}, noise), vae.loss({"x": x}, noise)
@@ -209,9 +215,7 @@ def test_gradients_are_the_normalised_and_the_uniform_weightings():
 
 
 def test_one_sample_iwae_and_vae_are_identical():
-    iwae = tiny(TINY2)
-    vae = IWAE(IWAEConfig(**{**TINY2.to_dict(), "objective": "vae"}))
-    vae.load_state_dict(iwae.state_dict())
+    iwae, vae = twins(TINY2)
     x = binary(3, TINY2)
     noise = torch.randn(3, 1, iwae.z_size, generator=torch.Generator().manual_seed(8))
     assert torch.equal(iwae.loss({"x": x}, noise).minimise["model"], vae.loss({"x": x}, noise).minimise["model"])
