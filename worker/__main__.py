@@ -9,14 +9,18 @@ SIGTERM: finish the current job within `shutdown_grace` s, else requeue it; then
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import time
 import uuid
 
+import redis
 from rq import SimpleWorker
+from rq.exceptions import StopRequested
 
 from worker import redis_conn
 from worker.heartbeat import Heartbeat
-from worker.queue import SERIALIZER, make_queue
+from worker.queue import SERIALIZER, make_queue, requeue_own
 from worker.settings import Settings
 
 log = logging.getLogger("worker")
@@ -48,17 +52,80 @@ def main(argv: list[str] | None = None) -> int:
         return {"models": models, "device": str(runtime.device), "queues": settings.queues,
                 "state": "busy" if runtime.current else "idle", "jobs": sorted(runtime.current)}
 
-    worker = SimpleWorker([make_queue(conn, q) for q in settings.queues], connection=conn, serializer=SERIALIZER,
-                          name=name)
     heartbeat = Heartbeat(conn, settings, name, describe)
     heartbeat.beat()  # ready before the first dequeue
     heartbeat.start()
     log.info("worker %s: %d model(s) on %s, queues %s", name, len(models), runtime.device, settings.queues)
     try:
-        worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level=args.log_level)
+        return serve(conn, settings, name, burst=args.burst, max_jobs=args.max_jobs, log_level=args.log_level)
     finally:
         heartbeat.stop()
-    return 0
+
+
+class Worker(SimpleWorker):
+    """RQ's SimpleWorker that remembers why its loop ended: RQ ends `work()` the same quiet way on a stop request,
+    an empty queue in burst mode, and any exception (a Redis error among them)."""
+
+    stopping = False  # SIGTERM/SIGINT seen (RQ raises StopRequested when idle and leaves _stop_requested unset)
+    drained = False  # burst mode found the queues empty
+    started = 0  # jobs handed to execute_job
+
+    def request_stop(self, signum, frame):  # type: ignore[no-untyped-def]
+        self.stopping = True
+        super().request_stop(signum, frame)
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):  # type: ignore[no-untyped-def]
+        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        self.drained = result is None
+        return result
+
+    def execute_job(self, job, queue):  # type: ignore[no-untyped-def]
+        self.started += 1
+        return super().execute_job(job, queue)
+
+
+def serve(conn: redis.Redis, settings: Settings, name: str, *, burst: bool = False, max_jobs: int | None = None,
+          log_level: str = "INFO") -> int:
+    """Run RQ's loop; when it ends on an error rather than a stop, burst end or job count, requeue this worker's
+    cut-short jobs once Redis takes writes again and run a fresh loop under the same name, in the same process."""
+    queues = [make_queue(conn, q) for q in settings.queues]
+    while True:
+        worker = Worker(queues, connection=conn, serializer=SERIALIZER, name=name)
+        with contextlib.suppress(redis.RedisError):  # RQ's teardown, when Redis is gone
+            worker.work(burst=burst, max_jobs=max_jobs, logging_level=log_level)
+        if worker.stopping or (burst and worker.drained):
+            return 0
+        if max_jobs is not None:
+            max_jobs -= worker.started
+            if max_jobs <= 0:
+                return 0
+        log.warning("worker %s: its loop ended on an error; recovering in the same process", name)
+        try:
+            recover(conn, settings, worker)
+        except StopRequested:  # SIGTERM while waiting for Redis: RQ's handler is still installed
+            return 0
+
+
+def recover(conn: redis.Redis, settings: Settings, worker: Worker) -> None:
+    """Wait (backing off to 30 s) until Redis takes writes, then free the jobs the ended loop left running."""
+    wait = 0.5
+    while True:
+        try:
+            if worker.pubsub_thread is not None:
+                worker.unsubscribe()
+                worker.pubsub_thread = None
+            with contextlib.suppress(ValueError):
+                worker.register_death()  # RQ's record of the ended loop, so the name may register again
+            for job_id, outcome in requeue_own(conn, settings, worker.name, "the worker lost its job store"):
+                log.warning("job %s cut short by a job-store error: %s", job_id, outcome)
+            return
+        except redis.RedisError as e:
+            log.warning("worker %s: job store still unavailable (%s); retrying in %.1f s", worker.name,
+                        type(e).__name__, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 30.0)
+            if worker.stopping:
+                raise StopRequested() from None
 
 
 if __name__ == "__main__":

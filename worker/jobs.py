@@ -17,6 +17,7 @@ After each step: that step's frame PNGs go into the job's files hash, then `job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -56,7 +57,7 @@ from worker.protocol import (
     parse_request,
     validate_for_model,
 )
-from worker.queue import CLAIM_LUA, SERIALIZER, make_queue, now_iso, owner_record
+from worker.queue import CLAIM_LUA, SERIALIZER, make_queue, now_iso, owner_record, printable
 from worker.redis_conn import text
 from worker.registry import LoadedModel, load_models, pick_device
 from worker.settings import Settings, get_settings
@@ -218,28 +219,58 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
     try:
         with ShutdownGuard(rt.settings.shutdown_grace) as guard:
             stopped = _run(conn, rt, lm, entries, guard)
+        summaries = {} if stopped else {e.job.id: _finish(conn, rt, lm, e, entries) for e in entries}
+    except redis.RedisError as e:
+        # The job store failed for longer than the client retries (down, or full): not the job's fault. Hand the
+        # jobs back like a shutdown does; if Redis cannot take even that, the worker's loop ends and requeues them
+        # once it can (worker.__main__.recover).
+        log.warning("job %s: job store error (%s); requeueing", job.id, store_error(e))
+        with contextlib.suppress(redis.RedisError):
+            _requeue_all(conn, rt, entries, reason="job store error")
+        return Retry(max=rt.settings.max_attempts)
     except BaseException as e:
         # A timeout or a bug fails the leader; jobs it claimed did nothing wrong and go back to the queue.
         for other in entries[1:]:
             _release(conn, rt, other)
         kind = "timeout" if isinstance(e, JobTimeoutException) else "error"
-        _fail(job, kind, f"{type(e).__name__}: {e}")
+        _fail(job, kind, public_error(e))
         conn.hdel(keys.running, job.id)
         raise
     finally:
         rt.current.difference_update(e.job.id for e in entries)
     if stopped:  # shutdown: requeue everything unfinished (RQ requeues the leader because it returns Retry)
-        for other in entries[1:]:
-            _release(conn, rt, other)
-        _save_meta(job, leader.meta, state="queued", step=0, requeued="worker shutdown")
-        conn.hdel(keys.running, job.id)
+        _requeue_all(conn, rt, entries, reason="worker shutdown")
         return Retry(max=rt.settings.max_attempts)
-    summaries = {e.job.id: _finish(conn, rt, lm, e, entries) for e in entries}
     claimed = [e.job.id for e in entries[1:]]
     if claimed:  # the worker dequeues them next and returns their result.json
         conn.lpush(make_queue(conn, job.origin).key, *reversed(claimed))
     conn.hdel(keys.running, *[e.job.id for e in entries])
     return summaries[job.id]
+
+
+def _requeue_all(conn: redis.Redis, rt: Runtime, entries: list[Entry], reason: str) -> None:
+    """Claimed jobs back to the queue; the leader marked queued (RQ requeues it because the job returns Retry)."""
+    for other in entries[1:]:
+        _release(conn, rt, other)
+    leader = entries[0]
+    _save_meta(leader.job, leader.meta, state="queued", step=0, requeued=reason)
+    conn.hdel(Keys(rt.settings.key_prefix).running, leader.job.id)
+
+
+def store_error(e: redis.RedisError) -> str:
+    """A Redis error in words fit for a job record: never its message, which may quote a command's (PNG) bytes."""
+    if isinstance(e, redis.exceptions.OutOfMemoryError):
+        return "the job store is full (Redis maxmemory reached)"
+    if isinstance(e, redis.ConnectionError | redis.TimeoutError):
+        return "the job store (Redis) could not be reached"
+    return f"job store error ({type(e).__name__})"
+
+
+def public_error(e: BaseException, limit: int = 300) -> str:
+    """What a client reads in `error`: the exception's type and the first line of its message, printable and short."""
+    if isinstance(e, redis.RedisError):
+        return store_error(e)
+    return printable(f"{type(e).__name__}: {e}", limit)
 
 
 BATCHED = ("none", "caption", "images")  # conditions whose rows share sampler calls across jobs
@@ -391,6 +422,8 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         windows = out.windows[: len(chunk)].cpu().numpy() if out.windows is not None else None
         aligns = out.alignments[: len(chunk)].cpu().numpy() if out.alignments is not None else None
         for r, (e, i) in enumerate(chunk):
+            if e.canceled:  # canceled during this chunk: its rows here are unfinished (earlier chunks' are kept)
+                continue
             e.frames[i] = frames[r]
             e.windows[i] = windows[r] if windows is not None else None
             e.alignments[i] = aligns[r] if aligns is not None else None
@@ -475,7 +508,8 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
                       input=inputs[i] if i < len(inputs) else None, frames=e.stored.get(i, 0),
                       score=e.scores.get(i)) for i in range(e.request.images)]
     for i, out in enumerate(outputs):
-        if not complete or returns == "scores":
+        # A canceled job keeps every image it finished (all its steps drawn): only unfinished ones are dropped.
+        if returns == "scores" or i not in e.frames or len(e.frames[i]) != e.steps_total:
             continue
         frames = e.frames[i]
         files[image_name(i)] = render.png(frames[-1], scale=opts.scale)

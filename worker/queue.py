@@ -153,6 +153,7 @@ def get_view(conn: redis.Redis, job_id: str, settings: Settings) -> JobView | No
         if error is None:
             exc = job.latest_result()
             error = (exc.exc_string or "").strip().splitlines()[-1] if exc and exc.exc_string else "failed"
+        error = printable(error)
     elif rq_status in (JobStatus.CANCELED, JobStatus.STOPPED) or meta.get("state") == "canceled":
         status = "canceled"
     elif rq_status == JobStatus.STARTED or meta.get("state") == "running":
@@ -165,6 +166,14 @@ def get_view(conn: redis.Redis, job_id: str, settings: Settings) -> JobView | No
         attempt=int(meta.get("attempt") or 0), seeds=meta.get("seeds"),
         request=args[0] if args and isinstance(args[0], dict) else None, error=error, result=result, meta=meta,
     )
+
+
+def printable(message: str, limit: int = 300) -> str:
+    """A job's error as a client may read it: one short line of printable characters (never bytes a Redis error
+    quoted from a command)."""
+    line = (message.strip().splitlines() or [""])[0]
+    line = "".join(ch if ch.isprintable() else "?" for ch in line)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def get_file(conn: redis.Redis, job_id: str, name: str, settings: Settings) -> bytes | None:
@@ -293,6 +302,22 @@ def requeue_orphans(conn: redis.Redis, settings: Settings) -> list[tuple[str, st
             continue
         if conn.hdel(keys.running, job_id) == 1:
             done.append((job_id, requeue(conn, job_id, settings, f"worker {worker} stopped sending heartbeats")))
+    return done
+
+
+def requeue_own(conn: redis.Redis, settings: Settings, worker: str, reason: str) -> list[tuple[str, str]]:
+    """Requeue the jobs this worker's owner records name: after its RQ loop was cut short by a Redis error, the
+    worker still beats, so `requeue_orphans` would never free them. Returns [(job id, outcome)]."""
+    keys = Keys(settings.key_prefix)
+    done = []
+    for raw_id, raw_owner in conn.hgetall(keys.running).items():
+        try:
+            owner = json.loads(raw_owner)["worker"]
+        except (ValueError, KeyError):
+            continue
+        job_id = text(raw_id)
+        if owner == worker and conn.hdel(keys.running, job_id) == 1:
+            done.append((job_id, requeue(conn, job_id, settings, reason)))
     return done
 
 

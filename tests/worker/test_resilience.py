@@ -1,0 +1,107 @@
+"""What keeps a worker serving through job-store trouble: its loop restarts in the same process after an error and
+frees the jobs it held; job errors a client reads are short and printable; a canceled job keeps what it finished.
+(The same against a real redis-server that is killed or filled: tests/service/test_faults.py.)"""
+
+from __future__ import annotations
+
+import io
+
+import redis
+from PIL import Image
+
+from worker import __main__ as worker_main
+from worker import queue as q
+from worker import redis_conn
+from worker.jobs import public_error
+from worker.protocol import Keys
+
+from .conftest import files_of, make_settings, request
+
+
+def test_a_loop_that_ends_on_an_error_is_restarted_and_frees_its_jobs(conn, settings, monkeypatch):
+    job_id, _ = q.enqueue_generation(conn, request(), settings, steps=5)
+    keys = Keys(settings.key_prefix)
+    runs: list[str] = []
+
+    def work(self, **kw):
+        runs.append(self.name)
+        if len(runs) == 1:  # as RQ does on an exception: claim the job, then leave the loop quietly
+            conn.lrem(q.make_queue(conn, "glimpse").key, 1, job_id)
+            conn.hset(keys.running, job_id, q.owner_record(self.name, 1))
+            return False
+        self.stopping = True  # the second loop: a SIGTERM
+        return False
+
+    monkeypatch.setattr(worker_main.Worker, "work", work)
+    assert worker_main.serve(conn, settings, "w1") == 0
+    assert runs == ["w1", "w1"], "one restart, same name"
+    assert not conn.hexists(keys.running, job_id)
+    assert conn.lpos(q.make_queue(conn, "glimpse").key, job_id) == 0, "the cut-short job is back at the front"
+    assert q.fetch_job(conn, job_id).meta["requeued"] == "the worker lost its job store"
+
+
+def test_a_loop_that_ends_on_a_stop_or_drained_burst_is_not_restarted(conn, settings, monkeypatch):
+    runs = []
+
+    def work(self, **kw):
+        runs.append(1)
+        self.drained = True
+        return False
+
+    monkeypatch.setattr(worker_main.Worker, "work", work)
+    assert worker_main.serve(conn, settings, "w2", burst=True) == 0 and runs == [1]
+
+
+def test_the_workers_client_retries_through_a_refused_connection():
+    assert redis_conn.retries(30.0) >= 30  # 0.05 s doubling to 1 s, each sleep at least half its step
+    client = redis_conn.retrying("redis://127.0.0.1:1/0", 0.3)
+    import time
+
+    t0 = time.monotonic()
+    try:
+        client.ping()
+        raise AssertionError("nothing listens on port 1")
+    except redis.ConnectionError:
+        assert time.monotonic() - t0 >= 0.3, "gave up before its retry budget"
+
+
+def test_job_errors_are_one_short_printable_line():
+    oom = redis.exceptions.OutOfMemoryError("Command # 1 (HSET k frames/0/1.png b'\\x89PNG\\r\\n\\x1a\\n\\x00') of "
+                                            "pipeline caused error: command not allowed when used memory > maxmemory")
+    assert public_error(oom) == "the job store is full (Redis maxmemory reached)"
+    assert public_error(redis.ConnectionError("Error 111 connecting")) == "the job store (Redis) could not be reached"
+    text = public_error(ValueError("bad \x00\x01 value\nsecond line " + "x" * 500))
+    assert text.startswith("ValueError: bad ?? value") and "second" not in text and len(text) <= 300
+    assert q.printable("x" * 1000).endswith("…") and len(q.printable("x" * 1000)) == 300
+
+
+def test_a_canceled_job_keeps_the_images_it_finished(conn, settings, run_burst):
+    # 4 images in calls of 2 rows: cancel while the second call draws; the first call's 2 images are kept.
+    slow = make_settings(settings.redis_url, settings.checkpoints, batch_rows=2, step_delay=0.05)
+    job_id, _ = q.enqueue_generation(conn, request(n=4), slow, steps=5)
+    import threading
+
+    def cancel_in_second_chunk() -> None:
+        import time
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            view = q.get_view(conn, job_id, slow)
+            if view and view.meta.get("chunk") == 2 and view.step >= 1:
+                q.cancel(conn, job_id, slow)
+                return
+            time.sleep(0.01)
+
+    t = threading.Thread(target=cancel_in_second_chunk)
+    t.start()
+    run_burst(slow)
+    t.join()
+    view = q.get_view(conn, job_id, slow)
+    assert view.status == "canceled"
+    files = files_of(conn, slow, job_id)
+    assert {"images/0.png", "images/1.png", "animations/0.gif", "animations/1.webp"} <= set(files)
+    assert "images/2.png" not in files and "images/3.png" not in files
+    assert files["images/1.png"] == files["frames/1/5.png"]  # the finished canvas, all 5 steps
+    assert Image.open(io.BytesIO(files["images/0.png"])).size == (16, 16)
+    outputs = view.result["outputs"]
+    assert [o["image"] for o in outputs] == [True, True, False, False]
