@@ -17,9 +17,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# README command 1: embedded Redis (or REDIS_URL), one worker and the API on http://127.0.0.1:8000; Ctrl-C stops all.
+# README command 1: embedded Redis (or REDIS_URL), supervised workers and the API on http://$(HOST):$(PORT);
+# Ctrl-C stops all. `make serve PORT=8100 WORKERS=2`.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 1
 serve: $(STAMP)
-	$(BIN)/python -m service.serve --host 127.0.0.1 --port 8000
+	$(BIN)/python -m service.serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,7 +1,9 @@
-"""`make serve`: Redis (embedded unless REDIS_URL is set), worker(s) and the API on one machine, stopped together.
+"""`make serve`: Redis (embedded unless REDIS_URL is set), worker(s) and the API on one machine, supervised.
 
-    python -m service.serve [--host 127.0.0.1] [--port 8000] [--workers 1]
+    python -m service.serve [--host 127.0.0.1] [--port 8000] [--workers 1]     (make serve PORT=8100 WORKERS=2)
 
+A child that exits (a worker killed by the OOM killer, say) is started again at once, or after a backoff when it
+keeps dying young; the job it held is requeued by a live worker (worker.heartbeat) and redrawn from its seeds.
 Children run in their own sessions, so a terminal's Ctrl-C reaches only this launcher, which then stops each
 child once and in order: the API (no new jobs), the workers (SIGTERM: finish or requeue the current job within
 `shutdown_grace`), then the embedded Redis (saved to disk). Torch-free: the workers import it, not this process.
@@ -18,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
 import redis
 
@@ -33,7 +36,50 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _stop(procs: list[tuple[str, subprocess.Popen]], grace: float) -> None:
+@dataclass
+class Child:
+    """One supervised process: restarted whenever it exits until the launcher stops, backing off when it keeps
+    dying young (1 s doubling to 30 s; reset once it has lived `STEADY` s)."""
+
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    backoff: float = 1.0
+    due: float = 0.0  # when a dead child may start again
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, env=self.env, start_new_session=True)
+        self.started = time.monotonic()
+        print(f"glimpse: {self.name} pid {self.proc.pid}", flush=True)
+
+    def check(self) -> None:
+        """Restart the child if it has died (after its backoff); exit status 2 (usage: no models) is final."""
+        now = time.monotonic()
+        if self.proc is not None and self.proc.poll() is not None:
+            if self.proc.returncode == FATAL:
+                raise ChildFailed(f"{self.name} exited with status {FATAL} (a configuration error); stopping")
+            lived = now - self.started
+            self.backoff = 1.0 if lived >= STEADY else min(self.backoff * 2, 30.0)
+            wait = 0.0 if lived >= STEADY else self.backoff
+            print(f"glimpse: {self.name} (pid {self.proc.pid}) exited with status {self.proc.returncode} after "
+                  f"{lived:.0f} s; restarting{f' in {wait:.0f} s' if wait else ''}", flush=True)
+            self.proc, self.due = None, now + wait
+        if self.proc is None and now >= self.due:
+            self.start()
+
+
+STEADY = 10.0  # seconds a child must live for its next restart to be immediate
+FATAL = 2  # exit status of a child that cannot work as configured (argparse, no checkpoints): not restarted
+
+
+class ChildFailed(Exception):
+    pass
+
+
+def _stop(children: list[Child], grace: float) -> None:
+    procs = [(c.name, c.proc) for c in children if c.proc is not None]
     for _, p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -51,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m service.serve", description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="worker processes (each loads every model)")
     ap.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for /readyz")
     args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
 
     settings = ApiSettings()
     embedded = settings.redis_url is None
@@ -70,30 +118,29 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    def spawn(name: str, cmd: list[str]) -> tuple[str, subprocess.Popen]:
-        p = subprocess.Popen(cmd, env=env, start_new_session=True)
-        print(f"glimpse: {name} pid {p.pid}", flush=True)
-        return name, p
-
-    workers = [spawn(f"worker-{i}", [sys.executable, "-m", "worker"]) for i in range(args.workers)]
-    api = spawn("api", [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", args.host,
-                        "--port", str(args.port), "--log-level", "warning"])
-    procs = [api, *workers]
+    api = Child("api", [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", args.host,
+                        "--port", str(args.port), "--log-level", "warning"], env)
+    workers = [Child(f"worker-{i}", [sys.executable, "-m", "worker"], env) for i in range(args.workers)]
+    children = [api, *workers]  # stopped in this order: no new jobs first, then the workers finish or requeue
     base = f"http://{args.host}:{args.port}"
     rc = 0
     try:
+        for c in children:
+            c.start()
         deadline = time.monotonic() + args.ready_timeout
         announced = False
         while not stop["signal"]:
-            dead = [(n, p) for n, p in procs if p.poll() is not None]
-            if dead:
-                name, p = dead[0]
-                print(f"glimpse: {name} exited with status {p.returncode}; stopping", flush=True)
+            try:
+                for c in children:
+                    c.check()
+            except ChildFailed as e:
+                print(f"glimpse: {e}", flush=True)
                 rc = 1
                 break
             if not announced:
                 if _ready(base):
-                    print(f"glimpse: ready at {base}  (API docs: {base}/docs) - Ctrl-C to stop", flush=True)
+                    print(f"glimpse: ready at {base} with {args.workers} worker(s)  (API docs: {base}/docs) - "
+                          "Ctrl-C to stop", flush=True)
                     announced = True
                 elif time.monotonic() > deadline:
                     print(f"glimpse: not ready after {args.ready_timeout:.0f} s; stopping", flush=True)
@@ -102,13 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.2)
     finally:
         print("glimpse: stopping", flush=True)
-        _stop(procs, settings.shutdown_grace + 10)
+        _stop(children, settings.shutdown_grace + 10)
         if embedded:
             with contextlib.suppress(redis.RedisError):  # SHUTDOWN closes the connection as it succeeds
                 redis.Redis.from_url(url).shutdown(save=True)
         print("glimpse: stopped", flush=True)
     return rc
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -77,3 +77,47 @@ def test_serve_starts_everything_and_stops_on_ctrl_c(checkpoints: Path, tmp_path
         if p.poll() is None:
             p.kill()
             p.wait(10)
+
+
+def test_serve_restarts_a_killed_worker_and_the_job_is_redrawn(checkpoints: Path, tmp_path: Path):
+    """`make serve` once stopped everything when its one worker died. Now: SIGKILL the worker mid-job; the API stays
+    up, the launcher starts a new worker, and that worker redraws the job (attempt 2)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_") and k != "REDIS_URL"}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLIMPSE_CHECKPOINTS=str(checkpoints),
+               GLIMPSE_REDIS_DIR=str(tmp_path / "redis"), GLIMPSE_DEFAULT_MODEL="tiny-align",
+               GLIMPSE_HEARTBEAT_INTERVAL="0.3", GLIMPSE_HEARTBEAT_TTL="1.5", GLIMPSE_SHUTDOWN_GRACE="2",
+               GLIMPSE_STEP_DELAY="0.4")
+    log = tmp_path / "serve.log"
+    p = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port), "--workers", "1"], cwd=ROOT,
+                         env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: "ready at" in log.read_text() or p.poll() is not None, 90, interval=0.2, what="serve ready")
+        assert "with 1 worker(s)" in log.read_text(), log.read_text()
+        worker_pid = int(re.search(r"worker-0 pid (\d+)", log.read_text()).group(1))
+        status, job = http("POST", f"{base}/v1/generations", {"caption": "the digit 2 is at the top", "seed": 5})
+        assert status == 202, job
+        wait_for(lambda: http("GET", f"{base}/v1/generations/{job['id']}")[1]["status"] == "running", 30,
+                 interval=0.05, what="the job to run")
+        os.kill(worker_pid, signal.SIGKILL)
+        wait_for(lambda: len(re.findall(r"worker-0 pid (\d+)", log.read_text())) == 2, 30, interval=0.1,
+                 what="a new worker")
+        assert http("GET", f"{base}/healthz")[0] == 200 and p.poll() is None
+        done = wait_for(lambda: (lambda b: b if b["status"] in ("succeeded", "failed") else None)(
+            http("GET", f"{base}/v1/generations/{job['id']}")[1]), 60, interval=0.2, what="job end")
+        assert done["status"] == "succeeded" and done["attempt"] == 2, done
+        assert "worker-0 (pid" in log.read_text() and "exited with status -9" in log.read_text()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 0, log.read_text()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def test_make_serve_takes_port_host_and_workers():
+    make = (ROOT / "Makefile").read_text()
+    assert "--host $(HOST) --port $(PORT) --workers $(WORKERS)" in make
+    dry = subprocess.run(["make", "-n", "serve", "PORT=8100", "WORKERS=3"], cwd=ROOT, capture_output=True, text=True)
+    assert "--port 8100 --workers 3" in dry.stdout, dry.stdout + dry.stderr
