@@ -7,6 +7,7 @@ them, so there is still one settings object and one environment namespace.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Annotated
 
@@ -24,10 +25,19 @@ class ApiSettings(Settings):
     max_image_body_bytes: int = Field(6 * 2**20, ge=1024)
     max_queue_depth: int = Field(1000, ge=0)  # waiting jobs over all queues; beyond it POST → 503 + Retry-After
     queue_full_retry_after: int = Field(10, ge=1)  # seconds, the Retry-After of that 503
+    # --- the job store's memory (docs/api.md, "Limits") ---
+    # A new job is refused (503 storage-full) unless Redis's used memory plus the job's worst-case result bytes stay
+    # under this share of its maxmemory: the rest is headroom for running jobs, heartbeats and RQ's records.
+    store_fill_limit: float = Field(0.8, gt=0, le=1)
+    storage_full_retry_after: int = Field(30, ge=1)  # seconds: results expire after result_ttl and free memory
+    # The API's Redis commands retry through a blip this long, then the request gets 503 storage-unavailable.
+    request_redis_retry_seconds: float = Field(1.0, ge=0)
     # --- auth (off when empty) ---
     api_keys: Annotated[list[str], NoDecode] = []  # GLIMPSE_API_KEYS: comma-separated bearer tokens
     rate_limit: int = Field(120, ge=0)  # requests per key per window (0: no limit)
     rate_window: int = Field(60, ge=1)  # seconds
+    auth_fail_limit: int = Field(20, ge=0)  # failed bearer authentications per client address per window (0: no limit)
+    auth_fail_window: int = Field(60, ge=1)  # seconds; past the limit that address gets 429 until the window ends
     # --- streaming ---
     events_poll_interval: float = Field(0.15, gt=0)  # SSE: how often a stream looks at its job in Redis
     events_keepalive: float = Field(15.0, gt=0)  # SSE comment line when nothing happened this long
@@ -36,6 +46,8 @@ class ApiSettings(Settings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str) and v.strip().startswith("["):  # a JSON list ("[]": no keys), not a key named "[]"
+            return json.loads(v)
         if isinstance(v, str):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v

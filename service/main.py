@@ -1,4 +1,4 @@
-"""The FastAPI app: wiring only (settings, Redis, middleware, problem handlers, routers).
+"""The FastAPI app: wiring only (settings, Redis, middleware, problem handlers, routers, the OpenAPI document).
 
 Run: `uvicorn --factory service.main:create_app` (or `make serve`, which also starts Redis and a worker).
 """
@@ -9,14 +9,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import redis
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from service import problems
+from service import openapi, problems
 from service.api.routes import generations, health, likelihoods, models
+from service.catchall import CatchAllMiddleware
 from service.config import ApiSettings, get_api_settings
+from service.head import HeadMiddleware
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from worker import redis_conn
@@ -39,14 +40,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = FastAPI(title="glimpse", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     # Client only; it connects on first use (the embedded server is started here when REDIS_URL is unset).
-    app.state.redis = redis.Redis.from_url(redis_conn.redis_url(settings), health_check_interval=30,
-                                           socket_timeout=10, socket_connect_timeout=5)
+    app.state.redis = redis_conn.retrying(redis_conn.redis_url(settings), settings.request_redis_retry_seconds,
+                                          socket_timeout=10, socket_connect_timeout=5)
     app.state.metrics = Metrics()
     app.state.metrics.watch_queue(app.state.redis, settings)
     problems.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, image_limit=settings.max_image_body_bytes,
                        image_paths=("/v1/generations", "/v1/likelihoods"))
     app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)
+    app.add_middleware(HeadMiddleware)  # outside the metrics: a HEAD counts as the GET it runs
+    app.add_middleware(CatchAllMiddleware)  # added last, so outermost of ours: a bug never drops the connection
     app.include_router(generations.router)
     app.include_router(likelihoods.router)
     app.include_router(models.router)
@@ -58,4 +61,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:  # browsers ask for it at the root, whatever the page links
+        return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon",
+                            headers={"Cache-Control": "public, max-age=604800"})
+
+    openapi.install(app)
     return app

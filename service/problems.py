@@ -1,12 +1,14 @@
 """RFC 9457 problem details (`application/problem+json`) for every error the API returns.
 
 Routes raise `Problem` (an HTTPException with a type, title and extension members); FastAPI's own errors
-(validation, malformed JSON, 404/405 of the router) are mapped here too. Only a genuine bug reaches the catch-all,
-which logs it and answers a bare problem 500; Redis being unreachable is a 503, not a 500.
+(validation, malformed JSON, a body that is not JSON, 404/405 of the router) are mapped here too. Only a genuine bug
+reaches the catch-all (service/catchall.py), which logs it and answers `bug()`; Redis being unreachable is a 503.
+`ProblemDetails` is the body's schema, which the OpenAPI document (service/openapi.py) gives every error response.
 """
 
 from __future__ import annotations
 
+import email.message
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -15,12 +17,38 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 log = logging.getLogger("service")
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://glimpse.dev/problems/"  # stable identifiers; documented in the OpenAPI descriptions
+
+
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    """A member we leave out rather than send as null: its schema is a plain string, without `default: null`."""
+    schema.pop("default", None)
+
+
+class ProblemDetails(BaseModel):
+    """An error (RFC 9457). `type` ends in the problem's kind (`…/problems/unknown-words`); kinds add members of
+    their own beside these (`unknown_words`, `limit_bytes`, `errors`, …)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "type": TYPE_BASE + "unknown-words", "title": "Unknown words", "status": 422,
+        "detail": "words the model does not know: 'purple' (caption 0, position 1)", "instance": "/v1/generations",
+        "unknown_words": [{"caption": 0, "word": "purple", "position": 1, "start": 4, "end": 10}]}]})
+
+    type: str = Field(description=f"`{TYPE_BASE}<kind>`, or `about:blank` for a bare HTTP status")
+    title: str = Field(description="short summary of the kind")
+    status: int = Field(ge=400, le=599, description="the HTTP status, repeated")
+    detail: str | SkipJsonSchema[None] = Field(None, description="what went wrong with this request",
+                                               json_schema_extra=_absent_not_null)
+    instance: str | SkipJsonSchema[None] = Field(None, description="the request's path",
+                                                 json_schema_extra=_absent_not_null)
 
 
 class Problem(StarletteHTTPException):
@@ -46,18 +74,51 @@ def problem_response(request: Request, status: int, *, kind: str | None = None, 
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path (Starlette's 405 names only the first matching route's), and
+    HEAD with GET (service/head.py)."""
+    routes = [r for r in request.app.router.routes if not isinstance(r, Mount)]  # a mount takes any method
+    allowed = {m for m in METHODS if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)}
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return [m for m in METHODS if m in allowed]
+
+
 def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
     if isinstance(exc, Problem):
         return problem_response(request, exc.status_code, kind=exc.kind, title=exc.title, detail=exc.detail,
-                                headers=dict(exc.headers or {}), **exc.extensions)
+                                headers=headers, **exc.extensions)
+    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+        headers["Allow"] = ", ".join(allowed)
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != HTTPStatus(exc.status_code).phrase else None
-    return problem_response(request, exc.status_code, detail=detail, headers=dict(exc.headers or {}))
+    return problem_response(request, exc.status_code, detail=detail, headers=headers)
+
+
+def json_media_type(content_type: str | None) -> bool:
+    """Whether FastAPI reads a body of this Content-Type as JSON (application/json, application/*+json)."""
+    if not content_type:
+        return False  # FastAPI's strict_content_type: no header, no JSON
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
+    content_type = request.headers.get("content-type")
+    if any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors) and not json_media_type(content_type):
+        # FastAPI never parsed the body, so its errors would be about bytes, not fields: name the real cause.
+        got = f"`Content-Type: {content_type}`" if content_type else "no Content-Type"
+        return problem_response(request, 415, kind="unsupported-media-type", title="Unsupported Media Type",
+                                detail=f"the body must be JSON; the request had {got}: send "
+                                       "`Content-Type: application/json`")
     if any(e.get("type") == "json_invalid" for e in errors):
         e = errors[0]
         where = e.get("loc", ("body", 0))[-1]
@@ -77,9 +138,17 @@ def _redis_down(request: Request, exc: Exception) -> JSONResponse:
                             headers={"Retry-After": "5"})
 
 
-def _bug(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+def bug(request: Request) -> JSONResponse:
+    """The answer to a genuine bug (already logged by the catch-all)."""
     return problem_response(request, 500, detail="internal error; it has been logged")
+
+
+def _redis_full(request: Request, exc: Exception) -> JSONResponse:
+    # A write refused at maxmemory (noeviction): the job store keeps what it has; new work waits for expiries.
+    log.warning("redis full on %s %s", request.method, request.url.path)
+    return problem_response(request, 503, kind="storage-full", title="Storage full",
+                            detail="the job store (Redis) is full; retry after some results have expired",
+                            headers={"Retry-After": str(request.app.state.settings.storage_full_retry_after)})
 
 
 def install(app: FastAPI) -> None:
@@ -87,4 +156,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(redis.ConnectionError, _redis_down)
     app.add_exception_handler(redis.TimeoutError, _redis_down)
-    app.add_exception_handler(Exception, _bug)
+    app.add_exception_handler(redis.exceptions.OutOfMemoryError, _redis_full)

@@ -68,6 +68,17 @@ def first_sight_of_end(conn: redis.Redis, settings: ApiSettings, job_id: str) ->
     return bool(conn.set(_k(settings, "ended", job_id), b"1", nx=True, ex=settings.result_ttl + 60))
 
 
+# --- memory -----------------------------------------------------------------------------------------------------
+
+def room(conn: redis.Redis, settings: ApiSettings, need: int) -> tuple[bool, int, int]:
+    """Whether a job that may store `need` bytes fits under the fill limit of Redis's maxmemory (no cap: always).
+    Returns (fits, used bytes, limit bytes). Checked before enqueueing, so a running job never finds Redis full."""
+    info = conn.info("memory")
+    used, cap = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+    limit = int(cap * settings.store_fill_limit)
+    return (cap == 0 or used + need <= limit), used, limit
+
+
 # --- queue ------------------------------------------------------------------------------------------------------
 
 def queue_depth(conn: redis.Redis, settings: ApiSettings) -> int:

@@ -3,8 +3,11 @@
 const $ = (id) => document.getElementById(id);
 const NUMBER_WORDS = { zero: "0", one: "1", two: "2", three: "3", four: "4", five: "5", six: "6", seven: "7",
   eight: "8", nine: "9" };
+const KEY_STORE = "glimpse-api-key";
+const TERMINAL = ["done", "failed", "canceled", "expired"];
 const state = { models: [], model: null, job: null, result: null, selected: 0, frames: [], attention: null,
-  timer: null, source: null };
+  timer: null, stream: null, key: sessionStorage.getItem(KEY_STORE) || "" };
+const blobs = new Map();  // API URL -> promise of its blob: URL (images of the current job, when a key is set)
 
 // Same rules as models/vocab.py: words (letters/digits with inner ' or -), every other symbol its own token.
 function tokenize(text) {
@@ -20,6 +23,120 @@ function el(tag, attrs = {}, text = "") {
   Object.entries(attrs).forEach(([k, v]) => node.setAttribute(k, v));
   if (text) node.textContent = text;
   return node;
+}
+
+// The API key (GLIMPSE_API_KEYS): once given, every request carries it: fetches, the event stream, images.
+
+function authHeaders(extra = {}) {
+  return state.key ? { ...extra, Authorization: `Bearer ${state.key}` } : { ...extra };
+}
+
+async function api(url, init = {}) {
+  const res = await fetch(url, { ...init, headers: authHeaders(init.headers) });
+  if (res.status === 401) needKey(true);
+  return res;
+}
+
+function needKey(shown) {
+  const note = $("key-note");
+  note.textContent = state.key ? "This service needs an API key: the one given was not accepted."
+    : "This service needs an API key: enter it here.";
+  note.hidden = !shown;
+  $("apikey").classList.toggle("need", shown);
+}
+
+function setKey() {
+  state.key = $("apikey").value.trim();
+  if (state.key) sessionStorage.setItem(KEY_STORE, state.key); else sessionStorage.removeItem(KEY_STORE);
+  needKey(false);
+  $("error").hidden = true;
+  if (!state.models.length) loadModels();  // the first load may have been refused for want of a key
+}
+
+async function problemOf(res) {
+  return res.json().catch(() => ({ title: `HTTP ${res.status}`, status: res.status }));
+}
+
+// <img src> cannot send a header: with a key, images come through fetch() and are shown as blob: URLs.
+function setImage(img, url) {
+  img.dataset.src = url;
+  if (!state.key) { img.src = url; return; }
+  if (!blobs.has(url)) {
+    blobs.set(url, api(url).then(async (res) => {
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      return URL.createObjectURL(await res.blob());
+    }).catch((err) => { blobs.delete(url); throw err; }));
+  }
+  blobs.get(url).then((blobUrl) => { if (img.dataset.src === url) img.src = blobUrl; }, () => {});
+}
+
+function forgetImages() {
+  blobs.forEach((p) => p.then((blobUrl) => URL.revokeObjectURL(blobUrl), () => {}));
+  blobs.clear();
+}
+
+// A download link cannot send a header either: with a key, fetch the file and save it from a blob: URL.
+async function download(event, href) {
+  if (!state.key) return;
+  event.preventDefault();
+  const res = await api(href);
+  if (!res.ok) return res.status === 401 ? undefined : showError(await problemOf(res));
+  const blobUrl = URL.createObjectURL(await res.blob());
+  el("a", { href: blobUrl, download: href.split("/").pop() }).click();
+  setTimeout(() => URL.revokeObjectURL(blobUrl), 10_000);
+}
+
+// Server-Sent Events over fetch(), since EventSource cannot send headers: calls on[event](data) for each event and
+// reconnects with Last-Event-ID when the stream drops before a terminal one, as EventSource would.
+async function readEvents(url, on, signal) {
+  let lastId = "";
+  let retry = 1000;
+  while (!signal.aborted) {
+    try {
+      const res = await fetch(url, { headers: authHeaders(lastId ? { "Last-Event-ID": lastId } : {}), signal,
+        cache: "no-store" });
+      if (res.status === 401) return needKey(true);
+      if (!res.ok && res.status < 500) return on.error(await problemOf(res));
+      if (res.ok) {
+        const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        let type = "";
+        let data = [];
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          const lines = (buffer + value).split("\n");
+          buffer = lines.pop();
+          for (const raw of lines) {
+            const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw;
+            if (line === "") {  // a blank line ends an event
+              const event = type || "message";
+              const payload = data.length ? JSON.parse(data.join("\n")) : null;
+              [type, data] = ["", []];
+              if (TERMINAL.includes(event)) {  // stop before the handler runs: its errors must not reconnect
+                reader.cancel();
+                if (on[event]) on[event](payload);
+                return;
+              }
+              if (payload && on[event]) on[event](payload);
+              continue;
+            }
+            if (line.startsWith(":")) continue;  // a comment: the keepalive
+            const colon = line.indexOf(":");
+            const field = colon < 0 ? line : line.slice(0, colon);
+            const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+            if (field === "event") type = text;
+            else if (field === "data") data.push(text);
+            else if (field === "id" && !text.includes("\0")) lastId = text;
+            else if (field === "retry" && /^\d+$/.test(text)) retry = Number(text);
+          }
+        }
+      }
+    } catch (err) {
+      if (signal.aborted) return;  // a newer job took over; otherwise the connection dropped: reconnect
+    }
+    await new Promise((resolve) => setTimeout(resolve, retry));
+  }
 }
 
 function markCaption() {
@@ -78,8 +195,8 @@ function chooseModel(id) {
 }
 
 async function loadModels() {
-  const res = await fetch("/v1/models");
-  if (!res.ok) return showError(await res.json().catch(() => ({ title: `HTTP ${res.status}` })));
+  const res = await api("/v1/models");
+  if (!res.ok) return res.status === 401 ? undefined : showError(await problemOf(res));
   state.models = (await res.json()).models;
   const select = $("model");
   select.replaceChildren(...state.models.map((m) => el("option", { value: m.id }, `${m.id} (${m.kind})`)));
@@ -101,17 +218,19 @@ async function submit(event) {
   markCaption();
   const body = requestBody();
   $("curl").textContent = `curl -s -X POST ${location.origin}/v1/generations \\\n  -H 'Content-Type: application/json' \\\n` +
+    (state.key ? "  -H \"Authorization: Bearer $GLIMPSE_API_KEY\" \\\n" : "") +
     `  -d '${JSON.stringify(body).replace(/'/g, "'\\''")}'`;
-  const res = await fetch("/v1/generations", { method: "POST", headers: { "Content-Type": "application/json" },
+  const res = await api("/v1/generations", { method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify(body) });
   const data = await res.json().catch(() => ({ title: `HTTP ${res.status}` }));
-  if (!res.ok) return showError(data);
+  if (!res.ok) return res.status === 401 ? undefined : showError(data);
   startJob(data);
 }
 
 function startJob(job) {
   stopPlayer();
-  if (state.source) state.source.close();
+  if (state.stream) state.stream.abort();
+  forgetImages();
   Object.assign(state, { job, result: null, selected: 0, frames: [], attention: null });
   $("job").hidden = false;
   $("player").hidden = true;
@@ -119,28 +238,29 @@ function startJob(job) {
   $("downloads").replaceChildren();
   $("bar").style.width = "0";
   $("frame").removeAttribute("src");
+  delete $("frame").dataset.src;
   clearOverlay();
   renderWords(null);
   if (job.seeds && job.seeds.length) { $("reuse").disabled = false; $("reuse").dataset.seed = job.seeds[0]; }
   $("status").textContent = job.queue_position ? `queued (${job.queue_position} ahead)` : "queued";
-  const source = new EventSource(job.links.events);
-  state.source = source;
-  source.addEventListener("step", (e) => {
-    const d = JSON.parse(e.data);
-    $("bar").style.width = `${(100 * d.step) / d.steps}%`;
-    $("status").textContent = `drawing: step ${d.step} of ${d.steps}`;
-    if (d.frames.length) $("frame").src = d.frames[0];
-    if (d.live) showLive(d.live);
-  });
-  source.addEventListener("done", (e) => { source.close(); finish(JSON.parse(e.data)); });
+  const on = {
+    step(d) {
+      $("bar").style.width = `${(100 * d.step) / d.steps}%`;
+      $("status").textContent = `drawing: step ${d.step} of ${d.steps}`;
+      if (d.frames.length) setImage($("frame"), d.frames[0]);
+      if (d.live) showLive(d.live);
+    },
+    done: finish,
+    error: showError,
+  };
   for (const end of ["failed", "canceled", "expired"]) {
-    source.addEventListener(end, (e) => {
-      source.close();
-      const d = JSON.parse(e.data);
+    on[end] = (d) => {
       $("status").textContent = end;
       showError({ title: `Generation ${end}`, detail: d.error || "" });
-    });
+    };
   }
+  state.stream = new AbortController();
+  readEvents(job.links.events, on, state.stream.signal);
 }
 
 function finish(result) {
@@ -148,7 +268,8 @@ function finish(result) {
   $("bar").style.width = "100%";
   $("status").textContent = `done: ${result.images} image(s), seeds ${result.seeds.join(", ")}`;
   $("grid").replaceChildren(...result.outputs.map((o, i) => {
-    const img = el("img", { src: o.image, alt: `sample ${i}`, "data-index": i });
+    const img = el("img", { alt: `sample ${i}`, "data-index": i });
+    setImage(img, o.image);
     img.addEventListener("click", () => select(i));
     return img;
   }));
@@ -162,8 +283,13 @@ async function select(i) {
   [...$("grid").children].forEach((img, j) => img.classList.toggle("selected", j === i));
   const dl = $("downloads");
   dl.replaceChildren(...[["PNG", out.image], ["GIF", out.animation_gif], ["WebP", out.animation_webp]]
-    .filter(([, href]) => href).map(([name, href]) => el("a", { href, download: "" }, name)));
-  state.attention = out.attention ? await (await fetch(out.attention)).json() : null;
+    .filter(([, href]) => href).map(([name, href]) => {
+      const a = el("a", { href, download: "" }, name);
+      a.addEventListener("click", (e) => download(e, href));
+      return a;
+    }));
+  const att = out.attention ? await api(out.attention) : null;
+  state.attention = att && att.ok ? await att.json() : null;
   const scrub = $("scrub");
   scrub.max = String(state.frames.length);
   scrub.value = String(state.frames.length);
@@ -172,7 +298,7 @@ async function select(i) {
 }
 
 function show(t) {
-  $("frame").src = state.frames[t - 1];
+  setImage($("frame"), state.frames[t - 1]);
   $("stepLabel").textContent = `step ${t} / ${state.frames.length}`;
   drawWindow(t);
   renderWords(t);
@@ -251,5 +377,8 @@ $("caption").addEventListener("input", markCaption);
 $("model").addEventListener("change", (e) => chooseModel(e.target.value));
 $("reuse").addEventListener("click", () => { $("seed").value = $("reuse").dataset.seed; });
 $("play").addEventListener("click", togglePlay);
+$("apikey").value = state.key;
+$("apikey").addEventListener("change", setKey);
+$("apikey").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); setKey(); } });
 $("scrub").addEventListener("input", (e) => { stopPlayer(); show(Number(e.target.value)); });
 loadModels();

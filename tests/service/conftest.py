@@ -63,6 +63,39 @@ def running_worker(settings: ApiSettings, name: str, log_dir: Path, timeout: flo
         conn.close()
 
 
+@contextmanager
+def running_api(settings: ApiSettings, log_dir: Path, timeout: float = 60) -> Iterator[str]:
+    """The API under a real uvicorn (what `make serve` runs) on a free loopback port; yields its base URL."""
+    import httpx
+
+    from tests.redis_server import free_port
+
+    port = free_port()
+    log = (log_dir / f"api-{port}.log").open("w")
+    p = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host",
+                          "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=ROOT,
+                         env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return p.poll() is not None
+
+    try:
+        wait_for(up, timeout, interval=0.1, what="the API")
+        assert p.poll() is None, f"uvicorn exited: {Path(log.name).read_text()}"
+        yield base
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
 @pytest.fixture(scope="session")
 def live_worker(service_redis_url: str, checkpoints: Path, tmp_path_factory) -> Iterator[subprocess.Popen]:
     s = api_settings(service_redis_url, checkpoints, step_delay=STEP_DELAY)
@@ -74,8 +107,8 @@ def live_worker(service_redis_url: str, checkpoints: Path, tmp_path_factory) -> 
 def make_client(service_redis_url: str, checkpoints: Path) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
-    def make(**kw) -> TestClient:
-        c = TestClient(create_app(api_settings(service_redis_url, checkpoints, **kw)))
+    def make(address: str = "testclient", **kw) -> TestClient:  # address: the client's, as the API sees it
+        c = TestClient(create_app(api_settings(service_redis_url, checkpoints, **kw)), client=(address, 50000))
         c.__enter__()
         clients.append(c)
         return c

@@ -38,6 +38,7 @@ def test_redis_durable_and_never_evicts():
     assert cmd[0] == "redis-server"
     assert cmd[cmd.index("--appendonly") + 1] == "yes"
     assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    assert re.fullmatch(r"\d+[gm]b", cmd[cmd.index("--maxmemory") + 1])  # a memory budget: docs/api.md "Limits"
     assert r["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
 
 

@@ -147,3 +147,19 @@ def test_unconditional_draw_job(client):
     assert done["status"] == "succeeded" and done["outputs"][1]["alignment"] is None
     r = client.get(f"/v1/generations/{jid}/images/1/alignment.json")
     assert r.status_code == 404 and r.json()["type"].endswith("no-alignment")
+
+
+def test_events_resume_only_from_a_cursor_the_stream_could_have_sent(client):
+    """Last-Event-ID −3 once replayed ids −2…0, and −2000000 two million events: a cursor that is not 1–9 decimal
+    digits restarts the stream; one past the job's last step sends no step, only the end."""
+    from service.api.routes.generations import event_cursor
+
+    assert [event_cursor(v) for v in ("3", " 3 ", "-3", "-0", "1e9", "abc", "", None, "9" * 10, "٣")] == \
+        [3, 3, 0, 0, 0, 0, 0, 0, 0, 0]
+    jid = post(client).json()["id"]
+    wait_status(client, jid, {"succeeded"})
+    every = [1, 2, 3, 4, 5]
+    for cursor, ids in [("-3", every), ("-2000000", every), ("9" * 20, every), ("7", []), ("5", []), ("4", [5])]:
+        events = parse_sse(client.get(f"/v1/generations/{jid}/events", headers={"Last-Event-ID": cursor}).text)
+        assert [int(e["id"]) for e in events if e["event"] == "step"] == ids, cursor
+        assert events[-1]["event"] == "done"

@@ -20,6 +20,7 @@ from tests.worker.conftest import ROOT, checkpoints  # noqa: F401  (fixture)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "screenshots"
+API_KEY = "page-test-key"
 
 
 def _need(reason: str) -> None:
@@ -44,33 +45,61 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def server(checkpoints, tmp_path_factory):  # noqa: F811
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded Redis, as on a fresh machine
-    env |= {"GLIMPSE_CHECKPOINTS": str(checkpoints), "GLIMPSE_REDIS_DIR": str(tmp_path_factory.mktemp("redis")),
-            "GLIMPSE_DEFAULT_MODEL": "tiny-align", "GLIMPSE_STEP_DELAY": "0.25"}  # slow enough to see frames
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port), "--ready-timeout", "120"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 150
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return
         except OSError:
             pass
-        assert proc.poll() is None, Path(log.name).read_text()
+        assert proc.poll() is None, log.read_text()
         time.sleep(0.3)
-    else:
-        pytest.fail("the stack never became ready: " + Path(log.name).read_text()[-2000:])
+    pytest.fail(f"{url} never became ready: " + log.read_text()[-2000:])
+
+
+@pytest.fixture(scope="module")
+def stack_env(checkpoints, tmp_path_factory) -> dict[str, str]:  # noqa: F811
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded Redis, as on a fresh machine
+    return env | {"GLIMPSE_CHECKPOINTS": str(checkpoints), "GLIMPSE_REDIS_DIR": str(tmp_path_factory.mktemp("redis")),
+                  "GLIMPSE_DEFAULT_MODEL": "tiny-align", "GLIMPSE_STEP_DELAY": "0.25"}  # slow enough to see frames
+
+
+@pytest.fixture(scope="module")
+def server(stack_env, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port), "--ready-timeout", "120"],
+                            cwd=ROOT, env=stack_env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(url, proc, log, 150)
     yield url
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(server, stack_env, tmp_path_factory):
+    """A second API process with GLIMPSE_API_KEYS set, on the same embedded Redis (it joins the server of
+    GLIMPSE_REDIS_DIR) and so the same worker: one stack is enough for both."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("keyed") / "api.log"
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host",
+                             "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=ROOT,
+                            env=stack_env | {"GLIMPSE_API_KEYS": API_KEY}, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(url, proc, log, 60)
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
 
 
 def test_draw_watch_scrub_and_unknown_words(browser, server):
@@ -137,4 +166,75 @@ def test_an_unconditional_model_draws_without_a_caption(browser, server):
     page.screenshot(path=str(SHOTS / "unconditional.png"))
     page.select_option("#model", "tiny-align")  # back to a captioned model: the caption box returns
     assert page.is_visible("#caption") and page.is_visible("#example-lists")
+    page.close()
+
+
+def test_with_api_keys_the_page_sends_the_key(browser, keyed_server):
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(keyed_server)
+    page.wait_for_selector("#key-note:not([hidden])")  # /v1/models was a 401: the page asks for a key
+    assert "This service needs an API key" in page.inner_text("#key-note")
+    assert page.locator("#model option").count() == 0
+    assert page.get_attribute("#apikey", "type") == "password"
+    page.screenshot(path=str(SHOTS / "needs-key.png"))
+
+    page.fill("#apikey", API_KEY)
+    page.press("#apikey", "Enter")
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    assert page.get_attribute("#key-note", "hidden") is not None
+    assert page.evaluate("sessionStorage.getItem('glimpse-api-key')") == API_KEY
+
+    # The step events come through the fetch()-based stream; each frame through fetch() as a blob: URL.
+    page.fill("#caption", "the digit 3 is at the top left of the image .")
+    page.fill("#n", "2")
+    page.click("#submit")
+    shown: set[str] = set()
+    deadline = time.monotonic() + 60
+    while page.locator("#grid img").count() < 2 and time.monotonic() < deadline:
+        src, api_url, width = page.eval_on_selector("#frame", "f => [f.src, f.dataset.src || '', f.naturalWidth]")
+        if "/frames/" in api_url and src.startswith("blob:") and width > 0:
+            shown.add(api_url)
+        time.sleep(0.03)
+    assert page.locator("#grid img").count() == 2, page.inner_text("#status")
+    assert len(shown) >= 2, shown  # frames drawn while the job ran, loaded with the key
+    page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.naturalWidth > 0)")
+    assert all(s.startswith("blob:") for s in page.eval_on_selector_all("#grid img", "imgs => imgs.map(i => i.src)"))
+    page.wait_for_selector("#player:not([hidden])")
+    page.eval_on_selector("#scrub", "e => { e.value = '1'; e.dispatchEvent(new Event('input')); }")
+    page.wait_for_function("(f => f.dataset.src.endsWith('/frames/1.png') && f.src.startsWith('blob:') && "
+                           "f.naturalWidth > 0)(document.querySelector('#frame'))")
+    assert len(page.eval_on_selector_all("#words span[data-weight]", "s => s")) == 12  # attention.json, with the key
+    with page.expect_download() as download:
+        page.click("#downloads a:text('PNG')")
+    assert download.value.suggested_filename == "0.png"
+    assert page.get_attribute("#error", "hidden") is not None
+    assert "Authorization: Bearer $GLIMPSE_API_KEY" in page.text_content("#curl")  # the key itself is never shown
+    page.screenshot(path=str(SHOTS / "drawn-with-key.png"))
+    page.close()
+
+
+def test_a_dropped_event_stream_resumes_from_its_last_event_id(browser, keyed_server):
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(keyed_server)
+    page.fill("#apikey", API_KEY)
+    page.press("#apikey", "Enter")
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    streams: list[dict[str, str]] = []
+
+    def drop_the_first(route):  # the first stream ends after one step event, as a dropped connection would
+        streams.append(route.request.headers)
+        if len(streams) > 1:
+            return route.continue_()
+        step = '{"step":1,"steps":5,"chunk":1,"frames":[]}'
+        route.fulfill(status=200, content_type="text/event-stream",
+                      body=f"retry: 100\n\n: a comment\nid: 1\nevent: step\ndata: {step}\n\n")
+
+    page.route("**/events", drop_the_first)
+    page.fill("#caption", "the digit 3 is at the top left of the image .")
+    page.fill("#n", "1")
+    page.click("#submit")
+    page.wait_for_function("document.querySelectorAll('#grid img').length === 1", timeout=60_000)
+    assert len(streams) == 2 and "last-event-id" not in streams[0], streams
+    assert streams[1]["last-event-id"] == "1" and streams[1]["authorization"] == f"Bearer {API_KEY}"
+    assert page.get_attribute("#error", "hidden") is not None
     page.close()

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import anyio
+import redis
 from fastapi import APIRouter, Header, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from models.vocab import CaptionTooLongError, EmptyCaptionError, UnknownWordsError, Vocabulary
 from service import store
-from service.api.deps import CallerDep, ConnDep, MetricsDep, SettingsDep
+from service.api.deps import CallerDep, ConnDep, IdempotencyKeyDep, MetricsDep, SettingsDep
 from service.problems import PROBLEM_JSON, Problem
 from service.schemas import Generation, GenerationCreate
 from worker import inputs
@@ -37,10 +39,12 @@ from worker.protocol import (
     frame_name,
     image_name,
     input_name,
+    job_bytes_bound,
     validate_for_model,
 )
 from worker.queue import cancel, enqueue_generation, get_file, get_view, job_timeout, model_catalog
 
+log = logging.getLogger("service")
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
 JobId = Annotated[str, Path(description="job id from POST /v1/generations", max_length=64)]
@@ -94,6 +98,7 @@ def decode_images(images: list[str], info: ModelInfo, field: str = "images") -> 
 def lookup_model(conn, settings, metrics, model: str, base: str) -> ModelInfo:
     catalog = model_catalog(conn, settings)
     if not catalog:
+        storage_room(conn, settings, metrics, 0)  # a full Redis also silences the workers' heartbeats: say so
         metrics.jobs_rejected.labels("no-worker").inc()
         raise Problem(503, "no-worker", "no worker is running; nothing could draw this job", title="No worker",
                       headers={"Retry-After": str(settings.queue_full_retry_after)})
@@ -102,6 +107,17 @@ def lookup_model(conn, settings, metrics, model: str, base: str) -> ModelInfo:
         raise Problem(422, "unknown-model", f"unknown model {model!r}; served: {sorted(catalog)}",
                       title="Unknown model", models=f"{base}/v1/models")
     return catalog[model]
+
+
+def storage_room(conn, settings, metrics, need: int) -> None:
+    """503 storage-full unless the job store has room for `need` more bytes under its fill limit."""
+    fits, used, limit = store.room(conn, settings, need)
+    if not fits:
+        metrics.jobs_rejected.labels("storage-full").inc()
+        raise Problem(503, "storage-full", f"the job store is full: {used} bytes used, this job may add {need}, the "
+                      f"limit for new jobs is {limit}; results expire {settings.result_ttl} s after their job ends",
+                      title="Storage full", headers={"Retry-After": str(settings.storage_full_retry_after)},
+                      used_bytes=used, job_bytes_bound=need, limit_bytes=limit)
 
 
 def submit(conn, settings, caller, metrics, response: Response, base: str, *, body: Any, model: str,
@@ -115,6 +131,7 @@ def submit(conn, settings, caller, metrics, response: Response, base: str, *, bo
         metrics.jobs_rejected.labels("invalid").inc()
         raise Problem(422, "invalid-request", str(e), title="Invalid request") from None
 
+    storage_room(conn, settings, metrics, job_bytes_bound(job, info) + sum(len(u) for u in uploads))
     depth = store.queue_depth(conn, settings)
     if depth >= settings.max_queue_depth:
         metrics.jobs_rejected.labels("queue-full").inc()
@@ -158,7 +175,7 @@ def submit(conn, settings, caller, metrics, response: Response, base: str, *, bo
              summary="Draw images: for captions, unconditional samples, reconstructions or a latent walk (a job)")
 def create_generation(body: GenerationCreate, request: Request, response: Response, settings: SettingsDep,
                       conn: ConnDep, caller: CallerDep, metrics: MetricsDep,
-                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Generation:
+                      idempotency_key: IdempotencyKeyDep) -> Generation:
     base = _base(request)
     model = body.model or settings.default_model
     info = lookup_model(conn, settings, metrics, model, base)
@@ -291,7 +308,8 @@ def animation(job_id: JobId, index: Index, fmt: Literal["gif", "webp"], settings
     return _file(conn, settings, caller, job_id, animation_name(index, fmt))
 
 
-@router.get("/{job_id}/images/{index}/attention.json", response_class=Response, responses={404: PROBLEM},
+@router.get("/{job_id}/images/{index}/attention.json", response_class=Response,
+            responses={200: {"content": {"application/json": {}}}, 404: PROBLEM},
             summary="Write windows (T × [x0, y0, x1, y1] px) and the alignment")
 def attention(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> Response:
     return _file(conn, settings, caller, job_id, attention_name(index))
@@ -324,48 +342,68 @@ async def events(job_id: JobId, request: Request, settings: SettingsDep, conn: C
     await anyio.to_thread.run_sync(_authorize, conn, settings, caller, job_id)
     if await anyio.to_thread.run_sync(get_view, conn, job_id, settings) is None:
         raise _unknown(job_id)
-    try:
-        start = int(last_event_id) if last_event_id else 0
-    except ValueError:
-        start = 0
     base = _base(request)
+    start = event_cursor(last_event_id)
     return StreamingResponse(_stream(conn, settings, job_id, base, start), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def event_cursor(last_event_id: str | None) -> int:
+    """The step a resumed stream goes on after: a Last-Event-ID we could have sent (1–9 decimal digits), else 0.
+
+    Negative, huge or non-numeric ids restart the stream from the first step; `_stream` also caps the cursor at the
+    job's last step, so no header can make the stream emit more events than the job has steps."""
+    value = (last_event_id or "").strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else 0
 
 
 async def _stream(conn, settings, job_id: str, base: str, sent: int) -> AsyncIterator[str]:
     me = f"{base}/v1/generations/{job_id}"  # the files live under generations for every kind of job
     yield "retry: 1000\n\n"
     quiet_since = time.monotonic()
+    backoff = settings.events_poll_interval
     while True:
-        view = await anyio.to_thread.run_sync(get_view, conn, job_id, settings)
-        if view is None:
-            yield _sse("expired", {"id": job_id, "status": "expired"})
-            return
-        returns_frames = view.meta.get("returns", "frames") == "frames"
-        steps = (view.steps or 0) if returns_frames else 0  # step events only where the steps are frames
-        chunk = int(view.meta.get("chunk") or 1)
-        tick = (chunk - 1) * steps + view.step if view.status != "queued" else 0
-        if view.status == "succeeded":
-            tick = int(view.meta.get("chunks") or chunk) * steps
-        if tick > sent and steps:
-            names = set(await anyio.to_thread.run_sync(store.file_names, conn, settings, job_id))
-            while sent < tick:
-                sent += 1
-                t = (sent - 1) % steps + 1
-                images = sorted(int(n.split("/")[1]) for n in names if n.startswith("frames/") and
-                                n.endswith(f"/{t}.png"))
-                data: dict[str, Any] = {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
-                                        "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}
-                if sent == tick and view.meta.get("live"):  # the latest step: its write window and word weights
-                    data["live"] = view.meta["live"]
-                yield _sse("step", data, sent)
-            quiet_since = time.monotonic()
-        if view.status in TERMINAL:
-            gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base)
-            yield _sse({"succeeded": "done"}.get(view.status, view.status), gen.model_dump(mode="json"))
-            return
+        try:
+            view = await anyio.to_thread.run_sync(get_view, conn, job_id, settings)
+            if view is None:
+                yield _sse("expired", {"id": job_id, "status": "expired"})
+                return
+            returns_frames = view.meta.get("returns", "frames") == "frames"
+            steps = (view.steps or 0) if returns_frames else 0  # step events only where the steps are frames
+            chunk = int(view.meta.get("chunk") or 1)
+            chunks = int(view.meta.get("chunks") or chunk)
+            tick = (chunk - 1) * steps + view.step if view.status != "queued" else 0
+            if view.status == "succeeded":
+                tick = chunks * steps
+            if steps and "chunks" in view.meta:  # a cursor past the job's last step has nothing more to send
+                sent = min(sent, chunks * steps)
+            if tick > sent and steps:
+                names = set(await anyio.to_thread.run_sync(store.file_names, conn, settings, job_id))
+                # One write for all the steps this poll found (at most chunks × T: bounded by the job, not the header).
+                events = []
+                while sent < tick:
+                    sent += 1
+                    t = (sent - 1) % steps + 1
+                    images = sorted(int(n.split("/")[1]) for n in names if n.startswith("frames/") and
+                                    n.endswith(f"/{t}.png"))
+                    data: dict[str, Any] = {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
+                                            "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}
+                    if sent == tick and view.meta.get("live"):  # the latest step: its write window and word weights
+                        data["live"] = view.meta["live"]
+                    events.append(_sse("step", data, sent))
+                yield "".join(events)
+                quiet_since = time.monotonic()
+            if view.status in TERMINAL:
+                gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base)
+                yield _sse({"succeeded": "done"}.get(view.status, view.status), gen.model_dump(mode="json"))
+                return
+            backoff = settings.events_poll_interval
+        except redis.RedisError as e:
+            # The job store blinked: keep the stream (and the client's cursor) and look again, backing off to 2 s.
+            log.warning("events %s: job store unavailable: %s", job_id, type(e).__name__)
+            yield ": job store unavailable; retrying\n\n"
+            backoff = min(max(backoff, 0.1) * 2, 2.0)
         if time.monotonic() - quiet_since > settings.events_keepalive:
             yield ": keepalive\n\n"
             quiet_since = time.monotonic()
-        await asyncio.sleep(settings.events_poll_interval)
+        await asyncio.sleep(backoff)

@@ -1,12 +1,13 @@
-"""/healthz (the process answers), /readyz (Redis and a live worker), /metrics (Prometheus)."""
+"""/healthz (the process answers), /readyz (Redis and a live worker), /metrics (Prometheus; behind the API keys
+when they are set, while the two probes stay open for load balancers)."""
 
 from __future__ import annotations
 
 import redis
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import ConnDep, MetricsDep, SettingsDep
+from service.api.deps import ConnDep, MetricsDep, SettingsDep, authenticate
 from service.problems import PROBLEM_JSON, Problem
 from service.schemas import Health
 from worker.queue import live_workers
@@ -34,7 +35,10 @@ def readyz(settings: SettingsDep, conn: ConnDep) -> Health:
                                           "models": sorted({m["id"] for w in workers for m in w.get("models", [])})})
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+# A scraper needs a key like any client, but its scrapes do not use up that key's rate limit.
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics (a bearer key when API keys are set)",
+            dependencies=[Depends(authenticate)],
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}},
+                       **{code: {"content": {PROBLEM_JSON: {}}} for code in (401, 429)}})
 def metrics(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

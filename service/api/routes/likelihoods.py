@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import CallerDep, ConnDep, MetricsDep, SettingsDep
+from service.api.deps import CallerDep, ConnDep, IdempotencyKeyDep, MetricsDep, SettingsDep
 from service.api.routes import generations as g
 from service.schemas import Generation, LikelihoodCreate
 from worker.protocol import Likelihood, OutputOptions, input_name
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1/likelihoods", tags=["likelihoods"])
              summary="Score images: −L_k and the ELBO per image (a job)")
 def create_likelihood(body: LikelihoodCreate, request: Request, response: Response, settings: SettingsDep,
                       conn: ConnDep, caller: CallerDep, metrics: MetricsDep,
-                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Generation:
+                      idempotency_key: IdempotencyKeyDep) -> Generation:
     base = g._base(request)
     info = g.lookup_model(conn, settings, metrics, body.model, base)
     captions = body.caption_list
@@ -45,7 +45,9 @@ def cancel_likelihood(job_id: g.JobId, request: Request, settings: SettingsDep, 
     return g.cancel_generation(job_id, request, settings, conn, caller)
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse, responses=g.ERRORS,
+@router.get("/{job_id}/events", response_class=StreamingResponse,
+            responses={**g.ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "progress events, then "
+                                         "one of `done`, `failed`, `canceled`, `expired`; resume with Last-Event-ID"}},
             summary="Server-Sent Events: progress, then the end (`done` carries the scores)")
 async def likelihood_events(job_id: g.JobId, request: Request, settings: SettingsDep, conn: ConnDep,
                             caller: CallerDep, last_event_id: Annotated[str | None, Header()] = None
