@@ -39,7 +39,9 @@ class ApiSettings(Settings):
     auth_fail_limit: int = Field(20, ge=0)  # failed bearer authentications per client address per window (0: no limit)
     auth_fail_window: int = Field(60, ge=1)  # seconds; past the limit that address gets 429 until the window ends
     # --- streaming ---
-    events_poll_interval: float = Field(0.15, gt=0)  # SSE: how often a stream looks at its job in Redis
+    # SSE and long polls wake on the worker's announcement (service.events); without one they look again after this.
+    events_poll_interval: float = Field(1.0, gt=0)
+    max_wait: float = Field(30.0, ge=0)  # seconds: the most a GET …?wait= holds a request
     events_keepalive: float = Field(15.0, gt=0)  # SSE comment line when nothing happened this long
     expired_grace: int = Field(86400, ge=0)  # seconds a job id still answers "expired" after its results are gone
 

@@ -17,6 +17,7 @@ from service import openapi, problems
 from service.api.routes import generations, health, likelihoods, models
 from service.catchall import CatchAllMiddleware
 from service.config import ApiSettings, get_api_settings
+from service.events import JobEvents
 from service.head import HeadMiddleware
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
@@ -34,7 +35,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.events.start()
         yield
+        await app.state.events.stop()
         app.state.redis.close()
 
     app = FastAPI(title="glimpse", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
@@ -42,6 +45,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     # Client only; it connects on first use (the embedded server is started here when REDIS_URL is unset).
     app.state.redis = redis_conn.retrying(redis_conn.redis_url(settings), settings.request_redis_retry_seconds,
                                           socket_timeout=10, socket_connect_timeout=5)
+    app.state.events = JobEvents(redis_conn.redis_url(settings), settings.key_prefix)  # wakes streams, long polls
     app.state.metrics = Metrics()
     app.state.metrics.watch_queue(app.state.redis, settings)
     problems.install(app)

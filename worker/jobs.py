@@ -57,7 +57,7 @@ from worker.protocol import (
     parse_request,
     validate_for_model,
 )
-from worker.queue import CLAIM_LUA, SERIALIZER, make_queue, now_iso, owner_record, printable
+from worker.queue import CLAIM_LUA, SERIALIZER, announce, make_queue, now_iso, owner_record, printable
 from worker.redis_conn import text
 from worker.registry import LoadedModel, load_models, pick_device
 from worker.settings import Settings, get_settings
@@ -77,8 +77,17 @@ class Runtime:
 
     @classmethod
     def load(cls, settings: Settings, worker_name: str = "inline") -> Runtime:
+        set_threads(settings)
         device = pick_device(settings.device)
         return cls(settings, load_models(settings.checkpoints, device), device, worker_name)
+
+
+def set_threads(settings: Settings) -> None:
+    """torch's thread pools, set once before the first op (inter-op threads cannot change after it)."""
+    torch.set_num_threads(settings.threads)
+    with contextlib.suppress(RuntimeError):  # already set, or parallel work has run (in-process workers): keep it
+        torch.set_num_interop_threads(settings.torch_interop_threads)
+    log.info("torch threads: %d intra-op, %d inter-op", torch.get_num_threads(), torch.get_num_interop_threads())
 
 
 _runtime: Runtime | None = None
@@ -175,9 +184,11 @@ def _to_uint8(canvas: torch.Tensor) -> np.ndarray:
 
 
 def _save_meta(job: Job, meta: dict[str, Any], **update: Any) -> None:
+    """Write the job's progress, then announce it: the API's event streams and long polls wake on the message."""
     meta.update(update, updated_at=now_iso())
     job.meta = meta
     job.save_meta()
+    announce(job.connection, get_runtime().settings, job.id, str(meta.get("state", "")))
 
 
 def _fail(job: Job, kind: str, message: str) -> None:

@@ -335,6 +335,7 @@ class Keys:
     {p}:running            hash  job id -> JSON owner record {"worker", "attempt", "since"} while a worker holds it
     {p}:worker:{name}      str   JSON heartbeat, TTL heartbeat_ttl, refreshed every heartbeat_interval
     {p}:workers            set   names that sent a heartbeat (pruned when their key is gone)
+    {p}:events:{id}        pub/sub channel: a job's state changed (a step, its end); the message is its state
     """
 
     def __init__(self, prefix: str = "glimpse"):
@@ -345,6 +346,14 @@ class Keys:
 
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:cancel"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
+
+    @property
+    def events_pattern(self) -> str:
+        """Every job's channel, for one subscriber per API process (service.events)."""
+        return f"{self.prefix}:events:*"
 
     @property
     def running(self) -> str:

@@ -100,6 +100,12 @@ def enqueue_generation(
     return job_id, request
 
 
+def announce(conn: redis.Redis, settings: Settings, job_id: str, state: str) -> None:
+    """Tell whoever listens that the job changed (a step, its end). Fire and forget: a reader that misses it still
+    polls now and then, so a lost message costs latency, never correctness."""
+    conn.publish(Keys(settings.key_prefix).events(job_id), state)
+
+
 def cancel(conn: redis.Redis, job_id: str, settings: Settings) -> bool:
     """Ask a job to stop. A waiting job is canceled at once; a running one stops after its current DRAW step.
 
@@ -117,6 +123,7 @@ def cancel(conn: redis.Redis, job_id: str, settings: Settings) -> bool:
         meta.update(state="canceled", updated_at=now_iso())
         job.meta = meta
         job.save_meta()
+        announce(conn, settings, job_id, "canceled")
     return True
 
 

@@ -5,6 +5,7 @@ Torch-free: the API imports it. Every duration is in seconds.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +31,10 @@ class Settings(BaseSettings):
     # --- models ---
     checkpoints: Path = Path("checkpoints")  # every generator checkpoint directory in here is loaded at start
     device: str | None = None  # None: "cuda" when available, else "cpu"
+    # torch's intra-op threads for sampling. 0: one fewer than the machine's cores (at least 1), leaving a core for
+    # Redis, the API and the encoders: on 2 shared cores torch's default (2) made throughput collapse (bench/README).
+    torch_threads: int = Field(0, ge=0)
+    torch_interop_threads: int = Field(1, ge=1)  # a worker runs one sampler call at a time
 
     # --- queueing ---
     queues: list[str] = ["glimpse"]  # a worker listens to all, in strict priority order; enqueue uses the first
@@ -65,6 +70,11 @@ class Settings(BaseSettings):
         if not self.queues:
             raise ValueError("at least one queue name is needed")
         return self
+
+    @property
+    def threads(self) -> int:
+        """torch's intra-op thread count for this worker (`torch_threads`, or cores − 1)."""
+        return self.torch_threads or max(1, (os.cpu_count() or 1) - 1)
 
     @property
     def recovery_bound(self) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from tests.service.conftest import wait_status
 from tests.worker.conftest import wait_for
@@ -163,3 +164,48 @@ def test_events_resume_only_from_a_cursor_the_stream_could_have_sent(client):
         events = parse_sse(client.get(f"/v1/generations/{jid}/events", headers={"Last-Event-ID": cursor}).text)
         assert [int(e["id"]) for e in events if e["event"] == "step"] == ids, cursor
         assert events[-1]["event"] == "done"
+
+
+def test_status_has_an_etag_and_answers_304_until_it_changes(client):
+    jid = post(client).json()["id"]
+    done = wait_status(client, jid, {"succeeded"})
+    r = client.get(f"/v1/generations/{jid}")
+    tag = r.headers["etag"]
+    assert r.json() == done and tag.startswith('"')
+    again = client.get(f"/v1/generations/{jid}", headers={"If-None-Match": tag})
+    assert again.status_code == 304 and again.headers["etag"] == tag and again.content == b""
+    assert client.get(f"/v1/generations/{jid}", headers={"If-None-Match": f'"other", W/{tag}'}).status_code == 304
+    assert client.get(f"/v1/generations/{jid}", headers={"If-None-Match": '"other"'}).status_code == 200
+    t0 = time.monotonic()  # ended and unchanged: a long poll holds until its wait runs out, then says 304
+    assert client.get(f"/v1/generations/{jid}?wait=0.5", headers={"If-None-Match": tag}).status_code == 304
+    assert 0.4 < time.monotonic() - t0 < 5
+    assert client.get(f"/v1/generations/{jid}?wait=1000").status_code == 200  # ended: at once (waits cap at 30 s)
+    assert client.get(f"/v1/generations/{jid}?wait=-1").status_code == 422
+
+
+def test_pushed_events_and_long_polls_do_not_wait_for_the_fallback_poll(make_client, live_worker):
+    """The worker announces every step and the end; with the fallback poll at 30 s a stream and a long poll still
+    follow a ~1 s job as it runs (polling alone would take ≥ 30 s)."""
+    c = make_client(events_poll_interval=30.0)
+    wait_for(lambda: c.app.state.events.listening.is_set(), 10, what="the event subscription")
+    jid = post(c, {"caption": CAPTION, "n": 2}).json()["id"]
+    t0 = time.monotonic()
+    body = c.get(f"/v1/generations/{jid}?wait=25")  # no If-None-Match: until the job ends
+    assert body.status_code == 200 and body.json()["status"] == "succeeded"
+    assert time.monotonic() - t0 < 15, "the long poll waited for its fallback"
+    jid = post(c, {"caption": CAPTION, "n": 2}).json()["id"]
+    t0 = time.monotonic()
+    events = parse_sse(c.get(f"/v1/generations/{jid}/events").text)
+    assert [int(e["id"]) for e in events if e["event"] == "step"][-1] == 5 and events[-1]["event"] == "done"
+    assert time.monotonic() - t0 < 15, "the stream waited for its fallback poll"
+    seen = []  # a long poll with the ETag of a running job returns at its next change
+    jid = post(c, {"caption": CAPTION}).json()["id"]
+    tag = None
+    while len(seen) < 20:
+        r = c.get(f"/v1/generations/{jid}?wait=25", headers={"If-None-Match": tag} if tag else {})
+        assert r.status_code == 200
+        tag = r.headers["etag"]
+        seen.append((r.json()["status"], r.json()["progress"]["step"]))
+        if seen[-1][0] == "succeeded":
+            break
+    assert seen[-1][0] == "succeeded" and len({s for s in seen}) == len(seen), seen  # every answer a change

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -11,13 +12,14 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import redis
-from fastapi import APIRouter, Header, Path, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from models.vocab import CaptionTooLongError, EmptyCaptionError, UnknownWordsError, Vocabulary
 from service import store
 from service.api.deps import CallerDep, ConnDep, IdempotencyKeyDep, MetricsDep, SettingsDep
+from service.events import JobEvents
 from service.problems import PROBLEM_JSON, Problem
 from service.schemas import Generation, GenerationCreate
 from worker import inputs
@@ -246,14 +248,57 @@ def _unknown(job_id: str) -> Problem:
                    title="Unknown generation")
 
 
-@router.get("/{job_id}", response_model=Generation, responses=ERRORS, summary="Status, progress and output links")
-def read_generation(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
-                    metrics: MetricsDep) -> Generation:
-    owner = _authorize(conn, settings, caller, job_id)
-    gen = _read(conn, settings, job_id, _base(request), metrics)
-    if gen.status == "expired" and owner is None:
-        raise _unknown(job_id)
-    return gen
+Wait = Annotated[float, Query(ge=0, description="long poll: hold the request up to this many seconds (at most "
+                                                 "`max_wait`, 30) until the job changes from the `If-None-Match` "
+                                                 "ETag, or without one until it ends")]
+ETAG = {"ETag": {"description": "changes whenever the body does", "schema": {"type": "string"}}}
+STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS, 200: {"headers": ETAG}, 304: {"description": "Not modified: the job is as the If-None-Match ETag says",
+                                            "headers": ETAG}}
+
+
+def etag(gen: Generation) -> str:
+    return '"' + hashlib.sha256(gen.model_dump_json().encode()).hexdigest()[:20] + '"'
+
+
+def matches(if_none_match: str | None, tag: str) -> bool:
+    """RFC 9110 §13.1.2: `*`, or any listed tag, weak or strong, equal to ours."""
+    if if_none_match is None:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or tag in tags
+
+
+async def read_job(job_id: str, request: Request, settings, conn, caller, metrics, wait: float,
+                   if_none_match: str | None) -> Response:
+    """The job's body with its ETag; 304 when it still matches `If-None-Match`. With `wait`, hold the request until
+    the body changes (or, without `If-None-Match`, until the job ends), waking on the worker's announcements."""
+    owner = await anyio.to_thread.run_sync(_authorize, conn, settings, caller, job_id)
+    base = _base(request)
+    deadline = time.monotonic() + min(wait, settings.max_wait)
+    while True:
+        gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base, metrics)
+        if gen.status == "expired" and owner is None:
+            raise _unknown(job_id)
+        tag = etag(gen)
+        unchanged = matches(if_none_match, tag)
+        waiting_for_end = if_none_match is None and gen.status not in TERMINAL and gen.status != "expired"
+        left = deadline - time.monotonic()
+        if left <= 0 or not (unchanged or waiting_for_end):
+            break
+        await request.app.state.events.wait(job_id, min(left, settings.events_poll_interval))
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    if unchanged:
+        return Response(status_code=304, headers=headers)
+    return Response(gen.model_dump_json(), media_type="application/json", headers=headers)
+
+
+@router.get("/{job_id}", response_model=Generation, responses=STATUS_RESPONSES,
+            summary="Status, progress and output links (ETag; `wait` long-polls)")
+async def read_generation(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
+                          metrics: MetricsDep, wait: Wait = 0.0,
+                          if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    return await read_job(job_id, request, settings, conn, caller, metrics, wait, if_none_match)
 
 
 @router.delete("/{job_id}", status_code=202, response_model=Generation, responses=ERRORS, summary="Cancel")
@@ -344,7 +389,8 @@ async def events(job_id: JobId, request: Request, settings: SettingsDep, conn: C
         raise _unknown(job_id)
     base = _base(request)
     start = event_cursor(last_event_id)
-    return StreamingResponse(_stream(conn, settings, job_id, base, start), media_type="text/event-stream",
+    return StreamingResponse(_stream(conn, settings, job_id, base, start, request.app.state.events),
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -357,7 +403,7 @@ def event_cursor(last_event_id: str | None) -> int:
     return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else 0
 
 
-async def _stream(conn, settings, job_id: str, base: str, sent: int) -> AsyncIterator[str]:
+async def _stream(conn, settings, job_id: str, base: str, sent: int, events: JobEvents) -> AsyncIterator[str]:
     me = f"{base}/v1/generations/{job_id}"  # the files live under generations for every kind of job
     yield "retry: 1000\n\n"
     quiet_since = time.monotonic()
@@ -380,7 +426,7 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int) -> AsyncIte
             if tick > sent and steps:
                 names = set(await anyio.to_thread.run_sync(store.file_names, conn, settings, job_id))
                 # One write for all the steps this poll found (at most chunks × T: bounded by the job, not the header).
-                events = []
+                batch = []
                 while sent < tick:
                     sent += 1
                     t = (sent - 1) % steps + 1
@@ -390,8 +436,8 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int) -> AsyncIte
                                             "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}
                     if sent == tick and view.meta.get("live"):  # the latest step: its write window and word weights
                         data["live"] = view.meta["live"]
-                    events.append(_sse("step", data, sent))
-                yield "".join(events)
+                    batch.append(_sse("step", data, sent))
+                yield "".join(batch)
                 quiet_since = time.monotonic()
             if view.status in TERMINAL:
                 gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base)
@@ -406,4 +452,7 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int) -> AsyncIte
         if time.monotonic() - quiet_since > settings.events_keepalive:
             yield ": keepalive\n\n"
             quiet_since = time.monotonic()
-        await asyncio.sleep(backoff)
+        if backoff > settings.events_poll_interval:
+            await asyncio.sleep(backoff)  # Redis is away: no announcement will come
+        else:
+            await events.wait(job_id, backoff)  # the worker's next step or end, or the fallback poll

@@ -33,10 +33,12 @@ def create_likelihood(body: LikelihoodCreate, request: Request, response: Respon
                     output=OutputOptions(), uploads=uploads, idempotency_key=idempotency_key)
 
 
-@router.get("/{job_id}", response_model=Generation, responses=g.ERRORS, summary="Status, progress and the scores")
-def read_likelihood(job_id: g.JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
-                    metrics: MetricsDep) -> Generation:
-    return g.read_generation(job_id, request, settings, conn, caller, metrics)
+@router.get("/{job_id}", response_model=Generation, responses=g.STATUS_RESPONSES,
+            summary="Status, progress and the scores (ETag; `wait` long-polls)")
+async def read_likelihood(job_id: g.JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
+                          metrics: MetricsDep, wait: g.Wait = 0.0,
+                          if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    return await g.read_job(job_id, request, settings, conn, caller, metrics, wait, if_none_match)
 
 
 @router.delete("/{job_id}", status_code=202, response_model=Generation, responses=g.ERRORS, summary="Cancel")

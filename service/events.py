@@ -1,0 +1,76 @@
+"""Pushed job events: one Redis pattern subscription per API process wakes every stream and long poll waiting on a
+job, so a step reaches a client as soon as the worker announces it (worker.queue.announce) instead of at the next
+poll. A missed message (Redis restarting, the subscriber reconnecting) only delays a reader to its fallback poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from worker.protocol import Keys
+
+log = logging.getLogger("service")
+
+
+class JobEvents:
+    def __init__(self, url: str, prefix: str):
+        self.url = url
+        self.keys = Keys(prefix)
+        self.channel_start = len(self.keys.events(""))
+        self.waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self.task: asyncio.Task | None = None
+        self.listening = asyncio.Event()  # subscribed now (tests wait for it)
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._listen(), name="glimpse-job-events")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def wait(self, job_id: str, timeout: float) -> bool:
+        """Until the job announces a change (True) or `timeout` s pass (False)."""
+        event = asyncio.Event()
+        self.waiters[job_id].add(event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.waiters[job_id].discard(event)
+            if not self.waiters[job_id]:
+                del self.waiters[job_id]
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            client = aioredis.Redis.from_url(self.url)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(self.keys.events_pattern)
+                self.listening.set()
+                backoff = 0.1
+                async for message in pubsub.listen():
+                    if message.get("type") == "pmessage":
+                        job_id = message["channel"][self.channel_start:].decode()
+                        for event in self.waiters.get(job_id, ()):
+                            event.set()
+            except (RedisError, OSError) as e:
+                self.listening.clear()
+                log.warning("job events: subscription lost (%s); resubscribing in %.1f s", type(e).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                    await client.aclose()
+
