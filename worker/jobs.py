@@ -49,12 +49,11 @@ from worker.protocol import (
     Output,
     Score,
     Walk,
-    animation_name,
     attention_name,
-    frame_name,
     image_name,
     job_bytes_bound,
     parse_request,
+    raw_name,
     validate_for_model,
 )
 from worker.queue import CLAIM_LUA, SERIALIZER, announce, make_queue, now_iso, owner_record, printable
@@ -172,6 +171,10 @@ class Entry:
     stored: dict[int, int] = field(default_factory=dict)  # frame PNGs written so far, per output
     steps_total: int = 0  # steps this run counts: T, a walk's points, the images scored
     scores: dict[int, Score] = field(default_factory=dict)
+
+    def frames_offered(self, i: int) -> int:
+        """Frame PNGs a client may fetch for output i: its raw canvases stored, if the request wants frames."""
+        return self.stored.get(i, 0) if self.request.output.frames else 0
 
     def returns(self, lm: LoadedModel) -> str:
         return lm.info.modes[self.request.condition.kind]
@@ -341,7 +344,8 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
 def _start(e: Entry, rt: Runtime, steps: int, chunks: int, batch_jobs: int, lm: LoadedModel) -> None:
     e.steps_total = steps
     _save_meta(e.job, e.meta, state="running", step=0, steps=steps, attempt=e.attempt, worker=rt.worker_name,
-               chunk=1, chunks=chunks, progress=0.0, batch_jobs=batch_jobs, returns=e.returns(lm))
+               chunk=1, chunks=chunks, progress=0.0, batch_jobs=batch_jobs, returns=e.returns(lm),
+               frame_shape=[lm.info.height, lm.info.width, lm.info.channels])  # of raw/ frames (the API renders them)
 
 
 def _canceled(conn: redis.Redis, keys: Keys, e: Entry) -> bool:
@@ -393,9 +397,8 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
             frames = _to_uint8(step.canvas[: len(chunk)])
             with conn.pipeline(transaction=False) as p:
                 for r, (e, i) in enumerate(chunk):
-                    if not e.canceled and e.request.output.frames and e.returns(lm) == "frames":
-                        p.hset(keys.files(e.job.id), frame_name(i, step.t), render.png(frames[r],
-                                                                                     scale=e.request.output.scale))
+                    if not e.canceled and e.request.output.canvases and e.returns(lm) == "frames":
+                        p.hset(keys.files(e.job.id), raw_name(i, step.t), render.raw(frames[r]))
                         e.stored[i] = step.t
                 for e in active:
                     p.expire(keys.files(e.job.id), int(ttl))
@@ -412,7 +415,7 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
                 if step.alignment is not None and n_words is not None:
                     live["alignment"] = [round(float(v), 4) for v in step.alignment[r, : n_words[r]]]
                 _save_meta(e.job, e.meta, step=step.t, chunk=c + 1, progress=round(progress, 4), live=live,
-                           frames=[e.stored.get(i, 0) for i in range(e.request.images)])
+                           frames=[e.frames_offered(i) for i in range(e.request.images)])
                 if flag:
                     e.canceled = True
                     log.info("job %s: canceled after step %d", e.job.id, step.t)
@@ -456,17 +459,16 @@ def _walk(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, walk: Walk,
         hi = min(walk.points, lo + s.batch_rows)
         out = sample(lm.model, noise=conditions.pad_rows(path[lo:hi], s.batch_rows), keep_canvases=False)
         images = _to_uint8(out.images[: hi - lo])
-        if e.request.output.frames:
+        if e.request.output.canvases:
             with conn.pipeline(transaction=False) as p:
                 for j, pixels in enumerate(images):
-                    p.hset(keys.files(e.job.id), frame_name(0, lo + j + 1),
-                           render.png(pixels, scale=e.request.output.scale))
+                    p.hset(keys.files(e.job.id), raw_name(0, lo + j + 1), render.raw(pixels))
                 p.expire(keys.files(e.job.id), int(ttl))
                 p.execute()
             e.stored[0] = hi
         drawn += list(images)
         e.steps_done = hi
-        _save_meta(e.job, e.meta, step=hi, progress=round(hi / walk.points, 4), frames=[e.stored.get(0, 0)])
+        _save_meta(e.job, e.meta, step=hi, progress=round(hi / walk.points, 4), frames=[e.frames_offered(0)])
         if s.step_delay:
             time.sleep(s.step_delay)
         if guard.stop:
@@ -516,7 +518,7 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
     inputs = e.request.inputs
     seeds = e.request.output_seeds()
     outputs = [Output(index=i, seed=seeds[i], caption=captions[i],
-                      input=inputs[i] if i < len(inputs) else None, frames=e.stored.get(i, 0),
+                      input=inputs[i] if i < len(inputs) else None, frames=e.frames_offered(i),
                       score=e.scores.get(i)) for i in range(e.request.images)]
     for i, out in enumerate(outputs):
         # A canceled job keeps every image it finished (all its steps drawn): only unfinished ones are dropped.
@@ -527,11 +529,10 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
         out.image = True
         if returns != "frames":
             continue
+        # Offered, not encoded: the API renders an animation from the raw frames when a client first asks for it.
         if opts.gif:
-            files[animation_name(i, "gif")] = render.gif(frames, frame_ms=opts.frame_ms, scale=opts.scale)
             out.animations.append("gif")
         if opts.webp:
-            files[animation_name(i, "webp")] = render.webp(frames, frame_ms=opts.frame_ms, scale=opts.scale)
             out.animations.append("webp")
         align, windows = e.alignments[i], e.windows[i]
         if windows is None and align is None:

@@ -52,9 +52,14 @@ ModeOutput = Literal["frames", "images", "scores"]  # what a mode returns (model
 class OutputOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    frames: bool = True  # keep every step's canvas as a PNG (written as it is drawn)
+    frames: bool = True  # offer every step's canvas as a PNG (readable as soon as it is drawn)
     gif: bool = True
     webp: bool = True  # animated, lossless
+
+    @property
+    def canvases(self) -> bool:
+        """Whether the worker keeps every step's raw canvas: for the frames, or to render an animation from."""
+        return self.frames or self.gif or self.webp
     frame_ms: int = Field(80, ge=10, le=2000)  # animation frame duration
     scale: int = Field(1, ge=1, le=MAX_SCALE)  # nearest-neighbour upscaling of every image written
 
@@ -289,15 +294,21 @@ class InvalidJobError(ValueError):
 
 # ------------------------------------------------------------------------------------------------------------
 # Result files. Each job's files live in one Redis hash, field = file name:
-#   frames/{i}/{t}.png     canvas of image i after step t (1-based), written as soon as step t is drawn
-#   images/{i}.png         final image i
-#   animations/{i}.gif     all T frames of image i
+#   raw/{i}/{t}            canvas of image i after step t (1-based): zlib'd uint8 (H, W, C) at the model's size,
+#                          written as soon as step t is drawn (no image encoding on the sampler's path)
+#   frames/{i}/{t}.png     that canvas as a PNG: rendered from raw/ by the API on first request, then kept
+#   images/{i}.png         final image i (the worker writes it when the image is finished)
+#   animations/{i}.gif     all T frames of image i: rendered from raw/ on first request, then kept
 #   animations/{i}.webp    same, animated lossless WebP
 #   attention/{i}.json     {"steps", "windows": (T, 4) write window x0,y0,x1,y1 px, "alignment": (T, K)|null, "words"}
 #   inputs/{j}.png         uploaded image j, as the API checked and normalised it (written before the job is queued)
 #   result.json            JobResult; written last, so its presence means "complete"
 
 RESULT_FILE = "result.json"
+
+
+def raw_name(image: int, step: int) -> str:
+    return f"raw/{image}/{step}"
 
 
 def frame_name(image: int, step: int) -> str:
@@ -384,6 +395,12 @@ def png_bound(height: int, width: int, channels: int) -> int:
     return 8 + 25 + 12 + deflate + 12 * (deflate // 8192 + 1) + 256
 
 
+def raw_bound(height: int, width: int, channels: int) -> int:
+    """zlib's compressBound over one uint8 canvas, plus its 6-byte header and trailer."""
+    n = height * width * channels
+    return n + (n >> 12) + (n >> 14) + (n >> 25) + 13 + 6
+
+
 def gif_bound(height: int, width: int, frames: int) -> int:
     pixels = height * width
     lzw = math.ceil(1.5 * pixels) + 2 * (pixels // 4000 + 2)
@@ -413,7 +430,9 @@ def job_bytes_bound(request: JobRequest, info: ModelInfo) -> int:
         words = info.max_caption_tokens or 0
         longest = max((len(v) for v in info.vocabulary or []), default=0)
         per_image += attention_bound(t, words, longest)
-        if request.output.frames:
+        if request.output.canvases:  # the raw canvases the API renders frames and animations from
+            per_image += t * raw_bound(info.height, info.width, c)
+        if request.output.frames:  # each frame's PNG, once a client has asked for it
             per_image += t * png_bound(h, w, c)
         if request.output.gif:
             per_image += gif_bound(h, w, t)

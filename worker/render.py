@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import io
 import json
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
-from worker.protocol import attention_bound, gif_bound, png_bound, webp_bound
+from worker.protocol import attention_bound, gif_bound, png_bound, raw_bound, webp_bound
 
 
 class ResultTooLargeError(RuntimeError):
@@ -31,6 +32,17 @@ def _image(pixels: np.ndarray, scale: int) -> Image.Image:
     if scale > 1:
         pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
     return Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels, "L" if pixels.shape[2] == 1 else "RGB")
+
+
+def raw(pixels: np.ndarray) -> bytes:
+    """pixels (H, W, C) uint8 -> zlib'd bytes (level 1: 4.5× cheaper than a PNG of a 60×60 canvas here)."""
+    h, w, c = pixels.shape
+    return _check("raw", zlib.compress(np.ascontiguousarray(pixels).tobytes(), 1), raw_bound(h, w, c))
+
+
+def unraw(data: bytes, shape: Sequence[int]) -> np.ndarray:
+    """The inverse of `raw`: (H, W, C) uint8."""
+    return np.frombuffer(zlib.decompress(data), dtype=np.uint8).reshape(tuple(shape))
 
 
 def png(pixels: np.ndarray, *, scale: int = 1) -> bytes:

@@ -209,3 +209,20 @@ def test_pushed_events_and_long_polls_do_not_wait_for_the_fallback_poll(make_cli
         if seen[-1][0] == "succeeded":
             break
     assert seen[-1][0] == "succeeded" and len({s for s in seen}) == len(seen), seen  # every answer a change
+
+
+def test_frames_and_animations_are_rendered_on_first_request_then_kept(client, conn):
+    from service.config import ApiSettings
+    from worker.protocol import Keys
+
+    jid = post(client, {"caption": CAPTION, "output": {"frames": False, "gif": False, "webp": True}}).json()["id"]
+    out = wait_status(client, jid, {"succeeded"})["outputs"][0]
+    files = Keys(ApiSettings().key_prefix).files(jid)
+    assert out["frames"] == [] and out["animation_gif"] is None and conn.hexists(files, "raw/0/5")
+    assert not conn.hexists(files, "animations/0.webp")  # the worker encoded no animation
+    first = client.get(out["animation_webp"])
+    assert first.status_code == 200 and first.headers["content-type"] == "image/webp"
+    assert conn.hget(files, "animations/0.webp") == first.content  # kept: the next request reads it back
+    assert client.get(out["animation_webp"]).content == first.content
+    assert client.get(f"/v1/generations/{jid}/images/0/frames/5.png").status_code == 404  # frames not asked for
+    assert client.get(f"/v1/generations/{jid}/images/0/animation.gif").status_code == 404

@@ -12,7 +12,8 @@ from PIL import Image
 from rq.job import JobStatus
 
 from worker import queue as q
-from worker.protocol import JOB_FUNC, Keys, frame_name
+from worker import render
+from worker.protocol import JOB_FUNC, Keys, raw_name
 from worker.registry import load_models
 
 from .conftest import files_of, make_settings, request, wait_for
@@ -35,16 +36,16 @@ def test_aligndraw_job_end_to_end(conn, settings, run_burst):
     assert view.status == "succeeded" and view.step == 5 and view.steps == 5 and view.attempt == 1
     assert view.result["seeds"] == req.seeds and len(req.seeds) == 4  # recorded, one per image
     files = files_of(conn, settings, job_id)
-    expected = {f"images/{i}.png" for i in range(4)} | {f"frames/{i}/{t}.png" for i in range(4) for t in range(1, 6)}
-    expected |= {f"animations/{i}.{x}" for i in range(4) for x in ("gif", "webp")}
+    # The worker writes raw canvases and the final images; frame PNGs and animations are rendered on request by
+    # the API (service/outputs.py, tested through the API).
+    expected = {f"images/{i}.png" for i in range(4)} | {f"raw/{i}/{t}" for i in range(4) for t in range(1, 6)}
     expected |= {f"attention/{i}.json" for i in range(4)}
     assert set(files) == expected
     image = Image.open(io.BytesIO(files["images/2.png"]))
     assert image.size == (16, 16) and image.mode == "L"
-    assert files["images/2.png"] == files["frames/2/5.png"]  # the final image is the last canvas
-    gif = Image.open(io.BytesIO(files["animations/0.gif"]))
-    webp = Image.open(io.BytesIO(files["animations/0.webp"]))
-    assert getattr(gif, "n_frames", 1) >= 2 and webp.n_frames == 5
+    last = render.unraw(files["raw/2/5"], view.meta["frame_shape"])
+    assert files["images/2.png"] == render.png(last)  # the final image is the last canvas
+    assert [o["animations"] for o in view.result["outputs"]] == [["gif", "webp"]] * 4  # offered
     attention = json.loads(files["attention/2.json"])  # image 2 draws caption 1: "7 at bottom"
     assert attention["words"] == ["7", "at", "bottom"]
     assert len(attention["windows"]) == 5 and all(len(w) == 4 for w in attention["windows"])
@@ -62,8 +63,11 @@ def test_draw_job_and_output_options(conn, settings, run_burst):
                       output={"frames": False, "gif": False, "webp": True, "scale": 2}), settings)
     run_burst(settings)
     files = files_of(conn, settings, job_id)
-    assert sorted(files) == [*(f"animations/{i}.webp" for i in range(3)), *(f"attention/{i}.json" for i in range(3)),
-                             *(f"images/{i}.png" for i in range(3))]
+    # No frames offered, but a WebP is: the raw canvases stay for the API to render it from.
+    assert sorted(files) == sorted([*(f"attention/{i}.json" for i in range(3)), *(f"images/{i}.png" for i in range(3)),
+                                    *(f"raw/{i}/{t}" for i in range(3) for t in range(1, 7))])
+    view = q.get_view(conn, job_id, settings)
+    assert [(o["frames"], o["animations"]) for o in view.result["outputs"]] == [(0, ["webp"])] * 3
     assert Image.open(io.BytesIO(files["images/0.png"])).size == (20, 24)  # 10×12 drawn, scaled ×2
     assert json.loads(files["attention/0.json"])["alignment"] is None
 
@@ -85,8 +89,9 @@ def _poll_progress(conn, settings, job_id, seen, stop, on_step=None):
     while not stop.is_set():
         view = q.get_view(conn, job_id, settings)
         if view and view.status == "running" and view.step:
-            frame = conn.hget(Keys(settings.key_prefix).files(job_id), frame_name(0, view.step))
-            seen.append((view.step, frame is not None and Image.open(io.BytesIO(frame)).size == (16, 16)))
+            raw = conn.hget(Keys(settings.key_prefix).files(job_id), raw_name(0, view.step))
+            readable = raw is not None and render.unraw(raw, view.meta["frame_shape"]).shape[:2] == (16, 16)
+            seen.append((view.step, readable))
             if on_step and on_step(view.step):
                 on_step = None
         time.sleep(0.01)
@@ -121,7 +126,7 @@ def test_cancel_a_running_job_stops_within_one_step(conn, settings, run_burst):
     assert view.status == "canceled" and view.result["state"] == "canceled"
     assert view.result["steps_done"] <= marks["step_after_cancel"] + 1 < 5
     files = files_of(conn, slow, job_id)
-    assert "images/0.png" not in files and f"frames/0/{view.result['steps_done']}.png" in files
+    assert "images/0.png" not in files and f"raw/0/{view.result['steps_done']}" in files
     assert q.cancel(conn, job_id, slow) is False  # already over
 
 

@@ -48,7 +48,7 @@ def test_sigkill_mid_job_is_retried_by_a_live_worker_with_identical_bytes(conn, 
     ref_id, _ = q.enqueue_generation(conn, req, elsewhere, job_id="reference")
     run_burst(elsewhere)
     reference, recovered = files_of(conn, settings, ref_id), files_of(conn, slow, job_id)
-    assert len(reference) == 4 * (1 + 5 + 3) and reference == recovered
+    assert len(reference) == 4 * (1 + 5 + 1) and reference == recovered  # image, 5 raw canvases, attention
 
 
 def test_sigterm_finishes_the_job_within_grace_or_requeues_it(conn, settings, run_burst, spawn_worker):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from worker import __main__ as worker_main
 from worker import queue as q
-from worker import redis_conn
+from worker import redis_conn, render
 from worker.jobs import public_error
 from worker.protocol import Keys
 
@@ -99,9 +99,10 @@ def test_a_canceled_job_keeps_the_images_it_finished(conn, settings, run_burst):
     view = q.get_view(conn, job_id, slow)
     assert view.status == "canceled"
     files = files_of(conn, slow, job_id)
-    assert {"images/0.png", "images/1.png", "animations/0.gif", "animations/1.webp"} <= set(files)
+    assert {"images/0.png", "images/1.png", "raw/1/5"} <= set(files)
     assert "images/2.png" not in files and "images/3.png" not in files
-    assert files["images/1.png"] == files["frames/1/5.png"]  # the finished canvas, all 5 steps
+    assert files["images/1.png"] == render.png(render.unraw(files["raw/1/5"], view.meta["frame_shape"]))  # step 5
     assert Image.open(io.BytesIO(files["images/0.png"])).size == (16, 16)
     outputs = view.result["outputs"]
     assert [o["image"] for o in outputs] == [True, True, False, False]
+    assert [o["animations"] for o in outputs] == [["gif", "webp"]] * 2 + [[]] * 2  # only the finished ones offered

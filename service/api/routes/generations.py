@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from models.vocab import CaptionTooLongError, EmptyCaptionError, UnknownWordsError, Vocabulary
-from service import store
+from service import outputs, store
 from service.api.deps import CallerDep, ConnDep, IdempotencyKeyDep, MetricsDep, SettingsDep
 from service.events import JobEvents
 from service.problems import PROBLEM_JSON, Problem
@@ -44,7 +44,7 @@ from worker.protocol import (
     job_bytes_bound,
     validate_for_model,
 )
-from worker.queue import cancel, enqueue_generation, get_file, get_view, job_timeout, model_catalog
+from worker.queue import JobView, cancel, enqueue_generation, get_file, get_view, job_timeout, model_catalog
 
 log = logging.getLogger("service")
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
@@ -331,6 +331,20 @@ def _file(conn, settings, caller, job_id: str, name: str) -> Response:
     return Response(data, media_type=content_type(name), headers=headers)
 
 
+def _rendered(conn, settings, caller, job_id: str, name: str, render: Callable[[JobView], bytes | None]) -> Response:
+    """A frame or an animation: rendered from the raw canvases on first request (service.outputs), then kept."""
+    _authorize(conn, settings, caller, job_id)
+    view = get_view(conn, job_id, settings)
+    if view is None:
+        raise _unknown(job_id)
+    data = render(view)
+    if data is None:
+        raise Problem(404, "no-such-output", f"{name} of generation {job_id} does not exist (yet): status "
+                      f"{view.status}", title="No such output", status_now=view.status)
+    headers = {"Cache-Control": f"private, max-age={settings.result_ttl}, immutable"}
+    return Response(data, media_type=content_type(name), headers=headers)
+
+
 IMAGE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "PNG"}, 404: PROBLEM}
 
 
@@ -343,14 +357,16 @@ def image(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, cal
             summary="Canvas after step t (1..T); readable while the job runs")
 def frame(job_id: JobId, index: Index, step: Annotated[int, Path(ge=1)], settings: SettingsDep, conn: ConnDep,
           caller: CallerDep) -> Response:
-    return _file(conn, settings, caller, job_id, frame_name(index, step))
+    return _rendered(conn, settings, caller, job_id, frame_name(index, step),
+                     lambda view: outputs.frame(conn, settings, view, index, step))
 
 
 @router.get("/{job_id}/images/{index}/animation.{fmt}", response_class=Response, summary="Animation of all T steps",
             responses={200: {"content": {"image/gif": {}, "image/webp": {}}}, 404: PROBLEM})
 def animation(job_id: JobId, index: Index, fmt: Literal["gif", "webp"], settings: SettingsDep, conn: ConnDep,
               caller: CallerDep) -> Response:
-    return _file(conn, settings, caller, job_id, animation_name(index, fmt))
+    return _rendered(conn, settings, caller, job_id, animation_name(index, fmt),
+                     lambda view: outputs.animation(conn, settings, view, index, fmt))
 
 
 @router.get("/{job_id}/images/{index}/attention.json", response_class=Response,
@@ -424,14 +440,16 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int, events: Job
             if steps and "chunks" in view.meta:  # a cursor past the job's last step has nothing more to send
                 sent = min(sent, chunks * steps)
             if tick > sent and steps:
-                names = set(await anyio.to_thread.run_sync(store.file_names, conn, settings, job_id))
+                names: set[str] = set()
+                if ((view.request or {}).get("output") or {}).get("frames", True):  # else raw/ is for animations only
+                    names = set(await anyio.to_thread.run_sync(store.file_names, conn, settings, job_id))
                 # One write for all the steps this poll found (at most chunks × T: bounded by the job, not the header).
                 batch = []
                 while sent < tick:
                     sent += 1
                     t = (sent - 1) % steps + 1
-                    images = sorted(int(n.split("/")[1]) for n in names if n.startswith("frames/") and
-                                    n.endswith(f"/{t}.png"))
+                    images = sorted(int(n.split("/")[1]) for n in names if n.startswith("raw/") and
+                                    n.endswith(f"/{t}"))
                     data: dict[str, Any] = {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
                                             "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}
                     if sent == tick and view.meta.get("live"):  # the latest step: its write window and word weights

@@ -1,0 +1,72 @@
+"""Frame PNGs and animations, rendered from the worker's raw canvases when a client first asks for them, then kept.
+
+The worker stores each step's canvas as zlib'd uint8 (`raw/{i}/{t}`), so no image is encoded on the sampler's path;
+the encoders here are the worker's own (worker.render: Pillow and numpy, no torch), fed the same pixels, so every
+PNG, GIF and WebP has the bytes it had when the worker encoded them itself. Two first requests may both render;
+they write the same bytes. A kept copy lives in the job's files hash under its TTL; if Redis cannot take it (full),
+the bytes are still served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import numpy as np
+import redis
+
+from service.config import ApiSettings
+from worker import render
+from worker.protocol import JobRequest, JobResult, Keys, animation_name, frame_name, raw_name
+from worker.queue import JobView
+
+
+def _keep(conn: redis.Redis, files: str, name: str, data: bytes) -> bytes:
+    with contextlib.suppress(redis.RedisError):
+        conn.hset(files, name, data)
+    return data
+
+
+def _bytes(value: bytes | str | None) -> bytes | None:
+    """A Redis reply as bytes (our connections return bytes; redis-py's types also admit str)."""
+    return value.encode() if isinstance(value, str) else value
+
+
+def _request(view: JobView) -> JobRequest | None:
+    return JobRequest.model_validate(view.request) if view.request is not None else None
+
+
+def frame(conn: redis.Redis, settings: ApiSettings, view: JobView, index: int, step: int) -> bytes | None:
+    """The PNG of image `index` after `step`, or None while (or if) that step is not drawn."""
+    files = Keys(settings.key_prefix).files(view.id)
+    kept, raw = (_bytes(v) for v in conn.hmget(files, [frame_name(index, step), raw_name(index, step)]))
+    if kept is not None:
+        return kept
+    request, shape = _request(view), view.meta.get("frame_shape")
+    if raw is None or request is None or shape is None or not request.output.frames:
+        return None
+    png = render.png(render.unraw(raw, shape), scale=request.output.scale)
+    return _keep(conn, files, frame_name(index, step), png)
+
+
+def animation(conn: redis.Redis, settings: ApiSettings, view: JobView, index: int,
+              fmt: Literal["gif", "webp"]) -> bytes | None:
+    """The animation of a finished image over all its frames, or None where the job offers none."""
+    files = Keys(settings.key_prefix).files(view.id)
+    kept = _bytes(conn.hget(files, animation_name(index, fmt)))
+    if kept is not None:
+        return kept
+    request, shape = _request(view), view.meta.get("frame_shape")
+    if view.result is None or request is None or shape is None:
+        return None
+    outputs = JobResult.model_validate(view.result).outputs
+    if index >= len(outputs) or fmt not in outputs[index].animations:
+        return None
+    steps = int(view.result.get("steps") or 0)  # a finished image has every step's canvas
+    raws = [_bytes(r) for r in conn.hmget(files, [raw_name(index, t) for t in range(1, steps + 1)])]
+    if not raws or any(r is None for r in raws):
+        return None
+    frames = np.stack([render.unraw(r, shape) for r in raws if r is not None])
+    encode = render.gif if fmt == "gif" else render.webp
+    data = encode(frames, frame_ms=request.output.frame_ms, scale=request.output.scale)
+    return _keep(conn, files, animation_name(index, fmt), data)
