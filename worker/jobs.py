@@ -164,8 +164,9 @@ class Entry:
     steps_done: int = 0
     canceled: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
-    # per output: uint8 frames (T', H, W, C), windows (T', 4) or None, alignment (T', K) or None, scores
-    frames: dict[int, np.ndarray] = field(default_factory=dict)
+    # per finished output (every step drawn): its final uint8 image (H, W, C), windows (T, 4) or None, alignment
+    # (T, K) or None; per scored image its score. Intermediate canvases live in Redis only (raw/), never here.
+    finals: dict[int, np.ndarray] = field(default_factory=dict)
     windows: dict[int, np.ndarray | None] = field(default_factory=dict)
     alignments: dict[int, np.ndarray | None] = field(default_factory=dict)
     stored: dict[int, int] = field(default_factory=dict)  # frame PNGs written so far, per output
@@ -428,17 +429,20 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
 
         if all(e.canceled for e in in_chunk):
             continue
-        out = sample(lm.model, seeds=seeds, batch_size=s.batch_rows, callback=on_step,
+        # keep_canvases=False: the callback streams every step to Redis, so no (B, T, C, H, W) buffer is needed.
+        out = sample(lm.model, seeds=seeds, batch_size=s.batch_rows, callback=on_step, keep_canvases=False,
                      **given)  # type: ignore[arg-type]  # mypy reads **dict as filling every keyword
         if state["stopped"]:
             return True
-        frames = _to_uint8(out.canvases[: len(chunk)])
+        if out.steps_done < out.steps:  # every row of the chunk was canceled
+            continue
+        finals = _to_uint8(out.images[: len(chunk)])
         windows = out.windows[: len(chunk)].cpu().numpy() if out.windows is not None else None
         aligns = out.alignments[: len(chunk)].cpu().numpy() if out.alignments is not None else None
         for r, (e, i) in enumerate(chunk):
             if e.canceled:  # canceled during this chunk: its rows here are unfinished (earlier chunks' are kept)
                 continue
-            e.frames[i] = frames[r]
+            e.finals[i] = finals[r]
             e.windows[i] = windows[r] if windows is not None else None
             e.alignments[i] = aligns[r] if aligns is not None else None
     return False
@@ -452,7 +456,6 @@ def _walk(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, walk: Walk,
     path = conditions.walk_path(lm.model, e.request.seeds or [], ends, walk.points)
     _start(e, rt, walk.points, 1, 1, lm)
     ttl = s.result_ttl + (e.job.timeout or 0)
-    drawn: list[np.ndarray] = []
     for lo in range(0, walk.points, s.batch_rows):
         if _canceled(conn, keys, e):
             break
@@ -466,15 +469,14 @@ def _walk(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, walk: Walk,
                 p.expire(keys.files(e.job.id), int(ttl))
                 p.execute()
             e.stored[0] = hi
-        drawn += list(images)
         e.steps_done = hi
+        if hi == walk.points:  # the whole path drawn: its last point is the output's image
+            e.finals[0], e.windows[0], e.alignments[0] = images[-1], None, None
         _save_meta(e.job, e.meta, step=hi, progress=round(hi / walk.points, 4), frames=[e.frames_offered(0)])
         if s.step_delay:
             time.sleep(s.step_delay)
         if guard.stop:
             return True
-    if drawn:
-        e.frames[0], e.windows[0], e.alignments[0] = np.stack(drawn), None, None
     return False
 
 
@@ -512,7 +514,7 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
     info = lm.info
     returns = e.returns(lm)
     files: dict[str, bytes] = {}
-    done = len(e.scores) if returns == "scores" else len(e.frames)
+    done = len(e.scores) if returns == "scores" else len(e.finals)
     complete = not e.canceled and done == e.request.images
     captions = e.request.image_captions()
     inputs = e.request.inputs
@@ -522,10 +524,9 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
                       score=e.scores.get(i)) for i in range(e.request.images)]
     for i, out in enumerate(outputs):
         # A canceled job keeps every image it finished (all its steps drawn): only unfinished ones are dropped.
-        if returns == "scores" or i not in e.frames or len(e.frames[i]) != e.steps_total:
+        if returns == "scores" or i not in e.finals:
             continue
-        frames = e.frames[i]
-        files[image_name(i)] = render.png(frames[-1], scale=opts.scale)
+        files[image_name(i)] = render.png(e.finals[i], scale=opts.scale)
         out.image = True
         if returns != "frames":
             continue
