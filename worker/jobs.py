@@ -187,12 +187,14 @@ def _to_uint8(canvas: torch.Tensor) -> np.ndarray:
     return x.movedim(-3, -1).cpu().numpy()
 
 
-def _save_meta(job: Job, meta: dict[str, Any], **update: Any) -> None:
-    """Write the job's progress, then announce it: the API's event streams and long polls wake on the message."""
+def _save_meta(job: Job, meta: dict[str, Any], pipeline: redis.client.Pipeline | None = None, **update: Any) -> None:
+    """Write the job's progress, then announce it: the API's event streams and long polls wake on the message.
+    With `pipeline` both are queued on it (RQ's save_meta is this same HSET of the serialised meta)."""
     meta.update(update, updated_at=now_iso())
     job.meta = meta
-    job.save_meta()
-    announce(job.connection, get_runtime().settings, job.id, str(meta.get("state", "")))
+    target = pipeline if pipeline is not None else job.connection
+    target.hset(job.key, "meta", job.serializer.dumps(meta))
+    announce(target, get_runtime().settings, job.id, str(meta.get("state", "")))
 
 
 def _fail(job: Job, kind: str, message: str) -> None:
@@ -396,27 +398,33 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
                     n_words=n_words) -> bool:
             active = [e for e in in_chunk if not e.canceled]
             frames = _to_uint8(step.canvas[: len(chunk)])
+            # One round trip a step for the whole batch: the canvases, then each job's progress and its announcement
+            # (in that order, so a reader woken by the announcement finds the canvases), then the cancel flags.
+            canvases: dict[Entry, dict[str, bytes]] = {}
+            for r, (e, i) in enumerate(chunk):
+                if not e.canceled and e.request.output.canvases and e.returns(lm) == "frames":
+                    canvases.setdefault(e, {})[raw_name(i, step.t)] = render.raw(frames[r])
+                    e.stored[i] = step.t
             with conn.pipeline(transaction=False) as p:
-                for r, (e, i) in enumerate(chunk):
-                    if not e.canceled and e.request.output.canvases and e.returns(lm) == "frames":
-                        p.hset(keys.files(e.job.id), raw_name(i, step.t), render.raw(frames[r]))
-                        e.stored[i] = step.t
+                for e, named in canvases.items():  # one HSET a job, whatever its rows in this call
+                    p.hset(keys.files(e.job.id), mapping=cast(Any, named))
                 for e in active:
-                    p.expire(keys.files(e.job.id), int(ttl))
-                for e in active:
-                    p.exists(keys.cancel(e.job.id))
-                flags = p.execute()[-len(active):] if active else []
+                    if step.t == 1:  # the files outlive the run by result_ttl: set once a call, not every step
+                        p.expire(keys.files(e.job.id), int(ttl))
+                    e.steps_done = step.t
+                    progress = (c * step.steps + step.t) / (n_chunks * step.steps)
+                    r = first_row[e]
+                    live: dict[str, Any] = {"image": chunk[r][1]}
+                    if step.window is not None:
+                        live["window"] = [round(float(v), 2) for v in step.window[r]]
+                    if step.alignment is not None and n_words is not None:
+                        live["alignment"] = [round(float(v), 4) for v in step.alignment[r, : n_words[r]]]
+                    _save_meta(e.job, e.meta, pipeline=p, step=step.t, chunk=c + 1, progress=round(progress, 4),
+                               live=live, frames=[e.frames_offered(i) for i in range(e.request.images)])
+                if active:
+                    p.mget([keys.cancel(e.job.id) for e in active])
+                flags = p.execute()[-1] if active else []
             for e, flag in zip(active, flags, strict=True):
-                e.steps_done = step.t
-                progress = (c * step.steps + step.t) / (n_chunks * step.steps)
-                r = first_row[e]
-                live: dict[str, Any] = {"image": chunk[r][1]}
-                if step.window is not None:
-                    live["window"] = [round(float(v), 2) for v in step.window[r]]
-                if step.alignment is not None and n_words is not None:
-                    live["alignment"] = [round(float(v), 4) for v in step.alignment[r, : n_words[r]]]
-                _save_meta(e.job, e.meta, step=step.t, chunk=c + 1, progress=round(progress, 4), live=live,
-                           frames=[e.frames_offered(i) for i in range(e.request.images)])
                 if flag:
                     e.canceled = True
                     log.info("job %s: canceled after step %d", e.job.id, step.t)
@@ -548,8 +556,11 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
         out.attention = True
     state = "succeeded" if complete else "canceled"
     names = sorted({text(n) for n in conn.hkeys(keys.files(e.job.id))} | set(files))
-    stored = sum(len(v) for v in files.values()) + sum(
-        conn.hstrlen(keys.files(e.job.id), n) for n in names if n not in files and not n.startswith("inputs/"))
+    earlier = [n for n in names if n not in files and not n.startswith("inputs/")]  # the raw canvases, mostly
+    with conn.pipeline(transaction=False) as p:  # one round trip, not one per file
+        for n in earlier:
+            p.hstrlen(keys.files(e.job.id), n)
+        stored = sum(len(v) for v in files.values()) + sum(p.execute())
     summary = JobResult(
         job_id=e.job.id, state=state, model=info.id, kind=info.kind, condition=e.request.condition.kind,
         captions=e.request.captions, n=e.request.n, seeds=e.request.seeds, steps=e.steps_total,
@@ -564,8 +575,10 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
         p.hset(keys.files(e.job.id), RESULT_FILE, json.dumps(summary))
         p.expire(keys.files(e.job.id), s.result_ttl)
         p.delete(keys.cancel(e.job.id))
+        # In the same transaction: a reader sees the result and the final progress together, announced after both.
+        _save_meta(e.job, e.meta, pipeline=p, state=state, step=e.steps_done,
+                   progress=1.0 if complete else e.meta.get("progress"))
         p.execute()
-    _save_meta(e.job, e.meta, state=state, step=e.steps_done, progress=1.0 if complete else e.meta.get("progress"))
     if e.canceled:
         log.info("job %s: canceled at step %d", e.job.id, e.steps_done)
     return summary

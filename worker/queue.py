@@ -100,7 +100,7 @@ def enqueue_generation(
     return job_id, request
 
 
-def announce(conn: redis.Redis, settings: Settings, job_id: str, state: str) -> None:
+def announce(conn: redis.Redis | redis.client.Pipeline, settings: Settings, job_id: str, state: str) -> None:
     """Tell whoever listens that the job changed (a step, its end). Fire and forget: a reader that misses it still
     polls now and then, so a lost message costs latency, never correctness."""
     conn.publish(Keys(settings.key_prefix).events(job_id), state)

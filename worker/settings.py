@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     # Every sampler call runs exactly `batch_rows` rows (padding rows fill the rest), so a job's pixels do not
     # depend on what shares its call; `batch_jobs` = B, the most jobs one call serves (1 disables batching).
     batch_rows: int = Field(16, ge=1, le=64)
-    batch_jobs: int = Field(8, ge=1, le=64)
+    batch_jobs: int = Field(16, ge=1, le=64)  # = batch_rows: sixteen 1-image jobs fill one call (8 capped them at 50%)
     batch_scan: int = Field(64, ge=1)  # how many waiting jobs a worker looks at when it builds a batch
 
     # --- liveness ---

@@ -116,7 +116,11 @@ def test_mixed_faults_100_jobs_none_lost_and_images_byte_identical(checkpoints: 
             ids = run()
 
             def victim_busy() -> bool:
-                return any(b["name"] == "victim" and b.get("jobs") for b in live_workers(conn, s))
+                """It holds a job it has not finished: by its owner records (its heartbeat lags by an interval),
+                with no result.json yet (once written, the job is done whatever happens to the worker)."""
+                owned = [j.decode() for j, o in conn.hgetall(Keys(s.key_prefix).running).items()
+                         if b'"worker": "victim"' in o]
+                return any(not conn.hexists(Keys(s.key_prefix).files(j), RESULT_FILE) for j in owned)
 
             wait_for(victim_busy, 60, interval=0.01, what="the victim to hold jobs")
             victim.send_signal(signal.SIGKILL)

@@ -277,6 +277,7 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
     base = _base(request)
     deadline = time.monotonic() + min(wait, settings.max_wait)
     while True:
+        read_at = time.monotonic()
         gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base, metrics)
         if gen.status == "expired" and owner is None:
             raise _unknown(job_id)
@@ -286,7 +287,8 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
         left = deadline - time.monotonic()
         if left <= 0 or not (unchanged or waiting_for_end):
             break
-        await request.app.state.events.wait(job_id, min(left, settings.events_poll_interval))
+        if await request.app.state.events.wait(job_id, min(left, settings.events_poll_interval)):
+            await asyncio.sleep(max(0.0, min(read_at + settings.events_min_interval, deadline) - time.monotonic()))
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
     if unchanged:
         return Response(status_code=304, headers=headers)
@@ -425,6 +427,7 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int, events: Job
     quiet_since = time.monotonic()
     backoff = settings.events_poll_interval
     while True:
+        read_at = time.monotonic()
         try:
             view = await anyio.to_thread.run_sync(get_view, conn, job_id, settings)
             if view is None:
@@ -440,16 +443,13 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int, events: Job
             if steps and "chunks" in view.meta:  # a cursor past the job's last step has nothing more to send
                 sent = min(sent, chunks * steps)
             if tick > sent and steps:
-                names: set[str] = set()
-                if ((view.request or {}).get("output") or {}).get("frames", True):  # else raw/ is for animations only
-                    names = set(await anyio.to_thread.run_sync(store.file_names, conn, settings, job_id))
+                counts = view.meta.get("frames") or []  # frame PNGs each image offers so far (the worker's count)
                 # One write for all the steps this poll found (at most chunks × T: bounded by the job, not the header).
                 batch = []
                 while sent < tick:
                     sent += 1
                     t = (sent - 1) % steps + 1
-                    images = sorted(int(n.split("/")[1]) for n in names if n.startswith("raw/") and
-                                    n.endswith(f"/{t}"))
+                    images = [i for i, n in enumerate(counts) if n >= t]
                     data: dict[str, Any] = {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
                                             "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}
                     if sent == tick and view.meta.get("live"):  # the latest step: its write window and word weights
@@ -472,5 +472,6 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int, events: Job
             quiet_since = time.monotonic()
         if backoff > settings.events_poll_interval:
             await asyncio.sleep(backoff)  # Redis is away: no announcement will come
-        else:
-            await events.wait(job_id, backoff)  # the worker's next step or end, or the fallback poll
+        elif await events.wait(job_id, backoff):  # the worker's next step or end, or the fallback poll
+            # Steps may come every few ms: read the job at most every events_min_interval, whatever wakes us.
+            await asyncio.sleep(max(0.0, read_at + settings.events_min_interval - time.monotonic()))
