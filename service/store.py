@@ -15,7 +15,7 @@ from rq.job import Job
 
 from service.config import ApiSettings
 from service.schemas import Generation, ImageOutput, Links, Progress
-from worker.protocol import TERMINAL, JobRequest, JobResult, Keys, Output
+from worker.protocol import TERMINAL, JobRequest, JobResult, Output
 from worker.queue import JobView, make_queue
 from worker.redis_conn import text
 
@@ -72,7 +72,7 @@ def first_sight_of_end(conn: redis.Redis, settings: ApiSettings, job_id: str) ->
 
 def room(conn: redis.Redis, settings: ApiSettings, need: int) -> tuple[bool, int, int]:
     """Whether a job that may store `need` bytes fits under the fill limit of Redis's maxmemory (no cap: always).
-    Returns (fits, used bytes, limit bytes). Checked before enqueueing, so a running job never finds Redis full."""
+    Returns (fits, used bytes, limit bytes). Checked before enqueueing, so running jobs keep their headroom."""
     info = conn.info("memory")
     used, cap = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
     limit = int(cap * settings.store_fill_limit)
@@ -128,10 +128,6 @@ def links(base: str, job_id: str, condition: str | None = None) -> Links:
 
 def expired(base: str, job_id: str) -> Generation:
     return Generation(id=job_id, status="expired", links=links(base, job_id))
-
-
-def file_names(conn: redis.Redis, settings: ApiSettings, job_id: str) -> list[str]:
-    return [text(n) for n in conn.hkeys(Keys(settings.key_prefix).files(job_id))]
 
 
 def _request(view: JobView) -> JobRequest | None:

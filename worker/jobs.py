@@ -11,8 +11,9 @@ matter either (tests/worker/test_batching.py checks the bytes for several job mi
 Claimed jobs stay RQ jobs: when the leader is done it has written their files and pushes them back to the front
 of the queue; the worker then dequeues each, `generate` finds its result.json, and returns it at once.
 
-After each step: that step's frame PNGs go into the job's files hash, then `job.meta` gets step/T
-(`save_meta`, never `save`), then the cancel flags are read (one round trip for the whole batch).
+After each step, in one pipelined round trip for the whole batch: that step's canvases go into each job's files hash
+as raw uint8 (`raw/{i}/{t}`; the API renders PNGs and animations from them on request), each job's meta gets step/T
+(the meta field only, never the whole job) with an announcement on its events channel, and the cancel flags are read.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ class Entry:
     finals: dict[int, np.ndarray] = field(default_factory=dict)
     windows: dict[int, np.ndarray | None] = field(default_factory=dict)
     alignments: dict[int, np.ndarray | None] = field(default_factory=dict)
-    stored: dict[int, int] = field(default_factory=dict)  # frame PNGs written so far, per output
+    stored: dict[int, int] = field(default_factory=dict)  # raw canvases stored so far, per output
     steps_total: int = 0  # steps this run counts: T, a walk's points, the images scored
     scores: dict[int, Score] = field(default_factory=dict)
 
