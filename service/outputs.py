@@ -1,6 +1,6 @@
 """Frame PNGs and animations, rendered from the worker's raw canvases when a client first asks for them, then kept.
 
-The worker stores each step's canvas as zlib'd uint8 (`raw/{i}/{t}`), so no image is encoded on the sampler's path;
+The worker stores each step's canvas as raw uint8 bytes (`raw/{i}/{t}`), so no image is encoded on the sampler's path;
 the encoders here are the worker's own (worker.render: Pillow and numpy, no torch), fed the same pixels, so every
 PNG, GIF and WebP has the bytes it had when the worker encoded them itself. Two first requests may both render;
 they write the same bytes. A kept copy lives in the job's files hash under its TTL; if Redis cannot take it (full),

@@ -294,7 +294,7 @@ class InvalidJobError(ValueError):
 
 # ------------------------------------------------------------------------------------------------------------
 # Result files. Each job's files live in one Redis hash, field = file name:
-#   raw/{i}/{t}            canvas of image i after step t (1-based): zlib'd uint8 (H, W, C) at the model's size,
+#   raw/{i}/{t}            canvas of image i after step t (1-based): its uint8 (H, W, C) bytes at the model's size,
 #                          written as soon as step t is drawn (no image encoding on the sampler's path)
 #   frames/{i}/{t}.png     that canvas as a PNG: rendered from raw/ by the API on first request, then kept
 #   images/{i}.png         final image i (the worker writes it when the image is finished)
@@ -396,9 +396,8 @@ def png_bound(height: int, width: int, channels: int) -> int:
 
 
 def raw_bound(height: int, width: int, channels: int) -> int:
-    """zlib's compressBound over one uint8 canvas, plus its 6-byte header and trailer."""
-    n = height * width * channels
-    return n + (n >> 12) + (n >> 14) + (n >> 25) + 13 + 6
+    """One uint8 canvas, stored uncompressed (worker.render.raw)."""
+    return height * width * channels
 
 
 def gif_bound(height: int, width: int, frames: int) -> int:
