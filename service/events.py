@@ -25,16 +25,19 @@ class JobEvents:
         self.channel_start = len(self.keys.events(""))
         self.waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self.task: asyncio.Task | None = None
+        self.closing = False
         self.listening = asyncio.Event()  # subscribed now (tests wait for it)
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._listen(), name="glimpse-job-events")
 
     async def stop(self) -> None:
+        """Cancel the listener and wait for it, but never more than 2 s: redis-py may turn a cancelled read into a
+        ConnectionError, which the loop would otherwise take for a lost subscription and retry (a shutdown hung so)."""
+        self.closing = True
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await asyncio.wait({self.task}, timeout=2.0)  # unlike wait_for, never waits on past its timeout
 
     async def wait(self, job_id: str, timeout: float) -> bool:
         """Until the job announces a change (True) or `timeout` s pass (False)."""
@@ -52,7 +55,7 @@ class JobEvents:
 
     async def _listen(self) -> None:
         backoff = 0.1
-        while True:
+        while not self.closing:
             client = aioredis.Redis.from_url(self.url)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
@@ -66,6 +69,8 @@ class JobEvents:
                             event.set()
             except (RedisError, OSError) as e:
                 self.listening.clear()
+                if self.closing:
+                    return
                 log.warning("job events: subscription lost (%s); resubscribing in %.1f s", type(e).__name__, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -226,3 +226,4 @@ def test_frames_and_animations_are_rendered_on_first_request_then_kept(client, c
     assert client.get(out["animation_webp"]).content == first.content
     assert client.get(f"/v1/generations/{jid}/images/0/frames/5.png").status_code == 404  # frames not asked for
     assert client.get(f"/v1/generations/{jid}/images/0/animation.gif").status_code == 404
+

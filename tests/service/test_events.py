@@ -1,0 +1,76 @@
+"""service/events.py, the one pub/sub listener per API process: waiters wake on their job's announcement, and the
+listener stops promptly even when redis-py reports its cancelled read as a lost connection (a CI run hung so)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from service.events import JobEvents
+from worker.protocol import Keys
+
+
+class CancelledAsConnectionError:
+    """A pubsub whose blocking read, when cancelled, raises ConnectionError instead of CancelledError."""
+
+    subscribed = True
+
+    async def psubscribe(self, *patterns: str) -> None:
+        pass
+
+    async def listen(self):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise RedisConnectionError("Connection closed by server.") from None
+        yield {}  # pragma: no cover
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_stop_returns_even_when_a_cancelled_read_looks_like_a_lost_connection(monkeypatch):
+    monkeypatch.setattr(aioredis.Redis, "pubsub", lambda self, **kw: CancelledAsConnectionError())
+
+    async def run() -> float:
+        events = JobEvents("redis://127.0.0.1:1/0", "glimpse")
+        events.start()
+        await asyncio.wait_for(events.listening.wait(), 5)
+        t0 = time.monotonic()
+        await events.stop()
+        return time.monotonic() - t0
+
+    took: list[float] = []
+    runner = threading.Thread(target=lambda: took.append(asyncio.run(run())), daemon=True)  # a hang must not hang us
+    runner.start()
+    runner.join(10)
+    assert not runner.is_alive(), "stop() hung: the listener resubscribed after its cancelled read"
+    assert took[0] < 3
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_waiter_wakes_on_its_jobs_announcement_only(service_redis_url, announced):
+    import redis
+
+    async def run() -> tuple[bool, float]:
+        events = JobEvents(service_redis_url, "events-test")
+        events.start()
+        await asyncio.wait_for(events.listening.wait(), 5)
+        conn = redis.Redis.from_url(service_redis_url)
+        waiter = asyncio.create_task(events.wait("job-a", 2.0))
+        await asyncio.sleep(0.05)
+        conn.publish(Keys("events-test").events("job-b"), "running")  # another job's: no wake
+        if announced:
+            conn.publish(Keys("events-test").events("job-a"), "running")
+        t0 = time.monotonic()
+        woke = await waiter
+        await events.stop()
+        return woke, time.monotonic() - t0
+
+    woke, took = asyncio.run(run())
+    assert woke is announced and (took < 1.0 if announced else took > 1.5)
