@@ -75,7 +75,7 @@ class JobEvents:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-                    await client.aclose()
+                for close in (pubsub.aclose, client.aclose):  # each, whatever the other did
+                    with contextlib.suppress(Exception):
+                        await close()
 

@@ -18,18 +18,14 @@ import redis
 from service.config import ApiSettings
 from worker import render
 from worker.protocol import JobRequest, JobResult, Keys, animation_name, frame_name, raw_name
-from worker.queue import JobView
+from worker.queue import JobView, get_file
+from worker.redis_conn import as_bytes
 
 
 def _keep(conn: redis.Redis, files: str, name: str, data: bytes) -> bytes:
     with contextlib.suppress(redis.RedisError):
         conn.hset(files, name, data)
     return data
-
-
-def _bytes(value: bytes | str | None) -> bytes | None:
-    """A Redis reply as bytes (our connections return bytes; redis-py's types also admit str)."""
-    return value.encode() if isinstance(value, str) else value
 
 
 def _request(view: JobView) -> JobRequest | None:
@@ -39,7 +35,7 @@ def _request(view: JobView) -> JobRequest | None:
 def frame(conn: redis.Redis, settings: ApiSettings, view: JobView, index: int, step: int) -> bytes | None:
     """The PNG of image `index` after `step`, or None while (or if) that step is not drawn."""
     files = Keys(settings.key_prefix).files(view.id)
-    kept, raw = (_bytes(v) for v in conn.hmget(files, [frame_name(index, step), raw_name(index, step)]))
+    kept, raw = (as_bytes(v) for v in conn.hmget(files, [frame_name(index, step), raw_name(index, step)]))
     if kept is not None:
         return kept
     request, shape = _request(view), view.meta.get("frame_shape")
@@ -53,7 +49,7 @@ def animation(conn: redis.Redis, settings: ApiSettings, view: JobView, index: in
               fmt: Literal["gif", "webp"]) -> bytes | None:
     """The animation of a finished image over all its frames, or None where the job offers none."""
     files = Keys(settings.key_prefix).files(view.id)
-    kept = _bytes(conn.hget(files, animation_name(index, fmt)))
+    kept = get_file(conn, view.id, animation_name(index, fmt), settings)
     if kept is not None:
         return kept
     request, shape = _request(view), view.meta.get("frame_shape")
@@ -63,7 +59,7 @@ def animation(conn: redis.Redis, settings: ApiSettings, view: JobView, index: in
     if index >= len(outputs) or fmt not in outputs[index].animations:
         return None
     steps = int(view.result.get("steps") or 0)  # a finished image has every step's canvas
-    raws = [_bytes(r) for r in conn.hmget(files, [raw_name(index, t) for t in range(1, steps + 1)])]
+    raws = [as_bytes(r) for r in conn.hmget(files, [raw_name(index, t) for t in range(1, steps + 1)])]
     if not raws or any(r is None for r in raws):
         return None
     frames = np.stack([render.unraw(r, shape) for r in raws if r is not None])

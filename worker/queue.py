@@ -14,6 +14,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ from worker.protocol import (
     check_job_id,
     padded_rows,
 )
-from worker.redis_conn import text
+from worker.redis_conn import as_bytes, text
 from worker.settings import Settings
 
 SERIALIZER = JSONSerializer
@@ -185,8 +186,7 @@ def printable(message: str, limit: int = 300) -> str:
 
 def get_file(conn: redis.Redis, job_id: str, name: str, settings: Settings) -> bytes | None:
     """One result file (see protocol: frames/{i}/{t}.png, images/{i}.png, animations/{i}.gif|webp, ...)."""
-    value = conn.hget(Keys(settings.key_prefix).files(job_id), name)
-    return value.encode() if isinstance(value, str) else value
+    return as_bytes(conn.hget(Keys(settings.key_prefix).files(job_id), name))
 
 
 def list_files(conn: redis.Redis, job_id: str, settings: Settings) -> list[str]:
@@ -293,39 +293,34 @@ def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str) -> 
     return "requeued"
 
 
-def requeue_orphans(conn: redis.Redis, settings: Settings) -> list[tuple[str, str]]:
-    """Requeue every job whose owner's heartbeat has expired. Safe to run from many workers at once: HDEL of the
-    owner record elects exactly one of them per job. Returns [(job id, outcome)]."""
+def _requeue_owned(conn: redis.Redis, settings: Settings, free: Callable[[str], str | None]) -> list[tuple[str, str]]:
+    """Requeue each job whose owner's name `free` answers with a reason (None: leave it). Safe to run from many
+    workers at once: HDEL of the owner record elects exactly one of them per job. Returns [(job id, outcome)]."""
     keys = Keys(settings.key_prefix)
-    owners = conn.hgetall(keys.running)
     done = []
-    for raw_id, raw_owner in owners.items():
+    for raw_id, raw_owner in conn.hgetall(keys.running).items():
         job_id = text(raw_id)
         try:
             worker = json.loads(raw_owner)["worker"]
         except (ValueError, KeyError):
             worker = ""
-        if worker and conn.exists(keys.worker(worker)):
-            continue
-        if conn.hdel(keys.running, job_id) == 1:
-            done.append((job_id, requeue(conn, job_id, settings, f"worker {worker} stopped sending heartbeats")))
+        reason = free(worker)
+        if reason is not None and conn.hdel(keys.running, job_id) == 1:
+            done.append((job_id, requeue(conn, job_id, settings, reason)))
     return done
+
+
+def requeue_orphans(conn: redis.Redis, settings: Settings) -> list[tuple[str, str]]:
+    """Requeue every job whose owner's heartbeat has expired."""
+    keys = Keys(settings.key_prefix)
+    return _requeue_owned(conn, settings, lambda worker: None if worker and conn.exists(keys.worker(worker)) else
+                          f"worker {worker} stopped sending heartbeats")
 
 
 def requeue_own(conn: redis.Redis, settings: Settings, worker: str, reason: str) -> list[tuple[str, str]]:
     """Requeue the jobs this worker's owner records name: after its RQ loop was cut short by a Redis error, the
-    worker still beats, so `requeue_orphans` would never free them. Returns [(job id, outcome)]."""
-    keys = Keys(settings.key_prefix)
-    done = []
-    for raw_id, raw_owner in conn.hgetall(keys.running).items():
-        try:
-            owner = json.loads(raw_owner)["worker"]
-        except (ValueError, KeyError):
-            continue
-        job_id = text(raw_id)
-        if owner == worker and conn.hdel(keys.running, job_id) == 1:
-            done.append((job_id, requeue(conn, job_id, settings, reason)))
-    return done
+    worker still beats, so `requeue_orphans` would never free them."""
+    return _requeue_owned(conn, settings, lambda owner: reason if owner == worker else None)
 
 
 def validate_request(conn: redis.Redis, request: JobRequest, settings: Settings) -> ModelInfo:

@@ -74,6 +74,11 @@ def connect(settings: Settings) -> redis.Redis:
     return conn
 
 
+def as_bytes(value: bytes | str | None) -> bytes | None:
+    """A Redis reply as bytes (connections here return bytes; redis-py's types also admit str)."""
+    return value.encode() if isinstance(value, str) else value
+
+
 def text(value: bytes | str) -> str:
     """A Redis reply as str: connections here return bytes, redis-py's types also admit str."""
     return value.decode() if isinstance(value, bytes) else value

@@ -319,30 +319,24 @@ def cancel_generation(job_id: JobId, request: Request, settings: SettingsDep, co
 
 # --- output files -----------------------------------------------------------------------------------------------
 
-def _file(conn, settings, caller, job_id: str, name: str) -> Response:
+def _file(conn, settings, caller, job_id: str, name: str,
+          render: Callable[[JobView], bytes | None] | None = None) -> Response:
+    """A stored file; with `render`, a frame or animation rendered from the raw canvases on first request
+    (service.outputs), then kept."""
     _authorize(conn, settings, caller, job_id)
-    data = get_file(conn, job_id, name, settings)
-    if data is None:
+    view = None
+    if render is None:
+        data = get_file(conn, job_id, name, settings)
+    else:
         view = get_view(conn, job_id, settings)
+        data = render(view) if view is not None else None
+    if data is None:
+        view = view or get_view(conn, job_id, settings)
         if view is None:
             raise _unknown(job_id)
         raise Problem(404, "no-such-output", f"{name} of generation {job_id} does not exist (yet): status "
                       f"{view.status}", title="No such output", status_now=view.status)
     # A stored file never changes (a requeued job redraws the same pixels from the same seeds).
-    headers = {"Cache-Control": f"private, max-age={settings.result_ttl}, immutable"}
-    return Response(data, media_type=content_type(name), headers=headers)
-
-
-def _rendered(conn, settings, caller, job_id: str, name: str, render: Callable[[JobView], bytes | None]) -> Response:
-    """A frame or an animation: rendered from the raw canvases on first request (service.outputs), then kept."""
-    _authorize(conn, settings, caller, job_id)
-    view = get_view(conn, job_id, settings)
-    if view is None:
-        raise _unknown(job_id)
-    data = render(view)
-    if data is None:
-        raise Problem(404, "no-such-output", f"{name} of generation {job_id} does not exist (yet): status "
-                      f"{view.status}", title="No such output", status_now=view.status)
     headers = {"Cache-Control": f"private, max-age={settings.result_ttl}, immutable"}
     return Response(data, media_type=content_type(name), headers=headers)
 
@@ -359,7 +353,7 @@ def image(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, cal
             summary="Canvas after step t (1..T); readable while the job runs")
 def frame(job_id: JobId, index: Index, step: Annotated[int, Path(ge=1)], settings: SettingsDep, conn: ConnDep,
           caller: CallerDep) -> Response:
-    return _rendered(conn, settings, caller, job_id, frame_name(index, step),
+    return _file(conn, settings, caller, job_id, frame_name(index, step),
                      lambda view: outputs.frame(conn, settings, view, index, step))
 
 
@@ -367,7 +361,7 @@ def frame(job_id: JobId, index: Index, step: Annotated[int, Path(ge=1)], setting
             responses={200: {"content": {"image/gif": {}, "image/webp": {}}}, 404: PROBLEM})
 def animation(job_id: JobId, index: Index, fmt: Literal["gif", "webp"], settings: SettingsDep, conn: ConnDep,
               caller: CallerDep) -> Response:
-    return _rendered(conn, settings, caller, job_id, animation_name(index, fmt),
+    return _file(conn, settings, caller, job_id, animation_name(index, fmt),
                      lambda view: outputs.animation(conn, settings, view, index, fmt))
 
 
