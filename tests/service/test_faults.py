@@ -16,7 +16,7 @@ from tests.redis_server import RedisServer
 from tests.service.conftest import api_settings, running_worker, wait_status
 from tests.worker.conftest import wait_for
 from worker.protocol import RESULT_FILE, Keys, image_name
-from worker.queue import live_workers
+from worker.queue import get_view, live_workers
 
 CAPTION = "the digit 3 is at the top left of the image"
 ENDED = {"succeeded", "failed", "canceled", "expired"}
@@ -116,11 +116,13 @@ def test_mixed_faults_100_jobs_none_lost_and_images_byte_identical(checkpoints: 
             ids = run()
 
             def victim_busy() -> bool:
-                """It holds a job it has not finished: by its owner records (its heartbeat lags by an interval),
-                with no result.json yet (once written, the job is done whatever happens to the worker)."""
+                """It is sampling a job with two or more steps to go (≥ 0.2 s at this step_delay): by its owner
+                records (its heartbeat lags by an interval); killing it while it wrote results raced with them."""
                 owned = [j.decode() for j, o in conn.hgetall(Keys(s.key_prefix).running).items()
                          if b'"worker": "victim"' in o]
-                return any(not conn.hexists(Keys(s.key_prefix).files(j), RESULT_FILE) for j in owned)
+                views = [get_view(conn, j, s) for j in owned]
+                return any(v is not None and v.status == "running" and v.result is None
+                           and 1 <= v.step <= (v.steps or 0) - 2 for v in views)
 
             wait_for(victim_busy, 60, interval=0.01, what="the victim to hold jobs")
             victim.send_signal(signal.SIGKILL)
