@@ -10,7 +10,8 @@ checkpoint loader and the worker talk to it through this contract alone and neve
 - `generate(noise, **conditions)` → T `Step`s (the DRAW family) or one.
 
 The tensors each condition arrives as (worker/conditions.py builds them): "caption" → `captions` (B, K) word ids
-right-padded with 0 and `lengths` (B,); "images" → `images` (B, C, H, W) in {0, 1}; "none" → nothing. A "walk" is
+right-padded with 0 and `lengths` (B,); "images" → `images` (B, C, H, W) in {0, 1}, or grey levels in [0, 1] for a
+family whose `pixels` attribute is "grey"; "none" → nothing. A "walk" is
 run by the caller in noise space: families that offer it with "images" also define `encode_noise(x)` → (B, *noise
 shape), the ε their decoder maps to x's posterior-mean path. Optional: `param_groups()` (several networks),
 `init_output_bias(pixel_means)` (called by the trainer on a fresh run), `active_units(x)` (reported by evaluate).
@@ -46,7 +47,8 @@ class Step:
 class Losses:
     """One batch's objective. `bound` and `terms` are per example (B,); `minimise` holds one scalar per group."""
 
-    minimise: dict[str, Tensor]  # optimiser group -> scalar to minimise ({"model"}; VAE/GAN and AVB several)
+    # optimiser group -> scalar to minimise ({"model"}; VAE/GAN and AVB several); None: the group sits this batch out
+    minimise: dict[str, Tensor | None]
     bound: Tensor  # (B,) nats, an upper bound on −log p(x) (−ELBO, −L_k): validation and early stopping
     log_weight: Tensor | None = None  # (B,) log p(x, z) − log q(z | x) at the first sample, where there is a q
     terms: dict[str, Tensor] = field(default_factory=dict)  # (B,) parts logged as means: reconstruction, kl
@@ -99,6 +101,7 @@ FAMILIES: dict[str, str] = {
     "draw": "models.draw:DRAW",
     "aligndraw": "models.aligndraw:AlignDRAW",
     "iwae": "models.iwae:IWAE",
+    "vaegan": "models.vaegan:VAEGAN",
 }
 
 

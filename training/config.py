@@ -13,7 +13,7 @@ MODELS = tuple(FAMILIES)
 # What each dataset yields, matched against a family's `data` (models/family.py).
 DATASETS: dict[str, str] = {"mnist-captions": "captioned_images", "fashion-captions": "captioned_images",
                             "coco": "captioned_images", "jsonl": "captioned_images",
-                            "binarized-mnist": "images", "mnist": "images"}
+                            "binarized-mnist": "images", "mnist": "images", "fashion-mnist": "images"}
 
 DEFAULT_LR = 1e-3  # both papers' learning rate
 
@@ -32,7 +32,7 @@ class TrainConfig:
     lr: float | None = None  # DEFAULT_LR for a new run; on resume the saved rate unless --lr is given
     lr_stages: str = ""  # a staged schedule that sets lr each epoch (stage_lr below): "burda:S" or JSON [[epochs, lr]]
     clip: float = 10.0  # gradient-norm clip of the official code
-    patience: int = 3  # epochs without validation improvement before stopping (alignDRAW's script)
+    patience: int | None = None  # epochs without validation improvement before stopping; 3 (alignDRAW's script)
     seed: int = 0
     device: str = "auto"  # cuda when present
     pairs_per_epoch: int = 10_000  # alignDRAW draws a fresh 10k captioned pairs every epoch
@@ -53,7 +53,7 @@ class TrainConfig:
         cls = family(self.model)
         # Unset fields take the family's paper values (frozen dataclass: set once here). DRAW's 1000-batch KL
         # warm-up: its 2×2 read otherwise loses the latents to KL collapse early (measured).
-        defaults = {"optimizer": "adam", "kl_warmup": 0} | dict(cls.train_defaults)
+        defaults = {"optimizer": "adam", "kl_warmup": 0, "patience": 3} | dict(cls.train_defaults)
         for name, value in defaults.items():
             if getattr(self, name) in (None, "auto"):
                 object.__setattr__(self, name, value)

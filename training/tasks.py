@@ -213,6 +213,54 @@ class BinarizedMnistTask(Task):
         return {"x": self._val}
 
 
+class GreyImagesTask(Task):
+    """Fashion-MNIST as grey levels in [0, 1] (never binarised): the last 10,000 training images validate, the
+    official 10,000 test images are left to `evaluate`. After each epoch the run logs whether samples still differ
+    from one another (`val_sample_diversity`, module function below), the collapse check a GAN needs."""
+
+    def __init__(self, config: TrainConfig):
+        from training.data.mnist import load_mnist, split_validation
+
+        images = load_mnist("train", root=config.data_dir, dataset="fashion-mnist", download=config.download)
+        train, val = split_validation(images, n_val=10_000)
+        super().__init__(config, None, {"dataset": config.dataset, "digits_source": train.source,
+                                        "validation": val.source})
+        self._train = torch.from_numpy(train.images).float().div(255).view(-1, 1, 28, 28)
+        self._val = torch.from_numpy(val.images).float().div(255).view(-1, 1, 28, 28)[: config.val_size]
+
+    def model_config(self) -> Any:
+        return family(self.config.model).Config(**self.config.model_overrides)
+
+    def train_data(self, epoch: int) -> Batch:
+        g = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))
+        return {"x": self._train[torch.randperm(self._train.shape[0], generator=g)]}
+
+    def val_data(self) -> Batch:
+        return {"x": self._val}
+
+    def pixel_means(self) -> Tensor:
+        return self._train.mean(0)
+
+    def epoch_metrics(self, model: Any) -> dict[str, float]:
+        from models.sampling import sample
+
+        was_training = model.training
+        images = sample(model.eval(), seeds=list(range(256)), keep_canvases=False).images.cpu()
+        model.train(was_training)
+        return {"val_sample_diversity": sample_diversity(images, self._val[:256])}
+
+
+def sample_diversity(samples: Tensor, reference: Tensor) -> float:
+    """Mean pairwise pixel distance between samples over the same for real images: near 1 for a healthy generator,
+    near 0 when it has collapsed onto a few outputs (the GAN failure the issue asks to watch)."""
+    def spread(x: Tensor) -> float:
+        flat = x.flatten(1).double()
+        n = flat.shape[0]
+        return (torch.cdist(flat, flat).sum() / (n * (n - 1))).item()
+
+    return spread(samples) / spread(reference)
+
+
 class FolderCaptionsTask(Task):
     """Your own captioned images (COCO captions file + image folder, or JSONL), resized to 32×32 RGB as the
     paper's COCO model; the vocabulary is every word of the training captions, the last 5% are validation."""
@@ -261,7 +309,8 @@ class FolderCaptionsTask(Task):
 
 TASKS: dict[str, type[Task]] = {"mnist-captions": CaptionsTask, "fashion-captions": CaptionsTask,
                                 "coco": FolderCaptionsTask, "jsonl": FolderCaptionsTask,
-                                "binarized-mnist": BinarizedMnistTask, "mnist": BinarizedMnistTask}
+                                "binarized-mnist": BinarizedMnistTask, "mnist": BinarizedMnistTask,
+                                "fashion-mnist": GreyImagesTask}
 
 
 def make_task(config: TrainConfig) -> Task:

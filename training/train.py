@@ -85,6 +85,7 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: 
                total=n_batches, desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True, leave=False,
                mininterval=0.5 if sys.stderr.isatty() else 60)  # a log file gets a line a minute, not a flood
     sums = torch.zeros(4, dtype=torch.float64)
+    term_sums: dict[str, float] = {}  # every logged term of the family (a GAN's costs, how often each player moved)
     start = time.perf_counter()
     beta = 1.0
     for i, batch in enumerate(bar):
@@ -97,38 +98,56 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: 
         kl = losses.terms.get("kl", torch.zeros(()))
         sums += torch.tensor([losses.bound.detach().sum().item(), kl.detach().sum().item(), n,
                               grad_norm], dtype=torch.float64)
+        for name, value in losses.terms.items():
+            term_sums[name] = term_sums.get(name, 0.0) + value.detach().double().sum().item()
         seen = sums[2].item() * world
         bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.2f}", kl=f"{sums[1].item() / sums[2].item():.2f}",
                         img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False,  # bar's own pace
                         **({"kl_weight": f"{beta:.2f}"} if beta < 1 else {}))
+    terms = torch.tensor(list(term_sums.values()), dtype=torch.float64)
     if world > 1:
         dist.all_reduce(sums)
+        dist.all_reduce(terms)
     seconds = time.perf_counter() - start
     images = sums[2].item() or math.nan  # --max-batches 0 validates only: no training numbers
     return {"train_nll_bound": sums[0].item() / images, "train_kl": sums[1].item() / images,
             "images_per_s": sums[2].item() / seconds, "epoch_seconds": seconds, "kl_weight": beta,
-            "lr": next(iter(optimizers.values())).param_groups[0]["lr"]}
+            "lr": next(iter(optimizers.values())).param_groups[0]["lr"]} | {
+            f"train_{name}": value / images for name, value in zip(term_sums, terms.tolist(), strict=True)
+            if name != "kl"}
 
 
 def step(losses: Losses, optimizers: Optimizers, groups: dict[str, list[nn.Parameter]], clip: float) -> float:
     """One update of every optimiser group from its own loss, gradients routed to that group's parameters only;
-    -> the largest gradient norm before clipping."""
+    a group whose loss is None is not stepped (its Adam moments do not move); -> the largest gradient norm before
+    clipping."""
     if set(losses.minimise) != set(optimizers):
         raise ValueError(f"loss groups {sorted(losses.minimise)} do not match the optimizers {sorted(optimizers)}")
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
-    names = list(losses.minimise)
-    for j, name in enumerate(names):
-        inputs = groups[name] if len(names) > 1 else None  # one group: the plain backward of every parameter
-        losses.minimise[name].backward(inputs=inputs, retain_graph=j < len(names) - 1)
+    active = [(name, loss) for name, loss in losses.minimise.items() if loss is not None]
+    for j, (name, loss) in enumerate(active):
+        inputs = groups[name] if len(losses.minimise) > 1 else None  # one group: the plain backward of every parameter
+        loss.backward(inputs=inputs, retain_graph=j < len(active) - 1)
     norm = 0.0
-    for name in names:
+    for name, _ in active:
         norm = max(norm, torch.nn.utils.clip_grad_norm_(groups[name], clip).item())
         optimizers[name].step()
     return norm
 
 
 def write_previews(model: nn.Module, task: Task, run: Path, epoch: int, device: torch.device) -> None:
+    """Sample grids in eval mode: batch norm draws with its running statistics and, drawing, leaves them alone (in
+    train mode the previews would move them after the checkpoint was saved, and a resume would differ)."""
+    was_training = model.training
+    model.eval()
+    try:
+        _write_previews(model, task, run, epoch)
+    finally:
+        model.train(was_training)
+
+
+def _write_previews(model: nn.Module, task: Task, run: Path, epoch: int) -> None:
     conditions = task.preview_conditions()
     count = next(iter(conditions.values())).shape[0] if conditions else 64
     out = sample(model, batch_size=None if conditions else count, seeds=list(range(count)), **conditions)  # type: ignore[arg-type]
@@ -192,7 +211,9 @@ def train(config: TrainConfig) -> Progress:
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
 
-    stopped = progress.epochs_without_improvement >= config.patience
+    patience = config.patience
+    assert patience is not None, "TrainConfig sets it from the family's defaults"
+    stopped = progress.epochs_without_improvement >= patience
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         staged = stage_lr(config.lr_stages, epoch) if config.lr_stages else None
         if stopped or (config.lr_stages and staged is None):  # early stopping, or the schedule's end
@@ -214,7 +235,7 @@ def train(config: TrainConfig) -> Progress:
             progress.epochs_without_improvement = 0
         else:
             progress.epochs_without_improvement += 1
-        stopped = progress.epochs_without_improvement >= config.patience
+        stopped = progress.epochs_without_improvement >= patience
         if rank == 0:
             row |= task.epoch_metrics(model)
             ckpt = Checkpoint(model, vocab=task.vocab, training=training_record(config, progress),

@@ -30,7 +30,7 @@ def captions(vocab: Vocabulary, texts: Sequence[str], rows: int, max_tokens: int
 
 
 def read_images(conn: redis.Redis, keys: Keys, job_id: str, names: Sequence[str], info: ModelInfo) -> Tensor:
-    """The job's uploaded images as the model's binary pixels, (N, C, H, W) float32."""
+    """The job's uploaded images as the model reads them (binary or grey, `info.pixels`), (N, C, H, W) float32."""
     raw = conn.hmget(keys.files(job_id), list(names)) if names else []
     out = []
     for name, data in zip(names, raw, strict=True):
@@ -41,7 +41,7 @@ def read_images(conn: redis.Redis, keys: Keys, job_id: str, names: Sequence[str]
             pixels = inputs.decode(raw_bytes, height=info.height, width=info.width, channels=info.channels)
         except inputs.InputImageError as e:
             raise InvalidJobError(f"{name}: {e}") from None
-        out.append(inputs.binary(pixels))
+        out.append(inputs.grey(pixels) if info.pixels == "grey" else inputs.binary(pixels))
     return torch.from_numpy(np.stack(out))
 
 

@@ -3,7 +3,8 @@ what it reads back from Redis), and the rule that turns them into a model's bina
 
 Rules, stated once: a PNG of at most MAX_INPUT_BYTES whose size is exactly the model's height × width. Grey models
 take it as 8-bit grey (colour is converted with Pillow's ITU-R 601-2 luma, alpha composited onto black, which is
-the models' background); colour models take RGB. Bernoulli models see pixel > 127 as 1, else 0.
+the models' background); colour models take RGB. Bernoulli models see pixel > 127 as 1, else 0; grey-level models
+(ModelInfo.pixels "grey") see pixel / 255.
 """
 
 from __future__ import annotations
@@ -74,3 +75,8 @@ def normalised_png(pixels: np.ndarray) -> bytes:
 def binary(pixels: np.ndarray) -> np.ndarray:
     """(H, W, C) uint8 -> (C, H, W) float32 in {0, 1}: pixel > 127 is ink."""
     return (pixels > THRESHOLD).astype(np.float32).transpose(2, 0, 1)
+
+
+def grey(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8 -> (C, H, W) float32 in [0, 1]: pixel / 255, for models trained on grey levels."""
+    return (pixels.astype(np.float32) / 255).transpose(2, 0, 1)

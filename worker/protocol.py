@@ -236,6 +236,7 @@ class ModelInfo(BaseModel):
     width: int
     channels: int
     steps: int  # steps a generation runs (T for the DRAW family; 1 for one-shot decoders)
+    pixels: Literal["binary", "grey"] = "binary"  # how an uploaded image is read: thresholded at 127, or grey levels
     vocabulary: list[str] | None = None  # captioned families: the words it knows (index 0 padding excluded)
     max_caption_tokens: int | None = None
     example_captions: list[str] = []  # from the checkpoint (training records a few validation captions)

@@ -84,7 +84,8 @@ def describe(model_id: str, ckpt: Checkpoint) -> ModelInfo:
     modes = dict(m.modes) | ({"likelihood": "scores"} if m.likelihood else {})
     return ModelInfo(
         id=model_id, kind=m.kind, modes=modes, height=cfg.height, width=cfg.width, channels=cfg.channels,
-        steps=m.steps, vocabulary=ckpt.vocab.words if ckpt.vocab is not None else None,
+        steps=m.steps, pixels=getattr(m, "pixels", "binary"),
+        vocabulary=ckpt.vocab.words if ckpt.vocab is not None else None,
         max_caption_tokens=ckpt.vocab.max_length if ckpt.vocab is not None else None,
         example_captions=list(ckpt.extra.get("example_captions", [])),
         held_out_captions=list(ckpt.extra.get("held_out_captions", [])),

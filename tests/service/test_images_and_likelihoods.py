@@ -1,6 +1,6 @@
 """Images as inputs and the families beyond DRAW, end to end through the API and a real worker on a real Redis:
 IWAE samples, reconstructions of uploaded images, latent walks, likelihood scoring (checked against models.bounds
-run directly), and every bad image answered with a 422 that names it."""
+run directly), VAE/GAN reading uploads as grey levels, and every bad image answered with a 422 that names it."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from PIL import Image
 from models.bounds import importance_weighted
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.iwae import IWAE, IWAEConfig
+from models.vaegan import VAEGAN, VAEGANConfig
 from models.sampling import sample
 from service.main import create_app
 from tests.service.conftest import api_settings, running_worker
@@ -29,11 +30,16 @@ SIDE = 8  # tiny-iwae is 8×8
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, checkpoints: Path) -> Path:
-    """tiny-iwae beside copies of the suite's tiny-draw and tiny-align."""
+    """tiny-iwae and tiny-vaegan beside copies of the suite's tiny-draw and tiny-align."""
     d = tmp_path_factory.mktemp("served")
     torch.manual_seed(0)
     iwae = IWAE(IWAEConfig(height=SIDE, width=SIDE, layers=2, k=5, hidden=(16, 8), latent=(4, 3)))
     save_checkpoint(d / "tiny-iwae", Checkpoint(iwae, extra={"dataset": "mnist"}))
+    vaegan = VAEGAN(VAEGANConfig(height=SIDE, width=SIDE, z_size=3, base=4))
+    with torch.no_grad():  # off the N(0, 0.02) start, so the reconstruction depends visibly on the grey levels
+        for p in vaegan.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    save_checkpoint(d / "tiny-vaegan", Checkpoint(vaegan.eval(), extra={"dataset": "fashion-mnist"}))
     for name in ("tiny-draw", "tiny-align"):
         shutil.copytree(checkpoints / name, d / name)
     return d
@@ -96,6 +102,32 @@ def test_the_model_list_shows_each_models_modes(api):
     assert models["tiny-iwae"]["steps"] == 1 and models["tiny-iwae"]["default"]
     assert models["tiny-draw"]["modes"] == {"none": "frames", "likelihood": "scores"}
     assert models["tiny-align"]["modes"] == {"caption": "frames", "likelihood": "scores"}
+    assert models["tiny-vaegan"]["modes"] == {"none": "images", "images": "images", "walk": "frames"}  # no scores
+    assert models["tiny-vaegan"]["pixels"] == "grey" and models["tiny-iwae"]["pixels"] == "binary"
+
+
+def test_vaegan_reconstructs_the_grey_levels_it_was_sent(api, served):
+    """A grey model reads pixel / 255 (a binary one would threshold at 127): the reconstruction is the model's own
+    Dec(μ(x)) of exactly those levels, and differs from that of the thresholded image."""
+    client, s = api
+    images = digits(2)
+    r = client.post("/v1/generations", json={"model": "tiny-vaegan", "images": [png64(x) for x in images]})
+    assert r.status_code == 202, r.text
+    body = finished(client, r.json()["links"]["self"])
+    model = load_checkpoint(served / "tiny-vaegan").model.eval()
+    grey = [torch.from_numpy(p.astype(np.float32) / 255)[None] for p in images]
+    pad = [torch.zeros(1, SIDE, SIDE)] * (s.batch_rows - 2)
+    with torch.no_grad():
+        [step] = model.generate(torch.zeros(s.batch_rows, model.z_size), images=torch.stack(grey + pad))
+        [binary] = model.generate(torch.zeros(s.batch_rows, model.z_size),
+                                  images=torch.stack([ink(p) for p in images] + pad))
+    as_png = lambda logits: (torch.sigmoid(logits[:2]) * 255).round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()  # noqa: E731
+    expected, thresholded = as_png(step.logits), as_png(binary.logits)
+    assert not np.array_equal(expected, thresholded)  # the test can tell the two readings apart
+    for i, out in enumerate(body["outputs"]):
+        assert np.array_equal(pixels_of(client, out["image"]), expected[i])
+    r = client.post("/v1/likelihoods", json={"model": "tiny-vaegan", "images": [png64(images[0])]})
+    assert r.status_code == 422, r.text  # no likelihood: refused up front, saying so
 
 
 def test_unconditional_samples_are_the_samplers_pixels(api, served):
