@@ -18,8 +18,8 @@ from PIL import Image
 from models.bounds import importance_weighted
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.iwae import IWAE, IWAEConfig
-from models.vaegan import VAEGAN, VAEGANConfig
 from models.sampling import sample
+from models.vaegan import VAEGAN, VAEGANConfig
 from service.main import create_app
 from tests.service.conftest import api_settings, running_worker
 from tests.worker.conftest import flushed_db, wait_for
