@@ -5,8 +5,13 @@ const NUMBER_WORDS = { zero: "0", one: "1", two: "2", three: "3", four: "4", fiv
   eight: "8", nine: "9" };
 const KEY_STORE = "glimpse-api-key";
 const TERMINAL = ["done", "failed", "canceled", "expired"];
-const state = { models: [], model: null, job: null, result: null, selected: 0, frames: [], attention: null,
-  timer: null, stream: null, key: sessionStorage.getItem(KEY_STORE) || "" };
+const state = { models: [], model: null, mode: "caption", job: null, result: null, selected: 0, frames: [],
+  attention: null, inputs: [], timer: null, stream: null, pen: null, ink: false,
+  key: sessionStorage.getItem(KEY_STORE) || "" };
+// What a request carries (a model's `modes`, GET /v1/models) -> the submit button's label. Caption models have one.
+const MODES = { caption: "Draw", none: "Draw", images: "Reconstruct", walk: "Walk" };
+const PAD_SIDE = 196;  // the drawing box's side on screen, in CSS pixels (7 × 28 for an MNIST-sized model)
+const INK_WIDTH = 2.5;  // stroke width in model pixels, about an MNIST pen's
 const blobs = new Map();  // API URL -> promise of its blob: URL (images of the current job, when a key is set)
 
 // Same rules as models/vocab.py: words (letters/digits with inner ' or -), every other symbol its own token.
@@ -188,10 +193,219 @@ function chooseModel(id) {
   $("caption").required = conditional;
   $("marked").hidden = !conditional;
   $("example-lists").hidden = !conditional;
-  $("unconditional").hidden = conditional;
   fillList($("examples"), state.model ? state.model.example_captions || [] : []);
   fillList($("heldout"), state.model ? state.model.held_out_captions || [] : []);
   markCaption();
+  showModes(conditional);
+  if (offers("images")) sizePad();
+}
+
+// Generation modes beyond captions (IWAE, VAE/GAN): sample, reconstruct an image, walk between two seeds.
+function offers(mode) {
+  return !!(state.model && state.model.modes && mode in state.model.modes);
+}
+
+function showModes(conditional) {
+  const choices = ["none", "images", "walk"].filter(offers);
+  const several = !conditional && (offers("images") || offers("walk"));
+  $("modes").hidden = !several;
+  document.querySelectorAll("input[name=mode]").forEach((r) => { r.closest("label").hidden = !offers(r.value); });
+  let mode = "caption";
+  if (!conditional) mode = choices.includes(state.mode) ? state.mode : choices[0] || "none";
+  if (several) document.querySelector(`input[name=mode][value="${mode}"]`).checked = true;
+  chooseMode(mode);
+}
+
+function chooseMode(mode) {
+  state.mode = mode;
+  for (const [id, shown] of [["reconstruct", mode === "images"], ["walk", mode === "walk"]]) {
+    $(id).hidden = !shown;
+    $(id).disabled = !shown;  // a hidden panel's fields take no part in the form's validation
+  }
+  const sampling = mode === "caption" || mode === "none";
+  for (const id of ["n-field", "seed-field", "reuse"]) $(id).hidden = !sampling;
+  $("unconditional").hidden = mode !== "none";
+  $("submit").textContent = MODES[mode];
+}
+
+// The drawing box holds the image to reconstruct, at an integer multiple of the model's size: strokes of the pen,
+// or an uploaded image (scaled to fit, grey). Sent as the box averaged down to the model's pixels.
+function padScale() {
+  return Math.max(1, Math.floor(PAD_SIDE / Math.max(state.model.width, state.model.height)));
+}
+
+function sizePad() {
+  const pad = $("pad");
+  const s = padScale();
+  pad.width = state.model.width * s;
+  pad.height = state.model.height * s;
+  pad.style.width = `${pad.width}px`;
+  pad.style.height = `${pad.height}px`;
+  $("pad-size").textContent = `${state.model.width} × ${state.model.height}`;
+  clearPad();
+}
+
+function clearPad() {
+  const pad = $("pad");
+  const ctx = pad.getContext("2d");
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, pad.width, pad.height);
+  state.ink = false;
+  $("pad-note").textContent = "";
+  showSent();
+}
+
+function invertPad() {
+  const ctx = $("pad").getContext("2d");
+  const image = ctx.getImageData(0, 0, $("pad").width, $("pad").height);
+  invert(image.data);
+  ctx.putImageData(image, 0, 0);
+  state.ink = true;
+  showSent();
+}
+
+function padPoint(event) {
+  const pad = $("pad");
+  const box = pad.getBoundingClientRect();
+  return [((event.clientX - box.left) * pad.width) / box.width, ((event.clientY - box.top) * pad.height) / box.height];
+}
+
+function stroke([x0, y0], [x1, y1]) {
+  const ctx = $("pad").getContext("2d");
+  Object.assign(ctx, { strokeStyle: "#fff", lineWidth: INK_WIDTH * padScale(), lineCap: "round", lineJoin: "round" });
+  ctx.beginPath();
+  ctx.moveTo(x0, y0);
+  ctx.lineTo(x1, y1);
+  ctx.stroke();
+  state.ink = true;
+}
+
+// Pointer events: one code path for mouse, touch and pen; the pointer is captured so a stroke may leave the box.
+function penDown(event) {
+  if (event.button !== 0 || state.pen) return;
+  event.preventDefault();
+  try { $("pad").setPointerCapture(event.pointerId); } catch { /* a synthetic pointer: nothing to capture */ }
+  state.pen = { id: event.pointerId, at: padPoint(event) };
+  stroke(state.pen.at, state.pen.at);  // a tap leaves a dot
+}
+
+function penMove(event) {
+  if (!state.pen || event.pointerId !== state.pen.id) return;
+  const moves = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+  for (const move of moves.length ? moves : [event]) {
+    const at = padPoint(move);
+    stroke(state.pen.at, at);
+    state.pen.at = at;
+  }
+}
+
+function penUp(event) {
+  if (!state.pen || event.pointerId !== state.pen.id) return;
+  state.pen = null;
+  showSent();
+}
+
+// RGBA pixels in place: grey by the ITU-R 601-2 luma (the API's rule for colour), opaque.
+function toGrey(data) {
+  for (let i = 0; i < data.length; i += 4) {
+    const v = Math.round(0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2]);
+    data.set([v, v, v, 255], i);
+  }
+}
+
+function invert(data) {
+  for (let i = 0; i < data.length; i += 4) data.set([255 - data[i], 255 - data[i + 1], 255 - data[i + 2]], i);
+}
+
+// Mean grey of the outermost pixels: photos and scans are dark ink on light paper, the models light on black.
+function borderMean(data, w, h) {
+  let sum = 0;
+  let count = 0;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      if (y > 0 && y < h - 1 && x > 0 && x < w - 1) continue;
+      sum += data[(y * w + x) * 4];
+      count += 1;
+    }
+  }
+  return count ? sum / count : 0;
+}
+
+// An image file (anything the browser decodes): fitted into the model's size, grey, on black (transparency too,
+// as the API composites it), inverted when its background is light; then shown in the drawing box to touch up.
+async function loadFile() {
+  const file = $("upload").files[0];
+  if (!file || !state.model) return;
+  const picture = new Image();
+  picture.src = URL.createObjectURL(file);
+  try {
+    await picture.decode();
+  } catch {
+    $("pad-note").textContent = `${file.name} is not an image this browser can read.`;
+    return;
+  } finally {
+    URL.revokeObjectURL(picture.src);
+  }
+  const [iw, ih] = [picture.naturalWidth, picture.naturalHeight];
+  const { width, height } = state.model;
+  const fit = Math.min(width / iw, height / ih);
+  const w = Math.max(1, Math.round(iw * fit));
+  const h = Math.max(1, Math.round(ih * fit));
+  const small = el("canvas", { width: w, height: h });
+  const ctx = small.getContext("2d");
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, w, h);
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(picture, 0, 0, w, h);
+  const image = ctx.getImageData(0, 0, w, h);
+  toGrey(image.data);
+  const light = borderMean(image.data, w, h) > 127;
+  if (light) invert(image.data);
+  ctx.putImageData(image, 0, 0);
+  clearPad();
+  const pad = $("pad").getContext("2d");
+  const s = padScale();
+  pad.imageSmoothingEnabled = false;
+  pad.drawImage(small, Math.floor((width - w) / 2) * s, Math.floor((height - h) / 2) * s, w * s, h * s);
+  state.ink = true;
+  showSent();
+  $("pad-note").textContent = `${file.name} (${iw} × ${ih}) scaled to ${w} × ${h}` +
+    (light ? ", inverted: its background was light." : ".");
+}
+
+// The drawing box averaged down to the model's pixels, read as the model reads them (`pixels`: binary models see
+// pixel > 127 as ink), as a PNG data URL: what is sent, and shown beside the reconstruction.
+function padImage() {
+  const { width, height } = state.model;
+  const s = padScale();
+  const big = $("pad").getContext("2d").getImageData(0, 0, width * s, height * s).data;
+  const small = new ImageData(width, height);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      let sum = 0;
+      for (let dy = 0; dy < s; dy++) {
+        for (let dx = 0; dx < s; dx++) sum += big[((y * s + dy) * width * s + x * s + dx) * 4];
+      }
+      let v = Math.round(sum / (s * s));
+      if (state.model.pixels !== "grey") v = v > 127 ? 255 : 0;
+      small.data.set([v, v, v, 255], (y * width + x) * 4);
+    }
+  }
+  const canvas = el("canvas", { width, height });
+  canvas.getContext("2d").putImageData(small, 0, 0);
+  return canvas.toDataURL("image/png");
+}
+
+function showSent() {
+  if (state.model) $("sent").src = padImage();
+}
+
+// Both ends of a walk: the seeds given, or random ones written into their fields (to see and keep).
+function walkSeeds() {
+  return ["walk-from", "walk-to"].map((id) => {
+    if ($(id).value === "") $(id).value = String(Math.floor(Math.random() * 2 ** 31));
+    return Number($(id).value);
+  });
 }
 
 async function loadModels() {
@@ -206,6 +420,10 @@ async function loadModels() {
 }
 
 function requestBody() {
+  if (state.mode === "images") return { model: $("model").value, images: [padImage()] };
+  if (state.mode === "walk") {
+    return { model: $("model").value, walk: { seeds: walkSeeds(), points: Number($("points").value) || 8 } };
+  }
   const body = { model: $("model").value, n: Number($("n").value) || 1 };
   if (captioned()) body.caption = $("caption").value;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
@@ -216,6 +434,9 @@ async function submit(event) {
   event.preventDefault();
   $("error").hidden = true;
   markCaption();
+  if (state.mode === "images" && !state.ink) {
+    return showError({ title: "Nothing to reconstruct", detail: "draw in the box or pick an image file first." });
+  }
   const body = requestBody();
   $("curl").textContent = `curl -s -X POST ${location.origin}/v1/generations \\\n  -H 'Content-Type: application/json' \\\n` +
     (state.key ? "  -H \"Authorization: Bearer $GLIMPSE_API_KEY\" \\\n" : "") +
@@ -224,19 +445,30 @@ async function submit(event) {
     body: JSON.stringify(body) });
   const data = await res.json().catch(() => ({ title: `HTTP ${res.status}` }));
   if (!res.ok) return res.status === 401 ? undefined : showError(data);
-  startJob(data);
+  startJob(data, body.images || []);
 }
 
-function startJob(job) {
+// A walk's frames are the points of its path; every other job's, the steps of its drawing.
+function unit() {
+  return state.job && state.job.condition === "walk" ? "point" : "step";
+}
+
+function setProgress(fraction) {
+  $("bar").style.width = `${100 * fraction}%`;
+  $("bar").parentElement.setAttribute("aria-valuenow", String(Math.round(100 * fraction)));
+}
+
+function startJob(job, inputs = []) {
   stopPlayer();
   if (state.stream) state.stream.abort();
   forgetImages();
-  Object.assign(state, { job, result: null, selected: 0, frames: [], attention: null });
+  Object.assign(state, { job, inputs, result: null, selected: 0, frames: [], attention: null });
   $("job").hidden = false;
   $("player").hidden = true;
+  $("input-figure").hidden = true;
   $("grid").replaceChildren();
   $("downloads").replaceChildren();
-  $("bar").style.width = "0";
+  setProgress(0);
   $("frame").removeAttribute("src");
   delete $("frame").dataset.src;
   clearOverlay();
@@ -245,8 +477,8 @@ function startJob(job) {
   $("status").textContent = job.queue_position ? `queued (${job.queue_position} ahead)` : "queued";
   const on = {
     step(d) {
-      $("bar").style.width = `${(100 * d.step) / d.steps}%`;
-      $("status").textContent = `drawing: step ${d.step} of ${d.steps}`;
+      setProgress(d.step / d.steps);
+      $("status").textContent = `${unit() === "point" ? "walking" : "drawing"}: ${unit()} ${d.step} of ${d.steps}`;
       if (d.frames.length) setImage($("frame"), d.frames[0]);
       if (d.live) showLive(d.live);
     },
@@ -263,10 +495,20 @@ function startJob(job) {
   readEvents(job.links.events, on, state.stream.signal);
 }
 
+function doneText(result) {
+  const seeds = result.seeds || [];
+  if (result.condition === "walk") {
+    const points = result.outputs[0] ? result.outputs[0].frames.length : 0;
+    return `done: a walk of ${points} points` + (seeds.length ? ` from seed ${seeds[0]} to seed ${seeds[1]}` : "");
+  }
+  if (result.condition === "images") return `done: ${result.images} reconstruction(s)`;
+  return `done: ${result.images} image(s), seeds ${seeds.join(", ")}`;
+}
+
 function finish(result) {
   state.result = result;
-  $("bar").style.width = "100%";
-  $("status").textContent = `done: ${result.images} image(s), seeds ${result.seeds.join(", ")}`;
+  setProgress(1);
+  $("status").textContent = doneText(result);
   $("grid").replaceChildren(...result.outputs.map((o, i) => {
     const img = el("img", { alt: `sample ${i}`, "data-index": i });
     setImage(img, o.image);
@@ -290,16 +532,20 @@ async function select(i) {
     }));
   const att = out.attention ? await api(out.attention) : null;
   state.attention = att && att.ok ? await att.json() : null;
+  const input = out.input != null ? state.inputs[out.input] : null;  // a reconstruction: its input beside it
+  $("input-figure").hidden = !input;
+  if (input) $("input-shown").src = input;
   const scrub = $("scrub");
   scrub.max = String(state.frames.length);
   scrub.value = String(state.frames.length);
+  scrub.setAttribute("aria-label", unit());
   $("player").hidden = false;
   show(state.frames.length);
 }
 
 function show(t) {
   setImage($("frame"), state.frames[t - 1]);
-  $("stepLabel").textContent = `step ${t} / ${state.frames.length}`;
+  $("stepLabel").textContent = `${unit()} ${t} / ${state.frames.length}`;
   drawWindow(t);
   renderWords(t);
 }
@@ -381,4 +627,11 @@ $("apikey").value = state.key;
 $("apikey").addEventListener("change", setKey);
 $("apikey").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); setKey(); } });
 $("scrub").addEventListener("input", (e) => { stopPlayer(); show(Number(e.target.value)); });
+document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", () => chooseMode(r.value)));
+$("pad").addEventListener("pointerdown", penDown);
+$("pad").addEventListener("pointermove", penMove);
+for (const end of ["pointerup", "pointercancel", "lostpointercapture"]) $("pad").addEventListener(end, penUp);
+$("clear").addEventListener("click", clearPad);
+$("invert").addEventListener("click", invertPad);
+$("upload").addEventListener("change", loadFile);
 loadModels();

@@ -4,6 +4,9 @@ Skips, saying why, when Chromium or Playwright is missing; CI sets GLIMPSE_REQUI
 Screenshots go to artifacts/screenshots/.
 """
 
+import base64
+import io
+import json
 import os
 import shutil
 import signal
@@ -14,7 +17,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.worker.conftest import ROOT, checkpoints  # noqa: F401  (fixture)
 
@@ -66,9 +71,26 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> 
 
 
 @pytest.fixture(scope="module")
-def stack_env(checkpoints, tmp_path_factory) -> dict[str, str]:  # noqa: F811
+def served(checkpoints, tmp_path_factory) -> Path:  # noqa: F811
+    """The suite's tiny checkpoints and tiny-iwae, an IWAE at MNIST's 28×28 (so the drawing box is 196×196 on
+    screen) that offers reconstructions and walks."""
+    import torch
+
+    from models.checkpoint import Checkpoint, save_checkpoint
+    from models.iwae import IWAE, IWAEConfig
+
+    d = tmp_path_factory.mktemp("served")
+    shutil.copytree(checkpoints, d, dirs_exist_ok=True)
+    torch.manual_seed(0)
+    iwae = IWAE(IWAEConfig(height=28, width=28, layers=1, k=2, hidden=(16,), latent=(4,)))
+    save_checkpoint(d / "tiny-iwae", Checkpoint(iwae, extra={"dataset": "mnist"}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def stack_env(served, tmp_path_factory) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded Redis, as on a fresh machine
-    return env | {"GLIMPSE_CHECKPOINTS": str(checkpoints), "GLIMPSE_REDIS_DIR": str(tmp_path_factory.mktemp("redis")),
+    return env | {"GLIMPSE_CHECKPOINTS": str(served), "GLIMPSE_REDIS_DIR": str(tmp_path_factory.mktemp("redis")),
                   "GLIMPSE_DEFAULT_MODEL": "tiny-align", "GLIMPSE_STEP_DELAY": "0.25"}  # slow enough to see frames
 
 
@@ -155,9 +177,10 @@ def test_an_unconditional_model_draws_without_a_caption(browser, server):
     page = browser.new_page(viewport={"width": 1000, "height": 900})
     page.goto(server)
     page.wait_for_function("document.querySelectorAll('#model option').length > 1")
+    assert not page.is_visible("#modes")  # a caption model: no mode choice
     page.select_option("#model", "tiny-draw")
     assert not page.is_visible("#caption") and not page.is_visible("#example-lists")
-    assert page.is_visible("#unconditional")
+    assert page.is_visible("#unconditional") and not page.is_visible("#modes")  # DRAW only samples
     page.fill("#n", "3")
     page.click("#submit")
     page.wait_for_function("document.querySelectorAll('#grid img').length === 3", timeout=60_000)
@@ -237,4 +260,137 @@ def test_a_dropped_event_stream_resumes_from_its_last_event_id(browser, keyed_se
     assert len(streams) == 2 and "last-event-id" not in streams[0], streams
     assert streams[1]["last-event-id"] == "1" and streams[1]["authorization"] == f"Bearer {API_KEY}"
     assert page.get_attribute("#error", "hidden") is not None
+    page.close()
+
+
+def _png_pixels(data_url: str) -> np.ndarray:
+    assert data_url.startswith("data:image/png;base64,"), data_url[:40]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("L"))
+
+
+def _choose(page, model: str, mode: str) -> None:
+    page.wait_for_function("document.querySelectorAll('#model option').length > 2")
+    page.select_option("#model", model)
+    assert page.is_visible("#modes") and not page.is_visible("#caption")
+    labels = page.eval_on_selector_all("#modes label:not([hidden])", "ls => ls.map(l => l.textContent.trim())")
+    assert labels == ["Sample", "Reconstruct", "Walk"]
+    page.check(f"input[name=mode][value={mode}]")
+
+
+def _stroke(page, points: list[tuple[float, float]], pointer_type: str) -> None:
+    """Synthesised pointer events on the drawing box, at points given in its CSS pixels."""
+    page.eval_on_selector("#pad", """(pad, [points, type]) => {
+        const box = pad.getBoundingClientRect();
+        const at = ([x, y], kind) => pad.dispatchEvent(new PointerEvent(kind, { pointerId: 7, pointerType: type,
+            isPrimary: true, bubbles: true, cancelable: true, button: kind === "pointermove" ? -1 : 0,
+            buttons: kind === "pointerup" ? 0 : 1, clientX: box.left + x, clientY: box.top + y }));
+        at(points[0], "pointerdown");
+        points.slice(1).forEach((p) => at(p, "pointermove"));
+        at(points[points.length - 1], "pointerup");
+    }""", [points, pointer_type])
+
+
+def test_a_drawing_is_reconstructed_beside_its_input(browser, server):
+    page = browser.new_page(viewport={"width": 1000, "height": 1000})
+    page.goto(server)
+    _choose(page, "tiny-iwae", "images")
+    assert page.is_visible("#pad") and page.is_visible("#upload") and not page.is_visible("#walk")
+    assert not page.is_visible("#n") and not page.is_visible("#seed")  # n and seed apply to samples
+    assert page.inner_text("#submit") == "Reconstruct"
+    box = page.locator("#pad").bounding_box()
+    assert round(box["width"]) == 196 and round(box["height"]) == 196  # 7 × 28
+    assert page.inner_text("#pad-size") == "28 × 28"
+
+    page.click("#submit")  # an empty box: said so, nothing sent
+    page.wait_for_selector("#error:not([hidden])")
+    assert "Nothing to reconstruct" in page.inner_text("#error")
+
+    # A dash with the real (trusted) mouse, cleared; then a "7": the bar with a pen, the stem with a finger.
+    page.mouse.move(box["x"] + 20, box["y"] + 180)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 34, box["y"] + 180, steps=4)
+    page.mouse.up()
+    assert _png_pixels(page.get_attribute("#sent", "src"))[24:28, 1:7].any()
+    page.click("#clear")
+    bar = [(50 + 10 * i, 45) for i in range(11)]
+    stem = [(150 - 5 * i, 45 + 13 * i) for i in range(11)]
+    assert _png_pixels(page.get_attribute("#sent", "src")).max() == 0
+    _stroke(page, bar, "pen")
+    _stroke(page, stem, "touch")
+    with page.expect_request("**/v1/generations") as posted:
+        page.click("#submit")
+    body = json.loads(posted.value.post_data)
+    assert set(body) == {"model", "images"} and body["model"] == "tiny-iwae" and len(body["images"]) == 1
+    sent = _png_pixels(body["images"][0])
+    assert sent.shape == (28, 28) and set(np.unique(sent)) == {0, 255}  # binary pixels: what the model reads
+    assert sent[6, 9:21].all() and sent[6, 23:].max() == 0 and sent[20:, :3].max() == 0  # the bar; no dot
+    assert sent[:, 14:22].sum(axis=1)[10:24].all()  # the stem runs down the middle
+
+    page.wait_for_function("document.querySelectorAll('#grid img').length === 1", timeout=60_000)
+    assert page.get_attribute("#error", "hidden") is not None
+    assert page.inner_text("#status") == "done: 1 reconstruction(s)"
+    assert page.is_visible("#input-figure")  # the input beside its reconstruction
+    assert page.get_attribute("#input-shown", "src") == body["images"][0]
+    page.wait_for_function("(f => f.naturalWidth === 28 && f.src.endsWith('/images/0.png'))"
+                           "(document.querySelector('#frame'))")
+    page.screenshot(path=str(SHOTS / "reconstructed.png"))
+    page.close()
+
+
+def test_an_uploaded_image_is_fitted_into_the_models_size(browser, server, tmp_path):
+    scan = np.full((60, 40), 230, np.uint8)  # dark ink on light paper, taller than wide
+    scan[10:50, 18:22] = 20
+    Image.fromarray(scan).save(tmp_path / "scan.png")
+    page = browser.new_page(viewport={"width": 1000, "height": 1000})
+    page.goto(server)
+    _choose(page, "tiny-iwae", "images")
+    page.set_input_files("#upload", str(tmp_path / "scan.png"))
+    page.wait_for_function("document.querySelector('#pad-note').textContent.includes('scan.png')")
+    assert page.inner_text("#pad-note") == "scan.png (40 × 60) scaled to 19 × 28, inverted: its background was light."
+    sent = _png_pixels(page.get_attribute("#sent", "src"))
+    assert sent.shape == (28, 28) and sent[:, :5].max() == 0 and sent[:, 23:].max() == 0  # fitted: black margins
+    ink = sent[:, 11:16].any(axis=1)  # the stroke (40 × 60 -> 19 × 28 at 4 px from the left), now light on black
+    assert ink[6:22].all() and not ink[:3].any() and not ink[26:].any() and sent[:, 16:].max() == 0
+    with page.expect_request("**/v1/generations") as posted:
+        page.click("#submit")
+    assert json.loads(posted.value.post_data)["images"][0] == page.get_attribute("#sent", "src")
+    page.wait_for_function("document.querySelectorAll('#grid img').length === 1", timeout=60_000)
+    page.close()
+
+
+def test_a_walk_plays_its_points(browser, server):
+    page = browser.new_page(viewport={"width": 1000, "height": 1000})
+    page.goto(server)
+    _choose(page, "tiny-iwae", "walk")
+    assert page.is_visible("#walk") and not page.is_visible("#pad") and not page.is_visible("#n")
+    assert page.inner_text("#submit") == "Walk"
+    page.fill("#points", "40")  # past the page's 32: the form refuses it
+    page.click("#submit")
+    assert not page.eval_on_selector("#points", "e => e.validity.valid") and not page.is_visible("#job")
+
+    page.fill("#walk-from", "5")
+    page.fill("#points", "6")
+    with page.expect_request("**/v1/generations") as posted:
+        page.click("#submit")
+    body = json.loads(posted.value.post_data)
+    to = int(page.input_value("#walk-to"))  # left blank: a random seed, written into its field
+    assert body == {"model": "tiny-iwae", "walk": {"seeds": [5, to], "points": 6}}
+    page.wait_for_selector("#player:not([hidden])", timeout=60_000)
+    assert page.get_attribute("#scrub", "max") == "6" and page.inner_text("#stepLabel") == "point 6 / 6"
+    assert page.inner_text("#status") == f"done: a walk of 6 points from seed 5 to seed {to}"
+    assert not page.is_visible("#input-figure")
+    downloads = page.eval_on_selector_all("#downloads a", "links => links.map(a => a.textContent)")
+    assert downloads == ["PNG", "GIF", "WebP"]
+    page.eval_on_selector("#scrub", "e => { e.value = '1'; e.dispatchEvent(new Event('input')); }")
+    assert page.inner_text("#stepLabel") == "point 1 / 6"
+    page.wait_for_function("(f => f.src.endsWith('/frames/1.png') && f.naturalWidth === 28)"
+                           "(document.querySelector('#frame'))")
+    page.click("#play")  # plays the points through to the last
+    page.wait_for_function("document.querySelector('#play').textContent === 'Play'")
+    assert page.inner_text("#stepLabel") == "point 6 / 6"
+    assert page.get_attribute("#error", "hidden") is not None
+    page.screenshot(path=str(SHOTS / "walk.png"))
+    page.select_option("#model", "tiny-align")  # a caption model: the mode choice goes, the caption returns
+    assert not page.is_visible("#modes") and not page.is_visible("#walk") and page.is_visible("#caption")
+    assert page.inner_text("#submit") == "Draw" and page.is_visible("#n")
     page.close()
