@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,9 +41,11 @@ def raw(pixels: np.ndarray) -> bytes:
 
 
 def unraw(data: bytes, shape: Sequence[int]) -> np.ndarray:
-    """The inverse of `raw`: (H, W, C) uint8. Also reads the zlib'd canvases an earlier worker version stored."""
+    """The inverse of `raw`: (H, W, C) uint8; bytes of another size are an error, never a guess."""
     size = int(np.prod(shape))
-    return np.frombuffer(data if len(data) == size else zlib.decompress(data), dtype=np.uint8).reshape(tuple(shape))
+    if len(data) != size:
+        raise ValueError(f"a raw canvas of shape {tuple(shape)} has {size} bytes, not {len(data)}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(tuple(shape))
 
 
 def png(pixels: np.ndarray, *, scale: int = 1) -> bytes:
