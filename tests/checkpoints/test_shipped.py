@@ -73,7 +73,10 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
     assert out.images.std() > 0.05  # drawn something, not a flat canvas
 
 
-@pytest.mark.parametrize("directory", [*SHIPPED, ROOT / "checkpoints" / "mnist-classifier"], ids=lambda d: d.name)
+CLASSIFIERS = [ROOT / "checkpoints" / f"{data}-classifier" for data in ("mnist", "fashion")]
+
+
+@pytest.mark.parametrize("directory", [*SHIPPED, *CLASSIFIERS], ids=lambda d: d.name)
 def test_every_card_is_current(directory):
     """checkpoints/<name>/README.md is what `python -m training card` renders from the JSON beside it."""
     from training.card import CARD, render

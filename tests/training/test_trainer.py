@@ -308,3 +308,32 @@ def test_vaegan_resumes_its_three_optimisers_exactly(tmp_path):
                for r in rows)
     assert all(0 < r["val_sample_diversity"] < 5 for r in rows)
     assert any(r["train_dis_updated"] < 1 or r["train_dec_updated"] < 1 for r in rows)  # the rule did skip updates
+
+
+def test_vaegan_evaluation_reports_sample_quality_and_its_card_shows_it(tmp_path):
+    """`evaluate` on a Fashion-MNIST run: the bound on the test images, then the quality report (samples from seeds,
+    the reconstruction of every evaluated image) with the training images' own distance as the floor, the pictures,
+    and a card that renders them."""
+    from training.card import render
+    from training.data.mnist import DatasetNotFoundError, load_mnist
+
+    try:
+        load_mnist("test", dataset="fashion-mnist")
+    except DatasetNotFoundError:
+        absent("Fashion-MNIST absent (Debian's dataset-fashion-mnist)")
+    run = tmp_path / "run"
+    _train_vaegan(run, "--epochs", "1", "--max-batches", "2")
+    out = run / "last"
+    cli(["evaluate", str(out), "--limit", "300", "--samples", "200", "--json", str(out / "evaluation.json"),
+         "--pictures", str(out)])
+    results = json.loads((out / "evaluation.json").read_text())
+    assert results["test"]["images"] == 300 and math.isfinite(results["test"]["nll_bound"])
+    quality = results["quality"]
+    assert quality["samples"] == 200 and quality["reconstructions"] == quality["test_images"] == 300
+    assert quality["sample_seeds"] == "0..199" and quality["classifier"] == "fashion-classifier"
+    assert 0 <= quality["fd_ours_train_vs_test"] < quality["fd_ours"]  # an untrained decoder is far from the data
+    assert 0 < quality["recon_ssim"] < 1 and quality["recon_mse"] > 0
+    for name in ("samples.png", "reconstructions.png", "walk.png"):
+        assert (out / name).stat().st_size > 0
+    card = render(out)
+    assert "## Sample quality" in card and "Fréchet distance" in card and "reconstructions.png" in card
