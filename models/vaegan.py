@@ -133,6 +133,7 @@ class Discriminator(nn.Module):
 
 class VAEGAN(nn.Module):
     Config = VAEGANConfig
+    pixel_log_sigma: Tensor | None  # buffer: the baseline's kept log s (objective "vae"), else None
     kind = "vaegan"
     modes = {"none": "images", "images": "images", "walk": "frames"}  # models/family.py: condition -> output
     data = "images"
@@ -222,15 +223,16 @@ class VAEGAN(nn.Module):
         return Losses(minimise=minimise, bound=bound, terms=terms)
 
     def _pixel_vae(self, x: Tensor, logits: Tensor, kl: Tensor, kl_weight: float) -> Losses:
-        """The baseline: −log N(x | σ(logits), s²) per image with one learned s, plus the KL: a −ELBO in nats of the
-        continuous density of grey levels."""
+        """The baseline: −log N(x | σ(logits), s²) per image, plus the KL: a −ELBO in nats of the continuous density
+        of grey levels; s is the kept scale, or in training the batch's optimum."""
         mean = torch.sigmoid(logits)
-        log_s = self.pixel_log_sigma
-        assert log_s is not None
+        kept = self.pixel_log_sigma
+        assert kept is not None
+        log_s = kept
         if self.training:  # the optimal s for this batch; no gradient needed through it: ∂/∂s is 0 at the optimum
             log_s = 0.5 * torch.log((x - mean).detach().square().mean().clamp_min(1e-6))
             with torch.no_grad():
-                self.pixel_log_sigma.lerp_(log_s, _MOMENTUM)  # type: ignore[union-attr]
+                kept.lerp_(log_s, _MOMENTUM)
         nll = (0.5 * ((x - mean) * torch.exp(-log_s)) ** 2 + log_s + 0.5 * _LOG_2PI).flatten(1).sum(1)
         return Losses(minimise={"model": (nll + kl_weight * kl).mean()}, bound=(nll + kl).detach(),
                       terms={"kl": kl.detach(), "reconstruction": nll.detach()})
