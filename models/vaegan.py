@@ -49,7 +49,9 @@ class VAEGANConfig:
     channels: int = 1
     z_size: int = 64
     base: int = 32  # conv channels of the first block; later blocks double it (the paper's 64-128-256 at base 64)
-    feature_layer: int = 3  # discriminator block whose output is Dis_l (the paper's recon_depth 9: third block)
+    # Discriminator block whose output (after batch norm and ReLU) is Dis_l. The released code's recon_depth 9 is
+    # the fourth conv's output before its batch norm; we take the third block's, 7×7 at 28×28 (the fourth is 4×4).
+    feature_layer: int = 3
     gamma: float = 1e-2  # γ: weight of L_llike against the GAN term in the decoder's loss
     objective: str = "vaegan"  # "vaegan", or "vae": the pixel-likelihood baseline with the same nets
     equilibrium: float = 0.68  # the released code's balance point of the discriminator's costs (≈ ln 2)

@@ -46,6 +46,8 @@ QUALITY_ROWS = [
     ("sharpness_ratio", "sharpness of samples / of test images (variance of the Laplacian; 1 is the data's)"),
     ("recon_ssim", "reconstruction SSIM on the test images (1 is perfect)"),
     ("recon_mse", "reconstruction MSE per pixel on the test images"),
+    ("sample_near_duplicates", "share of 1,000 samples nearer another sample than 95% of test images are to theirs "
+                               "(0.05 for real images; near 1 is collapse)"),
     ("confidence_samples", "the classifier's mean top probability on samples"),
     ("confidence_test", "the same on test images"),
 ]

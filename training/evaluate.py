@@ -69,7 +69,7 @@ def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) ->
     from training import artefacts
     from training.classifier import load_classifier
     from training.data.mnist import load_mnist
-    from training.quality import classifier_features, frechet_distance, generation_report
+    from training.quality import classifier_features, diversity, frechet_distance, generation_report
 
     def grey(split: str) -> torch.Tensor:
         images = load_mnist(split, root=args.data_dir, dataset="fashion-mnist").images
@@ -87,6 +87,8 @@ def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) ->
     train = grey("train")[: len(x)]  # the training split's first images (never the test set): the floor of the FD
     quality["fd_ours_train_vs_test"] = frechet_distance(classifier_features(judge, train),
                                                         classifier_features(judge, x))
+    collapse = diversity(samples[:1000], x[:1000])  # pairwise distances: 1,000 of each keeps it to 8 MB
+    quality |= {"sample_spread": collapse["spread"], "sample_near_duplicates": collapse["near_duplicates"]}
     out["quality"] = quality | {"sample_seeds": f"0..{args.samples - 1}", "classifier": FASHION_CLASSIFIER.name}
     if args.pictures:
         pictures = Path(args.pictures)

@@ -132,3 +132,25 @@ def generation_report(*, samples: Tensor, reconstructions: Tensor, originals: Te
         "recon_ssim": sim, "recon_ssim_stderr": sim_se,
         "samples": len(samples), "reconstructions": len(reconstructions), "test_images": len(test_images),
     }
+
+
+def diversity(samples: Tensor, reference: Tensor, *, quantile: float = 0.05) -> dict[str, float]:
+    """Two collapse checks of samples against real images (·, C, H, W), on pixels:
+
+    - spread: the mean pairwise distance between samples over that between real images (near 1 when healthy; it
+      falls only when samples collapse onto very few outputs, and blur lowers it too);
+    - near_duplicates: the share of samples whose nearest other sample is closer than the real images' `quantile`
+      nearest-neighbour distance; real images score `quantile` by construction, a generator stuck on k outputs
+      scores about 1 − k/n.
+    """
+    def distances(x: Tensor) -> Tensor:
+        flat = x.flatten(1).double()
+        d = torch.cdist(flat, flat)
+        return d.fill_diagonal_(float("inf"))
+
+    real, fake = distances(reference), distances(samples)
+    n_real, n_fake = real.shape[0], fake.shape[0]
+    spread = (fake.masked_fill(fake.isinf(), 0).sum() / (n_fake * (n_fake - 1))) / (
+        real.masked_fill(real.isinf(), 0).sum() / (n_real * (n_real - 1)))
+    threshold = torch.quantile(real.min(1).values, quantile)
+    return {"spread": float(spread), "near_duplicates": float((fake.min(1).values < threshold).double().mean())}

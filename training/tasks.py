@@ -215,8 +215,8 @@ class BinarizedMnistTask(Task):
 
 class GreyImagesTask(Task):
     """Fashion-MNIST as grey levels in [0, 1] (never binarised): the last 10,000 training images validate, the
-    official 10,000 test images are left to `evaluate`. After each epoch the run logs whether samples still differ
-    from one another (`val_sample_diversity`, module function below), the collapse check a GAN needs."""
+    official 10,000 test images are left to `evaluate`. After each epoch the run logs whether 256 samples still
+    differ from one another (training/quality.py `diversity`), the collapse check a GAN needs."""
 
     def __init__(self, config: TrainConfig):
         from training.data.mnist import load_mnist, split_validation
@@ -243,22 +243,13 @@ class GreyImagesTask(Task):
 
     def epoch_metrics(self, model: Any) -> dict[str, float]:
         from models.sampling import sample
+        from training.quality import diversity
 
         was_training = model.training
         images = sample(model.eval(), seeds=list(range(256)), keep_canvases=False).images.cpu()
         model.train(was_training)
-        return {"val_sample_diversity": sample_diversity(images, self._val[:256])}
-
-
-def sample_diversity(samples: Tensor, reference: Tensor) -> float:
-    """Mean pairwise pixel distance between samples over the same for real images: near 1 for a healthy generator,
-    near 0 when it has collapsed onto a few outputs (the GAN failure the issue asks to watch)."""
-    def spread(x: Tensor) -> float:
-        flat = x.flatten(1).double()
-        n = flat.shape[0]
-        return (torch.cdist(flat, flat).sum() / (n * (n - 1))).item()
-
-    return spread(samples) / spread(reference)
+        report = diversity(images, self._val[:256])
+        return {"val_sample_diversity": report["spread"], "val_sample_near_duplicates": report["near_duplicates"]}
 
 
 class FolderCaptionsTask(Task):

@@ -206,6 +206,10 @@ def train(config: TrainConfig) -> Progress:
             fresh = warm_start(model, optimizers, Path(config.init_from), device)
             if rank == 0:
                 print(f"initialised from {config.init_from}; fresh: {', '.join(fresh) or 'none'}", file=sys.stderr)
+    if distributed and len(param_groups(model)) > 1:
+        # DDP expects every parameter's gradient each step; a group that sits a batch out (VAE/GAN's equilibrium
+        # rule, decided per process from its own batch) breaks that, and the processes could disagree
+        raise ValueError(f"{config.model} trains several optimiser groups: run it in one process, not under torchrun")
     objective = Objective(model)
     net = DistributedDataParallel(objective) if distributed else objective
     if rank == 0:

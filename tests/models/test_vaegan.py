@@ -106,21 +106,25 @@ def test_equilibrium_rule_skips_the_winning_player():
     assert model.eval()._equilibrium(0.2, 0.7) == (True, True)  # validation applies no rule
 
 
-def test_a_group_that_sits_out_is_not_stepped():
-    """The rule's None reaches the trainer as no update at all: Adam's moments and the weights stay put."""
-    model = tiny(VAEGANConfig(**{**TINY.to_dict(), "margin": 0.35}))
+@pytest.mark.parametrize("equilibrium, idle", [(0.2, "decoder"), (3.0, "discriminator")])
+def test_the_player_the_rule_benches_is_not_stepped(equilibrium, idle):
+    """The model's own costs (≈ 0.7-0.85 here) against a balance point far below or above them: the rule benches
+    the decoder (the discriminator is losing) or the discriminator (it is winning); `loss` hands the trainer None
+    for exactly that group, and the trainer leaves its weights and Adam moments untouched."""
+    model = tiny(VAEGANConfig(**{**TINY.to_dict(), "equilibrium": equilibrium, "margin": 0.01}))
     data, noise = batch()
     groups = param_groups(model)
     optimizers = {name: torch.optim.Adam(params, lr=1e-2) for name, params in groups.items()}
     losses = model.loss(data, noise)
-    idle = [name for name, loss in losses.minimise.items() if loss is None]
+    assert [name for name, loss in losses.minimise.items() if loss is None] == [idle]
     before = {name: [p.detach().clone() for p in groups[name]] for name in groups}
     step(losses, optimizers, groups, clip=10.0)
     for name in groups:
         moved = any(not torch.equal(a, p) for a, p in zip(before[name], groups[name], strict=True))
-        assert moved == (name not in idle), (name, idle)
-        assert (len(optimizers[name].state) == 0) == (name in idle)
-    assert losses.terms["dis_updated"].mean().item() == float("discriminator" not in idle)
+        assert moved == (name != idle), (name, idle)
+        assert (len(optimizers[name].state) == 0) == (name == idle)
+    assert losses.terms["dis_updated"].mean().item() == float(idle != "discriminator")
+    assert losses.terms["dec_updated"].mean().item() == float(idle != "decoder")
 
 
 def test_pixel_vae_baseline_bound_matches_a_float64_recomputation():

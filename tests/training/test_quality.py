@@ -154,3 +154,20 @@ def test_generation_report_on_perfect_reconstructions_and_samples_equal_to_the_t
     assert report["recon_mse_stderr"] == pytest.approx(mse.std().item() / math.sqrt(300))
     assert report["sharpness_ratio"] < 0.5 and report["fd_ours"] > 0 and report["recon_ssim"] < 1
     assert report["samples"] == report["reconstructions"] == report["test_images"] == 300
+
+
+def test_diversity_tells_collapse_from_real_images():
+    """Real images against other real images: spread ≈ 1 and near-duplicates ≈ the quantile; a generator stuck on
+    10 outputs (each repeated, with tiny noise): near-duplicates ≈ 1 while the spread alone barely moves."""
+    from training.quality import diversity
+
+    g = torch.Generator().manual_seed(0)
+    prototypes = torch.rand(40, 1, 8, 8, generator=g).round()  # 40 distinct binary "images"
+    real = prototypes[torch.randint(0, 40, (200,), generator=g)] + 0.3 * torch.rand(200, 1, 8, 8, generator=g)
+    other = prototypes[torch.randint(0, 40, (200,), generator=g)] + 0.3 * torch.rand(200, 1, 8, 8, generator=g)
+    healthy = diversity(other, real)
+    assert abs(healthy["spread"] - 1) < 0.05 and healthy["near_duplicates"] < 0.2
+    stuck = prototypes[torch.arange(200) % 10] + 1e-3 * torch.rand(200, 1, 8, 8, generator=g)
+    collapsed = diversity(stuck, real)
+    assert collapsed["near_duplicates"] > 0.95 and collapsed["spread"] > 0.7
+    assert diversity(real, real)["near_duplicates"] == pytest.approx(0.05, abs=0.01)  # the quantile, by construction

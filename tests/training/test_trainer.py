@@ -304,7 +304,8 @@ def test_vaegan_resumes_its_three_optimisers_exactly(tmp_path):
         sb = load_file(str(tmp_path / "split" / "last" / f"optimizer-{group}.safetensors"))
         assert sa.keys() == sb.keys() and sa and all(torch.equal(sa[k], sb[k]) for k in sa)
     rows = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
-    assert all({"train_d_real_cost", "train_gen_cost", "train_dis_updated", "val_sample_diversity"} <= r.keys()
+    assert all({"train_d_real_cost", "train_gen_cost", "train_dis_updated", "val_sample_diversity",
+                "val_sample_near_duplicates"} <= r.keys()
                for r in rows)
     assert all(0 < r["val_sample_diversity"] < 5 for r in rows)
     assert any(r["train_dis_updated"] < 1 or r["train_dec_updated"] < 1 for r in rows)  # the rule did skip updates
@@ -333,6 +334,7 @@ def test_vaegan_evaluation_reports_sample_quality_and_its_card_shows_it(tmp_path
     assert quality["sample_seeds"] == "0..199" and quality["classifier"] == "fashion-classifier"
     assert 0 <= quality["fd_ours_train_vs_test"] < quality["fd_ours"]  # an untrained decoder is far from the data
     assert 0 < quality["recon_ssim"] < 1 and quality["recon_mse"] > 0
+    assert 0 <= quality["sample_near_duplicates"] <= 1 and quality["sample_spread"] > 0
     for name in ("samples.png", "reconstructions.png", "walk.png"):
         assert (out / name).stat().st_size > 0
     card = render(out)
