@@ -102,6 +102,7 @@ FAMILIES: dict[str, str] = {
     "aligndraw": "models.aligndraw:AlignDRAW",
     "iwae": "models.iwae:IWAE",
     "vaegan": "models.vaegan:VAEGAN",
+    "avb": "models.avb:AVB",
 }
 
 

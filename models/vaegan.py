@@ -143,8 +143,9 @@ class VAEGAN(nn.Module):
     pixels = "grey"  # uploads are read as grey levels in [0, 1], not thresholded to {0, 1}
     # DCGAN's Adam (β1 = 0.5, lr 2e-4) for every group: the paper's RMSprop rate is unconfirmed (papers.md §4.2).
     # A GAN's validation number does not fall steadily, so runs end on --epochs, not on patience.
-    train_defaults = {"optimizer": "adam", "lr": 2e-4, "kl_warmup": 0, "patience": 1_000_000}
+    train_defaults = {"optimizer": "adam", "kl_warmup": 0, "patience": 1_000_000}
     optimizer_options = {"betas": (0.5, 0.999)}
+    default_lr = 2e-4  # the run's lr without --lr (a resume keeps the saved one)
     bound_name = "{objective} −ELBO"  # formatted with the config: vaegan's is in feature space, not nats of x
 
     def __init__(self, config: VAEGANConfig | None = None):

@@ -35,9 +35,11 @@ from training.tasks import Task, make_task
 Optimizers = dict[str, torch.optim.Optimizer]  # one per optimiser group of the family (models/family.py)
 
 
-def make_optimizer(params: Any, config: TrainConfig, options: dict[str, Any] | None = None) -> torch.optim.Optimizer:
-    """The run's optimizer over `params` (a module's parameters or a list); `options` from the family."""
-    lr = DEFAULT_LR if config.lr is None else config.lr
+def make_optimizer(params: Any, config: TrainConfig, options: dict[str, Any] | None = None,
+                   scale: float = 1.0, default_lr: float = DEFAULT_LR) -> torch.optim.Optimizer:
+    """The run's optimizer over `params` (a module's parameters or a list) at `scale` × the run's lr (--lr, else the
+    family's `default_lr`); `options` from the family."""
+    lr = (default_lr if config.lr is None else config.lr) * scale
     params = list(params.parameters()) if isinstance(params, nn.Module) else list(params)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, **(options or {}))
@@ -45,9 +47,27 @@ def make_optimizer(params: Any, config: TrainConfig, options: dict[str, Any] | N
     return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-6, **(options or {}))
 
 
+def lr_scales(model: nn.Module) -> dict[str, float]:
+    """Each optimiser group's multiple of the run's lr: the family's `lr_scale` (AVB's adversary at twice its model's
+    rate, as the paper), 1 for a group it does not name. Every place that sets a group's lr applies it."""
+    scale = dict(getattr(model, "lr_scale", {}))
+    return {group: float(scale.get(group, 1.0)) for group in param_groups(model)}
+
+
+def set_lr(optimizers: Optimizers, scales: dict[str, float], lr: float) -> None:
+    """The run's rate `lr` for every group, times the group's scale."""
+    for name, opt in optimizers.items():
+        for group in opt.param_groups:
+            group["lr"] = lr * scales[name]
+
+
 def make_optimizers(model: nn.Module, config: TrainConfig) -> Optimizers:
     options = dict(getattr(model, "optimizer_options", {}))
-    return {group: make_optimizer(params, config, options) for group, params in param_groups(model).items()}
+    scales = lr_scales(model)
+    # the family's rate stays a default, not a --lr: a resume without --lr then keeps the rate it saved
+    default_lr = float(getattr(model, "default_lr", DEFAULT_LR))
+    return {group: make_optimizer(params, config, options, scales[group], default_lr)
+            for group, params in param_groups(model).items()}
 
 
 def build_model(task: Task) -> nn.Module:
@@ -181,15 +201,16 @@ def train(config: TrainConfig) -> Progress:
 
     if (last / "checkpoint.json").exists():
         model = load_checkpoint(last, device=device).model.train()
+        scales = lr_scales(model)
         optimizers = make_optimizers(model, config)
         restore_optimizers(optimizers, last, device)
         progress = load_progress(last)
-        saved_lr = next(iter(optimizers.values())).param_groups[0]["lr"]
-        new_rate = config.lr is not None and config.lr != saved_lr
-        if new_rate:  # an explicit --lr wins: go on at a lower rate
-            for opt in optimizers.values():
-                for group in opt.param_groups:
-                    group["lr"] = config.lr
+        first, opt = next(iter(optimizers.items()))
+        saved_lr = opt.param_groups[0]["lr"] / scales[first]  # the run's rate, whatever the first group's scale
+        new_rate = config.lr is not None and config.lr * scales[first] != opt.param_groups[0]["lr"]
+        if new_rate:  # an explicit --lr wins: go on at a lower rate (each group keeps its multiple of it)
+            assert config.lr is not None
+            set_lr(optimizers, scales, config.lr)
             progress.epochs_without_improvement = 0  # a new rate gets its own patience, even after a stop
         if rank == 0:
             print(f"resuming {run} after epoch {progress.epoch}, lr {config.lr if new_rate else saved_lr:g}"
@@ -200,6 +221,7 @@ def train(config: TrainConfig) -> Progress:
         init_bias = getattr(model, "init_output_bias", None)
         if callable(init_bias):  # IWAE's released code: output bias = logit of the training pixel means
             init_bias(task.pixel_means().to(device))
+        scales = lr_scales(model)
         optimizers = make_optimizers(model, config)
         progress = Progress()
         if config.init_from:
@@ -223,9 +245,7 @@ def train(config: TrainConfig) -> Progress:
         if stopped or (config.lr_stages and staged is None):  # early stopping, or the schedule's end
             break
         if staged is not None:
-            for opt in optimizers.values():
-                for group in opt.param_groups:
-                    group["lr"] = staged
+            set_lr(optimizers, scales, staged)
         row: dict[str, Any] = {"epoch": epoch}
         row |= train_epoch(net, model, optimizers, task, epoch, device, rank, world)
         row |= validate(model, task.val_data(), config.batch_size, device, seed=epoch_seed(config.seed, 0, 99),

@@ -10,15 +10,20 @@ from typing import get_args
 import pytest
 import torch
 
+from models.avb import AVBConfig
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.family import FAMILIES, Condition, Data, Losses, Output, Step, build, family, param_groups
 from models.iwae import IWAEConfig
 from models.sampling import sample
+from models.vaegan import VAEGANConfig
 from tests.models.conftest import TINY_ALIGN, TINY_DRAW, block_images, random_captions
 
 # One tiny config per family: a new family must add its own here.
 TINY = {"draw": TINY_DRAW, "aligndraw": TINY_ALIGN,
-        "iwae": IWAEConfig(height=6, width=5, layers=2, k=3, hidden=(8, 6), latent=(4, 3))}
+        "iwae": IWAEConfig(height=6, width=5, layers=2, k=3, hidden=(8, 6), latent=(4, 3)),
+        "vaegan": VAEGANConfig(height=8, width=8, z_size=3, base=4),
+        "avb": AVBConfig(height=8, width=8, z_size=3, eps_dim=4, n_basis=3, basis_hidden=(8,), basis_samples=32,
+                         conv=(4, 4), deconv=(4, 4), adversary_conv=(4,), adversary_hidden=(16,))}
 
 
 def test_every_family_has_a_tiny_config_and_resolves():

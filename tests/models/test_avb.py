@@ -1,0 +1,330 @@
+"""AVB (models/avb.py): the basis encoder's exact moments against Monte Carlo, the adversary recovering an analytic
+log q − log p, gradient routing on real parameter gradients, log_weight and L_k under the proposal r_α against
+float64 recomputations and a quadrature, the VAE baseline's bound, generation and the registry."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.avb import AVB, AVBConfig, adversary_cost
+from models.bounds import importance_weighted, log_mean_exp, log_weights
+from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from models.family import build, param_groups
+from models.sampling import sample
+from training.train import step
+
+TINY = AVBConfig(height=8, width=8, z_size=3, eps_dim=4, n_basis=3, basis_hidden=(8, 8), basis_samples=64,
+                 conv=(4, 4), deconv=(4, 4), adversary_conv=(4,), adversary_hidden=(16, 16))
+LOG_2PI = math.log(2 * math.pi)
+
+
+def tiny(config: AVBConfig = TINY, seed: int = 0) -> AVB:
+    torch.manual_seed(seed)
+    model = AVB(config)
+    with torch.no_grad():  # off the official near-zero starts (z0, T's output, a ≈ e^−5), so every path shows
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+        if config.objective == "avb":
+            model.encoder.a.bias.add_(5.0)  # a_i(x) = elu(linear − 5) + 1 of order 1: q is no point mass
+    return model
+
+
+def binary(n: int, config: AVBConfig = TINY, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, config.channels, config.height, config.width, generator=g) > 0.5).float()
+
+
+def grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    return [g if g is not None else torch.zeros_like(p)
+            for g, p in zip(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True), params,
+                            strict=True)]
+
+
+def basis_by_hand(model: AVB, eps: torch.Tensor, i: int) -> torch.Tensor:
+    """v_i = MLP_i(ε) written out for basis vector i: ε (N, eps_dim) -> (N, Z)."""
+    weights, biases = model.encoder.basis.weights, model.encoder.basis.biases
+    h = eps
+    for j in range(len(weights)):
+        h = h @ weights[j][i] + biases[j][i, 0]
+        if j < len(weights) - 1:
+            h = F.elu(h)
+    return h
+
+
+def coefficients_by_hand(model: AVB, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """z₀ (B, Z) and a (B, n, Z) = elu(linear − 5) + 1 from the encoder's trunk and heads."""
+    c = model.config
+    h = model.encoder.trunk(x)
+    return model.encoder.z0(h), (F.elu(model.encoder.a(h) - 5) + 1).view(-1, c.n_basis, c.z_size)
+
+
+def moments_by_hand(model: AVB, z0: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """E[z | x] and Var[z | x] + floor from per-basis sample moments over the model's fixed basis draws."""
+    mean, var = z0.detach().clone(), torch.full_like(z0, model.config.var_floor)
+    for i in range(model.config.n_basis):
+        v = basis_by_hand(model, model.encoder.basis_nodes[i], i).detach()
+        mean = mean + a[:, i].detach() * v.mean(0)
+        var = var + a[:, i].detach() ** 2 * v.var(0)
+    return mean, var
+
+
+def test_the_exact_moments_of_z_given_x_match_monte_carlo():
+    """E[z | x] = z₀ + Σ a_i E[v_i] and Var[z | x] = Σ a_i² Var[v_i] against the sample mean and variance of z over
+    40,000 fresh ε per image, within 5 standard errors of both estimates (the moments' own basis draws are an MC
+    estimate too: they are made many here so the comparison is tight)."""
+    config = AVBConfig(**{**TINY.to_dict(), "basis_samples": 40_000})
+    model = tiny(config).eval()
+    n = 40_000
+    x = binary(2, config)
+    with torch.no_grad():
+        z0, a = model.encoder.coefficients(x)
+        mean, var = model.encoder.moments(z0, a)
+        assert a.min() < 0.5 and a.max() > 2  # a² and a differ, so a variance that took a would show
+        for row in range(2):
+            eps = torch.randn(n, config.n_basis, config.eps_dim, generator=torch.Generator().manual_seed(row))
+            z = model.encoder.sample(z0[row].expand(n, -1), a[row].expand(n, -1, -1), eps).double()
+            mc_mean, mc_var = z.mean(0), z.var(0)
+            fourth = ((z - mc_mean) ** 4).mean(0)
+            scale = math.sqrt(1 / n + 1 / config.basis_samples)
+            assert ((mc_mean - mean[row]).abs() < 5 * mc_var.sqrt() * scale).all(), (mc_mean, mean[row])
+            assert ((mc_var - var[row]).abs() < 5 * (fourth - mc_var**2).sqrt() * scale).all(), (mc_var, var[row])
+            assert var[row].max() > 1  # a spread worth comparing
+
+
+def test_a_trained_adversary_recovers_log_q_minus_log_p_on_a_toy_problem():
+    """Three images x, q(z | x) = N(m_x, s_x²) in 1-d against p = N(0, 1): 600 Adam steps of the adversary alone on
+    the family's logistic loss, and T(x, z) is log q(z | x) − log p(z) within 0.15 nats on a grid over each q's bulk.
+    With the loss's labels swapped the error is > 0.8, with x hidden from T > 0.7 (measured)."""
+    config = AVBConfig(height=4, width=4, z_size=1, eps_dim=2, n_basis=1, basis_hidden=(4,), basis_samples=16,
+                       conv=(2,), deconv=(2,), adaptive_contrast=False, adversary_conv=(4,), adversary_hidden=(32, 32))
+    torch.manual_seed(0)
+    adversary = AVB(config).adversary
+    assert adversary is not None
+    x = torch.zeros(3, 1, 4, 4)
+    x[1, 0, :2] = 1
+    x[2, 0, :, :2] = 1
+    m, s = torch.tensor([-0.8, 0.0, 1.0]), torch.tensor([0.6, 1.5, 0.8])
+
+    def log_ratio(k: int, z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * ((z - m[k]) / s[k]) ** 2 - torch.log(s[k]) + 0.5 * z**2  # the 2π terms cancel
+
+    steps, b = 600, 512
+    opt = torch.optim.Adam(adversary.parameters(), lr=3e-3, betas=(0.5, 0.999))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        k = torch.randint(0, 3, (b,), generator=g)
+        z_q = (m[k] + s[k] * torch.randn(b, generator=g))[:, None]
+        z_p = torch.randn(b, 1, generator=g)
+        features = adversary.features(x[k])
+        loss = adversary_cost(adversary.head(features, z_q), adversary.head(features, z_p)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+    with torch.no_grad():
+        for k in range(3):
+            z = torch.linspace(max(float(m[k] - 1.5 * s[k]), -1.5), min(float(m[k] + 1.5 * s[k]), 1.5), 21)[:, None]
+            error = (adversary(x[k].expand(21, -1, -1, -1), z) - log_ratio(k, z[:, 0])).abs()
+            assert error.max() < 0.15, (k, error)
+
+
+@pytest.mark.parametrize("adaptive_contrast", [True, False])
+def test_each_group_gets_only_its_own_loss_gradient(adaptive_contrast):
+    """Trainer `step` on the two groups: encoder and decoder get ∇ of mean(−log p(x | z) + KL term), the KL term
+    T(x, z̄) + log r_α(z | x) − log p(z) (T(x, z) without AC), and the adversary ∇ of its logistic loss, all written
+    out here; what routing prevents is checked to be nonzero: the model loss reaches the adversary (through T) and
+    the adversary's loss reaches the encoder (through z)."""
+    config = AVBConfig(**{**TINY.to_dict(), "adaptive_contrast": adaptive_contrast})
+    model = tiny(config).train()
+    c = config
+    x = binary(6, config)
+    noise = torch.randn(6, *model.loss_noise_shape(), generator=torch.Generator().manual_seed(3))
+    assert noise.shape[1] == c.n_basis * c.eps_dim + c.z_size
+    eps = noise[:, : c.n_basis * c.eps_dim].view(6, c.n_basis, c.eps_dim)
+    z_p = noise[:, c.n_basis * c.eps_dim :]
+    groups = param_groups(model)
+    assert set(groups) == {"model", "adversary"}
+    assert model.adversary is not None
+    z0, a = coefficients_by_hand(model, x)
+    z = z0 + sum(a[:, i] * basis_by_hand(model, eps[:, i], i) for i in range(c.n_basis))
+    log_p = (-0.5 * z**2 - 0.5 * LOG_2PI).sum(1)
+    if adaptive_contrast:
+        mean, var = moments_by_hand(model, z0, a)
+        z_bar = (z - mean) / var.sqrt()
+        log_r = (-0.5 * z_bar**2 - 0.5 * torch.log(var) - 0.5 * LOG_2PI).sum(1)
+        t_q = model.adversary(x, z_bar)
+        kl = t_q + log_r - log_p
+    else:
+        t_q = model.adversary(x, z)
+        kl = t_q
+    t_p = model.adversary(x, z_p)
+    reconstruction = F.binary_cross_entropy_with_logits(model.decoder(z), x, reduction="none").flatten(1).sum(1)
+    model_loss = (reconstruction + kl).mean()
+    adversary_loss = (-torch.log(torch.sigmoid(t_q)) - torch.log(1 - torch.sigmoid(t_p))).mean()
+    expected = {"model": grads(model_loss, groups["model"]), "adversary": grads(adversary_loss, groups["adversary"])}
+    assert any(g.abs().max() > 1e-4 for g in grads(model_loss, groups["adversary"]))
+    assert any(g.abs().max() > 1e-4 for g in grads(adversary_loss, groups["model"]))
+
+    losses = model.loss({"x": x}, noise)
+    torch.testing.assert_close(losses.bound, (reconstruction + kl).detach(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(losses.terms["kl"], kl.detach(), rtol=1e-5, atol=1e-4)
+    optimizers = {name: torch.optim.SGD(params, lr=0.0) for name, params in groups.items()}
+    step(losses, optimizers, groups, clip=1e9)
+    for name, params in groups.items():
+        for p, e in zip(params, expected[name], strict=True):
+            got = p.grad if p.grad is not None else torch.zeros_like(p)
+            torch.testing.assert_close(got, e, rtol=1e-4, atol=1e-5, msg=f"group {name}")
+
+
+def log_weight_by_hand(model: AVB, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """log Bernoulli(x | σ(logits)) + log N(z; 0, I) − log r_α(z | x) at z = μ + σ ε, float64, written out."""
+    m = copy.deepcopy(model).double()
+    x, eps = x.double(), eps.double()
+    with torch.no_grad():
+        mean, var = moments_by_hand(m, *coefficients_by_hand(m, x))
+        z = mean + var.sqrt() * eps
+        logits = m.decoder(z)
+        log_bernoulli = (x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).flatten(1).sum(1)
+        log_prior = (-0.5 * z**2 - 0.5 * LOG_2PI).sum(1)
+        log_r = (-0.5 * eps**2 - 0.5 * torch.log(var) - 0.5 * LOG_2PI).sum(1)
+    return log_bernoulli + log_prior - log_r
+
+
+def test_log_weight_is_the_importance_weight_under_r_alpha_and_l1_is_its_elbo():
+    """log_weight against a float64 recomputation; with k = 1, models.bounds' L_1 and mean log-weight are that
+    per-sample ELBO at the ε the bound draws (its generator's first (B, Z) draw); and a row's weight does not depend
+    on what shares its batch (r_α's basis moments come from fixed draws, not from the batch)."""
+    model = tiny().eval()
+    x = binary(5)
+    eps = torch.randn(5, TINY.z_size, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got = model.log_weight({"x": x}, eps)
+        alone = model.log_weight({"x": x[2:3]}, eps[2:3])
+    expected = log_weight_by_hand(model, x, eps)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=2e-3)
+    torch.testing.assert_close(alone, got[2:3], rtol=1e-6, atol=1e-4)
+
+    l1, mean = importance_weighted(model, {"x": x}, 1, generator=torch.Generator().manual_seed(7))
+    elbo = log_weight_by_hand(model, x, torch.randn(5, TINY.z_size, generator=torch.Generator().manual_seed(7)))
+    torch.testing.assert_close(l1, elbo, rtol=1e-5, atol=2e-3)
+    torch.testing.assert_close(mean, elbo, rtol=1e-5, atol=2e-3)
+
+
+def test_l_k_under_r_alpha_closes_on_log_p_x_by_quadrature():
+    """1-d latent: log p(x) = log ∫ p(x | z) N(z; 0, 1) dz on a fine grid. With r_α as the proposal the mean
+    log-weight (an ELBO) lies below it and L_2000 within 4 standard errors of it (delta method, each < 0.06 nats
+    here), so a proposal density off by a constant, e.g. one missing log σ (≈ 1 nat here), cannot pass."""
+    config = AVBConfig(**{**TINY.to_dict(), "z_size": 1, "height": 4, "width": 4})
+    model = tiny(config).eval()
+    x = binary(3, config, seed=5)
+    grid = torch.linspace(-10, 10, 20_001, dtype=torch.float64)[:, None]
+    m = copy.deepcopy(model).double()
+    with torch.no_grad():
+        log_p = []
+        for row in range(3):
+            target = x[row : row + 1].double().expand(len(grid), -1, -1, -1)
+            log_joint = -F.binary_cross_entropy_with_logits(m.decoder(grid), target, reduction="none").flatten(1).sum(1)
+            log_joint = log_joint - 0.5 * grid[:, 0] ** 2 - 0.5 * LOG_2PI
+            log_p.append(torch.logsumexp(log_joint, 0) + math.log(float(grid[1, 0] - grid[0, 0])))
+        sigma = model.proposal(x)[1].exp()
+    log_px = torch.stack(log_p)
+    assert (sigma > 0.3).all()  # a proposal of real width: the test sees its density, not a point mass
+    k = 2000
+    log_w = log_weights(model, {"x": x}, k, generator=torch.Generator().manual_seed(8))
+    l_k = log_mean_exp(log_w, dim=1)
+    w = torch.exp(log_w - l_k[:, None])  # w_i / mean w
+    stderr = w.std(1) / math.sqrt(k)
+    assert (stderr < 0.06).all(), stderr
+    assert (log_w.mean(1) < log_px).all()  # the ELBO under r_α: Jensen's gap, far above its noise here
+    assert ((l_k - log_px).abs() < 4 * stderr).all(), (l_k, log_px, stderr)
+
+
+def test_vae_baseline_bound_and_log_weight_match_a_float64_recomputation():
+    config = AVBConfig(**{**TINY.to_dict(), "objective": "vae"})
+    model = tiny(config).eval()
+    assert model.adversary is None and set(param_groups(model)) == {"model"}
+    assert model.loss_noise_shape() == (config.z_size,) and not hasattr(model.encoder, "basis_nodes")
+    x = binary(4, config)
+    eps = torch.randn(4, config.z_size, generator=torch.Generator().manual_seed(2))
+    m = copy.deepcopy(model).double()
+    with torch.no_grad():
+        mu, log_sigma = m.encoder.head(m.encoder.trunk(x.double())).chunk(2, dim=1)
+        sigma = log_sigma.exp()
+        z = mu + sigma * eps.double()
+        kl = 0.5 * (mu**2 + sigma**2 - torch.log(sigma**2) - 1).sum(1)
+        logits = m.decoder(z)
+        log_bernoulli = (x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).flatten(1).sum(1)
+        log_q = (-0.5 * eps.double() ** 2 - log_sigma - 0.5 * LOG_2PI).sum(1)
+        log_prior = (-0.5 * z**2 - 0.5 * LOG_2PI).sum(1)
+        out = model.loss({"x": x}, eps)
+        log_w = model.log_weight({"x": x}, eps)
+    torch.testing.assert_close(out.terms["kl"].double(), kl, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.bound.double(), kl - log_bernoulli, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(out.minimise["model"].double(), (kl - log_bernoulli).mean(), rtol=1e-5, atol=1e-3)
+    assert out.log_weight is not None
+    torch.testing.assert_close(out.log_weight.double(), log_bernoulli + log_prior - log_q, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(log_w.double(), log_bernoulli + log_prior - log_q, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("objective", ["avb", "vae"])
+def test_generation_reconstruction_walk_and_the_registry(objective, tmp_path):
+    """The family contract on a tiny config (tests/models/test_family.py has no entry for it): registry build, loss
+    groups, shapes of generate / reconstruct / encode_noise, the sampler, a checkpoint round trip, config errors."""
+    model = build("avb", {**TINY.to_dict(), "objective": objective})
+    assert isinstance(model, AVB) and model.steps == 1 and model.noise_shape() == (3,) and model.likelihood
+    x = binary(4)
+    noise = torch.randn(4, *model.loss_noise_shape())
+    losses = model.loss({"x": x}, noise)
+    assert set(losses.minimise) == set(param_groups(model)) == ({"model", "adversary"} if objective == "avb"
+                                                               else {"model"})
+    assert losses.bound.shape == (4,) and all(t.shape == (4,) for t in losses.terms.values())
+    model.eval()
+    with torch.no_grad():
+        z = torch.randn(5, 3)
+        [prior] = list(model.generate(z))
+        assert prior.logits is not None and prior.logits.shape == (5, 1, 8, 8)
+        torch.testing.assert_close(prior.logits, model.decoder(z))
+        [recon] = list(model.generate(torch.zeros(4, 3), images=x))
+        encoded = model.encode_noise(x)
+        assert encoded.shape == (4, 3)
+        torch.testing.assert_close(encoded, model.proposal(x)[0])
+        torch.testing.assert_close(recon.logits, model.decoder(encoded))
+        [one] = list(model.generate(z[:1]))  # batch independence in eval mode
+        torch.testing.assert_close(one.logits, prior.logits[:1])
+        counts, variances = model.active_units(x, chunk=3)
+        assert len(counts) == 1 and variances[0].shape == (3,)
+    out = sample(model, seeds=[0, 1, 2], batch_size=3)
+    assert out.images.shape == (3, 1, 8, 8) and out.steps_done == 1
+    save_checkpoint(tmp_path / "m", Checkpoint(model))
+    loaded = load_checkpoint(tmp_path / "m").model
+    assert type(loaded) is AVB and loaded.config == model.config
+    assert torch.equal(sample(loaded, seeds=[5, 6], batch_size=2).images, sample(model, seeds=[5, 6],
+                                                                                  batch_size=2).images)
+    with torch.no_grad():
+        assert torch.equal(loaded.log_weight({"x": x}, z[:4]), model.log_weight({"x": x}, z[:4]))
+    with pytest.raises(ValueError, match="no condition"):
+        model.generate(z, captions=torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="objective"):
+        AVBConfig(objective="gan")
+    with pytest.raises(ValueError, match="multiples"):
+        AVBConfig(height=30)
+
+
+def test_the_defaults_are_the_official_avb_mnist_32_ac():
+    c = AVBConfig()
+    assert (c.z_size, c.eps_dim, c.n_basis, c.basis_hidden, c.conv, c.deconv) == (
+        32, 64, 32, (128, 128, 128), (64, 128, 256, 512), (512, 256, 128, 64))
+    assert c.adaptive_contrast and c.objective == "avb"
+    assert AVB.optimizer_options["betas"] == (0.5, 0.999) and AVB.default_lr == 5e-5
+    assert AVB.default_lr * AVB.lr_scale["adversary"] == 1e-4 and AVB.train_defaults["val_holdout"] == 5000
+    # conv0 at 28×28: strides 1, 1, 2, 2 down to 7×7 in the encoder, and back up in the decoder
+    model = AVB(AVBConfig(conv=(2, 2, 2, 2), deconv=(2, 2, 2, 2), adversary_conv=(), adversary_hidden=(4,),
+                          basis_hidden=(4,), basis_samples=8))
+    assert [m.stride for m in model.encoder.trunk.modules() if isinstance(m, torch.nn.Conv2d)] == [(1, 1), (1, 1),
+                                                                                                 (2, 2), (2, 2)]
+    assert model.encoder.trunk.size == 2 * 7 * 7 and model.decoder.shape == (2, 7, 7)
+    assert model.decoder(torch.zeros(2, 32)).shape == (2, 1, 28, 28)
