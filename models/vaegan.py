@@ -56,6 +56,7 @@ class VAEGANConfig:
     objective: str = "vaegan"  # "vaegan", or "vae": the pixel-likelihood baseline with the same nets
     equilibrium: float = 0.68  # the released code's balance point of the discriminator's costs (≈ ln 2)
     margin: float = 0.35  # its margin; 0 turns the rule off
+    recon_fakes: bool = True  # reconstructions are fakes too (the paper); False: prior samples only (the CelebA script)
 
     def __post_init__(self) -> None:
         if self.objective not in _OBJECTIVES:
@@ -208,10 +209,10 @@ class VAEGAN(nn.Module):
         # decoder to match the features of x, not the discriminator to move them (its group sees none of it anyway).
         llike = 0.5 * ((f_real.detach() - f_recon) ** 2).sum(1) + 0.5 * f_real.shape[1] * _LOG_2PI
         d_real = F.binary_cross_entropy_with_logits(real, torch.ones_like(real), reduction="none")
-        d_fake = 0.5 * (F.binary_cross_entropy_with_logits(recon, torch.zeros_like(recon), reduction="none")
-                        + F.binary_cross_entropy_with_logits(prior, torch.zeros_like(prior), reduction="none"))
-        gen = 0.5 * (F.binary_cross_entropy_with_logits(recon, torch.ones_like(recon), reduction="none")
-                     + F.binary_cross_entropy_with_logits(prior, torch.ones_like(prior), reduction="none"))
+        fake_logits = [recon, prior] if self.config.recon_fakes else [prior]
+        fake = torch.stack(fake_logits)  # (fake kinds, B): each kind weighs the same, as the released 0.5 / 0.5
+        d_fake = F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), reduction="none").mean(0)
+        gen = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake), reduction="none").mean(0)
         train_dis, train_dec = self._equilibrium(d_real.mean().item(), d_fake.mean().item())
         minimise: dict[str, Tensor | None] = {
             "encoder": (kl_weight * kl + llike).mean(),
