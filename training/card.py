@@ -151,8 +151,10 @@ def render(directory: str | Path) -> str:
     splits = {name: v for name, v in evaluation.items() if isinstance(v, dict) and "nll_bound" in v}
     if splits:
         k = evaluation.get("k", 0)
-        lines += ["## Measured", "", f"`python -m training evaluate` (k = {k}); nats per image, lower is better. "
-                  f"−L_{k} and the −ELBO from its samples are paired (the same images and samples)."
+        paired = any(f"nll_L{k}" in split for split in splits.values())  # L_k measured (families with a likelihood)
+        lines += ["## Measured", "", "`python -m training evaluate`" + (f" (k = {k})" if paired else "")
+                  + "; nats per image, lower is better."
+                  + (f" −L_{k} and the −ELBO from its samples are paired (the same images and samples)." * paired)
                   + (f" {DATASET_NOTES[dataset]}" if dataset in DATASET_NOTES else ""), ""]
         for name, split in splits.items():
             lines += [f"### {name}", "", "| measurement | this checkpoint | paper |", "|---|---:|---|"]

@@ -48,10 +48,10 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
     if k != 50:  # IWAE's VAE baseline: the same net trained with k = 1
         assert f"k={k}" in ckpt.training["command"]
         paper = replace(paper, k=k)  # type: ignore[arg-type]
-    for name in ("base", "objective"):  # VAE/GAN on 2 CPU cores: a narrower net; its pixel-VAE baseline
+    for name in ("base", "objective", "margin", "recon_fakes"):  # VAE/GAN on 2 CPU cores: its deviations
         value = getattr(ckpt.model.config, name, None)
         if value is not None and value != getattr(paper, name):
-            assert f"{name}={value}" in ckpt.training["command"]
+            assert f"{name}={value}".lower() in ckpt.training["command"].lower()
             paper = replace(paper, **{name: value})  # type: ignore[arg-type]
     assert ckpt.model.config == paper
     assert ckpt.training["command"].startswith("python -m training train") and ckpt.training["epochs"] >= 1
