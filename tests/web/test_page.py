@@ -72,18 +72,21 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> 
 
 @pytest.fixture(scope="module")
 def served(checkpoints, tmp_path_factory) -> Path:  # noqa: F811
-    """The suite's tiny checkpoints and tiny-iwae, an IWAE at MNIST's 28×28 (so the drawing box is 196×196 on
-    screen) that offers reconstructions and walks."""
+    """The suite's tiny checkpoints, tiny-iwae, an IWAE at MNIST's 28×28 (so the drawing box is 196×196 on screen)
+    that offers reconstructions and walks, and tiny-vaegan, a grey-level VAE/GAN of the same size."""
     import torch
 
     from models.checkpoint import Checkpoint, save_checkpoint
     from models.iwae import IWAE, IWAEConfig
+    from models.vaegan import VAEGAN, VAEGANConfig
 
     d = tmp_path_factory.mktemp("served")
     shutil.copytree(checkpoints, d, dirs_exist_ok=True)
     torch.manual_seed(0)
     iwae = IWAE(IWAEConfig(height=28, width=28, layers=1, k=2, hidden=(16,), latent=(4,)))
     save_checkpoint(d / "tiny-iwae", Checkpoint(iwae, extra={"dataset": "mnist"}))
+    vaegan = VAEGAN(VAEGANConfig(z_size=4, base=4))  # a grey model: uploads go as grey levels, not thresholded
+    save_checkpoint(d / "tiny-vaegan", Checkpoint(vaegan.eval(), extra={"dataset": "fashion-mnist"}))
     return d
 
 
@@ -393,4 +396,23 @@ def test_a_walk_plays_its_points(browser, server):
     page.select_option("#model", "tiny-align")  # a caption model: the mode choice goes, the caption returns
     assert not page.is_visible("#modes") and not page.is_visible("#walk") and page.is_visible("#caption")
     assert page.inner_text("#submit") == "Draw" and page.is_visible("#n")
+    page.close()
+
+
+def test_a_grey_model_is_sent_grey_levels(browser, server, tmp_path):
+    """tiny-vaegan reads pixel / 255 (`pixels`: grey): the fitted upload keeps its grey levels, where a binary model's
+    is thresholded, and the reconstruction comes back."""
+    scan = np.tile(np.linspace(0, 200, 28, dtype=np.uint8), (28, 1))  # a dark-bordered ramp: not inverted
+    Image.fromarray(scan).save(tmp_path / "ramp.png")
+    page = browser.new_page(viewport={"width": 1000, "height": 1000})
+    page.goto(server)
+    _choose(page, "tiny-vaegan", "images")
+    page.set_input_files("#upload", str(tmp_path / "ramp.png"))
+    page.wait_for_function("document.querySelector('#pad-note').textContent.includes('ramp.png')")
+    with page.expect_request("**/v1/generations") as posted:
+        page.click("#submit")
+    sent = _png_pixels(json.loads(posted.value.post_data)["images"][0])
+    assert len(np.unique(sent)) > 10 and 0 < np.median(sent) < 255  # grey levels, not {0, 255}
+    page.wait_for_function("document.querySelectorAll('#grid img').length === 1", timeout=60_000)
+    assert page.inner_text("#status") == "done: 1 reconstruction(s)"
     page.close()
