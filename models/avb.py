@@ -195,6 +195,8 @@ class ImplicitEncoder(nn.Module):
         nn.init.uniform_(self.a.weight, -bound, bound)
         nodes = torch.randn(c.n_basis, c.basis_samples, c.eps_dim, generator=torch.Generator().manual_seed(_NODES_SEED))
         self.register_buffer("basis_nodes", nodes)  # saved: r_α never depends on a torch version's RNG
+        self._moments_key: tuple | None = None
+        self._moments: tuple[Tensor, Tensor] | None = None
 
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, C, H, W) -> z₀ (B, Z), a (B, n, Z)."""
@@ -203,10 +205,16 @@ class ImplicitEncoder(nn.Module):
         return self.z0(h), a.view(x.shape[0], self.config.n_basis, self.config.z_size)
 
     def basis_moments(self) -> tuple[Tensor, Tensor]:
-        """E[v_i], Var[v_i] (n, Z) each: mean and unbiased variance over the fixed `basis_nodes`, no gradient."""
-        with torch.no_grad():
-            v = self.basis(self.basis_nodes)
-        return v.mean(1), v.var(1)
+        """E[v_i], Var[v_i] (n, Z) each: mean and unbiased variance over the fixed `basis_nodes`, no gradient.
+
+        Kept until a basis weight or the nodes change (in place: their version counters; moved or cast: their
+        storage): n × basis_samples MLP passes, which every L_k chunk and worker call would otherwise repeat."""
+        key = tuple((t.data_ptr(), t._version) for t in (*self.basis.parameters(), self.basis_nodes))
+        if self._moments is None or self._moments_key != key:
+            with torch.no_grad():
+                v = self.basis(self.basis_nodes)
+            self._moments, self._moments_key = (v.mean(1), v.var(1)), key
+        return self._moments
 
     def sample(self, z0: Tensor, a: Tensor, eps: Tensor) -> Tensor:
         """z₀ (B, Z), a (B, n, Z), ε (B, n, eps_dim) -> z (B, Z) = z₀ + Σ_i a_i ⊙ v_i(ε_i)."""

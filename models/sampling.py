@@ -160,6 +160,15 @@ def slerp(a: Tensor, b: Tensor, points: int) -> Tensor:
     return path.to(a.dtype).view(points, *a.shape)
 
 
+def seed_walks(model: Generator, walks: int = 8, points: int = 10) -> Tensor:
+    """`walks` latent walks of `points` images each, (walks, points, C, H, W): walk i slerps between the noise of
+    seeds 2i and 2i + 1 and decodes every point (the pictures of a run's previews and of a card)."""
+    ends = draw_noise(2 * walks, *model.noise_shape(), seeds=list(range(2 * walks)))
+    path = torch.cat([slerp(ends[2 * i], ends[2 * i + 1], points) for i in range(walks)])
+    images = sample(model, noise=path, keep_canvases=False).images
+    return images.view(walks, points, *images.shape[1:])
+
+
 def lerp(a: Tensor, b: Tensor, points: int) -> Tensor:
     t = torch.linspace(0, 1, points, dtype=a.dtype).view(points, *([1] * a.dim()))
     return (1 - t) * a + t * b

@@ -7,11 +7,12 @@ With z ~ q(z | x), x̃ = Dec(z), x_p = Dec(z_p) for z_p ~ N(0, I), and Dis_l the
     decoder:        minimise γ·L_llike + L_gen,      L_gen = −½ [log D(x̃) + log D(x_p)]   (non-saturating)
     discriminator:  minimise ½ [−log D(x)] + ½ · ½ [−log(1 − D(x̃)) − log(1 − D(x_p))]
 
-Both reconstructions and prior samples are the discriminator's fakes (the paper; the released CelebA script used
-prior samples only). The paper writes the decoder's GAN term as −L_GAN; we use the non-saturating form every
-practitioner uses, whose sign cannot be got wrong. Each group's loss reaches only its own parameters: the trainer
-backpropagates every group's scalar into that group alone (training/train.py `step`), so the encoder never sees
-the GAN gradient and the discriminator never sees the feature loss (tested on real gradients).
+Both reconstructions and prior samples are the discriminator's fakes (the paper); `recon_fakes=False` keeps prior
+samples only (the released CelebA script), and the GAN costs then average over those alone. The paper writes the
+decoder's GAN term as −L_GAN; we use the non-saturating form every practitioner uses, whose sign cannot be got
+wrong. Each group's loss reaches only its own parameters: the trainer backpropagates every group's scalar into that
+group alone (training/train.py `step`), so the encoder never sees the GAN gradient and the discriminator never sees
+the feature loss (tested on real gradients).
 
 `objective="vae"` is the issue's baseline: the same encoder and decoder, a Gaussian pixel likelihood with one
 scale s for every pixel (the batch's optimum in training, a running average in evaluation), one optimiser group,
@@ -73,8 +74,13 @@ class VAEGANConfig:
 
 def _conv(n_in: int, n_out: int, stride: int, norm: bool = True) -> nn.Sequential:
     """5×5 conv (the paper's every conv), 'same' padding, batch norm, ReLU."""
-    layers: list[nn.Module] = [nn.Conv2d(n_in, n_out, 5, stride, padding=2, bias=not norm)]
-    return nn.Sequential(*layers, *([nn.BatchNorm2d(n_out)] if norm else []), nn.ReLU())
+    norms = [nn.BatchNorm2d(n_out)] if norm else []
+    return nn.Sequential(nn.Conv2d(n_in, n_out, 5, stride, padding=2, bias=not norm), *norms, nn.ReLU())
+
+
+def _cells(c: VAEGANConfig) -> int:
+    """Features after three stride-2 stages of 4·base channels: what the encoder's and discriminator's heads read."""
+    return 4 * c.base * math.ceil(c.height / 8) * math.ceil(c.width / 8)
 
 
 def _deconv(n_in: int, n_out: int) -> nn.Sequential:
@@ -90,8 +96,7 @@ class Encoder(nn.Module):
         super().__init__()
         b = c.base
         self.trunk = nn.Sequential(_conv(c.channels, b, 2), _conv(b, 2 * b, 2), _conv(2 * b, 4 * b, 2), nn.Flatten())
-        cells = 4 * b * math.ceil(c.height / 8) * math.ceil(c.width / 8)
-        self.head = nn.Linear(cells, 2 * c.z_size)
+        self.head = nn.Linear(_cells(c), 2 * c.z_size)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, log_sigma = self.head(self.trunk(x)).chunk(2, dim=1)
@@ -122,7 +127,7 @@ class Discriminator(nn.Module):
         b = c.base
         self.blocks = nn.ModuleList([_conv(c.channels, b, 1, norm=False), _conv(b, 2 * b, 2),
                                      _conv(2 * b, 4 * b, 2), _conv(4 * b, 4 * b, 2)])
-        self.head = nn.Linear(4 * b * math.ceil(c.height / 8) * math.ceil(c.width / 8), 1)
+        self.head = nn.Linear(_cells(c), 1)
         self.feature_layer = c.feature_layer
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -213,7 +218,7 @@ class VAEGAN(nn.Module):
         fake = torch.stack(fake_logits)  # (fake kinds, B): each kind weighs the same, as the released 0.5 / 0.5
         d_fake = F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), reduction="none").mean(0)
         gen = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake), reduction="none").mean(0)
-        train_dis, train_dec = self._equilibrium(d_real.mean().item(), d_fake.mean().item())
+        train_dis, train_dec = self._equilibrium(d_real, d_fake)
         minimise: dict[str, Tensor | None] = {
             "encoder": (kl_weight * kl + llike).mean(),
             "decoder": (self.config.gamma * llike + gen).mean() if train_dec else None,
@@ -222,8 +227,8 @@ class VAEGAN(nn.Module):
         bound = (kl + llike).detach()
         terms = {"kl": kl.detach(), "reconstruction": llike.detach(), "d_real_cost": d_real.detach(),
                  "d_fake_cost": d_fake.detach(), "gen_cost": gen.detach(),
-                 "dis_updated": torch.full_like(kl, float(train_dis)).detach(),
-                 "dec_updated": torch.full_like(kl, float(train_dec)).detach()}
+                 "dis_updated": torch.full_like(kl, float(train_dis)),
+                 "dec_updated": torch.full_like(kl, float(train_dec))}
         return Losses(minimise=minimise, bound=bound, terms=terms)
 
     def _pixel_vae(self, x: Tensor, logits: Tensor, kl: Tensor, kl_weight: float) -> Losses:
@@ -241,11 +246,13 @@ class VAEGAN(nn.Module):
         return Losses(minimise={"model": (nll + kl_weight * kl).mean()}, bound=(nll + kl).detach(),
                       terms={"kl": kl.detach(), "reconstruction": nll.detach()})
 
-    def _equilibrium(self, real_cost: float, fake_cost: float) -> tuple[bool, bool]:
-        """(update the discriminator, update the decoder) this batch, by the released code's rule (module doc)."""
+    def _equilibrium(self, d_real: Tensor, d_fake: Tensor) -> tuple[bool, bool]:
+        """(update the discriminator, update the decoder) this batch, by the released code's rule (module doc), from
+        the discriminator's per-image costs; read to the host only when the rule applies (a device sync a step)."""
         eq, margin = self.config.equilibrium, self.config.margin
         if margin <= 0 or not self.training:
             return True, True
+        real_cost, fake_cost = d_real.mean().item(), d_fake.mean().item()
         train_dis = not (real_cost < eq - margin or fake_cost < eq - margin)
         train_dec = not (real_cost > eq + margin or fake_cost > eq + margin)
         if not (train_dis or train_dec):

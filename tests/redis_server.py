@@ -33,11 +33,14 @@ def binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, data_dir: Path, maxmemory: str = "0"):
+    """`persist=False` (the benchmark's: it measures the service, not fsync) runs without the AOF."""
+
+    def __init__(self, data_dir: Path, maxmemory: str = "0", *, persist: bool = True):
         self.dir = data_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.maxmemory = maxmemory
+        self.persist = persist
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -48,8 +51,8 @@ class RedisServer:
         log = (self.dir / "redis.log").open("a")
         self.proc = subprocess.Popen(
             [binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--maxmemory", self.maxmemory,
-             "--maxmemory-policy", "noeviction"], stdout=log, stderr=subprocess.STDOUT)
+             *(["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]),
+             "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"], stdout=log, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + timeout
         while True:

@@ -1,9 +1,11 @@
-"""Where a run or an evaluation executes, and how the record names the machine."""
+"""Where a run or an evaluation executes, in which mode, and how the record names the machine."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+from collections.abc import Iterator
 
 import torch
 
@@ -21,3 +23,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block (batch norm uses its running statistics and leaves them alone), its mode
+    restored after, whatever happens: validation, per-epoch metrics and previews run in it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

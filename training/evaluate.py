@@ -65,11 +65,11 @@ def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) ->
     the deterministic reconstructions of every test image, judged by training/quality.py against the test images
     with the shipped Fashion-MNIST classifier; the training images' own distance to the test set is the floor.
     With --pictures DIR: samples.png, reconstructions.png (test images above their reconstructions), walk.png."""
-    from models.sampling import draw_noise, sample, slerp
+    from models.sampling import sample, seed_walks
     from training import artefacts
     from training.classifier import load_classifier
     from training.data.mnist import load_mnist
-    from training.quality import classifier_features, diversity, frechet_distance, generation_report
+    from training.quality import diversity, generation_report
 
     def grey(split: str) -> torch.Tensor:
         images = load_mnist(split, root=args.data_dir, dataset="fashion-mnist").images
@@ -83,10 +83,9 @@ def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) ->
     recons = torch.cat([sample(model, images=x[i : i + chunk], keep_canvases=False).images.cpu()
                         for i in range(0, len(x), chunk)])
     judge = load_classifier(FASHION_CLASSIFIER, device)
-    quality = generation_report(samples=samples, reconstructions=recons, originals=x, test_images=x, classifier=judge)
-    train = grey("train")[: len(x)]  # the training split's first images (never the test set): the floor of the FD
-    quality["fd_ours_train_vs_test"] = frechet_distance(classifier_features(judge, train),
-                                                        classifier_features(judge, x))
+    # the training split's first images (never the test set) against the test images: the floor of the FD
+    quality = generation_report(samples=samples, reconstructions=recons, originals=x, test_images=x, classifier=judge,
+                                floor_images=grey("train")[: len(x)])
     collapse = diversity(samples[:1000], x[:1000])  # pairwise distances: 1,000 of each keeps it to 8 MB
     quality |= {"sample_spread": collapse["spread"], "sample_near_duplicates": collapse["near_duplicates"]}
     out["quality"] = quality | {"sample_seeds": f"0..{args.samples - 1}", "classifier": FASHION_CLASSIFIER.name}
@@ -96,8 +95,5 @@ def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) ->
         artefacts.save_sample_grid(pictures / "samples.png", samples[:64])
         pairs = torch.stack([x[:32].view(4, 8, 1, 28, 28), recons[:32].view(4, 8, 1, 28, 28)], 1).view(64, 1, 28, 28)
         artefacts.save_sample_grid(pictures / "reconstructions.png", pairs)
-        ends = draw_noise(16, *model.noise_shape(), seeds=list(range(16)))
-        path = torch.cat([slerp(ends[2 * i], ends[2 * i + 1], 10) for i in range(8)])
-        walk = sample(model, noise=path, keep_canvases=False).images.cpu()
-        artefacts.save_canvas_strip(pictures / "walk.png", walk.view(8, 10, *walk.shape[1:]), max_columns=10)
+        artefacts.save_canvas_strip(pictures / "walk.png", seed_walks(model).cpu(), max_columns=10)
     return out

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from models.bounds import importance_weighted
 from training.batching import Batch, batches
+from training.device import evaluating
 
 
 def on_device(batch: Batch, device: torch.device) -> Batch:
@@ -26,22 +27,20 @@ def validate(model: Any, data: Batch, batch_size: int, device: torch.device, see
              rank: int = 0, world: int = 1) -> dict[str, float]:
     """Mean bound (−ELBO for the DRAW family) and its logged terms per image over a data set, with fixed noise so
     epochs compare: {"val_nll_bound", "val_<term>"..., "val_images"}."""
-    was_training = model.training
-    model.eval()
     noise = (tuple(model.loss_noise_shape()), torch.Generator().manual_seed(seed))
     sums: dict[str, float] = {}
     count = 0.0
-    for batch in batches(data, batch_size, rank=rank, world=world, noise=noise):
-        batch = on_device(batch, device)
-        eps = batch.pop("noise")
-        losses = model.loss(batch, eps)
-        for name, value in {"nll_bound": losses.bound, **losses.terms}.items():
-            sums[name] = sums.get(name, 0.0) + value.double().sum().item()
-        count += batch["x"].shape[0]
+    with evaluating(model):
+        for batch in batches(data, batch_size, rank=rank, world=world, noise=noise):
+            batch = on_device(batch, device)
+            eps = batch.pop("noise")
+            losses = model.loss(batch, eps)
+            for name, value in {"nll_bound": losses.bound, **losses.terms}.items():
+                sums[name] = sums.get(name, 0.0) + value.double().sum().item()
+            count += batch["x"].shape[0]
     totals = torch.tensor([*sums.values(), count], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(totals)
-    model.train(was_training)
     n = totals[-1].item()
     return {f"val_{name}": totals[i].item() / n for i, name in enumerate(sums)} | {"val_images": int(n)}
 

@@ -107,12 +107,14 @@ def _mean_stderr(values: Tensor) -> tuple[float, float]:
 
 
 def generation_report(*, samples: Tensor, reconstructions: Tensor, originals: Tensor, test_images: Tensor,
-                      classifier: DigitClassifier) -> dict[str, float]:
+                      classifier: DigitClassifier, floor_images: Tensor | None = None) -> dict[str, float]:
     """Everything the VAE/GAN evaluation reports, all images (·, 1, 28, 28) in [0, 1].
 
     samples: drawn from the model's prior. reconstructions: the model's reconstructions of originals (paired).
     test_images: the reference set for FD (ours) and sharpness. fd_ours compares samples with test_images;
     confidence_test is the classifier's confidence on real items, the scale to read confidence_samples against.
+    floor_images: other real images (training images), whose distance to test_images (fd_ours_train_vs_test) is
+    the floor fd_ours is read against; computed from the same test features.
     """
     if reconstructions.shape != originals.shape:
         raise ValueError(f"reconstructions {tuple(reconstructions.shape)} and originals {tuple(originals.shape)}")
@@ -120,9 +122,11 @@ def generation_report(*, samples: Tensor, reconstructions: Tensor, originals: Te
     sharp_test = laplacian_variance(test_images).mean().item()
     mse, mse_se = _mean_stderr((reconstructions.double() - originals.double()).square().flatten(1).mean(1))
     sim, sim_se = _mean_stderr(ssim(reconstructions, originals))
-    return {
-        "fd_ours": frechet_distance(classifier_features(classifier, samples),
-                                    classifier_features(classifier, test_images)),
+    test_features = classifier_features(classifier, test_images)
+    floor = ({"fd_ours_train_vs_test": frechet_distance(classifier_features(classifier, floor_images), test_features)}
+             if floor_images is not None else {})
+    return floor | {
+        "fd_ours": frechet_distance(classifier_features(classifier, samples), test_features),
         "confidence_samples": mean_confidence(classifier, samples),
         "confidence_test": mean_confidence(classifier, test_images),
         "sharpness_samples": sharp_samples,

@@ -48,7 +48,7 @@ class Task:
         return []
 
     def epoch_metrics(self, model: Any) -> dict[str, float]:
-        """Task-specific numbers measured on the model after each epoch (rank 0 only)."""
+        """Task-specific numbers measured on the model after each epoch (rank 0 only; the model in eval mode)."""
         return {}
 
     def pixel_means(self) -> Tensor:
@@ -142,14 +142,12 @@ class CaptionsTask(Task):
             return {}
         judge, splits = self._judging
         assert self.vocab is not None
-        was_training = model.training
         out = {}
         for split, batch in splits.items():
-            judged = fi.sample_and_judge(model.eval(), self.vocab, batch, judge)
+            judged = fi.sample_and_judge(model, self.vocab, batch, judge)
             out[f"val_fidelity_{split}"] = judged.fidelity
             out[f"val_attention_digit_words_{split}"] = fi.attention_shares(judged.alignments,
                                                                             batch.captions)["digit_words"]
-        model.train(was_training)
         return out
 
     @cached_property
@@ -166,27 +164,32 @@ class CaptionsTask(Task):
             "held_out": cap.generate(self.val_digits, n, generator=VAL_SEED + 1, held_out_only=True)}
 
 
-class BinarizedMnistTask(Task):
-    """Binarized MNIST: the fixed Larochelle split, or dynamic binarisation of MNIST (the last `val_holdout`
-    training digits held out for validation, binarised once)."""
+class ImagesTask(Task):
+    """Images without captions: binarized MNIST, either the fixed Larochelle split or dynamic binarisation of MNIST,
+    or Fashion-MNIST as grey levels in [0, 1], never binarised. MNIST and Fashion-MNIST hold out their last
+    `val_holdout` training images for validation (dynamic MNIST binarises them once); the official test images are
+    left to `evaluate`. Grey runs also log after each epoch whether 256 samples still differ from one another
+    (training/quality.py `diversity`), the collapse check a GAN needs."""
 
     def __init__(self, config: TrainConfig):
         super().__init__(config, None, {"dataset": config.dataset})
+        self._dynamic = config.dataset == "mnist"
+        self._grey = config.dataset == "fashion-mnist"
         if config.dataset == "binarized-mnist":
             from training.data.binarized import load_binarized_mnist
 
             self._train = torch.from_numpy(load_binarized_mnist("train", root=config.data_dir)).float()
             self._val = torch.from_numpy(load_binarized_mnist("valid", root=config.data_dir)).float()
-            self._dynamic = False
         else:
             from training.data.mnist import load_mnist, split_validation
 
-            digits = load_mnist("train", root=config.data_dir, download=config.download)
-            train, val = split_validation(digits, n_val=config.val_holdout)
+            images = load_mnist("train", root=config.data_dir, dataset=config.dataset, download=config.download)
+            train, val = split_validation(images, n_val=config.val_holdout)
             self.extra["digits_source"] = train.source
+            if self._grey:
+                self.extra["validation"] = val.source
             self._train = torch.from_numpy(train.images).float().div(255)
             self._val = torch.from_numpy(val.images).float().div(255)
-            self._dynamic = True
         self._train = self._train.view(-1, 1, 28, 28)
         self._val = self._val.view(-1, 1, 28, 28)[: config.val_size]
         if self._dynamic:  # a fixed binarisation of validation so epochs are comparable
@@ -212,42 +215,13 @@ class BinarizedMnistTask(Task):
     def val_data(self) -> Batch:
         return {"x": self._val}
 
-
-class GreyImagesTask(Task):
-    """Fashion-MNIST as grey levels in [0, 1] (never binarised): the last 10,000 training images validate, the
-    official 10,000 test images are left to `evaluate`. After each epoch the run logs whether 256 samples still
-    differ from one another (training/quality.py `diversity`), the collapse check a GAN needs."""
-
-    def __init__(self, config: TrainConfig):
-        from training.data.mnist import load_mnist, split_validation
-
-        images = load_mnist("train", root=config.data_dir, dataset="fashion-mnist", download=config.download)
-        train, val = split_validation(images, n_val=10_000)
-        super().__init__(config, None, {"dataset": config.dataset, "digits_source": train.source,
-                                        "validation": val.source})
-        self._train = torch.from_numpy(train.images).float().div(255).view(-1, 1, 28, 28)
-        self._val = torch.from_numpy(val.images).float().div(255).view(-1, 1, 28, 28)[: config.val_size]
-
-    def model_config(self) -> Any:
-        return family(self.config.model).Config(**self.config.model_overrides)
-
-    def train_data(self, epoch: int) -> Batch:
-        g = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))
-        return {"x": self._train[torch.randperm(self._train.shape[0], generator=g)]}
-
-    def val_data(self) -> Batch:
-        return {"x": self._val}
-
-    def pixel_means(self) -> Tensor:
-        return self._train.mean(0)
-
     def epoch_metrics(self, model: Any) -> dict[str, float]:
+        if not self._grey:
+            return {}
         from models.sampling import sample
         from training.quality import diversity
 
-        was_training = model.training
-        images = sample(model.eval(), seeds=list(range(256)), keep_canvases=False).images.cpu()
-        model.train(was_training)
+        images = sample(model, seeds=list(range(256)), keep_canvases=False).images.cpu()
         report = diversity(images, self._val[:256])
         return {"val_sample_diversity": report["spread"], "val_sample_near_duplicates": report["near_duplicates"]}
 
@@ -300,8 +274,7 @@ class FolderCaptionsTask(Task):
 
 TASKS: dict[str, type[Task]] = {"mnist-captions": CaptionsTask, "fashion-captions": CaptionsTask,
                                 "coco": FolderCaptionsTask, "jsonl": FolderCaptionsTask,
-                                "binarized-mnist": BinarizedMnistTask, "mnist": BinarizedMnistTask,
-                                "fashion-mnist": GreyImagesTask}
+                                "binarized-mnist": ImagesTask, "mnist": ImagesTask, "fashion-mnist": ImagesTask}
 
 
 def make_task(config: TrainConfig) -> Task:

@@ -23,11 +23,11 @@ from tqdm import tqdm
 
 from models.checkpoint import Checkpoint, load_checkpoint
 from models.family import Losses, family, param_groups
-from models.sampling import draw_noise, sample, slerp
+from models.sampling import sample, seed_walks
 from training import artefacts
 from training.batching import Batch, batches, epoch_seed
 from training.config import DEFAULT_LR, TrainConfig, stage_lr
-from training.device import machine, resolve_device
+from training.device import evaluating, machine, resolve_device
 from training.likelihood import on_device, validate
 from training.state import Progress, load_progress, restore_optimizers, save_run_state, warm_start
 from training.tasks import Task, make_task
@@ -105,7 +105,9 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: 
                total=n_batches, desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True, leave=False,
                mininterval=0.5 if sys.stderr.isatty() else 60)  # a log file gets a line a minute, not a flood
     sums = torch.zeros(4, dtype=torch.float64)
-    term_sums: dict[str, float] = {}  # every logged term of the family (a GAN's costs, how often each player moved)
+    # every logged term of the family (a GAN's costs, how often each player moved), summed on the device: no host
+    # sync a term a step
+    term_sums: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     beta = 1.0
     for i, batch in enumerate(bar):
@@ -119,12 +121,12 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: 
         sums += torch.tensor([losses.bound.detach().sum().item(), kl.detach().sum().item(), n,
                               grad_norm], dtype=torch.float64)
         for name, value in losses.terms.items():
-            term_sums[name] = term_sums.get(name, 0.0) + value.detach().double().sum().item()
+            term_sums[name] = term_sums.get(name, 0.0) + value.detach().double().sum()
         seen = sums[2].item() * world
         bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.2f}", kl=f"{sums[1].item() / sums[2].item():.2f}",
                         img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False,  # bar's own pace
                         **({"kl_weight": f"{beta:.2f}"} if beta < 1 else {}))
-    terms = torch.tensor(list(term_sums.values()), dtype=torch.float64)
+    terms = torch.tensor([v.item() for v in term_sums.values()], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(sums)
         dist.all_reduce(terms)
@@ -156,18 +158,7 @@ def step(losses: Losses, optimizers: Optimizers, groups: dict[str, list[nn.Param
     return norm
 
 
-def write_previews(model: nn.Module, task: Task, run: Path, epoch: int, device: torch.device) -> None:
-    """Sample grids in eval mode: batch norm draws with its running statistics and, drawing, leaves them alone (in
-    train mode the previews would move them after the checkpoint was saved, and a resume would differ)."""
-    was_training = model.training
-    model.eval()
-    try:
-        _write_previews(model, task, run, epoch)
-    finally:
-        model.train(was_training)
-
-
-def _write_previews(model: nn.Module, task: Task, run: Path, epoch: int) -> None:
+def write_previews(model: nn.Module, task: Task, run: Path, epoch: int) -> None:
     conditions = task.preview_conditions()
     count = next(iter(conditions.values())).shape[0] if conditions else 64
     out = sample(model, batch_size=None if conditions else count, seeds=list(range(count)), **conditions)  # type: ignore[arg-type]
@@ -179,10 +170,7 @@ def _write_previews(model: nn.Module, task: Task, run: Path, epoch: int) -> None
         artefacts.save_alignment_map(previews / f"alignment-epoch{epoch:04d}.png", out.alignments,
                                      task.preview_labels())
     if "walk" in getattr(model, "modes", {}) and not conditions:  # 8 latent walks of 10 points between seeds
-        ends = draw_noise(16, *model.noise_shape(), seeds=list(range(16)))  # type: ignore[operator]
-        path = torch.cat([slerp(ends[2 * i], ends[2 * i + 1], 10) for i in range(8)])
-        walk = sample(model, noise=path, keep_canvases=False).images  # type: ignore[arg-type]
-        artefacts.save_canvas_strip(previews / f"walk-epoch{epoch:04d}.png", walk.view(8, 10, *walk.shape[1:]),
+        artefacts.save_canvas_strip(previews / f"walk-epoch{epoch:04d}.png", seed_walks(model),  # type: ignore[arg-type]
                                     max_columns=10)
 
 
@@ -261,7 +249,8 @@ def train(config: TrainConfig) -> Progress:
             progress.epochs_without_improvement += 1
         stopped = progress.epochs_without_improvement >= patience
         if rank == 0:
-            row |= task.epoch_metrics(model)
+            with evaluating(model):  # as the worker draws; in train mode sampling moved batch norm's statistics
+                row |= task.epoch_metrics(model)
             ckpt = Checkpoint(model, vocab=task.vocab, training=training_record(config, progress),
                               metrics={"best_val_nll_bound": progress.best_val, "best_epoch": progress.best_epoch,
                                        "last": row},
@@ -271,7 +260,8 @@ def train(config: TrainConfig) -> Progress:
             save_run_state(last, ckpt, optimizers, progress)
             artefacts.append_jsonl(run / "metrics.jsonl", row)
             if epoch % config.preview_every == 0 or stopped:
-                write_previews(model, task, run, epoch, device)
+                with evaluating(model):  # after the save: in train mode a resumed run would differ (tested)
+                    write_previews(model, task, run, epoch)
                 artefacts.save_loss_curves(run / "loss-curves.png", progress.history)
             fields_: Any = getattr(model, "config", None)  # the family's Config names its bound (IWAE: −L_{k})
             bound = getattr(model, "bound_name", "−ELBO").format(**(fields_.to_dict() if fields_ is not None else {}))

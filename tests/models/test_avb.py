@@ -328,3 +328,20 @@ def test_the_defaults_are_the_official_avb_mnist_32_ac():
                                                                                                  (2, 2), (2, 2)]
     assert model.encoder.trunk.size == 2 * 7 * 7 and model.decoder.shape == (2, 7, 7)
     assert model.decoder(torch.zeros(2, 32)).shape == (2, 1, 28, 28)
+
+
+def test_the_kept_basis_moments_follow_the_weights():
+    """basis_moments is computed once per set of basis weights: a step, a cast or a reload gives fresh moments."""
+    from models.avb import ImplicitEncoder
+
+    encoder = ImplicitEncoder(TINY)
+    first = encoder.basis_moments()
+    assert encoder.basis_moments() is first  # kept
+    with torch.no_grad():
+        next(encoder.basis.parameters()).add_(0.5)  # as an optimizer step does, in place
+    second = encoder.basis_moments()
+    assert second is not first and not torch.equal(second[0], first[0])
+    v = encoder.basis(encoder.basis_nodes)
+    torch.testing.assert_close(second[0], v.mean(1))
+    torch.testing.assert_close(second[1], v.var(1))
+    assert encoder.double().basis_moments()[0].dtype == torch.float64  # a cast is new storage: recomputed

@@ -102,13 +102,17 @@ def test_the_feature_loss_is_taken_at_the_configured_discriminator_block():
 
 def test_equilibrium_rule_skips_the_winning_player():
     model = tiny(VAEGANConfig(**{**TINY.to_dict(), "margin": 0.35})).train()
-    rule = model._equilibrium
+
+    def rule(real: float, fake: float) -> tuple[bool, bool]:  # the batch's mean costs, as one-image batches
+        return model._equilibrium(torch.tensor([real]), torch.tensor([fake]))
+
     assert rule(0.2, 0.7) == (False, True)  # the discriminator wins on real images: it sits out
     assert rule(0.7, 0.2) == (False, True)
     assert rule(1.2, 0.7) == (True, False)  # it loses badly: the decoder sits out
     assert rule(0.7, 0.7) == (True, True)
     assert rule(0.2, 1.2) == (True, True)  # both conditions: never both idle
-    assert model.eval()._equilibrium(0.2, 0.7) == (True, True)  # validation applies no rule
+    model.eval()
+    assert rule(0.2, 0.7) == (True, True)  # validation applies no rule
 
 
 @pytest.mark.parametrize("equilibrium, idle", [(0.2, "decoder"), (3.0, "discriminator")])

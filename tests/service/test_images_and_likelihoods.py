@@ -121,7 +121,9 @@ def test_vaegan_reconstructs_the_grey_levels_it_was_sent(api, served):
         [step] = model.generate(torch.zeros(s.batch_rows, model.z_size), images=torch.stack(grey + pad))
         [binary] = model.generate(torch.zeros(s.batch_rows, model.z_size),
                                   images=torch.stack([ink(p) for p in images] + pad))
-    as_png = lambda logits: (torch.sigmoid(logits[:2]) * 255).round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()  # noqa: E731
+    def as_png(logits: torch.Tensor) -> np.ndarray:
+        return (torch.sigmoid(logits[:2]) * 255).round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+
     expected, thresholded = as_png(step.logits), as_png(binary.logits)
     assert not np.array_equal(expected, thresholded)  # the test can tell the two readings apart
     for i, out in enumerate(body["outputs"]):

@@ -280,6 +280,17 @@ def _choose(page, model: str, mode: str) -> None:
     page.check(f"input[name=mode][value={mode}]")
 
 
+def _upload(browser, server: str, model: str, pixels: np.ndarray, path: Path):
+    """A page with `model` in Reconstruct mode and `pixels` saved as `path` and picked in its file input, fitted."""
+    Image.fromarray(pixels).save(path)
+    page = browser.new_page(viewport={"width": 1000, "height": 1000})
+    page.goto(server)
+    _choose(page, model, "images")
+    page.set_input_files("#upload", str(path))
+    page.wait_for_function(f"document.querySelector('#pad-note').textContent.includes('{path.name}')")
+    return page
+
+
 def _stroke(page, points: list[tuple[float, float]], pointer_type: str) -> None:
     """Synthesised pointer events on the drawing box, at points given in its CSS pixels."""
     page.eval_on_selector("#pad", """(pad, [points, type]) => {
@@ -343,12 +354,7 @@ def test_a_drawing_is_reconstructed_beside_its_input(browser, server):
 def test_an_uploaded_image_is_fitted_into_the_models_size(browser, server, tmp_path):
     scan = np.full((60, 40), 230, np.uint8)  # dark ink on light paper, taller than wide
     scan[10:50, 18:22] = 20
-    Image.fromarray(scan).save(tmp_path / "scan.png")
-    page = browser.new_page(viewport={"width": 1000, "height": 1000})
-    page.goto(server)
-    _choose(page, "tiny-iwae", "images")
-    page.set_input_files("#upload", str(tmp_path / "scan.png"))
-    page.wait_for_function("document.querySelector('#pad-note').textContent.includes('scan.png')")
+    page = _upload(browser, server, "tiny-iwae", scan, tmp_path / "scan.png")
     assert page.inner_text("#pad-note") == "scan.png (40 × 60) scaled to 19 × 28, inverted: its background was light."
     sent = _png_pixels(page.get_attribute("#sent", "src"))
     assert sent.shape == (28, 28) and sent[:, :5].max() == 0 and sent[:, 23:].max() == 0  # fitted: black margins
@@ -402,13 +408,8 @@ def test_a_walk_plays_its_points(browser, server):
 def test_a_grey_model_is_sent_grey_levels(browser, server, tmp_path):
     """tiny-vaegan reads pixel / 255 (`pixels`: grey): the fitted upload keeps its grey levels, where a binary model's
     is thresholded, and the reconstruction comes back."""
-    scan = np.tile(np.linspace(0, 200, 28, dtype=np.uint8), (28, 1))  # a dark-bordered ramp: not inverted
-    Image.fromarray(scan).save(tmp_path / "ramp.png")
-    page = browser.new_page(viewport={"width": 1000, "height": 1000})
-    page.goto(server)
-    _choose(page, "tiny-vaegan", "images")
-    page.set_input_files("#upload", str(tmp_path / "ramp.png"))
-    page.wait_for_function("document.querySelector('#pad-note').textContent.includes('ramp.png')")
+    ramp = np.tile(np.linspace(0, 200, 28, dtype=np.uint8), (28, 1))  # a dark-bordered ramp: not inverted
+    page = _upload(browser, server, "tiny-vaegan", ramp, tmp_path / "ramp.png")
     with page.expect_request("**/v1/generations") as posted:
         page.click("#submit")
     sent = _png_pixels(json.loads(posted.value.post_data)["images"][0])
