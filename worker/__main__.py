@@ -20,7 +20,8 @@ from rq.exceptions import StopRequested
 
 from worker import redis_conn
 from worker.heartbeat import Heartbeat
-from worker.queue import SERIALIZER, make_queue, requeue_own
+from worker.protocol import Keys
+from worker.queue import SERIALIZER, make_queue, owner_record, requeue_own
 from worker.settings import Settings
 
 log = logging.getLogger("worker")
@@ -69,6 +70,7 @@ class Worker(SimpleWorker):
     stopping = False  # SIGTERM/SIGINT seen (RQ raises StopRequested when idle and leaves _stop_requested unset)
     drained = False  # burst mode found the queues empty
     started = 0  # jobs handed to execute_job
+    settings: Settings
 
     def request_stop(self, signum, frame):  # type: ignore[no-untyped-def]
         self.stopping = True
@@ -81,6 +83,10 @@ class Worker(SimpleWorker):
 
     def execute_job(self, job, queue):  # type: ignore[no-untyped-def]
         self.started += 1
+        # Own the job before RQ marks it started: a worker killed after a client saw "running" but before the job
+        # function wrote this record left a job no sweep would free (the flaky serve test caught it).
+        attempt = int(job.meta.get("attempt") or 0) + 1
+        self.connection.hset(Keys(self.settings.key_prefix).running, job.id, owner_record(self.name, attempt))
         return super().execute_job(job, queue)
 
 
@@ -91,6 +97,7 @@ def serve(conn: redis.Redis, settings: Settings, name: str, *, burst: bool = Fal
     queues = [make_queue(conn, q) for q in settings.queues]
     while True:
         worker = Worker(queues, connection=conn, serializer=SERIALIZER, name=name)
+        worker.settings = settings
         with contextlib.suppress(redis.RedisError):  # RQ's teardown, when Redis is gone
             worker.work(burst=burst, max_jobs=max_jobs, logging_level=log_level)
         if worker.stopping or (burst and worker.drained):

@@ -228,6 +228,7 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
         request, lm = _load(rt, payload)
     except InvalidJobError as e:
         _fail(job, "invalid", str(e))
+        conn.hdel(keys.running, job.id)  # the worker's loop wrote an owner record before it ran this
         raise
     meta = job.get_meta(refresh=True)
     leader = Entry(job, request, claimed=False, attempt=int(meta.get("attempt") or 0) + 1, meta=meta)

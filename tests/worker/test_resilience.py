@@ -5,6 +5,7 @@ frees the jobs it held; job errors a client reads are short and printable; a can
 from __future__ import annotations
 
 import io
+import json
 
 import redis
 from PIL import Image
@@ -118,3 +119,27 @@ def test_raw_canvases_round_trip_and_a_wrong_size_is_refused():
     assert len(render.raw(pixels)) == 120 and (render.unraw(render.raw(pixels), (12, 10, 1)) == pixels).all()
     with pytest.raises(ValueError, match="120 bytes, not 119"):
         render.unraw(render.raw(pixels)[:-1], (12, 10, 1))
+
+
+def test_a_job_is_owned_before_its_status_reads_running(conn, settings, monkeypatch):
+    """A client that sees "running" (RQ's started status) and then loses the worker must get the job redrawn: the
+    owner record that the orphan sweep frees has to exist by then. The job function here only looks."""
+    from rq import get_current_job
+
+    import worker.jobs
+
+    job_id, _ = q.enqueue_generation(conn, request(), settings, steps=5)
+    keys = Keys(settings.key_prefix)
+    seen: list[tuple[str, bytes | None]] = []
+
+    def look(payload):
+        job = get_current_job()
+        seen.append((job.get_status(refresh=True), conn.hget(keys.running, job.id)))
+        return {}
+
+    monkeypatch.setattr(worker.jobs, "generate", look)
+    assert worker_main.serve(conn, settings, "w3", burst=True) == 0
+    assert len(seen) == 1
+    status, owner = seen[0]
+    assert status == "started" and owner is not None, seen
+    assert json.loads(owner)["worker"] == "w3" and json.loads(owner)["attempt"] == 1
