@@ -103,6 +103,7 @@ FAMILIES: dict[str, str] = {
     "iwae": "models.iwae:IWAE",
     "vaegan": "models.vaegan:VAEGAN",
     "avb": "models.avb:AVB",
+    "statistician": "models.statistician:Statistician",
 }
 
 

@@ -13,7 +13,8 @@ MODELS = tuple(FAMILIES)
 # What each dataset yields, matched against a family's `data` (models/family.py).
 DATASETS: dict[str, str] = {"mnist-captions": "captioned_images", "fashion-captions": "captioned_images",
                             "coco": "captioned_images", "jsonl": "captioned_images",
-                            "binarized-mnist": "images", "mnist": "images", "fashion-mnist": "images"}
+                            "binarized-mnist": "images", "mnist": "images", "fashion-mnist": "images",
+                            "omniglot": "image_sets"}
 
 DEFAULT_LR = 1e-3  # both papers' learning rate
 

@@ -272,9 +272,63 @@ class FolderCaptionsTask(Task):
         return [self.vocab.decode(row.tolist()) for row in self._val["captions"][:8]]
 
 
+class OmniglotTask(Task):
+    """Sets of Omniglot drawings for the Neural Statistician (training/data/omniglot.py): each item of `x` is a set
+    (set_size, 1, 28, 28) of one class's drawings, binarised dynamically. Trains on the Vinyals `train` split
+    (1028 characters × 4 rotations), a fresh partition every epoch with each drawing dilated by a random radius
+    (0, 1 or 2 px at 105 px); validates on fixed, undilated sets of the `val` split (172 × 4 classes), built once
+    with VAL_SEED and capped at `val_size` sets. The `test` split is never read here: its 423 characters are left
+    to evaluation. The set size is the model config's `sample_size`."""
+
+    def __init__(self, config: TrainConfig):
+        from training.data import omniglot as om
+
+        super().__init__(config, None, {})
+        self._set_size = int(self.model_config().sample_size)
+        self._train = om.load_split("train", root=config.data_dir)
+        val = om.load_split("val", root=config.data_dir, radii=(0,))  # validation sets are never dilated
+        self._val = om.make_sets(val, self._set_size, torch.Generator().manual_seed(VAL_SEED),
+                                 dilation=False).x[: config.val_size]
+        self._val_classes = om.class_images(val, torch.Generator().manual_seed(VAL_SEED + 1))  # few-shot per epoch
+        self.extra = {"dataset": "omniglot", "split": "vinyals", "train_split_sha256": self._train.split_sha256,
+                      "val_split_sha256": val.split_sha256, "train_classes": len(self._train),
+                      "set_size": self._set_size, "resize": "area 105->28", "dilation_radii": list(self._train.radii),
+                      "binarisation": "dynamic"}
+
+    def model_config(self) -> Any:
+        return family(self.config.model).Config(**self.config.model_overrides)
+
+    def train_data(self, epoch: int) -> Batch:
+        from training.data.omniglot import make_sets
+
+        g = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))
+        return {"x": make_sets(self._train, self._set_size, g, dilation=True).x}
+
+    def val_data(self) -> Batch:
+        return {"x": self._val}
+
+    def pixel_means(self) -> Tensor:
+        return self._train.images[:, :, 0].mean((0, 1)).unsqueeze(0)  # (1, 28, 28) undilated grey levels
+
+    def preview_conditions(self) -> dict[str, Tensor]:
+        return {"sets": self._val[:8].repeat_interleave(8, 0)}  # grid row i: 8 new samples of validation set i
+
+    def epoch_metrics(self, model: Any) -> dict[str, float]:
+        """Few-shot accuracy on the validation characters (200 seeded episodes each), progress toward the
+        test-split targets without reading the test split."""
+        from training.fewshot import few_shot
+
+        out = {}
+        for way, shot in ((5, 1), (20, 1)):
+            r = few_shot(model, self._val_classes, way, shot, episodes=200, seed=VAL_SEED)
+            out[f"val_{way}way_{shot}shot"] = r.accuracy
+        return out
+
+
 TASKS: dict[str, type[Task]] = {"mnist-captions": CaptionsTask, "fashion-captions": CaptionsTask,
                                 "coco": FolderCaptionsTask, "jsonl": FolderCaptionsTask,
-                                "binarized-mnist": ImagesTask, "mnist": ImagesTask, "fashion-mnist": ImagesTask}
+                                "binarized-mnist": ImagesTask, "mnist": ImagesTask, "fashion-mnist": ImagesTask,
+                                "omniglot": OmniglotTask}
 
 
 def make_task(config: TrainConfig) -> Task:

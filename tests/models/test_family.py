@@ -15,6 +15,7 @@ from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.family import FAMILIES, Condition, Data, Losses, Output, Step, build, family, param_groups
 from models.iwae import IWAEConfig
 from models.sampling import sample
+from models.statistician import StatisticianConfig
 from models.vaegan import VAEGANConfig
 from tests.models.conftest import TINY_ALIGN, TINY_DRAW, block_images, random_captions
 
@@ -23,7 +24,9 @@ TINY = {"draw": TINY_DRAW, "aligndraw": TINY_ALIGN,
         "iwae": IWAEConfig(height=6, width=5, layers=2, k=3, hidden=(8, 6), latent=(4, 3)),
         "vaegan": VAEGANConfig(height=8, width=8, z_size=3, base=4),
         "avb": AVBConfig(height=8, width=8, z_size=3, eps_dim=4, n_basis=3, basis_hidden=(8,), basis_samples=32,
-                         conv=(4, 4), deconv=(4, 4), adversary_conv=(4,), adversary_hidden=(16,))}
+                         conv=(4, 4), deconv=(4, 4), adversary_conv=(4,), adversary_hidden=(16,)),
+        "statistician": StatisticianConfig(height=8, width=8, sample_size=3, widths=(3, 4, 5), convs=1, hidden=8,
+                                           layers=1, c_dim=4, z_dim=2)}
 
 
 def test_every_family_has_a_tiny_config_and_resolves():
@@ -38,6 +41,9 @@ def test_every_family_has_a_tiny_config_and_resolves():
 def conditions(model, b: int, x: torch.Tensor) -> tuple[dict, dict]:
     """(the training batch, the generation conditions) the family takes."""
     batch, given = {"x": x}, {}
+    if model.data == "image_sets":  # sets of sample_size copies; generation conditioned on them
+        batch = {"x": x.unsqueeze(1).repeat(1, model.config.sample_size, 1, 1, 1)}
+        given = {"sets": batch["x"]}
     if model.data == "captioned_images":
         ids, lengths = random_captions(b, 5, model.config.vocab_size)
         batch |= {"captions": ids, "lengths": lengths}
