@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--chunk", type=int, default=500, help="rows of one L_k pass (k samples of ≥ 1 image)")
     ev.add_argument("--samples", type=int, default=10_000, help="grey-image generators: prior samples judged")
     ev.add_argument("--pictures", help="grey-image generators: write samples / reconstructions / walk PNGs here")
+    ev.add_argument("--episodes", type=int, default=1000, help="set models: seeded few-shot episodes per task")
     ev.add_argument("--data-dir")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", help="also write the results here")

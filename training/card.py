@@ -25,6 +25,8 @@ PICTURES = {"samples.png": "samples (captioned models: one per preview caption, 
             "alignment.png": "word alignment α: the words (across) at each step (down), per preview caption",
             "reconstructions.png": "test images (odd rows) above their reconstructions (even rows)",
             "walk.png": "latent walks between two seeds",
+            "test-samples.png": "Omniglot test characters: 5 examples (left), then 10 new samples of each",
+            "mnist-samples.png": "MNIST digits (never seen in training): 5 examples, then 10 new samples of each",
             "loss-curves.png": "training and validation curves (and per-epoch fidelity where judged)"}
 
 # What a reader must know to compare a dataset's nats with anything else.
@@ -34,6 +36,8 @@ DATASET_NOTES = {
                       "each other.",
     "fashion-captions": "Fashion-MNIST with captions is grey-level: its nats are cross-entropy against grey targets.",
     "mnist": "Dynamic binarisation: the test images are binarised once (seed 0), pixel ~ Bernoulli(grey level).",
+    "omniglot": "Bound in nats per set of drawings (the dataset ELBO), binarised once with seed 0; sets of the "
+                "test characters, which training never read.",
     "fashion-mnist": "Grey levels in [0, 1]. The vae objective's −ELBO is in nats of a Gaussian density of grey levels "
                      "(continuous, so it can be negative); the vaegan objective's is in the discriminator's feature "
                      "space and is no bound on anything about x.",
@@ -77,8 +81,13 @@ def _config_rows(cls: Any, config: dict[str, Any]) -> str:
 
 
 def _bounds(split: dict[str, Any], k: int, bound: str, paper: dict[str, str]) -> list[tuple[str, str, str]]:
-    rows = [(f"{bound} (the training objective's bound, one draw of its noise per image; "
-             f"{split.get('images')} images)", _nats(split.get("nll_bound")), paper.get("test −ELBO", ""))]
+    sets = "sets" in split
+    count = f"{split['sets']} sets of {split['set_size']}" if sets else f"{split.get('images')} images"
+    rows = [(f"{bound} (the training objective's bound, one draw of its noise per {'set' if sets else 'image'}; "
+             f"{count})",
+             _nats(split.get("nll_bound")), paper.get("test −ELBO", ""))]
+    if "nll_bound_per_image" in split:
+        rows.append((f"{bound} / {split['set_size']}: per image", _nats(split["nll_bound_per_image"]), ""))
     lk = f"nll_L{k}"
     if lk in split:
         rows.append((f"−L_{k} ({split[f'images_L{k}']} images, ± standard error)",
@@ -153,7 +162,7 @@ def render(directory: str | Path) -> str:
         k = evaluation.get("k", 0)
         paired = any(f"nll_L{k}" in split for split in splits.values())  # L_k measured (families with a likelihood)
         lines += ["## Measured", "", "`python -m training evaluate`" + (f" (k = {k})" if paired else "")
-                  + "; nats per image, lower is better."
+                  + f"; nats per {'set' if any('sets' in v for v in splits.values()) else 'image'}, lower is better."
                   + (f" −L_{k} and the −ELBO from its samples are paired (the same images and samples)." * paired)
                   + (f" {DATASET_NOTES[dataset]}" if dataset in DATASET_NOTES else ""), ""]
         for name, split in splits.items():
@@ -171,6 +180,20 @@ def render(directory: str | Path) -> str:
                 stderr = quality.get(f"{key}_stderr")
                 lines.append(f"| {what} | {quality[key]:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
                              + " |")
+        lines.append("")
+    few = evaluation.get("few_shot")
+    if isinstance(few, dict):
+        lines += ["## Few-shot classification", "", f"`python -m training evaluate`: {few.get('protocol')}. "
+                  f"Omniglot: the {few.get('classes')} test classes of the Vinyals split (sha256 "
+                  f"`{str(few.get('split_sha256'))[:12]}…`); MNIST: {few.get('mnist_per_class')} test digits of each "
+                  "class, a dataset the model never saw. Paper: Edwards & Storkey 2017, and in brackets the "
+                  "ashysheya/neural-stat PyTorch reproduction.", "",
+                  "| task | episodes | this checkpoint (± s.e.) | paper |", "|---|---:|---:|---|"]
+        for data, name in (("omniglot_test", "Omniglot"), ("mnist", "MNIST")):
+            for r in few.get(data, []):
+                task = f"{name} {r['way']}-way {r['shot']}-shot"
+                lines.append(f"| {task} | {r['episodes']} | {100 * r['accuracy']:.1f} ± {100 * r['stderr']:.1f} % "
+                             f"| {paper.get(task, '')} |")
         lines.append("")
     shown = [(name, what) for name, what in PICTURES.items() if (directory / name).exists()]
     if shown:

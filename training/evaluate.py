@@ -1,6 +1,7 @@
 """`python -m training evaluate CKPT`: the test-set bound and −L_k (models/bounds.py) in nats, for captions
-models the caption fidelity (training/fidelity.py), and for grey-image generators (Fashion-MNIST) sample and
-reconstruction quality (training/quality.py)."""
+models the caption fidelity (training/fidelity.py), for grey-image generators (Fashion-MNIST) sample and
+reconstruction quality (training/quality.py), and for set models (Omniglot) few-shot accuracy on the test
+characters and on MNIST (training/fewshot.py)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def main(args: argparse.Namespace) -> int:
             results["test"]["active_units_threshold"] = 1e-2
     elif dataset == "fashion-mnist":
         results |= evaluate_grey(model, args, device)
+    elif dataset == "omniglot":
+        results |= evaluate_sets(model, args)
     else:
         from training.fidelity import evaluate_captions
 
@@ -96,4 +99,43 @@ def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) ->
         pairs = torch.stack([x[:32].view(4, 8, 1, 28, 28), recons[:32].view(4, 8, 1, 28, 28)], 1).view(64, 1, 28, 28)
         artefacts.save_sample_grid(pictures / "reconstructions.png", pairs)
         artefacts.save_canvas_strip(pictures / "walk.png", seed_walks(model).cpu(), max_columns=10)
+    return out
+
+
+FEW_SHOT = ((5, 1), (5, 5), (20, 1), (20, 5))  # Omniglot tasks (way, shot) of the paper's table
+MNIST_FEW_SHOT = ((10, 1), (10, 5))
+
+
+def evaluate_sets(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Omniglot's test characters (the Vinyals split's 423 × 4 rotations, never read by training): the dataset
+    ELBO on seeded sets of the training set size, and few-shot accuracy over `--episodes` seeded episodes (seed 0,
+    one query per class); then the same on MNIST test digits (10-way), a dataset the model never saw.
+    With --pictures DIR: test-samples.png and mnist-samples.png, rows of 5 examples then 10 new samples."""
+    from models.sampling import sample
+    from training import artefacts
+    from training.data import omniglot as om
+    from training.fewshot import few_shot
+
+    test = om.load_split("test", root=args.data_dir, radii=(0,))
+    size = int(model.config.sample_size)
+    sets = om.make_sets(test, size, torch.Generator().manual_seed(0), dilation=False).x
+    sets = sets[: args.limit] if args.limit else sets
+    terms = elbo_terms(model, {"x": sets})
+    terms |= {"sets": terms.pop("images"), "set_size": size, "nll_bound_per_image": terms["nll_bound"] / size}
+    classes = om.class_images(test, torch.Generator().manual_seed(0))
+    mnist, mnist_source = om.mnist_few_shot(20, torch.Generator().manual_seed(0), root=args.data_dir)
+    runs = {"omniglot_test": [few_shot(model, classes, w, k, episodes=args.episodes).to_dict() for w, k in FEW_SHOT],
+            "mnist": [few_shot(model, mnist, w, k, episodes=args.episodes).to_dict() for w, k in MNIST_FEW_SHOT]}
+    out: dict[str, Any] = {"test sets": terms, "few_shot": runs | {
+        "split_sha256": test.split_sha256, "classes": len(test), "mnist_source": mnist_source,
+        "mnist_per_class": 20, "protocol": "nearest class by KL(q(c | query) || q(c | support)); one query per class "
+                                           "per episode; standard error over episodes"}}
+    if args.pictures:
+        pictures = Path(args.pictures)
+        pictures.mkdir(parents=True, exist_ok=True)
+        for name, data in (("test-samples.png", classes[:: len(classes) // 8][:8]), ("mnist-samples.png", mnist)):
+            support = data[:, :5]  # (rows, 5, C, H, W): the examples the model sees
+            new = sample(model, seeds=list(range(10 * len(data))), keep_canvases=False,
+                         sets=support.repeat_interleave(10, 0)).images.cpu().view(len(data), 10, *data.shape[2:])
+            artefacts.save_sample_grid(pictures / name, torch.cat([support, new], 1).flatten(0, 1), columns=15)
     return out

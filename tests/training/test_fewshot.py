@@ -50,3 +50,31 @@ def test_accuracy_counts_queries_and_errors():
     assert abs(half.accuracy - 0.8) < 4 * half.stderr and 0 < half.stderr < 0.01
     ten = few_shot(Oracle({0, 1}), images, way=10, shot=5, episodes=20, queries=3)
     assert ten.accuracy == pytest.approx(0.8, abs=1e-12) and ten.name == "10-way 5-shot"
+
+
+def test_train_evaluate_and_card_of_a_set_model(shared_data, tmp_path):
+    """`python -m training train --dataset omniglot` (a few batches of a tiny statistician), then `evaluate` on the
+    test characters and MNIST, then its card: the few-shot table beside the paper's and the sample pictures."""
+    import json
+
+    from training.__main__ import main
+    from training.card import render
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "statistician", "--dataset", "omniglot", "--out", str(run), "--epochs", "1",
+                 "--max-batches", "2", "--batch-size", "8", "--val-size", "16", "--data-dir", str(shared_data),
+                 "--set", "widths=[4,4,4]", "--set", "convs=1", "--set", "hidden=16", "--set", "layers=1",
+                 "--set", "c_dim=8", "--set", "z_dim=4"]) == 0
+    metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= metrics["val_5way_1shot"] <= 1 and "val_kl_c" in metrics
+    ckpt = run / "best"
+    assert main(["evaluate", str(ckpt), "--episodes", "3", "--limit", "12", "--data-dir", str(shared_data),
+                 "--pictures", str(ckpt), "--json", str(ckpt / "evaluation.json")]) == 0
+    result = json.loads((ckpt / "evaluation.json").read_text())
+    assert result["test sets"]["sets"] == 12 and result["test sets"]["set_size"] == 5
+    tasks = [(r["way"], r["shot"]) for r in result["few_shot"]["omniglot_test"] + result["few_shot"]["mnist"]]
+    assert tasks == [(5, 1), (5, 5), (20, 1), (20, 5), (10, 1), (10, 5)]
+    assert result["few_shot"]["classes"] == 423 * 4
+    card = render(ckpt)
+    assert "| Omniglot 20-way 5-shot | 3 |" in card and "98.1 % (95.5 %)" in card and "test-samples.png" in card
+    assert "nats per set" in card
