@@ -11,10 +11,13 @@ checkpoint loader and the worker talk to it through this contract alone and neve
 
 The tensors each condition arrives as (worker/conditions.py builds them): "caption" → `captions` (B, K) word ids
 right-padded with 0 and `lengths` (B,); "images" → `images` (B, C, H, W) in {0, 1}, or grey levels in [0, 1] for a
-family whose `pixels` attribute is "grey"; "none" → nothing. A "walk" is
-run by the caller in noise space: families that offer it with "images" also define `encode_noise(x)` → (B, *noise
-shape), the ε their decoder maps to x's posterior-mean path. Optional: `param_groups()` (several networks),
-`init_output_bias(pixel_means)` (called by the trainer on a fresh run), `active_units(x)` (reported by evaluate).
+family whose `pixels` attribute is "grey"; "image_set" → `sets` (B, S, C, H, W) and `set_mask` (B, S) (sets of
+different sizes padded to one S); "none" → nothing. A "few_shot" mode (output "labels") is served by the family's
+`class_scores(support (N, K, C, H, W), query (Q, C, H, W), support_mask (N, K))` → (Q, N), not by `generate`.
+A "walk" is run by the caller in noise space: families that offer it with "images" also define `encode_noise(x)`
+→ (B, *noise shape), the ε their decoder maps to x's posterior-mean path. Optional: `param_groups()` (several
+networks), `init_output_bias(pixel_means)` (called by the trainer on a fresh run), `active_units(x)` (reported by
+evaluate).
 """
 
 from __future__ import annotations

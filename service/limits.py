@@ -1,8 +1,9 @@
 """Request body size limits, enforced on the declared Content-Length and on the bytes actually read.
 
-Bodies are held to `limit` (64 KiB). A POST to one of `image_paths` that carries uploaded images (`images`, or
-`walk.images`) may reach `image_limit` instead: such a body is read in full (never past `image_limit`), looked at,
-and handed on unchanged, so a body without images is still held to the small limit.
+Bodies are held to `limit` (64 KiB). A POST to one of `image_paths` that carries uploaded images (`images`,
+`walk.images`, or a classification's `support` and `query`) may reach `image_limit` instead: such a body is read in
+full (never past `image_limit`), looked at, and handed on unchanged, so a body without images is still held to the
+small limit.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def carries_images(body: bytes) -> bool:
     if not isinstance(doc, dict):
         return False
     walk = doc.get("walk")
-    return bool(doc.get("images")) or (isinstance(walk, dict) and bool(walk.get("images")))
+    return (bool(doc.get("images")) or (isinstance(walk, dict) and bool(walk.get("images")))
+            or bool(doc.get("support")) or bool(doc.get("query")))
 
 
 class BodyLimitMiddleware:

@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from service import openapi, problems
-from service.api.routes import generations, health, likelihoods, models
+from service.api.routes import classifications, generations, health, likelihoods, models
 from service.catchall import CatchAllMiddleware
 from service.config import ApiSettings, get_api_settings
 from service.events import JobEvents
@@ -26,8 +26,9 @@ from worker import redis_conn
 STATIC = Path(__file__).resolve().parent / "static"
 
 DESCRIPTION = """Text to image with alignDRAW and its companion generators: post captions (or nothing, images, a
-latent walk), poll or stream the job, fetch images, every step's frame, animations and the caption alignment; score
-images' likelihood under a model. Errors are `application/problem+json` (RFC 9457)."""
+latent walk, a set of examples), poll or stream the job, fetch images, every step's frame, animations and the caption
+alignment; score images' likelihood under a model; classify images few-shot. Errors are `application/problem+json`
+(RFC 9457)."""
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -50,12 +51,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.metrics.watch_queue(app.state.redis, settings)
     problems.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, image_limit=settings.max_image_body_bytes,
-                       image_paths=("/v1/generations", "/v1/likelihoods"))
+                       image_paths=("/v1/generations", "/v1/likelihoods", "/v1/classifications"))
     app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)
     app.add_middleware(HeadMiddleware)  # outside the metrics: a HEAD counts as the GET it runs
     app.add_middleware(CatchAllMiddleware)  # added last, so outermost of ours: a bug never drops the connection
     app.include_router(generations.router)
     app.include_router(likelihoods.router)
+    app.include_router(classifications.router)
     app.include_router(models.router)
     app.include_router(health.router)
     # The web page: plain HTML/JS/CSS served as files (no build step, no CDN).

@@ -9,13 +9,21 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from worker.protocol import (
     MAX_CAPTION_CHARS,
     MAX_CAPTIONS,
+    MAX_CLASSES,
+    MAX_FEW_SHOT_IMAGES,
     MAX_IMAGES,
     MAX_INPUT_BYTES,
     MAX_INPUTS,
     MAX_K,
+    MAX_LABEL_CHARS,
     MAX_PER_CAPTION,
+    MAX_QUERY,
+    MAX_SET_IMAGES,
+    MAX_SHOTS,
     MAX_WALK_POINTS,
+    MIN_CLASSES,
     SEED_MAX,
+    Label,
     ModelInfo,
     OutputOptions,
 )
@@ -45,12 +53,17 @@ class WalkIn(BaseModel):
         return self
 
 
+N_ONE = "`n` applies to samples; send n = 1 with `images` or `walk`"
+
+
 class GenerationCreate(BaseModel):
     """`caption` or `captions` (alignDRAW); nothing for unconditional samples (DRAW, IWAE); `images` for
-    reconstructions, `walk` for a latent walk (IWAE). `n` samples per caption (or in all)."""
+    reconstructions (IWAE, VAE/GAN), or for new samples of the concept they show (a model with `image_set` in its
+    modes: the Neural Statistician); `walk` for a latent walk (IWAE). `n` samples per caption (or in all)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"caption": "the digit 3 is at the top left of the image", "n": 4},
+        {"model": "statistician-omniglot", "images": ["iVBORw0KGgo...", "iVBORw0KGgo..."], "n": 8, "seed": 7},
         {"model": "aligndraw-mnist-captions", "captions": ["the digit 7 is at the bottom right of the image",
                                                          "the digit 1 is at the top of the image"],
          "n": 2, "seed": 1234, "output": {"frames": True, "gif": True, "webp": False, "frame_ms": 60, "scale": 2}},
@@ -60,7 +73,9 @@ class GenerationCreate(BaseModel):
         None, description="Model id from GET /v1/models; default: the alignDRAW MNIST-captions model")
     caption: Caption | None = None
     captions: Annotated[list[Caption], Field(min_length=1, max_length=MAX_CAPTIONS)] | None = None
-    images: Annotated[list[ImageData], Field(min_length=1, max_length=MAX_INPUTS, description=IMAGES_DOC)] | None = None
+    images: Annotated[list[ImageData], Field(
+        min_length=1, max_length=MAX_INPUTS, description=f"{IMAGES_DOC}. Reconstruction models: one output per image "
+        f"(n = 1); `image_set` models: 1..{MAX_SET_IMAGES} examples of one concept, n new samples of it")] | None = None
     walk: WalkIn | None = None
     n: int = Field(1, ge=1, le=MAX_PER_CAPTION, description=f"images per caption (≤ {MAX_IMAGES} in all)")
     seed: int | None = Field(None, ge=0, le=SEED_MAX - MAX_IMAGES,
@@ -74,8 +89,8 @@ class GenerationCreate(BaseModel):
         given = [name for name in ("caption_list", "images", "walk") if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError("send one of captions, `images` or `walk`")
-        if given and given[0] != "caption_list" and self.n != 1:
-            raise ValueError("`n` applies to samples; send n = 1 with `images` or `walk`")
+        if "walk" in given and self.n != 1:  # `images` with n: decided by the model (reconstructions take n = 1)
+            raise ValueError(N_ONE)
         images = self.n * len(self.caption_list or [None])
         if images > MAX_IMAGES:
             raise ValueError(f"{images} images requested; the limit is {MAX_IMAGES} per job (captions × n)")
@@ -113,6 +128,44 @@ class LikelihoodCreate(BaseModel):
         return [self.caption] if self.caption is not None else self.captions
 
 
+class SupportClass(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: Label = Field(description=f"1..{MAX_LABEL_CHARS} printable characters, distinct across classes")
+    images: Annotated[list[ImageData], Field(min_length=1, max_length=MAX_SHOTS, description=IMAGES_DOC)]
+
+
+class ClassificationCreate(BaseModel):
+    """Few-shot classification (a model with `few_shot` in its modes: the Neural Statistician): each query image goes
+    to the labelled support set whose context posterior is nearest, score = −KL(q(c | query) ‖ q(c | set)) in nats."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model": "statistician-omniglot",
+         "support": [{"label": "alpha", "images": ["iVBORw0KGgo..."]},
+                     {"label": "beta", "images": ["iVBORw0KGgo...", "iVBORw0KGgo..."]}],
+         "query": ["iVBORw0KGgo...", "iVBORw0KGgo..."]}]})
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    support: Annotated[list[SupportClass], Field(
+        min_length=MIN_CLASSES, max_length=MAX_CLASSES,
+        description=f"{MIN_CLASSES}..{MAX_CLASSES} classes of 1..{MAX_SHOTS} images each")]
+    query: Annotated[list[ImageData], Field(min_length=1, max_length=MAX_QUERY,
+                                            description=f"the images to classify; {IMAGES_DOC}")]
+
+    @model_validator(mode="after")
+    def _check(self) -> ClassificationCreate:
+        seen: dict[str, int] = {}
+        for i, c in enumerate(self.support):
+            if c.label in seen:
+                raise ValueError(f"support[{i}].label {c.label!r} is also support[{seen[c.label]}]'s: labels must be "
+                                 "distinct")
+            seen[c.label] = i
+        total = sum(len(c.images) for c in self.support) + len(self.query)
+        if total > MAX_FEW_SHOT_IMAGES:
+            raise ValueError(f"{total} images in all (support and query); the limit is {MAX_FEW_SHOT_IMAGES}")
+        return self
+
+
 class Links(BaseModel):
     self: str
     events: str
@@ -142,6 +195,9 @@ class ImageOutput(BaseModel):
     nll: float | None = Field(None, description="likelihood jobs: −L_k in nats (lower is better)")
     elbo: float | None = Field(None, description="likelihood jobs: the ELBO estimate, nats (≤ −nll in expectation)")
     k: int | None = None
+    label: str | None = Field(None, description="classification jobs: the predicted class (the best score)")
+    scores: dict[str, float] | None = Field(
+        None, description="classification jobs: label -> −KL(q(c | query) ‖ q(c | class)) in nats; higher is nearer")
 
 
 class Generation(BaseModel):
@@ -157,7 +213,7 @@ class Generation(BaseModel):
     id: str
     status: Status
     model: str | None = None
-    condition: str | None = Field(None, description="none, caption, images, walk or likelihood")
+    condition: str | None = Field(None, description="none, caption, images, walk, likelihood, image_set or few_shot")
     captions: list[str] | None = None
     n: int | None = None
     images: int | None = None

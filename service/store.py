@@ -116,9 +116,13 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z") if t else None
 
 
+COLLECTIONS = {"likelihood": "likelihoods", "few_shot": "classifications"}  # condition -> its own collection
+
+
 def route(condition: str | None) -> str:
-    """The collection a job lives under: likelihood jobs under /v1/likelihoods, the rest under /v1/generations."""
-    return "likelihoods" if condition == "likelihood" else "generations"
+    """The collection a job lives under: likelihood jobs under /v1/likelihoods, few-shot ones under
+    /v1/classifications, the rest under /v1/generations."""
+    return COLLECTIONS.get(condition or "", "generations")
 
 
 def links(base: str, job_id: str, condition: str | None = None) -> Links:
@@ -150,10 +154,10 @@ def _outputs(request: JobRequest, view: JobView) -> list[Output]:
 
 def _image_output(out: Output, request: JobRequest, me: str) -> ImageOutput:
     img = f"{me}/images/{out.index}"
-    inputs = request.inputs
+    inputs = request.output_inputs()
     return ImageOutput(
         index=out.index, caption=out.caption, seed=out.seed,
-        input=inputs.index(out.input) if out.input in inputs else None,
+        input=inputs.index(out.input) if out.input is not None and out.input in inputs else None,
         image=f"{img}.png" if out.image else None,
         animation_gif=f"{img}/animation.gif" if "gif" in out.animations else None,
         animation_webp=f"{img}/animation.webp" if "webp" in out.animations else None,
@@ -161,7 +165,7 @@ def _image_output(out: Output, request: JobRequest, me: str) -> ImageOutput:
         attention=f"{img}/attention.json" if out.attention else None,
         frames_drawn=out.frames, frames=[f"{img}/frames/{t}.png" for t in range(1, out.frames + 1)],
         nll=out.score.nll if out.score else None, elbo=out.score.elbo if out.score else None,
-        k=out.score.k if out.score else None,
+        k=out.score.k if out.score else None, label=out.label, scores=out.scores,
     )
 
 

@@ -1,7 +1,8 @@
 """A job's condition as the tensors a family's `generate` or `log_weight` takes, in fixed-shape chunks.
 
 Captions are padded to the model's `max_caption_tokens` and every chunk to `batch_rows` rows (padding rows: a
-one-word caption, a blank image), so a row's pixels never depend on what shares its sampler call (jobs.py).
+one-word caption, a blank image, the first row's set), so a row's pixels never depend on what shares its sampler
+call (jobs.py). Sets of examples (image_set, few_shot) of different sizes are padded to the largest with a mask.
 Uploaded images are read back from the job's files hash and decoded by worker.inputs, the same code the API ran.
 """
 
@@ -48,6 +49,22 @@ def read_images(conn: redis.Redis, keys: Keys, job_id: str, names: Sequence[str]
 def pad_rows(x: Tensor, rows: int) -> Tensor:
     """x (N, ...) -> (rows, ...) with zero rows after it."""
     return torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])]) if x.shape[0] < rows else x
+
+
+def stack_sets(sets: Sequence[Tensor], rows: int | None = None) -> tuple[Tensor, Tensor]:
+    """Sets of different sizes, each (S_i, C, H, W), as one batch: (rows, S_max, C, H, W) with blank items after each
+    set's own, and the mask (rows, S_max) of real items. Rows past the given sets repeat the first (any valid set
+    serves a padding row; its output is thrown away)."""
+    rows = len(sets) if rows is None else rows
+    s_max = max(x.shape[0] for x in sets)
+    first = sets[0]
+    out = first.new_zeros(rows, s_max, *first.shape[1:])
+    mask = torch.zeros(rows, s_max, dtype=torch.bool)
+    for r in range(rows):
+        x = sets[r] if r < len(sets) else first
+        out[r, : x.shape[0]] = x
+        mask[r, : x.shape[0]] = True
+    return out, mask
 
 
 def walk_path(model, seeds: Sequence[int], ends: Tensor | None, points: int) -> Tensor:

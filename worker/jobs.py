@@ -1,12 +1,16 @@
-"""The job function RQ runs, `generate(payload)`, and what runs behind it: the batched sampler for samples and
-reconstructions, a latent walk, or likelihood scoring, as the request's condition says (worker.protocol).
+"""The job function RQ runs, `generate(payload)`, and what runs behind it: the batched sampler for samples,
+reconstructions and samples of a set's concept, a latent walk, likelihood scoring, or few-shot classification, as the
+request's condition says (worker.protocol).
 
 A sampling job (the "leader") may take up to B−1 more waiting jobs for the same model and condition kind out of
 the queue and draw them in the same sampler call. Every sampler call has the same shape whatever it serves:
 exactly `batch_rows` rows (padding rows fill the rest, seed 0 and a one-word caption) and captions padded to the
 model's `max_caption_tokens` (worker.conditions). MKL picks its kernels by matrix shape, so a fixed shape is what
 makes a job's pixels the same alone and in any batch; rows never mix (every op is row-wise), so neighbours do not
-matter either (tests/worker/test_batching.py checks the bytes for several job mixes).
+matter either (tests/worker/test_batching.py checks the bytes for several job mixes). Image_set jobs batched together
+pad their sets to the chunk's largest with a mask: the masked items add exact zeros to the set's mean, though the
+encoder then runs on more items, a shape change the fixed-shape rule does not cover (same bytes on the tiny test
+model; on another, expect agreement to float rounding).
 
 Claimed jobs stay RQ jobs: when the leader is done it has written their files and pushes them back to the front
 of the queue; the worker then dequeues each, `generate` finds its result.json, and returns it at once.
@@ -41,7 +45,9 @@ from worker import conditions, render
 from worker.protocol import (
     JOB_FUNC,
     RESULT_FILE,
+    FewShot,
     Images,
+    ImageSet,
     InvalidJobError,
     JobRequest,
     JobResult,
@@ -173,6 +179,8 @@ class Entry:
     stored: dict[int, int] = field(default_factory=dict)  # raw canvases stored so far, per output
     steps_total: int = 0  # steps this run counts: T, a walk's points, the images scored
     scores: dict[int, Score] = field(default_factory=dict)
+    # per classified query image (few_shot): its predicted label and every class's score
+    predictions: dict[int, tuple[str, dict[str, float]]] = field(default_factory=dict)
 
     def frames_offered(self, i: int) -> int:
         """Frame PNGs a client may fetch for output i: its raw canvases stored, if the request wants frames."""
@@ -292,7 +300,7 @@ def public_error(e: BaseException, limit: int = 300) -> str:
     return printable(f"{type(e).__name__}: {e}", limit)
 
 
-BATCHED = ("none", "caption", "images")  # conditions whose rows share sampler calls across jobs
+BATCHED = ("none", "caption", "images", "image_set")  # conditions whose rows share sampler calls across jobs
 
 
 def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel) -> list[Entry]:
@@ -343,6 +351,8 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
         return _score(conn, rt, lm, entries[0], condition, guard)
     if isinstance(condition, Walk):
         return _walk(conn, rt, lm, entries[0], condition, guard)
+    if isinstance(condition, FewShot):
+        return _classify(conn, rt, lm, entries[0], condition, guard)
     return _sample(conn, rt, lm, entries, guard)
 
 
@@ -361,17 +371,21 @@ def _canceled(conn: redis.Redis, keys: Keys, e: Entry) -> bool:
 
 
 def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], guard: ShutdownGuard) -> bool:
-    """Sample (or reconstruct) every entry's images in chunks of exactly `batch_rows` rows."""
+    """Sample (or reconstruct) every entry's images in chunks of exactly `batch_rows` rows. An image_set job's rows
+    all read its set of examples (`sets`, `set_mask`)."""
     s = rt.settings
     keys = Keys(s.key_prefix)
     info = lm.info
     rows: list[tuple[Entry, int]] = []  # (entry, image index within the entry)
     uploads: dict[Entry, torch.Tensor] = {}
+    sets: dict[Entry, torch.Tensor] = {}  # image_set: the job's examples (S, C, H, W)
     for e in entries:
         e.first_image = len(rows)
         rows += [(e, i) for i in range(e.request.images)]
         if isinstance(e.request.condition, Images):
             uploads[e] = conditions.read_images(conn, keys, e.job.id, e.request.inputs, info)
+        if isinstance(e.request.condition, ImageSet):
+            sets[e] = conditions.read_images(conn, keys, e.job.id, e.request.inputs, info)
     n_chunks = math.ceil(len(rows) / s.batch_rows)
     for e in entries:
         _start(e, rt, info.steps, n_chunks, len(entries), lm)
@@ -387,6 +401,8 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
                                         s.batch_rows, info.max_caption_tokens or lm.vocab.max_length)
         if uploads:
             given["images"] = conditions.pad_rows(torch.stack([uploads[e][i] for e, i in chunk]), s.batch_rows)
+        if sets:
+            given["sets"], given["set_mask"] = conditions.stack_sets([sets[e] for e, _ in chunk], s.batch_rows)
         for e in in_chunk:
             _canceled(conn, keys, e)
         state = {"stopped": False}
@@ -516,6 +532,34 @@ def _score(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, job: Likel
     return False
 
 
+def _classify(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, job: FewShot, guard: ShutdownGuard) -> bool:
+    """Per query image every class's score −KL(q(c | {x}) ‖ q(c | D_n)) (the family's `class_scores`) and the label
+    of the best, in chunks of at most `batch_rows` queries; cancellation is checked between chunks."""
+    s = rt.settings
+    keys = Keys(s.key_prefix)
+    shots = [conditions.read_images(conn, keys, e.job.id, c.inputs, lm.info) for c in job.classes]
+    query = conditions.read_images(conn, keys, e.job.id, job.query, lm.info)
+    support, mask = conditions.stack_sets(shots)  # (N, K_max, C, H, W), (N, K_max): classes with fewer shots
+    labels = [c.label for c in job.classes]
+    _start(e, rt, len(job.query), 1, 1, lm)
+    device = next(lm.model.parameters()).device
+    support, mask = support.to(device), mask.to(device)
+    for lo in range(0, len(job.query), s.batch_rows):
+        if _canceled(conn, keys, e):
+            break
+        hi = min(len(job.query), lo + s.batch_rows)
+        with torch.inference_mode():
+            scores = lm.model.class_scores(support, query[lo:hi].to(device), support_mask=mask).cpu().tolist()
+        for j, row in enumerate(scores):
+            best = max(range(len(labels)), key=row.__getitem__)  # the first of equal scores
+            e.predictions[lo + j] = labels[best], dict(zip(labels, map(float, row), strict=True))
+        e.steps_done = hi
+        _save_meta(e.job, e.meta, step=hi, progress=round(hi / len(job.query), 4))
+        if guard.stop:
+            return True
+    return False
+
+
 def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: list[Entry]) -> dict[str, Any]:
     """Encode and store the entry's final images, animations and attention; then result.json, atomically."""
     s = rt.settings
@@ -524,17 +568,18 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
     info = lm.info
     returns = e.returns(lm)
     files: dict[str, bytes] = {}
-    done = len(e.scores) if returns == "scores" else len(e.finals)
+    done = {"scores": len(e.scores), "labels": len(e.predictions)}.get(returns, len(e.finals))
     complete = not e.canceled and done == e.request.images
     captions = e.request.image_captions()
-    inputs = e.request.inputs
+    inputs = e.request.output_inputs()
     seeds = e.request.output_seeds()
-    outputs = [Output(index=i, seed=seeds[i], caption=captions[i],
-                      input=inputs[i] if i < len(inputs) else None, frames=e.frames_offered(i),
+    outputs = [Output(index=i, seed=seeds[i], caption=captions[i], input=inputs[i], frames=e.frames_offered(i),
                       score=e.scores.get(i)) for i in range(e.request.images)]
+    for i, (label, scores) in e.predictions.items():
+        outputs[i].label, outputs[i].scores = label, scores
     for i, out in enumerate(outputs):
         # A canceled job keeps every image it finished (all its steps drawn): only unfinished ones are dropped.
-        if returns == "scores" or i not in e.finals:
+        if i not in e.finals:
             continue
         files[image_name(i)] = render.png(e.finals[i], scale=opts.scale)
         out.image = True

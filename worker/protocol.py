@@ -10,6 +10,8 @@ what each returns (`ModelInfo.modes`, from the family's contract in models/famil
   images      -> one reconstruction per uploaded image (families with an encoder)
   walk        -> one output whose frames are the points of a latent path between two seeds or two images
   likelihood  -> per uploaded image −L_k and the ELBO in nats (families with an encoder)
+  image_set   -> n new samples of the concept a set of 1..20 uploaded examples shows (the Neural Statistician)
+  few_shot    -> per query image the predicted class label and a score per class (labelled support sets)
 Uploaded images are stored in the job's files hash as `inputs/{j}.png` before the job is queued; the payload only
 names them, so it stays small JSON.
 """
@@ -22,7 +24,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 JOB_FUNC = "worker.jobs.generate"
 
@@ -33,6 +35,14 @@ MAX_INPUTS = 64  # uploaded images per job (reconstructions, likelihoods)
 MAX_INPUT_BYTES = 64 * 1024  # one uploaded PNG, before decoding (a 60×60 RGB PNG is ~11 KB at worst)
 MAX_WALK_POINTS = 64  # points of a latent walk, ends included
 MAX_K = 5000  # importance samples per image of a likelihood job
+MAX_SET_IMAGES = 20  # examples of one image_set generation
+# Few-shot classification: 2..20 classes of 1..20 images each, 1..32 query images, 200 uploads in all
+MIN_CLASSES = 2
+MAX_CLASSES = 20
+MAX_SHOTS = 20
+MAX_QUERY = 32
+MAX_FEW_SHOT_IMAGES = 200
+MAX_LABEL_CHARS = 64
 MAX_CAPTION_CHARS = 500  # before tokenising; the model's vocabulary also caps tokens (Vocabulary.max_length)
 MAX_SCALE = 4
 SEED_MAX = 2**32 - 1
@@ -45,8 +55,17 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 
 Caption = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CAPTION_CHARS)]
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
-InputName = Annotated[str, StringConstraints(pattern=r"^inputs/[0-9]{1,2}\.png$")]
-ModeOutput = Literal["frames", "images", "scores"]  # what a mode returns (models/family.py names the same)
+InputName = Annotated[str, StringConstraints(pattern=r"^inputs/[0-9]{1,3}\.png$")]
+ModeOutput = Literal["frames", "images", "scores", "labels"]  # what a mode returns (models/family.py names the same)
+
+
+def _printable(label: str) -> str:
+    if not label.isprintable():
+        raise ValueError(f"label {label!r} has a character that is not printable")
+    return label
+
+
+Label = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_CHARS), AfterValidator(_printable)]
 
 
 class OutputOptions(BaseModel):
@@ -131,7 +150,52 @@ class Likelihood(_Condition):
         return self
 
 
-Condition = Annotated[NoCondition | Captions | Images | Walk | Likelihood, Field(discriminator="kind")]
+class ImageSet(_Condition):
+    """New samples of the concept a set of uploaded examples shows: each sample's context drawn from q(c | D)."""
+
+    kind: Literal["image_set"] = "image_set"
+    inputs: Annotated[list[InputName], Field(min_length=1, max_length=MAX_SET_IMAGES)]
+
+    @model_validator(mode="after")
+    def _check(self) -> ImageSet:
+        _distinct(self.inputs)
+        return self
+
+
+class FewShotClass(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: Label
+    inputs: Annotated[list[InputName], Field(min_length=1, max_length=MAX_SHOTS)]
+
+
+class FewShot(_Condition):
+    """Classify each query image into one of the labelled support sets (its output: the label and every class's
+    score). Deterministic: no seeds."""
+
+    kind: Literal["few_shot"] = "few_shot"
+    classes: Annotated[list[FewShotClass], Field(min_length=MIN_CLASSES, max_length=MAX_CLASSES)]
+    query: Annotated[list[InputName], Field(min_length=1, max_length=MAX_QUERY)]
+
+    @model_validator(mode="after")
+    def _check(self) -> FewShot:
+        labels = [c.label for c in self.classes]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ValueError(f"labels must be distinct: {', '.join(map(repr, twice))} given more than once")
+        _distinct(self.inputs)
+        if len(self.inputs) > MAX_FEW_SHOT_IMAGES:
+            raise ValueError(f"{len(self.inputs)} images in all; the limit is {MAX_FEW_SHOT_IMAGES}")
+        return self
+
+    @property
+    def inputs(self) -> list[str]:
+        """Every uploaded image: the support sets class by class, then the query."""
+        return [x for c in self.classes for x in c.inputs] + list(self.query)
+
+
+Condition = Annotated[NoCondition | Captions | Images | Walk | Likelihood | ImageSet | FewShot,
+                      Field(discriminator="kind")]
 
 
 class JobRequest(BaseModel):
@@ -163,40 +227,60 @@ class JobRequest(BaseModel):
 
     @property
     def images(self) -> int:
-        """Outputs of the job (images; scored images for likelihood; one animation for a walk)."""
+        """Outputs of the job (images; scored images for likelihood; one animation for a walk; classified query
+        images for few_shot)."""
         c = self.condition
         if isinstance(c, Captions):
             return self.n * len(c.captions)
         if isinstance(c, Images | Likelihood):
             return len(c.inputs)
+        if isinstance(c, FewShot):
+            return len(c.query)
         return 1 if isinstance(c, Walk) else self.n
 
     @property
     def seed_count(self) -> int:
         """Seeds the job needs: one per image drawn; a walk's two ends (none between images); one for the
-        importance samples of a likelihood job; reconstructions are deterministic but record one per image."""
+        importance samples of a likelihood job; reconstructions are deterministic but record one per image;
+        classification takes none."""
         c = self.condition
         if isinstance(c, Walk):
             return 0 if c.inputs else 2
+        if isinstance(c, FewShot):
+            return 0
         return 1 if isinstance(c, Likelihood) else self.images
 
     @property
     def rows(self) -> int:
-        """Model rows the job costs (the timeout's unit): images; walk points; images × k when scoring."""
+        """Model rows the job costs (the timeout's unit): images; walk points; images × k when scoring; every
+        uploaded image when classifying."""
         c = self.condition
         if isinstance(c, Walk):
             return c.points
+        if isinstance(c, FewShot):
+            return len(c.inputs)
         return len(c.inputs) * c.k if isinstance(c, Likelihood) else self.images
 
     @property
     def inputs(self) -> list[str]:
+        """Every uploaded image the job reads (few_shot: the support sets, then the query)."""
         return list(getattr(self.condition, "inputs", []))
+
+    def output_inputs(self) -> list[str | None]:
+        """The uploaded image each output came from: the image reconstructed or scored, the query classified; None
+        for samples (an image_set's outputs come from the whole set)."""
+        c = self.condition
+        if isinstance(c, Images | Likelihood):
+            return list[str | None](c.inputs)
+        if isinstance(c, FewShot):
+            return list[str | None](c.query)
+        return [None] * self.images
 
     @model_validator(mode="after")
     def _check(self) -> JobRequest:
         if self.images > MAX_IMAGES:
             raise ValueError(f"{self.images} images requested; the limit is {MAX_IMAGES} per job")
-        if self.n != 1 and self.condition.kind not in ("none", "caption"):
+        if self.n != 1 and self.condition.kind not in ("none", "caption", "image_set"):
             raise ValueError(f"n applies to samples; a {self.condition.kind} job takes n = 1")
         if self.seeds is not None and len(self.seeds) != self.seed_count:
             raise ValueError(f"need {self.seed_count} seed(s) for this job: got {len(self.seeds)}")
@@ -263,6 +347,8 @@ class Output(BaseModel):
     animations: list[Literal["gif", "webp"]] = []
     attention: bool = False  # attention/{index}.json stored
     score: Score | None = None
+    label: str | None = None  # few_shot: the predicted class
+    scores: dict[str, float] | None = None  # few_shot: label -> −KL(q(c | query) ‖ q(c | class)) in nats
 
 
 class JobResult(BaseModel):
@@ -422,8 +508,11 @@ def job_bytes_bound(request: JobRequest, info: ModelInfo) -> int:
     h, w, c = info.height * s, info.width * s, info.channels
     returns = info.modes.get(request.condition.kind, "scores")
     summary = 4096 + request.images * 256 + sum(len(x) * 6 for x in request.image_captions() if x)
-    if returns == "scores":
-        return summary  # the scores travel inline in result.json
+    if isinstance(request.condition, FewShot):  # per output its label and every class's label and score
+        labels = [c.label for c in request.condition.classes]
+        summary += request.images * (max(len(x) for x in labels) * 6 + sum(len(x) * 6 + 32 for x in labels))
+    if returns in ("scores", "labels"):
+        return summary  # the scores and labels travel inline in result.json
     per_image = png_bound(h, w, c)
     if returns == "frames":
         t = request.condition.points if isinstance(request.condition, Walk) else info.steps
@@ -462,6 +551,9 @@ def validate_for_model(request: JobRequest, info: ModelInfo, *, max_job_bytes: i
             raise InvalidJobError(f"model {info.id!r} draws captions ({info.kind}): send 1..{MAX_CAPTIONS} captions")
         if kind == "likelihood":
             raise InvalidJobError(f"model {info.id!r} ({info.kind}) has no encoder: it cannot score images")
+        if kind == "few_shot":
+            raise InvalidJobError(f"model {info.id!r} ({info.kind}) cannot classify: few-shot classification needs a "
+                                  f"model with 'few_shot' in its modes; its modes are {sorted(info.modes)}")
         raise InvalidJobError(f"model {info.id!r} ({info.kind}) takes no {kind!r} condition; it takes "
                               f"{sorted(info.modes)}")
     captions = request.captions

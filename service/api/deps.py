@@ -89,7 +89,7 @@ def _reads_own_job(request: Request, settings: ApiSettings, conn: redis.Redis, c
     job_id = request.path_params.get("job_id")
     if request.method not in ("GET", "HEAD") or not isinstance(job_id, str) or not JOB_ID.match(job_id):
         return False
-    if not request.url.path.startswith(("/v1/generations/", "/v1/likelihoods/")):
+    if not request.url.path.startswith(("/v1/generations/", "/v1/likelihoods/", "/v1/classifications/")):
         return False
     return store.load_owner(conn, settings, job_id) == caller.owner
 

@@ -6,10 +6,11 @@ const NUMBER_WORDS = { zero: "0", one: "1", two: "2", three: "3", four: "4", fiv
 const KEY_STORE = "glimpse-api-key";
 const TERMINAL = ["done", "failed", "canceled", "expired"];
 const state = { models: [], model: null, mode: "caption", job: null, result: null, selected: 0, frames: [],
-  attention: null, inputs: [], timer: null, stream: null, pen: null, ink: false,
+  attention: null, inputs: [], timer: null, stream: null, pen: null, ink: false, examples: [],
   key: sessionStorage.getItem(KEY_STORE) || "" };
 // What a request carries (a model's `modes`, GET /v1/models) -> the submit button's label. Caption models have one.
-const MODES = { caption: "Draw", none: "Draw", images: "Reconstruct", walk: "Walk" };
+const MODES = { caption: "Draw", none: "Draw", images: "Reconstruct", walk: "Walk", image_set: "Draw new samples" };
+const MAX_EXAMPLES = 20;  // an image_set job's examples (worker/protocol.py MAX_SET)
 const PAD_SIDE = 196;  // the drawing box's side on screen, in CSS pixels (7 × 28 for an MNIST-sized model)
 const INK_WIDTH = 2.5;  // stroke width in model pixels, about an MNIST pen's
 const blobs = new Map();  // API URL -> promise of its blob: URL (images of the current job, when a key is set)
@@ -197,17 +198,20 @@ function chooseModel(id) {
   fillList($("heldout"), state.model ? state.model.held_out_captions || [] : []);
   markCaption();
   showModes(conditional);
-  if (offers("images")) sizePad();
+  if (offers("images") || offers("image_set")) sizePad();
+  state.examples = [];
+  showExamples();
 }
 
-// Generation modes beyond captions (IWAE, VAE/GAN): sample, reconstruct an image, walk between two seeds.
+// Generation modes beyond captions (IWAE, VAE/GAN): sample, reconstruct an image, walk between two seeds; set
+// models (the Neural Statistician): new samples of the symbol a few drawn examples show.
 function offers(mode) {
   return !!(state.model && state.model.modes && mode in state.model.modes);
 }
 
 function showModes(conditional) {
-  const choices = ["none", "images", "walk"].filter(offers);
-  const several = !conditional && (offers("images") || offers("walk"));
+  const choices = ["none", "images", "walk", "image_set"].filter(offers);
+  const several = !conditional && choices.length > 1;
   $("modes").hidden = !several;
   document.querySelectorAll("input[name=mode]").forEach((r) => { r.closest("label").hidden = !offers(r.value); });
   let mode = "caption";
@@ -218,11 +222,14 @@ function showModes(conditional) {
 
 function chooseMode(mode) {
   state.mode = mode;
-  for (const [id, shown] of [["reconstruct", mode === "images"], ["walk", mode === "walk"]]) {
+  const pad = mode === "images" || mode === "image_set";
+  for (const [id, shown] of [["reconstruct", pad], ["walk", mode === "walk"]]) {
     $(id).hidden = !shown;
     $(id).disabled = !shown;  // a hidden panel's fields take no part in the form's validation
   }
-  const sampling = mode === "caption" || mode === "none";
+  $("set-row").hidden = mode !== "image_set";
+  $("pad-legend").textContent = mode === "image_set" ? "Examples of one symbol" : "Reconstruct an image";
+  const sampling = mode === "caption" || mode === "none" || mode === "image_set";
   for (const id of ["n-field", "seed-field", "reuse"]) $(id).hidden = !sampling;
   $("unconditional").hidden = mode !== "none";
   $("submit").textContent = MODES[mode];
@@ -400,6 +407,32 @@ function showSent() {
   if (state.model) $("sent").src = padImage();
 }
 
+// The examples of an image_set job: the drawing box's content as the model reads it, added one at a time.
+function addExample() {
+  if (!state.ink) {
+    $("pad-note").textContent = "Draw an example in the box first.";
+    return false;
+  }
+  if (state.examples.length >= MAX_EXAMPLES) {
+    $("pad-note").textContent = `At most ${MAX_EXAMPLES} examples.`;
+    return false;
+  }
+  state.examples.push(padImage());
+  clearPad();
+  showExamples();
+  return true;
+}
+
+function showExamples() {
+  const examples = state.examples || [];
+  $("set").replaceChildren(...examples.map((src, i) => {
+    const img = el("img", { src, alt: `example ${i + 1}`, title: "remove", "data-index": i });
+    img.addEventListener("click", () => { state.examples.splice(i, 1); showExamples(); });
+    return img;
+  }));
+  $("set-count").textContent = `${examples.length} example${examples.length === 1 ? "" : "s"}`;
+}
+
 // Both ends of a walk: the seeds given, or random ones written into their fields (to see and keep).
 function walkSeeds() {
   return ["walk-from", "walk-to"].map((id) => {
@@ -425,6 +458,7 @@ function requestBody() {
     return { model: $("model").value, walk: { seeds: walkSeeds(), points: Number($("points").value) || 8 } };
   }
   const body = { model: $("model").value, n: Number($("n").value) || 1 };
+  if (state.mode === "image_set") body.images = [...state.examples];
   if (captioned()) body.caption = $("caption").value;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   return body;
@@ -436,6 +470,12 @@ async function submit(event) {
   markCaption();
   if (state.mode === "images" && !state.ink) {
     return showError({ title: "Nothing to reconstruct", detail: "draw in the box or pick an image file first." });
+  }
+  if (state.mode === "image_set") {
+    if (state.ink) addExample();  // what is in the box counts as one more example
+    if (!state.examples.length) {
+      return showError({ title: "No examples", detail: "draw 1–20 examples of one symbol, adding each, first." });
+    }
   }
   const body = requestBody();
   $("curl").textContent = `curl -s -X POST ${location.origin}/v1/generations \\\n  -H 'Content-Type: application/json' \\\n` +
@@ -502,6 +542,9 @@ function doneText(result) {
     return `done: a walk of ${points} points` + (seeds.length ? ` from seed ${seeds[0]} to seed ${seeds[1]}` : "");
   }
   if (result.condition === "images") return `done: ${result.images} reconstruction(s)`;
+  if (result.condition === "image_set") {
+    return `done: ${result.images} new sample(s) of ${state.inputs.length} example(s), seeds ${seeds.join(", ")}`;
+  }
   return `done: ${result.images} image(s), seeds ${seeds.join(", ")}`;
 }
 
@@ -634,4 +677,5 @@ for (const end of ["pointerup", "pointercancel", "lostpointercapture"]) $("pad")
 $("clear").addEventListener("click", clearPad);
 $("invert").addEventListener("click", invertPad);
 $("upload").addEventListener("change", loadFile);
+$("add-example").addEventListener("click", addExample);
 loadModels();

@@ -187,9 +187,12 @@ def test_a_walk_between_two_images_and_its_limits(api):
     assert r.status_code == 202, r.text
     assert len(finished(client, r.json()["links"]["self"])["outputs"][0]["frames"]) == 8  # the default points
     for bad in ({"walk": {"seeds": [1, 2], "images": [png64(a), png64(b)]}}, {"walk": {"seeds": [1]}},
-                {"walk": {"seeds": [1, 2], "points": 1}}, {"walk": {"seeds": [1, 2]}, "n": 2}):
+                {"walk": {"seeds": [1, 2], "points": 1}}, {"walk": {"seeds": [1, 2]}, "n": 2},
+                {"images": [png64(a)], "n": 2}):  # reconstructions: one per image
         r = client.post("/v1/generations", json={"model": "tiny-iwae", **bad})
         assert r.status_code == 422 and r.json()["type"].endswith("/invalid-request"), (bad, r.text)
+        if "n" in bad:
+            assert "`n` applies to samples; send n = 1 with `images` or `walk`" in r.json()["detail"]
     r = client.post("/v1/generations", json={"model": "tiny-draw", "walk": {"seeds": [1, 2]}})
     assert r.status_code == 422 and "takes no 'walk'" in r.json()["detail"]
 

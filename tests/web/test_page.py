@@ -73,11 +73,13 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> 
 @pytest.fixture(scope="module")
 def served(checkpoints, tmp_path_factory) -> Path:  # noqa: F811
     """The suite's tiny checkpoints, tiny-iwae, an IWAE at MNIST's 28×28 (so the drawing box is 196×196 on screen)
-    that offers reconstructions and walks, and tiny-vaegan, a grey-level VAE/GAN of the same size."""
+    that offers reconstructions and walks, tiny-vaegan, a grey-level VAE/GAN of the same size, and tiny-stat28, a
+    Neural Statistician (new samples from a set of examples) of that size too."""
     import torch
 
     from models.checkpoint import Checkpoint, save_checkpoint
     from models.iwae import IWAE, IWAEConfig
+    from models.statistician import Statistician, StatisticianConfig
     from models.vaegan import VAEGAN, VAEGANConfig
 
     d = tmp_path_factory.mktemp("served")
@@ -87,6 +89,8 @@ def served(checkpoints, tmp_path_factory) -> Path:  # noqa: F811
     save_checkpoint(d / "tiny-iwae", Checkpoint(iwae, extra={"dataset": "mnist"}))
     vaegan = VAEGAN(VAEGANConfig(z_size=4, base=4))  # a grey model: uploads go as grey levels, not thresholded
     save_checkpoint(d / "tiny-vaegan", Checkpoint(vaegan.eval(), extra={"dataset": "fashion-mnist"}))
+    stat = Statistician(StatisticianConfig(widths=(4, 4, 4), convs=1, hidden=16, layers=1, c_dim=8, z_dim=4))
+    save_checkpoint(d / "tiny-stat28", Checkpoint(stat.eval(), extra={"dataset": "omniglot"}))  # set model, 28×28
     return d
 
 
@@ -416,4 +420,46 @@ def test_a_grey_model_is_sent_grey_levels(browser, server, tmp_path):
     assert len(np.unique(sent)) > 10 and 0 < np.median(sent) < 255  # grey levels, not {0, 255}
     page.wait_for_function("document.querySelectorAll('#grid img').length === 1", timeout=60_000)
     assert page.inner_text("#status") == "done: 1 reconstruction(s)"
+    page.close()
+
+
+def test_examples_drawn_one_by_one_give_new_samples_of_that_symbol(browser, server):
+    """A set model: draw an example, add it, draw the next; the box's last drawing counts too; n samples come back
+    from the examples (POST /v1/generations with `images` and `n`)."""
+    page = browser.new_page(viewport={"width": 1000, "height": 1000})
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 2")
+    page.select_option("#model", "tiny-stat28")
+    labels = page.eval_on_selector_all("#modes label:not([hidden])", "ls => ls.map(l => l.textContent.trim())")
+    assert labels == ["Sample", "From examples"]
+    page.check("input[name=mode][value=image_set]")
+    assert page.is_visible("#pad") and page.is_visible("#set-row") and page.is_visible("#n")
+    assert page.inner_text("#submit") == "Draw new samples"
+    assert page.inner_text("#pad-legend") == "Examples of one symbol"
+
+    page.click("#submit")  # nothing drawn: said so, nothing sent
+    page.wait_for_selector("#error:not([hidden])")
+    assert "No examples" in page.inner_text("#error")
+
+    for i, pointer in enumerate(("mouse", "pen")):  # two examples of a "T", added one by one
+        _stroke(page, [(40 + 10 * j, 40 + 3 * i) for j in range(12)], pointer)
+        _stroke(page, [(95, 40 + 12 * j) for j in range(12)], "touch")
+        page.click("#add-example")
+        assert page.inner_text("#set-count") == f"{i + 1} example" + ("s" if i else "")
+        assert _png_pixels(page.get_attribute("#sent", "src")).max() == 0  # the box is cleared for the next one
+    page.click("#set img[data-index='0']")  # a click removes an example
+    assert page.inner_text("#set-count") == "1 example"
+    _stroke(page, [(30 + 10 * j, 60) for j in range(14)], "pen")  # left in the box: sent as one more example
+    page.fill("#n", "3")
+    page.fill("#seed", "11")
+    with page.expect_request("**/v1/generations") as posted:
+        page.click("#submit")
+    body = json.loads(posted.value.post_data)
+    assert set(body) == {"model", "images", "n", "seed"} and body["n"] == 3 and body["seed"] == 11
+    assert len(body["images"]) == 2 and all(_png_pixels(x).shape == (28, 28) for x in body["images"])
+    assert _png_pixels(body["images"][1])[8, 5:15].all()  # the box's last stroke: row 60 / 7 px
+    page.wait_for_function("document.querySelectorAll('#grid img').length === 3", timeout=60_000)
+    assert page.inner_text("#status") == "done: 3 new sample(s) of 2 example(s), seeds 11, 12, 13"
+    page.wait_for_function("(f => f.naturalWidth === 28)(document.querySelector('#frame'))")
+    page.screenshot(path=str(SHOTS / "examples.png"))
     page.close()

@@ -66,12 +66,14 @@ def conn(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny-align (alignDRAW, 16×16, T=5), tiny-draw (DRAW, 12×10, T=6) and a classifier checkpoint to skip."""
+    """tiny-align (alignDRAW, 16×16, T=5), tiny-draw (DRAW, 12×10, T=6), tiny-stat (Neural Statistician, 12×12: sets
+    and few-shot classification) and a classifier checkpoint to skip."""
     import torch
 
     from models.aligndraw import AlignDRAW, AlignDRAWConfig
     from models.checkpoint import Checkpoint, save_checkpoint
     from models.draw import DRAW, DRAWConfig
+    from models.statistician import Statistician, StatisticianConfig
     from models.vocab import Vocabulary
 
     d = tmp_path_factory.mktemp("checkpoints")
@@ -82,6 +84,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_checkpoint(d / "tiny-align", Checkpoint(align, vocab=vocab, extra={"held_out_captions": []}))
     draw = DRAW(DRAWConfig(height=12, width=10, steps=6, enc_size=32, dec_size=32, z_size=8, read_n=3, write_n=4))
     save_checkpoint(d / "tiny-draw", Checkpoint(draw))
+    stat = Statistician(StatisticianConfig(height=12, width=12, sample_size=3, widths=(4, 6, 8), convs=1, hidden=16,
+                                           layers=1, c_dim=6, z_dim=3))
+    save_checkpoint(d / "tiny-stat", Checkpoint(stat, extra={"dataset": "omniglot"}))
     (d / "mnist-classifier").mkdir()
     (d / "mnist-classifier" / "checkpoint.json").write_text(
         json.dumps({"format": "glimpse-classifier/1", "kind": "mnist-classifier"}))

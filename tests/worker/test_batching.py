@@ -82,3 +82,35 @@ def test_every_sampler_call_has_the_same_shape(conn, settings, run_burst, monkey
         run_burst(s)
     assert len(shapes) == 8 + 4  # alone: 6 + 2 (20 images take two calls); batched: 1 (five jobs) + 1 + 2
     assert set(shapes) == {(16, 16, (16, 12), (16,))}
+
+
+def test_image_set_jobs_of_different_set_sizes_batch_to_the_same_bytes(conn, settings, run_burst):
+    """Sets of 1, 3 and 5 examples share one call, padded to 5 with a mask: each job's samples are those it draws
+    alone (the masked items add exact zeros to the set's mean)."""
+    import numpy as np
+
+    from worker.inputs import normalised_png
+    from worker.protocol import ImageSet, Keys, input_name
+
+    rng = np.random.default_rng(0)
+    sizes = (1, 3, 5)
+    requests = [request(model="tiny-stat", captions=None, n=n, condition=ImageSet(inputs=[input_name(j)
+                for j in range(k)])) for k, n in zip(sizes, (2, 4, 3), strict=True)]
+    sets = [[normalised_png(((rng.random((12, 12, 1)) > 0.5) * 255).astype(np.uint8)) for _ in range(k)]
+            for k in sizes]
+    alone = make_settings(settings.redis_url, settings.checkpoints, batch_jobs=1)
+    batched = make_settings(settings.redis_url, settings.checkpoints, batch_jobs=8)
+    ids: dict[str, list[str]] = {}
+    for name, s in (("single", alone), ("batched", batched)):
+        ids[name] = []
+        for i, (r, pngs) in enumerate(zip(requests, sets, strict=True)):
+            conn.hset(Keys(s.key_prefix).files(f"{name}-{i}"), mapping={input_name(j): p for j, p in enumerate(pngs)})
+            ids[name].append(q.enqueue_generation(conn, r, s, job_id=f"{name}-{i}")[0])
+        run_burst(s)
+    for s, b in zip(ids["single"], ids["batched"], strict=True):
+        vs, vb = q.get_view(conn, s, alone), q.get_view(conn, b, batched)
+        assert vs.status == vb.status == "succeeded" and vb.result["batch"]["jobs"] == 3
+        fs, fb = files_of(conn, alone, s), files_of(conn, batched, b)
+        assert fs.keys() == fb.keys() and fs == fb
+    first = files_of(conn, alone, ids["single"][0])
+    assert first["images/0.png"] != first["images/1.png"]  # two seeds, two samples

@@ -22,7 +22,7 @@ from .conftest import files_of, make_settings, request, wait_for
 def test_registry_loads_generators_and_skips_the_classifier(checkpoints, caplog):
     caplog.set_level("INFO", logger="worker.registry")
     models = load_models(checkpoints)
-    assert sorted(models) == ["tiny-align", "tiny-draw"]
+    assert sorted(models) == ["tiny-align", "tiny-draw", "tiny-stat"]
     assert models["tiny-align"].info.kind == "aligndraw" and models["tiny-align"].info.steps == 5
     assert "mnist-classifier: format 'glimpse-classifier/1' is not a generator checkpoint" in caplog.text
 
@@ -143,7 +143,8 @@ def test_cancel_a_waiting_job(conn, settings, run_burst):
 
 
 @pytest.mark.parametrize("payload, error", [
-    ({"model": "nope", "n": 1, "seeds": [1]}, "unknown model 'nope'; this worker serves ['tiny-align', 'tiny-draw']"),
+    ({"model": "nope", "n": 1, "seeds": [1]},
+     "unknown model 'nope'; this worker serves ['tiny-align', 'tiny-draw', 'tiny-stat']"),
     ({"model": "tiny-align", "captions": ["the zebra"], "seeds": [1]}, "caption 0: unknown words: 'zebra'"),
     ({"model": "tiny-align", "captions": ["7"], "n": 1, "seeds": [1], "evil": 1}, "evil: Extra inputs are not"),
     ({"model": "tiny-draw", "n": 1}, "seeds missing"),

@@ -21,14 +21,16 @@ from service import outputs, store
 from service.api.deps import CallerDep, ConnDep, IdempotencyKeyDep, MetricsDep, SettingsDep
 from service.events import JobEvents
 from service.problems import PROBLEM_JSON, Problem
-from service.schemas import Generation, GenerationCreate
+from service.schemas import N_ONE, Generation, GenerationCreate
 from worker import inputs
 from worker.protocol import (
     JOB_ID,
+    MAX_SET_IMAGES,
     TERMINAL,
     Captions,
     Condition,
     Images,
+    ImageSet,
     InvalidJobError,
     JobRequest,
     Keys,
@@ -174,7 +176,8 @@ def submit(conn, settings, caller, metrics, response: Response, base: str, *, bo
 
 
 @router.post("", status_code=202, response_model=Generation, responses=ERRORS,
-             summary="Draw images: for captions, unconditional samples, reconstructions or a latent walk (a job)")
+             summary="Draw images: for captions, unconditional samples, reconstructions, samples of a set's "
+                     "concept or a latent walk (a job)")
 def create_generation(body: GenerationCreate, request: Request, response: Response, settings: SettingsDep,
                       conn: ConnDep, caller: CallerDep, metrics: MetricsDep,
                       idempotency_key: IdempotencyKeyDep) -> Generation:
@@ -187,8 +190,16 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
     if captions is not None:
         condition = Captions(captions=captions)
     elif body.images is not None:
+        # Examples of one concept for a model that samples sets (n new samples), else images to reconstruct (one each)
+        as_set = "image_set" in info.modes
+        if as_set and len(body.images) > MAX_SET_IMAGES:
+            raise Problem(422, "invalid-request", f"{len(body.images)} images: a set is 1..{MAX_SET_IMAGES} examples",
+                          title="Invalid request")
+        if not as_set and body.n != 1:
+            raise Problem(422, "invalid-request", N_ONE, title="Invalid request")
         uploads = decode_images(body.images, info)
-        condition = Images(inputs=[input_name(j) for j in range(len(uploads))])
+        names = [input_name(j) for j in range(len(uploads))]
+        condition = ImageSet(inputs=names) if as_set else Images(inputs=names)
     elif body.walk is not None:
         if body.walk.images is not None:
             uploads = decode_images(body.walk.images, info, field="walk.images")
