@@ -107,6 +107,7 @@ FAMILIES: dict[str, str] = {
     "vaegan": "models.vaegan:VAEGAN",
     "avb": "models.avb:AVB",
     "statistician": "models.statistician:Statistician",
+    "textvae": "models.textvae:TextVAE",
 }
 
 
