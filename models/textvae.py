@@ -124,9 +124,9 @@ class TextVAE(nn.Module):
     data = "texts"
     likelihood = True
     bound_name = "−ELBO per sentence (the exact NLL for decoder lm)"
-    # The addendum's protocol is SGD lr 1.0, clip 5, halved after 5 epochs without improvement; TrainConfig
-    # offers Adam/RMSprop only, so Adam until the task wires SGD. KL warm-up: the lagging-encoder code's 10 epochs
-    # at batch 32 on PTB's 42,068 training sentences (1,315 batches an epoch).
+    # Adam by default (the small caption language); the addendum's PTB protocol is flags: --optimizer sgd --lr 1
+    # --clip 5 --lr-decay-patience 5 (halve after 5 epochs without improvement). KL warm-up: the lagging-encoder
+    # code's 10 epochs at batch 32 on PTB's 42,068 training sentences (1,315 batches an epoch).
     train_defaults = {"optimizer": "adam", "kl_warmup": 13_150}
     optimizer_options: dict = {}
     # (selector, measurement, published value) for cards: PTB anchors of papers.md's addendum (no CNN-VAE PTB

@@ -43,15 +43,20 @@ def main(argv: list[str] | None = None) -> int:
 
     ev = sub.add_parser("evaluate", help="test-set ELBO, importance-weighted log-likelihood, caption fidelity")
     ev.add_argument("checkpoint")
-    ev.add_argument("--k", type=int, default=5000, help="importance samples per image for L_k")
-    ev.add_argument("--limit", type=int, help="evaluate the first N test images only")
+    ev.add_argument("--k", type=int, default=5000, help="importance samples per image (sentence) for L_k")
+    ev.add_argument("--limit", type=int, help="evaluate the first N test images (sentences; captions-text: "
+                    "validation captions) only")
     ev.add_argument("--lk-images", type=int, help="L_k on a seeded random N of those only (default: all for DRAW, "
                     "100 per caption split): k = 5000 costs 5000 passes an image. With fewer than all, DRAW also "
                     "reports nll_L<k>_estimate_all: the ELBO on all minus the subset's mean L_k - ELBO gap")
     ev.add_argument("--temperatures", type=float, nargs="+", default=[], metavar="T",
                     help="alignDRAW: also the caption fidelity when sampling z_t = mu_t + T sigma_t eps_t at each T")
     ev.add_argument("--chunk", type=int, default=500, help="rows of one L_k pass (k samples of ≥ 1 image)")
-    ev.add_argument("--samples", type=int, default=10_000, help="grey-image generators: prior samples judged")
+    ev.add_argument("--samples", type=int, help="prior samples judged: grey-image generators (default 10,000), "
+                    "captions-text models (default 1,000)")
+    ev.add_argument("--mi-batch", type=int, default=500, help="text models: sentences over which I_q's aggregate "
+                    "posterior is taken (the estimate is at most the log of it)")
+    ev.add_argument("--per-sentence", help="ptb: write each test sentence's tokens, NLL and ELBO here (CSV)")
     ev.add_argument("--pictures", help="grey-image generators: write samples / reconstructions / walk PNGs here")
     ev.add_argument("--episodes", type=int, default=1000, help="set models: seeded few-shot episodes per task")
     ev.add_argument("--data-dir")

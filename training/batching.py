@@ -36,3 +36,14 @@ def batches(data: Batch, batch_size: int, *, rank: int = 0, world: int = 1, limi
             shape, gen = noise
             out["noise"] = torch.randn(size, *shape, generator=gen)[rank * per_rank : (rank + 1) * per_rank]
         yield out
+
+
+def trim_padding(batch: Batch) -> Batch:
+    """A batch of token ids (integer `x` (B, L) with `lengths` (B,), models/textvae.py's layout) without the columns
+    past its longest row, which are padding only: what a padding-invariant model computes is the same, at the cost
+    of the batch's longest sentence instead of the split's. Any other batch is returned as it is."""
+    x, lengths = batch.get("x"), batch.get("lengths")
+    if x is None or lengths is None or x.is_floating_point() or x.dim() != 2 or lengths.numel() == 0:
+        return batch
+    longest = int(lengths.max())
+    return batch if longest >= x.shape[1] else batch | {"x": x[:, :longest]}

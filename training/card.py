@@ -69,7 +69,7 @@ def _nats(value: float | None, stderr: float | None = None) -> str:
     return f"{value:.2f} ± {stderr:.2f}" if stderr is not None else f"{value:.2f}"
 
 
-DATA_FIELDS = ("vocab_size",)  # set by the dataset, not a choice of the model
+DATA_FIELDS = ("vocab_size", "max_length")  # set by the dataset, not a choice of the model
 
 
 def _config_rows(cls: Any, config: dict[str, Any]) -> str:
@@ -109,6 +109,56 @@ def _bounds(split: dict[str, Any], k: int, bound: str, paper: dict[str, str]) ->
         for t, f in split.get("fidelity_by_temperature", {}).items():
             rows.append((f"caption fidelity, temperature {t}", f"{f:.1%}", ""))
     return rows
+
+
+def _share(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def render_text(text: dict[str, Any], paper: dict[str, str]) -> list[str]:
+    """The "Text" section: PTB's test NLL, PPL, −ELBO, KL, active units and I_q beside the anchors (the family's
+    `paper_results` "test NLL / PPL"), or for the caption language the shares of samples alignDRAW can draw."""
+    lines = ["## Text", ""]
+    common = [(f"active units (Var_x E_q[z_u \\| x] > {text.get('active_units_threshold', 1e-2):g})",
+               str(text.get("active_units")), ""),
+              (f"mutual information I_q (aggregate posterior over batches of {text.get('mutual_information_batch')})",
+               f"{text.get('mutual_information', float('nan')):.2f} nats", "")]
+    if text.get("dataset") == "ptb":
+        k = text["k"]
+        how = "exact: no z, L_1 = log p(x)" if text.get("nll_exact") else f"−L_{k}, importance sampling, k = {k}"
+        lines += [f"`python -m training evaluate` on Penn Treebank's test split: {text['sentences']:,} sentences, "
+                  f"{text['tokens']:,} tokens (words + <eos>; <bos> not counted); nats per sentence. PPL = "
+                  "exp(Σ NLL / Σ tokens).", "", "| measurement | this checkpoint | anchor |", "|---|---:|---|",
+                  f"| test NLL / PPL ({how}) | {_nats(text['nll'], text.get('nll_stderr'))} / {text['ppl']:.2f} "
+                  f"| {paper.get('test NLL / PPL', '')} |",
+                  f"| −ELBO / the PPL it bounds | {_nats(text['neg_elbo'])} / {text['neg_elbo_ppl']:.2f} | |",
+                  f"| KL(q(z \\| x) ‖ p(z)) | {_nats(text.get('kl'))} | |"]
+        lines += [f"| {m} | {v} | {p} |" for m, v, p in common] + [""]
+        return lines
+    languages = ", ".join(text.get("languages", []))
+    lines += [f"`python -m training evaluate`: {text['samples']:,} prior samples (z from seeds "
+              f"{text['sample_seeds']}), judged as captions for alignDRAW (languages: {languages}). "
+              "Well-formed: one of the 8 templates filled with that language's names (so every word is in its "
+              "alignDRAW vocabulary); novel: not a caption of the training corpus; held out: a combination "
+              "training never saw.", "", "| measurement | greedy | sampled (temperature 1) |", "|---|---:|---:|"]
+    greedy, sampled = text["prior_samples"]["greedy"], text["prior_samples"]["sampled"]
+    for key, what in (("in_vocabulary", "every word in an alignDRAW vocabulary"), ("well_formed", "well-formed"),
+                      ("novel", "novel to the training corpus"), ("well_formed_novel", "well-formed and novel"),
+                      ("held_out", "a held-out combination")):
+        lines.append(f"| {what} | {_share(greedy[key])} | {_share(sampled[key])} |")
+    lines += [f"| distinct captions | {greedy['distinct']:,} | {sampled['distinct']:,} |",
+              f"| distinct held-out captions | {greedy['held_out_distinct']} | {sampled['held_out_distinct']} |", "",
+              f"On {text['validation_captions']:,} validation captions:", "", "| measurement | this checkpoint |",
+              "|---|---:|",
+              f"| reconstruction accuracy (greedy decoding of the posterior mean = the caption) | "
+              f"{_share(text['reconstruction_accuracy'])} |",
+              f"| z matters: distinct greedy decodings of {text['samples']:,} prior / {text['posterior_samples']:,} "
+              f"posterior samples | {text['distinct_greedy_prior']:,} / {text['distinct_greedy_posterior']:,} "
+              f"({'yes' if text['z_matters'] else 'no: collapsed'}) |",
+              f"| −ELBO per caption | {_nats(text['neg_elbo'])} |",
+              f"| KL(q(z \\| x) ‖ p(z)) | {_nats(text.get('kl'))} |"]
+    lines += [f"| {m} | {v} |" for m, v, _ in common] + [""]
+    return lines
 
 
 CLASSIFIER_DATA = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}  # a judging classifier's data, as named
@@ -195,6 +245,9 @@ def render(directory: str | Path) -> str:
                 lines.append(f"| {task} | {r['episodes']} | {100 * r['accuracy']:.1f} ± {100 * r['stderr']:.1f} % "
                              f"| {paper.get(task, '')} |")
         lines.append("")
+    text = evaluation.get("text")
+    if isinstance(text, dict):
+        lines += render_text(text, paper)
     shown = [(name, what) for name, what in PICTURES.items() if (directory / name).exists()]
     if shown:
         lines += ["## Pictures", ""] + [f"![{what}]({name})  \n{what}" + "\n" for name, what in shown]

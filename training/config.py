@@ -14,9 +14,10 @@ MODELS = tuple(FAMILIES)
 DATASETS: dict[str, str] = {"mnist-captions": "captioned_images", "fashion-captions": "captioned_images",
                             "coco": "captioned_images", "jsonl": "captioned_images",
                             "binarized-mnist": "images", "mnist": "images", "fashion-mnist": "images",
-                            "omniglot": "image_sets"}
+                            "omniglot": "image_sets", "ptb": "texts", "captions-text": "texts"}
 
 DEFAULT_LR = 1e-3  # both papers' learning rate
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,13 @@ class TrainConfig:
     captions_file: str | None = None  # coco: captions_*.json (images in data_dir); jsonl: {"image", "caption"} lines
     epochs: int = 1000  # an upper bound: early stopping ends the run (alignDRAW's script used 1000)
     batch_size: int = 100  # both papers' batch
-    optimizer: str = "auto"  # each paper's (the family's train_defaults): Adam for DRAW and IWAE, RMSprop for alignDRAW
+    # each paper's (the family's train_defaults): Adam for DRAW and IWAE, RMSprop for alignDRAW; "sgd": plain SGD
+    # (no momentum), the text-VAE protocol's (lr 1.0, clip 5, with --lr-decay-patience 5)
+    optimizer: str = "auto"
     lr: float | None = None  # DEFAULT_LR for a new run; on resume the saved rate unless --lr is given
     lr_stages: str = ""  # a staged schedule that sets lr each epoch (stage_lr below): "burda:S" or JSON [[epochs, lr]]
+    lr_decay_patience: int | None = None  # multiply lr by lr_decay_factor after this many epochs without improvement
+    lr_decay_factor: float = 0.5  # (the text-VAE protocol's SGD halving); the count restarts after each decay
     clip: float = 10.0  # gradient-norm clip of the official code
     patience: int | None = None  # epochs without validation improvement before stopping; 3 (alignDRAW's script)
     seed: int = 0
@@ -58,8 +63,17 @@ class TrainConfig:
         for name, value in defaults.items():
             if getattr(self, name) in (None, "auto"):
                 object.__setattr__(self, name, value)
-        if self.optimizer not in ("rmsprop", "adam"):
-            raise ValueError(f"--optimizer must be rmsprop or adam, not {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
+        if self.lr_decay_patience is not None:
+            if self.lr_decay_patience < 1 or not 0 < self.lr_decay_factor < 1:
+                raise ValueError("--lr-decay-patience must be >= 1 and --lr-decay-factor in (0, 1)")
+            if self.lr_stages:
+                raise ValueError("--lr-decay-patience and --lr-stages both set the rate: choose one")
+            assert self.patience is not None
+            if self.lr_decay_patience >= self.patience:
+                raise ValueError(f"--lr-decay-patience {self.lr_decay_patience} never fires: early stopping's "
+                                 f"--patience {self.patience} ends the run first (it counts across decays)")
         if cls.data != DATASETS[self.dataset]:
             raise ValueError(f"{self.model} does not train on {self.dataset}: it takes {cls.data}, the dataset has "
                              f"{DATASETS[self.dataset]}")

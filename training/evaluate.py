@@ -1,7 +1,8 @@
 """`python -m training evaluate CKPT`: the test-set bound and −L_k (models/bounds.py) in nats, for captions
 models the caption fidelity (training/fidelity.py), for grey-image generators (Fashion-MNIST) sample and
-reconstruction quality (training/quality.py), and for set models (Omniglot) few-shot accuracy on the test
-characters and on MNIST (training/fewshot.py)."""
+reconstruction quality (training/quality.py), for set models (Omniglot) few-shot accuracy on the test
+characters and on MNIST (training/fewshot.py), and for text models the PTB test NLL and perplexity or, on the
+caption language, the share of samples alignDRAW can draw."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def main(args: argparse.Namespace) -> int:
         results |= evaluate_grey(model, args, device)
     elif dataset == "omniglot":
         results |= evaluate_sets(model, args)
+    elif dataset == "ptb":
+        results |= evaluate_ptb(model, args)
+    elif dataset == "captions-text":
+        results |= evaluate_caption_texts(ckpt, args)
     else:
         from training.fidelity import evaluate_captions
 
@@ -81,8 +86,9 @@ def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) ->
     x = grey("test")[: args.limit] if args.limit else grey("test")
     out: dict[str, Any] = {"test": elbo_terms(model, {"x": x})}
     chunk = 500
-    samples = torch.cat([sample(model, seeds=list(range(i, min(i + chunk, args.samples))), keep_canvases=False)
-                         .images.cpu() for i in range(0, args.samples, chunk)])
+    n_samples = args.samples or 10_000
+    samples = torch.cat([sample(model, seeds=list(range(i, min(i + chunk, n_samples))), keep_canvases=False)
+                         .images.cpu() for i in range(0, n_samples, chunk)])
     recons = torch.cat([sample(model, images=x[i : i + chunk], keep_canvases=False).images.cpu()
                         for i in range(0, len(x), chunk)])
     judge = load_classifier(FASHION_CLASSIFIER, device)
@@ -91,7 +97,7 @@ def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) ->
                                 floor_images=grey("train")[: len(x)])
     collapse = diversity(samples[:1000], x[:1000])  # pairwise distances: 1,000 of each keeps it to 8 MB
     quality |= {"sample_spread": collapse["spread"], "sample_near_duplicates": collapse["near_duplicates"]}
-    out["quality"] = quality | {"sample_seeds": f"0..{args.samples - 1}", "classifier": FASHION_CLASSIFIER.name}
+    out["quality"] = quality | {"sample_seeds": f"0..{n_samples - 1}", "classifier": FASHION_CLASSIFIER.name}
     if args.pictures:
         pictures = Path(args.pictures)
         pictures.mkdir(parents=True, exist_ok=True)
@@ -139,3 +145,151 @@ def evaluate_sets(model: Any, args: argparse.Namespace) -> dict[str, Any]:
                          sets=support.repeat_interleave(10, 0)).images.cpu().view(len(data), 10, *data.shape[2:])
             artefacts.save_sample_grid(pictures / name, torch.cat([support, new], 1).flatten(0, 1), columns=15)
     return out
+
+
+def _texts(itos: list[str], tokens: torch.Tensor) -> list[str]:
+    """Token rows (N, L) -> each row's words up to <eos> (padding and <bos> dropped)."""
+    from models.textvae import EOS
+
+    out = []
+    for row in tokens.tolist():
+        end = row.index(EOS) if EOS in row else len(row)
+        out.append(" ".join(itos[i] for i in row[:end] if i > EOS))
+    return out
+
+
+def _itos(ckpt: Any) -> list[str]:
+    """The checkpoint vocabulary's id -> word, in the data's spelling (training/tasks.py TextsTask `spelling`)."""
+    itos = list(ckpt.vocab.itos)
+    for i, word in ckpt.extra.get("spelling", {}).items():
+        itos[int(i)] = word
+    return itos
+
+
+def _text_diagnostics(model: Any, x: torch.Tensor, lengths: torch.Tensor, mi_batch: int) -> dict[str, Any]:
+    """The −ELBO and its terms per sentence (one z each, seed 0), active units (threshold 0.01) and I_q."""
+    terms = elbo_terms(model, {"x": x, "lengths": lengths})
+    counts, _ = model.active_units(x, lengths)
+    batch = min(mi_batch, len(x))
+    return {"neg_elbo": terms["nll_bound"], "reconstruction": terms.get("reconstruction"), "kl": terms.get("kl"),
+            "active_units": int(sum(counts)), "active_units_threshold": 1e-2,
+            "mutual_information": model.mutual_information(x, lengths, batch_size=batch,
+                                                           generator=torch.Generator().manual_seed(0)),
+            "mutual_information_batch": batch}
+
+
+def evaluate_ptb(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Penn Treebank test sentences (all 3,761, or the first --limit): each sentence's NLL by importance sampling
+    with k = --k (−L_k, models/bounds.py through nll_k; exact for a model without z, whose L_1 is log p(x)),
+    PPL = exp(Σ NLL / Σ (words + 1)) (training/data/ptb.py `perplexity`: <eos> counted, <bos> not), the −ELBO
+    (and the PPL it bounds), KL, active units and I_q. Sentences go through L_k in blocks of similar length, each
+    block cut to its longest sentence and seeded by its index (the model is padding-invariant: tested)."""
+    from training.data.ptb import perplexity, ptb_corpus
+
+    test = ptb_corpus(args.data_dir).splits["test"]
+    n = min(args.limit or len(test), len(test))
+    x, lengths = test.tokens[:n], test.lengths[:n]
+    tokens = int(lengths.sum())  # = count_tokens of the sentences: Σ (words + 1)
+    exact = getattr(model, "latent", True) is False  # no z: every log-weight is log p(x), L_1 is exact
+    k = 1 if exact else args.k
+    lk = torch.empty(n, dtype=torch.float64)
+    elbo_k = torch.empty(n, dtype=torch.float64)
+    order = lengths.argsort(stable=True)
+    block = 100
+    for b, lo in enumerate(range(0, n, block)):
+        rows = order[lo : lo + block]
+        longest = int(lengths[rows].max())
+        per: dict[str, torch.Tensor] = {}
+        nll_k(model, {"x": x[rows, :longest], "lengths": lengths[rows]}, k, seed=b, chunk=args.chunk,
+              progress=False, per_example=per)
+        lk[rows], elbo_k[rows] = per["lk"], per["mean_log_weight"]
+    nll = -lk
+    out: dict[str, Any] = {
+        "dataset": "ptb", "split": "test", "sentences": n, "tokens": tokens, "k": k, "nll_exact": exact,
+        "nll": nll.mean().item(), "nll_stderr": (nll.std() / n**0.5).item() if n > 1 else 0.0,
+        "ppl": perplexity(nll.sum().item(), tokens),
+        "neg_elbo_k_samples": -elbo_k.mean().item()}
+    out |= _text_diagnostics(model, x, lengths, args.mi_batch)
+    out["neg_elbo_ppl"] = perplexity(out["neg_elbo"] * n, tokens)  # the bound's perplexity: above the PPL
+    if args.per_sentence:
+        rows_ = ["index,tokens,nll,neg_elbo_k_samples"] + [
+            f"{i},{int(lengths[i])},{nll[i].item()!r},{-elbo_k[i].item()!r}" for i in range(n)]
+        Path(args.per_sentence).write_text("\n".join(rows_) + "\n")
+    return {"text": out}
+
+
+def caption_shares(texts: list[str], languages: list[str], training: set[str]) -> dict[str, Any]:
+    """What share of generated captions alignDRAW can draw: `in_vocabulary` (every word in the vocabulary of one
+    language's alignDRAW), `well_formed` (one of its 8 templates filled with that language's names,
+    training/data/captions.py `parse`), `novel` (not a caption of the training corpus), `well_formed_novel`, and
+    `held_out` (a held-out combination: never in training); with the distinct counts."""
+    from training.data import captions as cap
+    from training.data import fashion as fa
+
+    names = {"mnist": cap.DIGIT_NAMES, "fashion": fa.FASHION_NAMES}
+    words = {"mnist": set(cap.CAPTION_WORDS), "fashion": set(fa.FASHION_WORDS)}
+    parsed = []
+    in_vocab = []
+    for text in texts:
+        tokens = text.split()
+        in_vocab.append(bool(tokens) and any(set(tokens) <= words[lang] for lang in languages))
+        parsed.append(next((c for lang in languages if (c := cap.parse(text, names=names[lang])) is not None), None))
+    n = max(1, len(texts))
+    well = [c is not None for c in parsed]
+    novel = [t not in training for t in texts]
+    held = [c is not None and c.banned for c in parsed]
+    return {"count": len(texts), "distinct": len(set(texts)), "in_vocabulary": sum(in_vocab) / n,
+            "well_formed": sum(well) / n, "novel": sum(novel) / n,
+            "well_formed_novel": sum(w and v for w, v in zip(well, novel, strict=True)) / n,
+            "held_out": sum(held) / n, "held_out_distinct": len({t for t, h in zip(texts, held, strict=True) if h})}
+
+
+@torch.no_grad()
+def evaluate_caption_texts(ckpt: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """A text VAE of the caption language: `--samples` prior samples (z from seeds 0..n−1; default 1,000), decoded
+    greedily and by sampling at temperature 1 (generator seed 0), judged by caption_shares; on the validation
+    captions (rebuilt from the checkpoint's corpus seed; --limit caps them): reconstruction accuracy (the greedy
+    decoding of the posterior mean equals the caption exactly), the −ELBO, KL, active units and I_q; and whether z
+    matters: the distinct greedy decodings of the prior samples and of one posterior sample per validation caption
+    (all alike is the collapse that greedy decoding hides)."""
+    from models.sampling import draw_noise
+    from training.data.caption_texts import caption_texts
+    from training.tasks import VAL_SEED
+
+    model = ckpt.model
+    cfg, extra = ckpt.training.get("config", {}), ckpt.extra
+    corpus = caption_texts(cfg["pairs_per_epoch"], cfg["val_size"], seed=extra["corpus_seed"], val_seed=VAL_SEED,
+                           root=args.data_dir or cfg.get("data_dir"))
+    if corpus.sha256 != extra.get("corpus_sha256"):
+        raise SystemExit(f"the rebuilt caption corpus differs from the checkpoint's (sha256 {corpus.sha256[:12]} vs "
+                         f"{str(extra.get('corpus_sha256'))[:12]}): sources now {corpus.sources}, at training "
+                         f"{extra.get('sources')}")
+    itos = _itos(ckpt)
+    training = {" ".join(s) for s in corpus.train}
+    device = next(model.parameters()).device
+    n = args.samples or 1000
+    z = draw_noise(n, *model.noise_shape(), seeds=list(range(n))).to(device)
+    decoded = {"greedy": model.decode(z, strategy="greedy"),
+               "sampled": model.decode(z, strategy="sample", temperature=1.0,
+                                       generator=torch.Generator().manual_seed(0))}
+    samples = {name: caption_shares(_texts(itos, tokens.cpu()), corpus.languages, training)
+               for name, tokens in decoded.items()}
+    stoi = {w: i for i, w in enumerate(itos) if i > 0}
+    from training.data.ptb import encode
+
+    valid = encode(corpus.valid[: args.limit] if args.limit else corpus.valid, stoi)
+    x, lengths = valid.tokens, valid.lengths
+    recon = torch.cat([next(iter(model.generate(z[:1], texts=x[i : i + 500], lengths=lengths[i : i + 500])))
+                       .tokens.cpu() for i in range(0, len(x), 500)])
+    exact = [a == b for a, b in zip(_texts(itos, recon), _texts(itos, x), strict=True)]
+    mu, log_sigma = model.posterior_params(x[:n].to(device), lengths[:n].to(device))
+    eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    posterior = _texts(itos, model.decode(mu + log_sigma.exp() * eps, strategy="greedy").cpu())
+    distinct_prior, distinct_posterior = samples["greedy"]["distinct"], len(set(posterior))
+    return {"text": {
+        "dataset": "captions-text", "languages": corpus.languages, "samples": n, "sample_seeds": f"0..{n - 1}",
+        "prior_samples": samples, "validation_captions": len(x),
+        "reconstruction_accuracy": sum(exact) / max(1, len(exact)),
+        "distinct_greedy_prior": distinct_prior, "distinct_greedy_posterior": distinct_posterior,
+        "posterior_samples": len(posterior), "z_matters": distinct_prior > 1 and distinct_posterior > 1,
+        **_text_diagnostics(model, x, lengths, args.mi_batch)}}

@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from models.bounds import importance_weighted
-from training.batching import Batch, batches
+from training.batching import Batch, batches, trim_padding
 from training.device import evaluating
 
 
@@ -32,7 +32,7 @@ def validate(model: Any, data: Batch, batch_size: int, device: torch.device, see
     count = 0.0
     with evaluating(model):
         for batch in batches(data, batch_size, rank=rank, world=world, noise=noise):
-            batch = on_device(batch, device)
+            batch = on_device(trim_padding(batch), device)
             eps = batch.pop("noise")
             losses = model.loss(batch, eps)
             for name, value in {"nll_bound": losses.bound, **losses.terms}.items():
@@ -52,9 +52,10 @@ def elbo_terms(model: Any, data: Batch, *, batch_size: int = 100, seed: int = 0)
     return {key.removeprefix("val_"): value for key, value in terms.items()}
 
 
-def nll_k(model: Any, data: Batch, k: int, *, seed: int = 0, progress: bool = True,
-          chunk: int = 500) -> dict[str, float]:
-    """−L_k over `data` with its standard error, and the gap L_k − ELBO measured on the same samples."""
+def nll_k(model: Any, data: Batch, k: int, *, seed: int = 0, progress: bool = True, chunk: int = 500,
+          per_example: dict[str, Tensor] | None = None) -> dict[str, float]:
+    """−L_k over `data` with its standard error, and the gap L_k − ELBO measured on the same samples. A dict given
+    as `per_example` receives each example's L_k ("lk") and mean log-weight ("mean_log_weight"), (N,) float64."""
     g = torch.Generator().manual_seed(seed)
     n = data["x"].shape[0]
     per = max(1, chunk // k)  # examples whose k samples share one pass
@@ -65,6 +66,8 @@ def nll_k(model: Any, data: Batch, k: int, *, seed: int = 0, progress: bool = Tr
         lk[i : i + per], mean[i : i + per] = importance_weighted(
             model, {key: v[i : i + per] for key, v in data.items()}, k, chunk=chunk, generator=g)
     gap = lk - mean
+    if per_example is not None:
+        per_example |= {"lk": lk, "mean_log_weight": mean}
 
     def stderr(v: Tensor) -> float:
         return (v.std() / math.sqrt(n)).item() if n > 1 else 0.0

@@ -33,7 +33,10 @@ class Progress:
     epoch: int = 0  # epochs completed
     best_val: float | None = None
     best_epoch: int | None = None
-    epochs_without_improvement: int = 0
+    epochs_without_improvement: int = 0  # early stopping's count (it goes on across learning-rate decays)
+    epochs_since_decay: int = 0  # --lr-decay-patience's count: without improvement since the last one or decay
+    lr_decays: int = 0  # decays applied so far
+    lr_decayed: float = 1.0  # their product: the run's rate is its --lr times this (a resume's same --lr keeps it)
     wall_seconds: float = 0.0  # training time summed over all sessions of the run
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (what metrics.jsonl holds)
 

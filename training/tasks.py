@@ -47,6 +47,11 @@ class Task:
     def preview_labels(self) -> list[str]:
         return []
 
+    def text(self, ids: Any) -> str:
+        """Word ids -> text (text families' previews): the vocabulary's words, padding dropped."""
+        assert self.vocab is not None
+        return self.vocab.decode(ids.tolist() if isinstance(ids, Tensor) else ids)
+
     def epoch_metrics(self, model: Any) -> dict[str, float]:
         """Task-specific numbers measured on the model after each epoch (rank 0 only; the model in eval mode)."""
         return {}
@@ -325,10 +330,113 @@ class OmniglotTask(Task):
         return out
 
 
+MI_BATCH = 500  # sentences over which the aggregate posterior of I_q is taken (the estimate is at most its log)
+MI_SENTENCES = 2000  # validation sentences of the per-epoch I_q (all 10k caption ones took 9 s on one CPU thread)
+
+
+class TextsTask(Task):
+    """Sentences for text families (models/textvae.py's layout: {"x": (N, L) ids, words then <eos>, right-padded
+    with 0; "lengths": (N,) = words + 1}); the vocabulary (specials at ids 1-3) goes into the checkpoint and the
+    model config gets vocab_size and max_length (tokens incl. <eos>) from the data.
+
+    `ptb`: Mikolov's Penn Treebank (training/data/ptb.py): trains on ptb.train, validates on the first `val_size`
+    sentences of ptb.valid; ptb.test is left to `evaluate`. `captions-text`: the caption language of the image
+    models (training/data/caption_texts.py): a fixed corpus of `pairs_per_epoch` captions per language drawn once
+    from the training digits (seed: the run's), validation captions from the held-out digits; the held-out
+    combinations never appear. Each epoch is a fresh permutation of the training sentences."""
+
+    def __init__(self, config: TrainConfig):
+        from training.data.ptb import TextSplit, encode
+
+        super().__init__(config, None, {"dataset": config.dataset})
+        if config.dataset == "ptb":
+            from training.data.ptb import find_ptb_file, ptb_corpus
+
+            corpus = ptb_corpus(config.data_dir)
+            itos, self._train, val = corpus.itos, corpus.splits["train"], corpus.splits["valid"]
+            self.extra |= {"digits_source": str(find_ptb_file("train", config.data_dir).parent),
+                           "train_sentences": len(self._train), "train_tokens": self._train.token_count}
+            self._val = TextSplit(val.tokens[: config.val_size], val.lengths[: config.val_size], 0)
+            longest = max(int(split.lengths.max()) for split in corpus.splits.values())
+        else:
+            from training.data import captions as cap
+            from training.data.caption_texts import caption_texts
+
+            texts = caption_texts(config.pairs_per_epoch, config.val_size, seed=epoch_seed(config.seed, 0, 7),
+                                  val_seed=VAL_SEED, root=config.data_dir, download=config.download)
+            itos = texts.itos
+            stoi = {w: i for i, w in enumerate(itos) if i > 0}
+            self._train, self._val = encode(texts.train, stoi), encode(texts.valid, stoi)
+            self.extra |= {"languages": texts.languages, "sources": texts.sources,
+                           "digits_source": "; ".join(v if k == "mnist" or k in texts.languages else f"{k} {v}"
+                                                      for k, v in texts.sources.items()),
+                           "banned": list(cap.DEFAULT_BANNED), "held_out_captions": texts.held_out,
+                           "corpus_sha256": texts.sha256, "corpus_seed": epoch_seed(config.seed, 0, 7),
+                           "captions_per_language": config.pairs_per_epoch,
+                           "training_captions": sorted({" ".join(s) for s in texts.train})}
+            longest = max(int(self._train.lengths.max()), int(self._val.lengths.max()))
+        self.itos = itos
+        self.vocab = Vocabulary(itos[1:], max_length=longest - 1)
+        # Vocabulary normalises a few words ("N" -> "n", "one" -> "1"): the ids are the same, the files' spelling here
+        self.extra["spelling"] = {str(i): w for i, w in enumerate(itos) if self.vocab.itos[i] != w}
+        self.max_length = longest
+
+    def model_config(self) -> Any:
+        assert self.vocab is not None
+        overrides = dict(self.config.model_overrides)
+        if overrides.get("vocab_size", len(self.vocab)) != len(self.vocab):
+            raise ValueError(f"vocab_size is the data's ({len(self.vocab)}), not {overrides['vocab_size']}")
+        fields_ = {"vocab_size": len(self.vocab), "max_length": self.max_length} | overrides
+        return family(self.config.model).Config(**fields_)
+
+    def text(self, ids: Any) -> str:
+        """Token ids -> the words up to <eos> (padding and <bos> dropped), in the data's own spelling."""
+        from models.textvae import EOS
+
+        words = []
+        for i in ids.tolist() if isinstance(ids, Tensor) else ids:
+            if i == EOS:
+                break
+            if i > EOS:
+                words.append(self.itos[i])
+        return " ".join(words)
+
+    def train_data(self, epoch: int) -> Batch:
+        g = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))
+        order = torch.randperm(len(self._train), generator=g)
+        return {"x": self._train.tokens[order], "lengths": self._train.lengths[order]}
+
+    def val_data(self) -> Batch:
+        return self._val.batch()
+
+    def preview_conditions(self) -> dict[str, Tensor]:
+        """8 validation sentences, reconstructed in the previews (the family's `texts` condition)."""
+        return {"texts": self._val.tokens[:8], "lengths": self._val.lengths[:8]}
+
+    def preview_labels(self) -> list[str]:
+        return [self.text(row) for row in self._val.tokens[:8]]
+
+    def epoch_metrics(self, model: Any) -> dict[str, float]:
+        """Active units on the validation sentences and I_q on the first MI_SENTENCES of them (its aggregate posterior
+        over batches of MI_BATCH); the validation KL is validate's `val_kl`. The decodes go to
+        previews/samples-epochNNNN.txt."""
+        out: dict[str, float] = {}
+        x, lengths = self._val.tokens, self._val.lengths
+        if callable(getattr(model, "active_units", None)):
+            counts, _ = model.active_units(x, lengths)
+            out["val_active_units"] = float(sum(counts))
+        if callable(getattr(model, "mutual_information", None)):
+            n = min(MI_SENTENCES, len(x))
+            out["val_mutual_information"] = model.mutual_information(
+                x[:n], lengths[:n], batch_size=MI_BATCH, generator=torch.Generator().manual_seed(VAL_SEED))
+            out["val_mutual_information_batch"] = float(min(MI_BATCH, n))
+        return out
+
+
 TASKS: dict[str, type[Task]] = {"mnist-captions": CaptionsTask, "fashion-captions": CaptionsTask,
                                 "coco": FolderCaptionsTask, "jsonl": FolderCaptionsTask,
                                 "binarized-mnist": ImagesTask, "mnist": ImagesTask, "fashion-mnist": ImagesTask,
-                                "omniglot": OmniglotTask}
+                                "omniglot": OmniglotTask, "ptb": TextsTask, "captions-text": TextsTask}
 
 
 def make_task(config: TrainConfig) -> Task:

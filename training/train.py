@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from models.checkpoint import Checkpoint, load_checkpoint
 from models.family import Losses, family, param_groups
-from models.sampling import sample, seed_walks
+from models.sampling import draw_noise, sample, seed_walks
 from training import artefacts
-from training.batching import Batch, batches, epoch_seed
+from training.batching import Batch, batches, epoch_seed, trim_padding
 from training.config import DEFAULT_LR, TrainConfig, stage_lr
 from training.device import evaluating, machine, resolve_device
 from training.likelihood import on_device, validate
@@ -43,6 +43,8 @@ def make_optimizer(params: Any, config: TrainConfig, options: dict[str, Any] | N
     params = list(params.parameters()) if isinstance(params, nn.Module) else list(params)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, **(options or {}))
+    if config.optimizer == "sgd":  # plain SGD: the family's options are its paper optimizer's (Adam's betas, ε)
+        return torch.optim.SGD(params, lr=lr)
     # The official alignDRAW update: running mean of squared gradients, decay 0.9, eps 1e-6.
     return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-6, **(options or {}))
 
@@ -94,6 +96,8 @@ def kl_weight(step: int, warmup: int) -> float:
 def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: Task, epoch: int,
                 device: torch.device, rank: int, world: int) -> dict[str, float]:
     cfg = task.config
+    # the global stream (dropout, word dropout) from the epoch's own seed, so a resumed run replays it exactly
+    torch.manual_seed(epoch_seed(cfg.seed, epoch, stream=2 + rank))
     data = task.train_data(epoch)
     noise = (tuple(model.loss_noise_shape()),  # type: ignore[operator]
              torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, stream=1)))
@@ -111,7 +115,7 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: 
     start = time.perf_counter()
     beta = 1.0
     for i, batch in enumerate(bar):
-        batch = on_device(batch, device)
+        batch = on_device(trim_padding(batch), device)
         eps = batch.pop("noise")
         n = batch["x"].shape[0]
         beta = kl_weight((epoch - 1) * n_batches + i, cfg.kl_warmup or 0)
@@ -158,7 +162,66 @@ def step(losses: Losses, optimizers: Optimizers, groups: dict[str, list[nn.Param
     return norm
 
 
+def decay_lr(optimizers: Optimizers, scales: dict[str, float], config: TrainConfig, progress: Progress,
+             improved: bool) -> float | None:
+    """--lr-decay-patience N: after N epochs without validation improvement (counted since the last improvement
+    or decay, kept in the run state so a resume goes on with the same count) the run's rate is multiplied by
+    --lr-decay-factor for the epochs that follow; -> the new rate, or None."""
+    progress.epochs_since_decay = 0 if improved else progress.epochs_since_decay + 1
+    if config.lr_decay_patience is None or progress.epochs_since_decay < config.lr_decay_patience:
+        return None
+    first, opt = next(iter(optimizers.items()))
+    rate = opt.param_groups[0]["lr"] / scales[first] * config.lr_decay_factor
+    set_lr(optimizers, scales, rate)
+    progress.epochs_since_decay = 0
+    progress.lr_decays += 1
+    progress.lr_decayed *= config.lr_decay_factor
+    return rate
+
+
+def text_output(model: nn.Module) -> bool:
+    """Whether the family writes text and no pictures (its generation modes' outputs, models/family.py)."""
+    outputs = set(getattr(model, "modes", {}).values())
+    return "text" in outputs and not outputs & {"frames", "images"}
+
+
+@torch.no_grad()
+def write_text_previews(model: nn.Module, task: Task, run: Path, epoch: int, count: int = 16) -> Path:
+    """previews/samples-epochNNNN.txt: `count` prior samples (z from seeds 0..count−1) decoded by ancestral sampling
+    at temperature 1 (one generator, seed 0) and greedily (the family's `generate`), then the task's validation
+    sentences with the greedy decoding of their posterior means. The same seeds every epoch, so epochs compare."""
+    device = next(model.parameters()).device
+    noise = draw_noise(count, *model.noise_shape(), seeds=list(range(count))).to(device)  # type: ignore[operator]
+    [greedy] = list(model.generate(noise))  # type: ignore[operator]
+    if greedy.tokens is None:
+        raise TypeError(f"{type(model).__name__}.generate yields no tokens: not a text generator")
+    lines = [f"# epoch {epoch}: {count} prior samples z (seeds 0..{count - 1})", ""]
+    decode = getattr(model, "decode", None)
+    if callable(decode):
+        sampled = decode(noise, strategy="sample", temperature=1.0, generator=torch.Generator().manual_seed(0))
+        lines += ["## sampled (temperature 1, generator seed 0)", ""]
+        lines += [f"{i:2d}  {task.text(row)}" for i, row in enumerate(sampled.cpu())] + [""]
+    lines += ["## greedy", ""] + [f"{i:2d}  {task.text(row)}" for i, row in enumerate(greedy.tokens.cpu())] + [""]
+    conditions = task.preview_conditions()
+    if conditions:
+        rows = next(iter(conditions.values())).shape[0]
+        given = {k: v.to(device) for k, v in conditions.items()}
+        [recon] = list(model.generate(noise[:1].expand(rows, *noise.shape[1:]), **given))  # type: ignore[operator]
+        assert recon.tokens is not None
+        lines += ["## validation sentences -> greedy decoding of the posterior mean", ""]
+        for label, row in zip(task.preview_labels(), recon.tokens.cpu(), strict=True):
+            lines += [f"    {label}", f" -> {task.text(row)}", ""]
+    previews = run / "previews"
+    previews.mkdir(exist_ok=True)
+    path = previews / f"samples-epoch{epoch:04d}.txt"
+    path.write_text("\n".join(lines))
+    return path
+
+
 def write_previews(model: nn.Module, task: Task, run: Path, epoch: int) -> None:
+    if text_output(model):
+        write_text_previews(model, task, run, epoch)
+        return
     conditions = task.preview_conditions()
     count = next(iter(conditions.values())).shape[0] if conditions else 64
     out = sample(model, batch_size=None if conditions else count, seeds=list(range(count)), **conditions)  # type: ignore[arg-type]
@@ -195,11 +258,14 @@ def train(config: TrainConfig) -> Progress:
         progress = load_progress(last)
         first, opt = next(iter(optimizers.items()))
         saved_lr = opt.param_groups[0]["lr"] / scales[first]  # the run's rate, whatever the first group's scale
-        new_rate = config.lr is not None and config.lr * scales[first] != opt.param_groups[0]["lr"]
+        # the command's own --lr, decayed as the run decayed it (--lr-decay-patience), is no new rate
+        new_rate = config.lr is not None and not math.isclose(config.lr * progress.lr_decayed * scales[first],
+                                                              opt.param_groups[0]["lr"], rel_tol=1e-9)
         if new_rate:  # an explicit --lr wins: go on at a lower rate (each group keeps its multiple of it)
             assert config.lr is not None
             set_lr(optimizers, scales, config.lr)
             progress.epochs_without_improvement = 0  # a new rate gets its own patience, even after a stop
+            progress.epochs_since_decay, progress.lr_decayed = 0, 1.0
         if rank == 0:
             print(f"resuming {run} after epoch {progress.epoch}, lr {config.lr if new_rate else saved_lr:g}"
                   + (f" (was {saved_lr:g})" if new_rate else ""), file=sys.stderr)
@@ -247,6 +313,9 @@ def train(config: TrainConfig) -> Progress:
             progress.epochs_without_improvement = 0
         else:
             progress.epochs_without_improvement += 1
+        decayed = decay_lr(optimizers, scales, config, progress, improved)
+        if decayed is not None:
+            row["lr_decayed_to"] = decayed
         stopped = progress.epochs_without_improvement >= patience
         if rank == 0:
             with evaluating(model):  # as the worker draws; in train mode sampling moved batch norm's statistics
@@ -269,6 +338,9 @@ def train(config: TrainConfig) -> Progress:
                   f"(KL {row.get('val_kl', float('nan')):.2f}), {row['images_per_s']:.0f} img/s"
                   + "".join(f", {k.removeprefix('val_')} {v:.1%}" for k, v in row.items()
                             if "fidelity" in k or "attention" in k)
+                  + (f", active units {row['val_active_units']:.0f}" if "val_active_units" in row else "")
+                  + (f", I_q {row['val_mutual_information']:.2f}" if "val_mutual_information" in row else "")
+                  + (f", lr now {decayed:g}" if decayed is not None else "")
                   + ("" if improved else f", no improvement for {progress.epochs_without_improvement}"),
                   file=sys.stderr, flush=True)
     if distributed:

@@ -80,7 +80,7 @@ def test_config_file_flags_and_bad_values():
     with pytest.raises(ValueError, match="does not train on"):
         TrainConfig(model="draw", dataset="mnist-captions")
     with pytest.raises(ValueError, match="--optimizer"):
-        TrainConfig(optimizer="sgd")
+        TrainConfig(optimizer="adagrad")  # sgd is one now (the text-VAE protocol)
     cfg = TrainConfig.from_sources(None, {"model": "draw", "dataset": "mnist", "lr": 3e-4})
     assert cfg.run_dir.name == "draw-mnist" and cfg.lr == 3e-4
     assert cfg.optimizer == "adam"  # each paper's optimiser unless one is named

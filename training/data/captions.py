@@ -36,11 +36,14 @@ ones (for held-out evaluation sets). `render_batch` renders given (template, dig
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from models.vocab import tokenize
 
 from .mnist import Digits
 
@@ -220,6 +223,26 @@ def seen_captions(banned: Sequence[int] = DEFAULT_BANNED, names: Sequence[str] =
     return [c.caption for c in all_combinations(banned, names) if not c.banned]
 
 
+@functools.cache
+def _by_tokens(banned: tuple[int, ...], names: tuple[str, ...]) -> dict[tuple[str, ...], Combination]:
+    return {tuple(t.text for t in tokenize(c.caption)): c for c in all_combinations(banned, names)}
+
+
+def parse(caption: str, banned: Sequence[int] = DEFAULT_BANNED,
+          names: Sequence[str] = DIGIT_NAMES) -> Combination | None:
+    """The (template, digits) combination a caption states, or None when it is none of the 8 templates filled with
+    `names`. Tokenised as alignDRAW's vocabulary does (models/vocab.py `tokenize`: lower case, numerals for number
+    words), so "The digit seven is at the top left of the image." parses and a shuffled or unknown word does not.
+    `banned` sets the result's `banned` flag only."""
+    return _by_tokens(check_banned(banned), tuple(names)).get(tuple(t.text for t in tokenize(caption)))
+
+
+def is_caption(caption: str, names: Sequence[str] = DIGIT_NAMES) -> bool:
+    """Whether `caption` is one of the 440 captions of the templates over `names` (well-formed for the alignDRAW
+    model of that dataset: every such caption is in its vocabulary and its language)."""
+    return parse(caption, names=names) is not None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Randomness and rendering
 
@@ -269,10 +292,8 @@ def _paint(pool_images: np.ndarray, index: np.ndarray, boxes: np.ndarray) -> tor
 def _assemble(pool: Digits, templates: np.ndarray, index: np.ndarray, boxes: np.ndarray,
               names: Sequence[str]) -> CaptionedBatch:
     labels = np.where(index >= 0, pool.labels.astype(np.int64)[np.maximum(index, 0)], -1)
-    captions = [t.pattern.format(*(names[d] for d in ds[: t.n_digits]))
-                for t, ds in zip((TEMPLATES[i] for i in templates), labels.tolist(), strict=True)]
-    return CaptionedBatch(_paint(pool.images, index, boxes), captions, templates.astype(np.int64), labels, boxes,
-                          index)
+    return CaptionedBatch(_paint(pool.images, index, boxes), _captions(pool, templates, index, names),
+                          templates.astype(np.int64), labels, boxes, index)
 
 
 def _check_pool(pool: Digits) -> None:
@@ -282,8 +303,10 @@ def _check_pool(pool: Digits) -> None:
         raise ValueError("pool labels must be 0..9")
 
 
-def _generate(pool: Digits, n: int, rng: np.random.Generator, banned: Sequence[int], mode: str,
-              names: Sequence[str]) -> CaptionedBatch:
+def _draw(pool: Digits, n: int, rng: np.random.Generator, banned: Sequence[int],
+          mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(templates (n,), pool indices (n, 2), -1 where absent) of n draws: the part of `generate` that decides the
+    captions, before any placement is drawn or pixel painted."""
     _check_pool(pool)
     banned = check_banned(banned)
     if n < 0:
@@ -309,7 +332,29 @@ def _generate(pool: Digits, n: int, rng: np.random.Generator, banned: Sequence[i
         todo = todo[bad] if mode == "seen" else todo[~bad]
     else:
         raise ValueError(f"could not draw {n} {mode} combinations from this pool (labels {np.unique(labels)})")
+    return templates, index
+
+
+def _generate(pool: Digits, n: int, rng: np.random.Generator, banned: Sequence[int], mode: str,
+              names: Sequence[str]) -> CaptionedBatch:
+    templates, index = _draw(pool, n, rng, banned, mode)
     return _assemble(pool, templates, index, _draw_boxes(rng, templates), names)
+
+
+def _captions(pool: Digits, templates: np.ndarray, index: np.ndarray, names: Sequence[str]) -> list[str]:
+    labels = np.where(index >= 0, pool.labels.astype(np.int64)[np.maximum(index, 0)], -1)
+    return [TEMPLATES[t].pattern.format(*(names[d] for d in ds[: TEMPLATES[t].n_digits]))
+            for t, ds in zip(templates.tolist(), labels.tolist(), strict=True)]
+
+
+def draw_captions(pool: Digits, n: int, *, generator: GeneratorLike, banned: Sequence[int] = DEFAULT_BANNED,
+                  allow_banned: bool = False, held_out_only: bool = False,
+                  names: Sequence[str] = DIGIT_NAMES) -> list[str]:
+    """The captions `generate` would give for the same arguments (the same draws from the same generator), without
+    placing or painting any image: a text corpus in the language of the captioned images."""
+    mode = "held_out" if held_out_only else ("all" if allow_banned else "seen")
+    templates, index = _draw(pool, n, as_rng(generator), banned, mode)
+    return _captions(pool, templates, index, names)
 
 
 def generate(

@@ -29,11 +29,13 @@ from pathlib import Path
 from .captions import (
     DEFAULT_BANNED,
     CaptionedBatch,
+    Combination,
     GeneratorLike,
     _generate,
     all_combinations,
     as_rng,
     caption_text,
+    parse,
     render_batch,
 )
 from .mnist import Digits, load_mnist
@@ -84,3 +86,13 @@ def fashion_held_out_captions(banned: Sequence[int] = DEFAULT_BANNED) -> list[st
 
 def fashion_seen_captions(banned: Sequence[int] = DEFAULT_BANNED) -> list[str]:
     return [c.caption for c in all_combinations(banned, FASHION_NAMES) if not c.banned]
+
+
+def parse_fashion(caption: str, banned: Sequence[int] = DEFAULT_BANNED) -> Combination | None:
+    """The (template, items) combination a Fashion caption states, or None (captions.parse over FASHION_NAMES)."""
+    return parse(caption, banned, FASHION_NAMES)
+
+
+def is_fashion_caption(caption: str) -> bool:
+    """Whether `caption` is one of the 440 Fashion captions: well-formed for the fashion-captions alignDRAW."""
+    return parse_fashion(caption) is not None
