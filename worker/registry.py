@@ -10,13 +10,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from models.checkpoint import FORMAT, MANIFEST, Checkpoint, CheckpointError, load_checkpoint
 from models.vocab import Vocabulary
-from worker.protocol import MODEL_ID, ModelInfo
+from worker.protocol import MODEL_ID, ModelInfo, ModeOutput
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,11 @@ def load_models(directory: str | Path, device: torch.device | str = "cpu") -> di
             ckpt = load_checkpoint(sub, device=device)
         except CheckpointError as e:
             log.error("skipping %s: %s", sub, e)
+            continue
+        family: Any = ckpt.model
+        unserved = sorted(set(family.modes.values()) - set(get_args(ModeOutput)))
+        if unserved:  # a family whose outputs the job contract has no place for yet (text): skip, never crash
+            log.warning("skipping %s: %s returns %s, which this worker does not serve", sub, family.kind, unserved)
             continue
         info = describe(sub.name, ckpt)
         if "caption" in info.modes and ckpt.vocab is None:

@@ -15,6 +15,7 @@ from models.draw import DRAWConfig
 from models.family import FAMILIES
 from models.iwae import IWAEConfig
 from models.sampling import sample
+from models.statistician import StatisticianConfig
 from models.vaegan import VAEGANConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,7 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
     ckpt = load_checkpoint(directory)  # checks the weights' sha256
     manifest = read_manifest(directory)
     paper = {"draw": DRAWConfig(), "iwae": IWAEConfig(), "vaegan": VAEGANConfig(),  # the paper configs, nothing shrunk
+             "statistician": StatisticianConfig(),
              "aligndraw": AlignDRAWConfig(vocab_size=len(ckpt.vocab or []))}[manifest["kind"]]
     # The deviations we allow (Training in README), each only where the recorded command names it.
     values = getattr(ckpt.model.config, "align_values", "states")
@@ -48,10 +50,12 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
     if k != 50:  # IWAE's VAE baseline: the same net trained with k = 1
         assert f"k={k}" in ckpt.training["command"]
         paper = replace(paper, k=k)  # type: ignore[arg-type]
-    for name in ("base", "objective", "margin", "recon_fakes"):  # VAE/GAN on 2 CPU cores: its deviations
+    # VAE/GAN and the Neural Statistician on 2 CPU cores: their narrower nets, each named in the command
+    for name in ("base", "objective", "margin", "recon_fakes", "widths", "convs", "c_dim"):
         value = getattr(ckpt.model.config, name, None)
         if value is not None and value != getattr(paper, name):
-            assert f"{name}={value}".lower() in ckpt.training["command"].lower()
+            named = json.dumps(list(value), separators=(",", ":")) if isinstance(value, tuple) else value
+            assert f"{name}={named}".lower() in ckpt.training["command"].lower()
             paper = replace(paper, **{name: value})  # type: ignore[arg-type]
     assert ckpt.model.config == paper
     assert ckpt.training["command"].startswith("python -m training train") and ckpt.training["epochs"] >= 1
@@ -73,6 +77,15 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
         assert evaluation["test"]["images"] == 10_000
         assert all((directory / name).exists() for name in ("samples.png", "reconstructions.png", "walk.png"))
         out = sample(ckpt.model.eval(), batch_size=2, seeds=[0, 1])
+    elif manifest["kind"] == "statistician":
+        few = evaluation["few_shot"]  # the paper's four tasks and MNIST's two, 1,000 seeded episodes each
+        tasks = [(r["way"], r["shot"], r["episodes"]) for r in few["omniglot_test"] + few["mnist"]]
+        assert tasks == [(5, 1, 1000), (5, 5, 1000), (20, 1, 1000), (20, 5, 1000), (10, 1, 1000), (10, 5, 1000)]
+        assert few["classes"] == 423 * 4 and evaluation["test sets"]["sets"] == 423 * 4 * 4
+        assert ckpt.extra["split"] == "vinyals" and ckpt.extra["train_classes"] == 1028 * 4
+        assert all((directory / name).exists() for name in ("test-samples.png", "mnist-samples.png"))
+        examples = (torch.rand(2, 5, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+        out = sample(ckpt.model.eval(), seeds=[0, 1], sets=examples)
     elif manifest["kind"] == "iwae":
         test = evaluation["test"]  # L_5000 on every MNIST test image, no subset (the issue's protocol)
         assert evaluation["k"] == 5000 and test["images_L5000"] == test["images"] == 10_000
@@ -139,6 +152,13 @@ def _recomputed_bound(ckpt, manifest, evaluation, n: int = 200):
 
         x = torch.from_numpy(load_mnist("test", dataset="fashion-mnist").images).float().div(255).view(-1, 1, 28, 28)
         batch, figure = {"x": x[subset(len(x), n, seed=5)]}, evaluation["test"]["nll_bound"]
+    elif dataset == "omniglot":  # the evaluator's sets of the test characters, regenerated as it made them
+        from training.data import omniglot as om
+        from training.likelihood import subset
+
+        split = om.load_split("test", root=root, radii=(0,))
+        x = om.make_sets(split, ckpt.model.config.sample_size, torch.Generator().manual_seed(0), dilation=False).x
+        batch, figure = {"x": x[subset(len(x), n, seed=5)]}, evaluation["test sets"]["nll_bound"]
     else:  # the evaluator's seen-caption split, regenerated as it made it
         from training.data import captions as cap
         from training.data.mnist import load_mnist

@@ -27,6 +27,23 @@ def test_registry_loads_generators_and_skips_the_classifier(checkpoints, caplog)
     assert "mnist-classifier: format 'glimpse-classifier/1' is not a generator checkpoint" in caplog.text
 
 
+def test_a_family_the_worker_cannot_serve_is_skipped_not_fatal(checkpoints, tmp_path, caplog):
+    """A text VAE checkpoint (outputs text, which the job contract does not carry yet) beside the others: the
+    worker loads the rest and says why it skipped that one."""
+    import shutil
+
+    from models.checkpoint import Checkpoint, save_checkpoint
+    from models.textvae import TextVAE, TextVAEConfig
+
+    d = tmp_path / "checkpoints"
+    shutil.copytree(checkpoints, d)
+    save_checkpoint(d / "tiny-text", Checkpoint(TextVAE(TextVAEConfig(vocab_size=12, max_length=5, embed=4,
+                                                                      hidden=4, z_dim=2, preset="small"))))
+    caplog.set_level("INFO", logger="worker.registry")
+    assert sorted(load_models(d)) == ["tiny-align", "tiny-draw", "tiny-stat"]
+    assert "tiny-text: textvae returns ['text'], which this worker does not serve" in caplog.text
+
+
 def test_aligndraw_job_end_to_end(conn, settings, run_burst):
     job_id, req = q.enqueue_generation(conn, request(captions=["the digit 3 is at the top left", "7 at bottom"],
                                                      n=2), settings, steps=5)
