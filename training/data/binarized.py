@@ -12,16 +12,13 @@ The content is checked against the sha256 of the decompressed text (`RAW_SHA256`
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .mnist import DatasetError, DatasetNotFoundError
+from .mnist import DatasetError, DatasetNotFoundError, read_checked
 
 SPLITS = ("train", "valid", "test")
 SIZES = {"train": 50000, "valid": 10000, "test": 10000}
@@ -83,20 +80,7 @@ def parse_amat(data: bytes, name: str = "<bytes>") -> np.ndarray:
 def load_binarized_mnist(split: str, *, root: str | Path | None = None, verify: bool = True) -> np.ndarray:
     """(N, 784) uint8 in {0, 1}: train 50000, valid 10000, test 10000."""
     path = find_binarized_file(split, root)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DatasetError(f"{path}: corrupt or truncated gzip stream ({e}); expected raw sha256 "
-                               f"{RAW_SHA256[split]}") from e
-    if verify:
-        got = hashlib.sha256(raw).hexdigest()
-        if got != RAW_SHA256[split]:
-            raise DatasetError(
-                f"{path}: content sha256 {got} does not match the expected binarized MNIST {split} sha256 "
-                f"{RAW_SHA256[split]} (pass verify=False for a custom file)"
-            )
+    raw = read_checked(path, RAW_SHA256[split], f"binarized MNIST {split}", verify=verify)
     return parse_amat(raw, str(path))
 
 

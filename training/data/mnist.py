@@ -95,6 +95,27 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """No source holds the requested data."""
 
 
+def read_checked(path: Path, expected: str, what: str, *, verify: bool = True) -> bytes:
+    """A data file's content, gunzipped when it is gzip, checked against the expected sha256 of that content
+    (unless `verify` is False): the one reader behind the binarized-MNIST, Penn Treebank and Omniglot loaders."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"{path}: no such file (expected {what} sha256 {expected})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise DatasetError(f"{path}: corrupt or truncated gzip stream ({e}); expected {what} sha256 "
+                               f"{expected}") from e
+    if verify:
+        got = hashlib.sha256(raw).hexdigest()
+        if got != expected:
+            raise DatasetError(f"{path}: content sha256 {got} does not match the expected {what} sha256 {expected} "
+                               "(pass verify=False for a custom file)")
+    return raw
+
+
 @dataclass
 class Digits:
     images: np.ndarray  # (N, 28, 28) uint8, 0 = background, 255 = ink

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .binarized import dynamic_binarize
-from .mnist import DatasetError, DatasetNotFoundError
+from .mnist import DatasetError, DatasetNotFoundError, read_checked
 
 SPLITS = ("train", "val", "trainval", "test")
 SETS = ("background", "evaluation")
@@ -86,16 +86,7 @@ def find_omniglot_dir(root: str | Path | None = None) -> Path:
 
 
 def _read_verified(path: Path, expected: str, verify: bool) -> bytes:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetNotFoundError(f"{path}: no such file (expected sha256 {expected})") from None
-    if verify:
-        got = hashlib.sha256(raw).hexdigest()
-        if got != expected:
-            raise DatasetError(f"{path}: sha256 {got} does not match the expected {expected} "
-                               "(pass verify=False for a custom file)")
-    return raw
+    return read_checked(path, expected, f"Omniglot {path.name}", verify=verify)
 
 
 class SplitFile(NamedTuple):

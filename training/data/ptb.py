@@ -12,11 +12,8 @@ follow models/textvae.py: 0 padding, 1 <bos>, 2 <eos>, 3 <unk>, then the other t
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import math
 import os
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +25,7 @@ from torch import Tensor
 from models.textvae import EOS, PAD, SPECIALS, UNK
 from models.vocab import Vocabulary
 
-from .mnist import DatasetError, DatasetNotFoundError
+from .mnist import DatasetError, DatasetNotFoundError, read_checked
 
 SPLITS = ("train", "valid", "test")
 SIZES = {"train": 42_068, "valid": 3_370, "test": 3_761}  # sentences (README §4: the standard Mikolov counts)
@@ -68,17 +65,7 @@ def find_ptb_file(split: str, root: str | Path | None = None) -> Path:
 def read_sentences(split: str, *, root: str | Path | None = None, verify: bool = True) -> list[list[str]]:
     """The split's sentences, one per line, each a list of words (a blank line would be a sentence of 0 words)."""
     path = find_ptb_file(split, root)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DatasetError(f"{path}: corrupt or truncated gzip stream ({e})") from e
-    if verify:
-        got = hashlib.sha256(raw).hexdigest()
-        if got != RAW_SHA256[split]:
-            raise DatasetError(f"{path}: content sha256 {got} does not match the expected PTB {split} sha256 "
-                               f"{RAW_SHA256[split]} (pass verify=False for a custom file)")
+    raw = read_checked(path, RAW_SHA256[split], f"PTB {split}", verify=verify)
     return [line.split() for line in raw.decode("utf-8").splitlines()]
 
 
