@@ -38,6 +38,7 @@ KERNEL = 3  # the paper's convolution width
 # Named decoders by receptive field (one residual block per dilation); the paper's SCNN..VLCNN schedules are
 # unconfirmed (papers.md §7.2), these follow its doubling pattern. PTB sentences average 21 words, 82 at most.
 PRESETS: dict[str, tuple[int, ...]] = {
+    "tiny": (1, 2),  # receptive field 7: shorter than a caption (12 words + <eos>), so the words must come from z
     "small": (1, 2, 4),  # receptive field 15
     "medium": (1, 2, 4, 8),  # 31
     "large": (1, 2, 4, 8, 16),  # 63

@@ -53,17 +53,32 @@ class WalkIn(BaseModel):
         return self
 
 
-N_ONE = "`n` applies to samples; send n = 1 with `images` or `walk`"
+class InterpolateIn(BaseModel):
+    """The sentences along a text model's latent path between two sentences (the two ends reconstructed)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: Caption = Field(alias="from", description="the first sentence, in the model's vocabulary (GET /v1/models)")
+    to: Caption = Field(description="the last sentence")
+    points: int = Field(8, ge=2, le=MAX_WALK_POINTS, description="sentences on the path, both ends included")
+
+
+N_ONE = "`n` applies to samples; send n = 1 with `images`, `walk` or `interpolate`"
 
 
 class GenerationCreate(BaseModel):
-    """`caption` or `captions` (alignDRAW); nothing for unconditional samples (DRAW, IWAE); `images` for
-    reconstructions (IWAE, VAE/GAN), or for new samples of the concept they show (a model with `image_set` in its
-    modes: the Neural Statistician); `walk` for a latent walk (IWAE). `n` samples per caption (or in all)."""
+    """`caption` or `captions` (alignDRAW); nothing for unconditional samples (DRAW, IWAE; a text model: n sentences);
+    `images` for reconstructions (IWAE, VAE/GAN), or for new samples of the concept they show (a model with
+    `image_set` in its modes: the Neural Statistician); `walk` for a latent walk (IWAE); `interpolate` for the
+    sentences between two sentences (a text model). `n` samples per caption (or in all)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"caption": "the digit 3 is at the top left of the image", "n": 4},
         {"model": "statistician-omniglot", "images": ["iVBORw0KGgo...", "iVBORw0KGgo..."], "n": 8, "seed": 7},
+        {"model": "textvae-captions", "n": 8, "seed": 3},
+        {"model": "textvae-captions", "interpolate": {"from": "the digit 3 is at the top left of the image .",
+                                                      "to": "the digit 8 is at the bottom right of the image .",
+                                                      "points": 8}},
         {"model": "aligndraw-mnist-captions", "captions": ["the digit 7 is at the bottom right of the image",
                                                          "the digit 1 is at the top of the image"],
          "n": 2, "seed": 1234, "output": {"frames": True, "gif": True, "webp": False, "frame_ms": 60, "scale": 2}},
@@ -77,6 +92,7 @@ class GenerationCreate(BaseModel):
         min_length=1, max_length=MAX_INPUTS, description=f"{IMAGES_DOC}. Reconstruction models: one output per image "
         f"(n = 1); `image_set` models: 1..{MAX_SET_IMAGES} examples of one concept, n new samples of it")] | None = None
     walk: WalkIn | None = None
+    interpolate: InterpolateIn | None = None
     n: int = Field(1, ge=1, le=MAX_PER_CAPTION, description=f"images per caption (≤ {MAX_IMAGES} in all)")
     seed: int | None = Field(None, ge=0, le=SEED_MAX - MAX_IMAGES,
                              description="image i gets seed + i; drawn at random when absent (returned either way)")
@@ -86,10 +102,11 @@ class GenerationCreate(BaseModel):
     def _check(self) -> GenerationCreate:
         if self.caption is not None and self.captions is not None:
             raise ValueError("send `caption` or `captions`, not both")
-        given = [name for name in ("caption_list", "images", "walk") if getattr(self, name) is not None]
+        given = [name for name in ("caption_list", "images", "walk", "interpolate") if getattr(self, name) is not None]
         if len(given) > 1:
-            raise ValueError("send one of captions, `images` or `walk`")
-        if "walk" in given and self.n != 1:  # `images` with n: decided by the model (reconstructions take n = 1)
+            raise ValueError("send one of captions, `images`, `walk` or `interpolate`")
+        # `images` with n: the model decides (reconstructions take n = 1, samples of a set's concept any n)
+        if given and given[0] in ("walk", "interpolate") and self.n != 1:
             raise ValueError(N_ONE)
         images = self.n * len(self.caption_list or [None])
         if images > MAX_IMAGES:
@@ -198,6 +215,7 @@ class ImageOutput(BaseModel):
     label: str | None = Field(None, description="classification jobs: the predicted class (the best score)")
     scores: dict[str, float] | None = Field(
         None, description="classification jobs: label -> −KL(q(c | query) ‖ q(c | class)) in nats; higher is nearer")
+    text: str | None = Field(None, description="text models: the sentence (words separated by spaces)")
 
 
 class Generation(BaseModel):
@@ -213,7 +231,8 @@ class Generation(BaseModel):
     id: str
     status: Status
     model: str | None = None
-    condition: str | None = Field(None, description="none, caption, images, walk, likelihood, image_set or few_shot")
+    condition: str | None = Field(None, description="none, caption, images, walk, likelihood, image_set, few_shot or "
+                                                    "text_pair")
     captions: list[str] | None = None
     n: int | None = None
     images: int | None = None

@@ -165,7 +165,7 @@ def _image_output(out: Output, request: JobRequest, me: str) -> ImageOutput:
         attention=f"{img}/attention.json" if out.attention else None,
         frames_drawn=out.frames, frames=[f"{img}/frames/{t}.png" for t in range(1, out.frames + 1)],
         nll=out.score.nll if out.score else None, elbo=out.score.elbo if out.score else None,
-        k=out.score.k if out.score else None, label=out.label, scores=out.scores,
+        k=out.score.k if out.score else None, label=out.label, scores=out.scores, text=out.text,
     )
 
 

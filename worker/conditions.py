@@ -21,6 +21,7 @@ from worker import inputs
 from worker.protocol import InvalidJobError, Keys, ModelInfo
 
 PAD_CAPTION = [1]  # any valid word: padding rows are drawn and thrown away
+END = "<eos>"  # a text family's end-of-sentence word (models/textvae.py SPECIALS): ends every sentence it reads
 
 
 def captions(vocab: Vocabulary, texts: Sequence[str], rows: int, max_tokens: int) -> dict[str, Tensor]:
@@ -28,6 +29,23 @@ def captions(vocab: Vocabulary, texts: Sequence[str], rows: int, max_tokens: int
     ids = [vocab.encode(t) for t in texts] + [PAD_CAPTION] * (rows - len(texts))
     return {"captions": torch.tensor([x + [0] * (max_tokens - len(x)) for x in ids], dtype=torch.long),
             "lengths": torch.tensor([len(x) for x in ids], dtype=torch.long)}
+
+
+def sentences(vocab: Vocabulary, texts: Sequence[str]) -> dict[str, Tensor]:
+    """Sentences as a text family reads them (its batch layout): `texts` (B, L) ids, each sentence's words then
+    <eos>, right-padded with 0, and `lengths` (B,) counting the <eos>."""
+    ids = [vocab.encode(t) + [vocab.stoi[END]] for t in texts]
+    longest = max(len(x) for x in ids)
+    return {"texts": torch.tensor([x + [0] * (longest - len(x)) for x in ids], dtype=torch.long),
+            "lengths": torch.tensor([len(x) for x in ids], dtype=torch.long)}
+
+
+def sentence(vocab: Vocabulary, ids: Sequence[int]) -> str:
+    """A decoded row (words, <eos>, padding) -> its words joined by spaces, at most `vocab.max_length` (a row cut
+    short without <eos> is cut there too): every sentence returned is one the model, and the API, would read."""
+    end = vocab.stoi[END]
+    words = [int(i) for i in ids]
+    return vocab.decode((words[: words.index(end)] if end in words else words)[: vocab.max_length])
 
 
 def read_images(conn: redis.Redis, keys: Keys, job_id: str, names: Sequence[str], info: ModelInfo) -> Tensor:
@@ -39,7 +57,8 @@ def read_images(conn: redis.Redis, keys: Keys, job_id: str, names: Sequence[str]
             raise InvalidJobError(f"{name} is missing from the job's files (expired, or never stored)")
         try:
             raw_bytes = data.encode() if isinstance(data, str) else data
-            pixels = inputs.decode(raw_bytes, height=info.height, width=info.width, channels=info.channels)
+            height, width, channels = info.shape
+            pixels = inputs.decode(raw_bytes, height=height, width=width, channels=channels)
         except inputs.InputImageError as e:
             raise InvalidJobError(f"{name}: {e}") from None
         out.append(inputs.grey(pixels) if info.pixels == "grey" else inputs.binary(pixels))

@@ -1,6 +1,6 @@
 """The job function RQ runs, `generate(payload)`, and what runs behind it: the batched sampler for samples,
-reconstructions and samples of a set's concept, a latent walk, likelihood scoring, or few-shot classification, as the
-request's condition says (worker.protocol).
+reconstructions and samples of a set's concept, a latent walk, likelihood scoring, few-shot classification, or the
+sentences of a text family, as the request's condition says (worker.protocol).
 
 A sampling job (the "leader") may take up to B−1 more waiting jobs for the same model and condition kind out of
 the queue and draw them in the same sampler call. Every sampler call has the same shape whatever it serves:
@@ -40,7 +40,7 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from models.bounds import importance_weighted
-from models.sampling import Step, sample
+from models.sampling import Step, draw_noise, lerp, sample
 from worker import conditions, render
 from worker.protocol import (
     JOB_FUNC,
@@ -55,6 +55,7 @@ from worker.protocol import (
     Likelihood,
     Output,
     Score,
+    TextPair,
     Walk,
     attention_name,
     image_name,
@@ -181,6 +182,7 @@ class Entry:
     scores: dict[int, Score] = field(default_factory=dict)
     # per classified query image (few_shot): its predicted label and every class's score
     predictions: dict[int, tuple[str, dict[str, float]]] = field(default_factory=dict)
+    texts: dict[int, str] = field(default_factory=dict)  # per decoded output of a text family: its sentence
 
     def frames_offered(self, i: int) -> int:
         """Frame PNGs a client may fetch for output i: its raw canvases stored, if the request wants frames."""
@@ -308,8 +310,8 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
     s = rt.settings
     free = s.batch_rows - leader.request.images
     kind = leader.request.condition.kind
-    if s.batch_jobs <= 1 or free <= 0 or kind not in BATCHED:
-        return []
+    if s.batch_jobs <= 1 or free <= 0 or kind not in BATCHED or leader.returns(lm) == "text":
+        return []  # a text family's sentences take one decoding call: nothing to share
     keys = Keys(s.key_prefix)
     queue_key = make_queue(conn, leader.job.origin).key
     ids = [text(i) for i in conn.lrange(queue_key, 0, s.batch_scan - 1)]
@@ -347,6 +349,8 @@ def _release(conn: redis.Redis, rt: Runtime, entry: Entry) -> None:
 def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], guard: ShutdownGuard) -> bool:
     """Run the entries' job(s) as their condition says. Returns True when stopped by shutdown."""
     condition = entries[0].request.condition
+    if entries[0].returns(lm) == "text":
+        return _write(conn, rt, lm, entries[0], guard)
     if isinstance(condition, Likelihood):
         return _score(conn, rt, lm, entries[0], condition, guard)
     if isinstance(condition, Walk):
@@ -532,6 +536,40 @@ def _score(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, job: Likel
     return False
 
 
+def _write(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, guard: ShutdownGuard) -> bool:
+    """A text family's sentences, each the greedy decoding of one z: n prior samples (z from each output's seed), or
+    the points of the straight line between two sentences' posterior means (the ends: their reconstructions). Rows go
+    through the decoder in chunks of exactly `batch_rows` (padding rows after), so a sentence never depends on the
+    job's size; cancellation is checked between chunks."""
+    s = rt.settings
+    keys = Keys(s.key_prefix)
+    model, vocab = lm.model, lm.vocab
+    assert vocab is not None  # the registry loads no text family without one
+    device = next(model.parameters()).device
+    c = e.request.condition
+    if isinstance(c, TextPair):
+        given = conditions.sentences(vocab, c.texts)
+        with torch.inference_mode():
+            ends = model.encode_noise(given["texts"].to(device), given["lengths"].to(device)).cpu()
+        path = lerp(ends[0], ends[1], c.points)
+    else:
+        path = draw_noise(e.request.images, *model.noise_shape(), seeds=list(e.request.seeds or []))
+    _start(e, rt, len(path), 1, 1, lm)
+    for lo in range(0, len(path), s.batch_rows):
+        if _canceled(conn, keys, e):
+            break
+        hi = min(len(path), lo + s.batch_rows)
+        with torch.inference_mode():
+            (step,) = model.generate(conditions.pad_rows(path[lo:hi], s.batch_rows).to(device))
+        for j, row in enumerate(step.tokens[: hi - lo].tolist()):
+            e.texts[lo + j] = conditions.sentence(vocab, row)
+        e.steps_done = hi
+        _save_meta(e.job, e.meta, step=hi, progress=round(hi / len(path), 4))
+        if guard.stop:
+            return True
+    return False
+
+
 def _classify(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, job: FewShot, guard: ShutdownGuard) -> bool:
     """Per query image every class's score −KL(q(c | {x}) ‖ q(c | D_n)) (the family's `class_scores`) and the label
     of the best, in chunks of at most `batch_rows` queries; cancellation is checked between chunks."""
@@ -568,7 +606,7 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
     info = lm.info
     returns = e.returns(lm)
     files: dict[str, bytes] = {}
-    done = {"scores": len(e.scores), "labels": len(e.predictions)}.get(returns, len(e.finals))
+    done = {"scores": len(e.scores), "labels": len(e.predictions), "text": len(e.texts)}.get(returns, len(e.finals))
     complete = not e.canceled and done == e.request.images
     captions = e.request.image_captions()
     inputs = e.request.output_inputs()
@@ -577,6 +615,8 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
                       score=e.scores.get(i)) for i in range(e.request.images)]
     for i, (label, scores) in e.predictions.items():
         outputs[i].label, outputs[i].scores = label, scores
+    for i, sentence in e.texts.items():
+        outputs[i].text = sentence
     for i, out in enumerate(outputs):
         # A canceled job keeps every image it finished (all its steps drawn): only unfinished ones are dropped.
         if i not in e.finals:

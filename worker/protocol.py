@@ -12,6 +12,8 @@ what each returns (`ModelInfo.modes`, from the family's contract in models/famil
   likelihood  -> per uploaded image −L_k and the ELBO in nats (families with an encoder)
   image_set   -> n new samples of the concept a set of 1..20 uploaded examples shows (the Neural Statistician)
   few_shot    -> per query image the predicted class label and a score per class (labelled support sets)
+  text_pair   -> the `points` sentences along the latent path between two sentences, ends included (text families)
+A text family's "none" returns n sentences, one per seed, as `text` in result.json (no files).
 Uploaded images are stored in the job's files hash as `inputs/{j}.png` before the job is queued; the payload only
 names them, so it stays small JSON.
 """
@@ -56,7 +58,8 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 Caption = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CAPTION_CHARS)]
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 InputName = Annotated[str, StringConstraints(pattern=r"^inputs/[0-9]{1,3}\.png$")]
-ModeOutput = Literal["frames", "images", "scores", "labels"]  # what a mode returns (models/family.py names the same)
+# what a mode returns (models/family.py names the same)
+ModeOutput = Literal["frames", "images", "scores", "labels", "text"]
 
 
 def _printable(label: str) -> str:
@@ -194,7 +197,16 @@ class FewShot(_Condition):
         return [x for c in self.classes for x in c.inputs] + list(self.query)
 
 
-Condition = Annotated[NoCondition | Captions | Images | Walk | Likelihood | ImageSet | FewShot,
+class TextPair(_Condition):
+    """The sentences along the latent path between two sentences (a text family): z lerps from one's posterior mean
+    to the other's, `points` points with both ends (their reconstructions), each decoded greedily. Deterministic."""
+
+    kind: Literal["text_pair"] = "text_pair"
+    texts: Annotated[list[Caption], Field(min_length=2, max_length=2)]  # [from, to]
+    points: int = Field(8, ge=2, le=MAX_WALK_POINTS)
+
+
+Condition = Annotated[NoCondition | Captions | Images | Walk | Likelihood | ImageSet | FewShot | TextPair,
                       Field(discriminator="kind")]
 
 
@@ -236,17 +248,19 @@ class JobRequest(BaseModel):
             return len(c.inputs)
         if isinstance(c, FewShot):
             return len(c.query)
+        if isinstance(c, TextPair):
+            return c.points
         return 1 if isinstance(c, Walk) else self.n
 
     @property
     def seed_count(self) -> int:
         """Seeds the job needs: one per image drawn; a walk's two ends (none between images); one for the
         importance samples of a likelihood job; reconstructions are deterministic but record one per image;
-        classification takes none."""
+        classification and a text path take none."""
         c = self.condition
         if isinstance(c, Walk):
             return 0 if c.inputs else 2
-        if isinstance(c, FewShot):
+        if isinstance(c, FewShot | TextPair):
             return 0
         return 1 if isinstance(c, Likelihood) else self.images
 
@@ -299,6 +313,11 @@ class JobRequest(BaseModel):
             return [None] * self.images
         return list[int | None](self.seeds)
 
+    @property
+    def texts(self) -> list[str]:
+        """Sentences the request gives a text family (text_pair: from and to); checked against its vocabulary."""
+        return list(self.condition.texts) if isinstance(self.condition, TextPair) else []
+
     def image_captions(self) -> list[str | None]:
         """Caption of each output, caption-major (a likelihood job: the caption each image is scored under)."""
         c = self.condition
@@ -316,15 +335,23 @@ class ModelInfo(BaseModel):
     id: str
     kind: str  # the family (models/family.py)
     modes: dict[str, ModeOutput]  # condition kind -> what it returns
-    height: int
-    width: int
-    channels: int
+    height: int | None = None  # image size; None for a text family, which reads and returns no images
+    width: int | None = None
+    channels: int | None = None
     steps: int  # steps a generation runs (T for the DRAW family; 1 for one-shot decoders)
     pixels: Literal["binary", "grey"] = "binary"  # how an uploaded image is read: thresholded at 127, or grey levels
-    vocabulary: list[str] | None = None  # captioned families: the words it knows (index 0 padding excluded)
-    max_caption_tokens: int | None = None
+    # captioned and text families: the words a caption or sentence may use (padding and markers excluded)
+    vocabulary: list[str] | None = None
+    max_caption_tokens: int | None = None  # words in a caption (a text family: in a sentence it reads)
     example_captions: list[str] = []  # from the checkpoint (training records a few validation captions)
     held_out_captions: list[str] = []  # captions whose combination training never showed
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of the images it reads and draws; InvalidJobError for a text family."""
+        if self.height is None or self.width is None or self.channels is None:
+            raise InvalidJobError(f"model {self.id!r} ({self.kind}) reads and writes text, not images")
+        return self.height, self.width, self.channels
 
 
 class Score(BaseModel):
@@ -349,6 +376,7 @@ class Output(BaseModel):
     score: Score | None = None
     label: str | None = None  # few_shot: the predicted class
     scores: dict[str, float] | None = None  # few_shot: label -> −KL(q(c | query) ‖ q(c | class)) in nats
+    text: str | None = None  # text families: the sentence (words separated by spaces)
 
 
 class JobResult(BaseModel):
@@ -504,8 +532,6 @@ def attention_bound(steps: int, words: int, longest_word: int) -> int:
 
 def job_bytes_bound(request: JobRequest, info: ModelInfo) -> int:
     """Upper bound on the bytes a job stores in Redis (all its files but its inputs), given the model that runs it."""
-    s = request.output.scale
-    h, w, c = info.height * s, info.width * s, info.channels
     returns = info.modes.get(request.condition.kind, "scores")
     summary = 4096 + request.images * 256 + sum(len(x) * 6 for x in request.image_captions() if x)
     if isinstance(request.condition, FewShot):  # per output its label and every class's label and score
@@ -513,6 +539,12 @@ def job_bytes_bound(request: JobRequest, info: ModelInfo) -> int:
         summary += request.images * (max(len(x) for x in labels) * 6 + sum(len(x) * 6 + 32 for x in labels))
     if returns in ("scores", "labels"):
         return summary  # the scores and labels travel inline in result.json
+    if returns == "text":  # inline too: at most max_caption_tokens words (worker.conditions.sentence), escaped
+        longest = max((len(v) for v in info.vocabulary or []), default=0)
+        return summary + request.images * (info.max_caption_tokens or 0) * (longest * 6 + 1)
+    height, width, c = info.shape
+    s = request.output.scale
+    h, w = height * s, width * s
     per_image = png_bound(h, w, c)
     if returns == "frames":
         t = request.condition.points if isinstance(request.condition, Walk) else info.steps
@@ -520,7 +552,7 @@ def job_bytes_bound(request: JobRequest, info: ModelInfo) -> int:
         longest = max((len(v) for v in info.vocabulary or []), default=0)
         per_image += attention_bound(t, words, longest)
         if request.output.canvases:  # the raw canvases the API renders frames and animations from
-            per_image += t * raw_bound(info.height, info.width, c)
+            per_image += t * raw_bound(height, width, c)
         if request.output.frames:  # each frame's PNG, once a client has asked for it
             per_image += t * png_bound(h, w, c)
         if request.output.gif:
@@ -556,7 +588,7 @@ def validate_for_model(request: JobRequest, info: ModelInfo, *, max_job_bytes: i
                                   f"model with 'few_shot' in its modes; its modes are {sorted(info.modes)}")
         raise InvalidJobError(f"model {info.id!r} ({info.kind}) takes no {kind!r} condition; it takes "
                               f"{sorted(info.modes)}")
-    captions = request.captions
+    captions = request.captions or request.texts or None
     if isinstance(request.condition, Likelihood):
         captions = request.condition.captions
         if captioned and captions is None:
@@ -569,7 +601,7 @@ def validate_for_model(request: JobRequest, info: ModelInfo, *, max_job_bytes: i
             try:
                 vocab.check(caption)
             except CaptionError as e:
-                raise InvalidJobError(f"caption {j}: {e}") from e
+                raise InvalidJobError(f"{'text' if request.texts else 'caption'} {j}: {e}") from e
     if isinstance(request.condition, Walk) and request.condition.inputs and "images" not in info.modes:
         raise InvalidJobError(f"model {info.id!r} ({info.kind}) cannot encode images: walk between seeds")
     bound = job_bytes_bound(request, info)

@@ -15,7 +15,7 @@ from typing import Any, get_args
 import torch
 
 from models.checkpoint import FORMAT, MANIFEST, Checkpoint, CheckpointError, load_checkpoint
-from models.vocab import Vocabulary
+from models.vocab import Vocabulary, tokenize
 from worker.protocol import MODEL_ID, ModelInfo, ModeOutput
 
 log = logging.getLogger(__name__)
@@ -73,24 +73,31 @@ def load_models(directory: str | Path, device: torch.device | str = "cpu") -> di
             log.warning("skipping %s: %s returns %s, which this worker does not serve", sub, family.kind, unserved)
             continue
         info = describe(sub.name, ckpt)
-        if "caption" in info.modes and ckpt.vocab is None:
-            log.error("skipping %s: a captions model (%s) without a vocabulary", sub, info.kind)
+        if ("caption" in info.modes or "text" in info.modes.values()) and ckpt.vocab is None:
+            log.error("skipping %s: a captions or text model (%s) without a vocabulary", sub, info.kind)
             continue
         models[info.id] = LoadedModel(info=info, model=ckpt.model, vocab=ckpt.vocab)
-        log.info("loaded %s (%s, %dx%dx%d, T=%d) on %s", info.id, info.kind, info.height, info.width,
-                 info.channels, info.steps, device)
+        size = "text" if info.height is None else f"{info.height}x{info.width}x{info.channels}"
+        log.info("loaded %s (%s, %s, T=%d) on %s", info.id, info.kind, size, info.steps, device)
     return models
+
+
+def typeable(words: list[str]) -> list[str]:
+    """The words a user can type: those the tokeniser gives back whole (a text family's markers, <eos> and the
+    like, tokenise to pieces and are left out)."""
+    return [w for w in words if [t.text for t in tokenize(w)] == [w]]
 
 
 def describe(model_id: str, ckpt: Checkpoint) -> ModelInfo:
     """The family's contract (models/family.py) and the checkpoint's records as the ModelInfo the API sees."""
     m: Any = ckpt.model
     cfg = m.config
-    modes = dict(m.modes) | ({"likelihood": "scores"} if m.likelihood else {})
+    images = m.data != "texts"  # a text family has no image size (and the API scores images, not sentences)
+    modes = dict(m.modes) | ({"likelihood": "scores"} if m.likelihood and images else {})
     return ModelInfo(
-        id=model_id, kind=m.kind, modes=modes, height=cfg.height, width=cfg.width, channels=cfg.channels,
-        steps=m.steps, pixels=getattr(m, "pixels", "binary"),
-        vocabulary=ckpt.vocab.words if ckpt.vocab is not None else None,
+        id=model_id, kind=m.kind, modes=modes, steps=m.steps, pixels=getattr(m, "pixels", "binary"),
+        **({"height": cfg.height, "width": cfg.width, "channels": cfg.channels} if images else {}),
+        vocabulary=typeable(ckpt.vocab.words) if ckpt.vocab is not None else None,
         max_caption_tokens=ckpt.vocab.max_length if ckpt.vocab is not None else None,
         example_captions=list(ckpt.extra.get("example_captions", [])),
         held_out_captions=list(ckpt.extra.get("held_out_captions", [])),

@@ -52,7 +52,8 @@ def noise(b: int, seed: int = 1) -> torch.Tensor:
 
 
 def test_receptive_field_formula():
-    assert {p: receptive_field(p) for p in PRESETS} == {"small": 15, "medium": 31, "large": 63, "xlarge": 125}
+    assert {p: receptive_field(p) for p in PRESETS} == {"tiny": 7, "small": 15, "medium": 31, "large": 63,
+                                                        "xlarge": 125}
     assert receptive_field([1]) == 3 and receptive_field([2, 3], kernel=5) == 21
 
 

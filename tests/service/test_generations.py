@@ -134,7 +134,7 @@ def test_models(client):
     r = client.get("/v1/models")
     assert r.status_code == 200
     models = {m["id"]: m for m in r.json()["models"]}
-    assert set(models) == {"tiny-align", "tiny-draw", "tiny-stat"}
+    assert set(models) == {"tiny-align", "tiny-draw", "tiny-stat", "tiny-text"}
     m = models["tiny-align"]
     assert m["kind"] == "aligndraw" and m["steps"] == 5 and m["height"] == 16 and "digit" in m["vocabulary"]
     assert m["default"] is True and "held_out_captions" in m and "example_captions" in m

@@ -22,6 +22,7 @@ from worker.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 TEST_DB = int(os.environ.get("GLIMPSE_TEST_REDIS_DB", "13"))  # flushed around every test
 WORDS = [*"0123456789", "the", "digit", "is", "at", "top", "bottom", "left", "right", "of", "image", "."]
+TEXT_WORDS = 12  # words in a sentence tiny-text reads
 
 
 def with_db(url: str, db: int) -> str:
@@ -67,13 +68,15 @@ def conn(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-align (alignDRAW, 16×16, T=5), tiny-draw (DRAW, 12×10, T=6), tiny-stat (Neural Statistician, 12×12: sets
-    and few-shot classification) and a classifier checkpoint to skip."""
+    and few-shot classification), tiny-text (text VAE over the caption words: sentences) and a classifier checkpoint
+    to skip."""
     import torch
 
     from models.aligndraw import AlignDRAW, AlignDRAWConfig
     from models.checkpoint import Checkpoint, save_checkpoint
     from models.draw import DRAW, DRAWConfig
     from models.statistician import Statistician, StatisticianConfig
+    from models.textvae import SPECIALS, TextVAE, TextVAEConfig
     from models.vocab import Vocabulary
 
     d = tmp_path_factory.mktemp("checkpoints")
@@ -87,6 +90,13 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stat = Statistician(StatisticianConfig(height=12, width=12, sample_size=3, widths=(4, 6, 8), convs=1, hidden=16,
                                            layers=1, c_dim=6, z_dim=3))
     save_checkpoint(d / "tiny-stat", Checkpoint(stat, extra={"dataset": "omniglot"}))
+    words = Vocabulary([*SPECIALS, *WORDS], max_length=TEXT_WORDS)
+    text = TextVAE(TextVAEConfig(vocab_size=len(words), max_length=TEXT_WORDS + 1, embed=8, hidden=8, z_dim=3,
+                                 preset="tiny"))
+    with torch.no_grad():  # random weights map every sentence to about one mean, and z barely moves the words:
+        text.posterior.weight.mul_(10)  # spread the means and strengthen z (the decoder's inputs after the
+        text.project.weight[:, 8:].mul_(10)  # 8 embedding channels), so tests see different z give other words
+    save_checkpoint(d / "tiny-text", Checkpoint(text, vocab=words, extra={"dataset": "captions-text"}))
     (d / "mnist-classifier").mkdir()
     (d / "mnist-classifier" / "checkpoint.json").write_text(
         json.dumps({"format": "glimpse-classifier/1", "kind": "mnist-classifier"}))

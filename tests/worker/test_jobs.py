@@ -22,24 +22,38 @@ from .conftest import files_of, make_settings, request, wait_for
 def test_registry_loads_generators_and_skips_the_classifier(checkpoints, caplog):
     caplog.set_level("INFO", logger="worker.registry")
     models = load_models(checkpoints)
-    assert sorted(models) == ["tiny-align", "tiny-draw", "tiny-stat"]
+    assert sorted(models) == ["tiny-align", "tiny-draw", "tiny-stat", "tiny-text"]
     assert models["tiny-align"].info.kind == "aligndraw" and models["tiny-align"].info.steps == 5
     assert "mnist-classifier: format 'glimpse-classifier/1' is not a generator checkpoint" in caplog.text
 
 
-def test_a_family_the_worker_cannot_serve_is_skipped_not_fatal(checkpoints, tmp_path, caplog):
-    """A text VAE checkpoint (outputs text, which the job contract does not carry yet) beside the others: the
-    worker loads the rest and says why it skipped that one."""
+def test_a_text_family_has_no_image_size_and_shows_only_words_a_user_can_type(checkpoints):
+    info = load_models(checkpoints)["tiny-text"].info
+    assert (info.height, info.width, info.channels) == (None, None, None)
+    assert info.modes == {"none": "text", "text_pair": "text"}  # the API scores images, not sentences
+    assert info.vocabulary is not None and "digit" in info.vocabulary
+    assert not {"<bos>", "<eos>", "<unk>"} & set(info.vocabulary) and info.max_caption_tokens == 12
+
+
+def test_a_family_the_worker_cannot_serve_is_skipped_not_fatal(checkpoints, tmp_path, caplog, monkeypatch):
+    """A family returning an output the job contract has no place for (here: text, taken out of the contract's
+    outputs for the test) beside the others: the worker loads the rest and says why it skipped that one. A text
+    family without a vocabulary is skipped too."""
     import shutil
+    from typing import Literal
 
     from models.checkpoint import Checkpoint, save_checkpoint
     from models.textvae import TextVAE, TextVAEConfig
+    from worker import registry
 
     d = tmp_path / "checkpoints"
     shutil.copytree(checkpoints, d)
-    save_checkpoint(d / "tiny-text", Checkpoint(TextVAE(TextVAEConfig(vocab_size=12, max_length=5, embed=4,
-                                                                      hidden=4, z_dim=2, preset="small"))))
+    save_checkpoint(d / "no-vocab", Checkpoint(TextVAE(TextVAEConfig(vocab_size=12, max_length=5, embed=4,
+                                                                     hidden=4, z_dim=2, preset="small"))))
     caplog.set_level("INFO", logger="worker.registry")
+    assert sorted(load_models(d)) == ["tiny-align", "tiny-draw", "tiny-stat", "tiny-text"]
+    assert "no-vocab: a captions or text model (textvae) without a vocabulary" in caplog.text
+    monkeypatch.setattr(registry, "ModeOutput", Literal["frames", "images", "scores", "labels"])
     assert sorted(load_models(d)) == ["tiny-align", "tiny-draw", "tiny-stat"]
     assert "tiny-text: textvae returns ['text'], which this worker does not serve" in caplog.text
 
@@ -161,7 +175,7 @@ def test_cancel_a_waiting_job(conn, settings, run_burst):
 
 @pytest.mark.parametrize("payload, error", [
     ({"model": "nope", "n": 1, "seeds": [1]},
-     "unknown model 'nope'; this worker serves ['tiny-align', 'tiny-draw', 'tiny-stat']"),
+     "unknown model 'nope'; this worker serves ['tiny-align', 'tiny-draw', 'tiny-stat', 'tiny-text']"),
     ({"model": "tiny-align", "captions": ["the zebra"], "seeds": [1]}, "caption 0: unknown words: 'zebra'"),
     ({"model": "tiny-align", "captions": ["7"], "n": 1, "seeds": [1], "evil": 1}, "evil: Extra inputs are not"),
     ({"model": "tiny-draw", "n": 1}, "seeds missing"),

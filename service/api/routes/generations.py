@@ -36,6 +36,7 @@ from worker.protocol import (
     Keys,
     ModelInfo,
     NoCondition,
+    TextPair,
     Walk,
     animation_name,
     attention_name,
@@ -61,8 +62,11 @@ def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def _caption_problems(captions: list[str], info: ModelInfo, base: str) -> None:
+def _caption_problems(captions: list[str], info: ModelInfo, base: str, names: list[str] | None = None) -> None:
+    """A 422 for the first empty or too long caption, else one naming every unknown word; `names` says what each
+    caption is called in the messages ("caption j" by default; an interpolation's "from" and "to")."""
     vocab = Vocabulary(info.vocabulary or [], max_length=info.max_caption_tokens or 1)
+    called = names or [f"caption {j}" for j in range(len(captions))]
     unknown: list[dict[str, Any]] = []
     for j, caption in enumerate(captions):
         try:
@@ -71,26 +75,29 @@ def _caption_problems(captions: list[str], info: ModelInfo, base: str) -> None:
             unknown += [{"caption": j, "word": u.word, "position": u.position, "start": u.start, "end": u.end}
                         for u in e.unknown]
         except EmptyCaptionError:
-            raise Problem(422, "empty-caption", f"caption {j} has no words", title="Empty caption",
+            raise Problem(422, "empty-caption", f"{called[j]} has no words", title="Empty caption",
                           caption=j) from None
         except CaptionTooLongError as e:
-            raise Problem(422, "caption-too-long", f"caption {j} has {e.length} tokens; model {info.id!r} takes at "
+            raise Problem(422, "caption-too-long", f"{called[j]} has {e.length} tokens; model {info.id!r} takes at "
                           f"most {e.max_length}", title="Caption too long", caption=j, tokens=e.length,
                           max_tokens=e.max_length) from None
     if unknown:
-        names = ", ".join(f"{u['word']!r} (caption {u['caption']}, position {u['position']})" for u in unknown)
-        raise Problem(422, "unknown-words", f"words the model does not know: {names}", title="Unknown words",
+        where = ", ".join(f"{u['word']!r} ({called[u['caption']]}, position {u['position']})" for u in unknown)
+        raise Problem(422, "unknown-words", f"words the model does not know: {where}", title="Unknown words",
                       unknown_words=unknown, vocabulary=f"{base}/v1/models/{info.id}")
 
 
 def decode_images(images: list[str], info: ModelInfo, field: str = "images") -> list[bytes]:
     """Check uploaded base64 PNGs against the model (worker.inputs) -> the normalised PNGs to store; a bad one is a
     422 naming it and why."""
+    try:
+        height, width, channels = info.shape
+    except InvalidJobError as e:
+        raise Problem(422, "invalid-request", f"{field}: {e}", title="Invalid request") from None
     out = []
     for j, text in enumerate(images):
         try:
-            pixels = inputs.decode(inputs.from_base64(text), height=info.height, width=info.width,
-                                   channels=info.channels)
+            pixels = inputs.decode(inputs.from_base64(text), height=height, width=width, channels=channels)
         except inputs.InputImageError as e:
             raise Problem(422, "bad-image", f"{field}[{j}]: {e}", title="Bad image", image=j, field=field,
                           expected={"format": "png", "height": info.height, "width": info.width,
@@ -177,7 +184,7 @@ def submit(conn, settings, caller, metrics, response: Response, base: str, *, bo
 
 @router.post("", status_code=202, response_model=Generation, responses=ERRORS,
              summary="Draw images: for captions, unconditional samples, reconstructions, samples of a set's "
-                     "concept or a latent walk (a job)")
+                     "concept, a latent walk, or a text model's sentences (a job)")
 def create_generation(body: GenerationCreate, request: Request, response: Response, settings: SettingsDep,
                       conn: ConnDep, caller: CallerDep, metrics: MetricsDep,
                       idempotency_key: IdempotencyKeyDep) -> Generation:
@@ -204,6 +211,14 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
         if body.walk.images is not None:
             uploads = decode_images(body.walk.images, info, field="walk.images")
         condition = Walk(inputs=[input_name(j) for j in range(len(uploads))], points=body.walk.points)
+    elif body.interpolate is not None:
+        condition = TextPair(texts=[body.interpolate.from_, body.interpolate.to], points=body.interpolate.points)
+        if "text_pair" in info.modes:  # else validate_for_model says which conditions the model takes
+            try:
+                _caption_problems(condition.texts, info, base, names=["interpolate.from", "interpolate.to"])
+            except Problem:
+                metrics.jobs_rejected.labels("caption").inc()
+                raise
     if "caption" in info.modes:
         if captions is None:
             raise Problem(422, "caption-required", f"model {model!r} draws captions: send `caption` or `captions`",

@@ -1,0 +1,110 @@
+"""A text family (the text VAE) through the API, a real worker and a real Redis: n sentences from the prior, the
+sentences between two sentences (`interpolate`), each the worker's decoding recomputed here, and every bad request
+answered with a 422 that names what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.sampling import draw_noise, lerp
+from tests.service.test_images_and_likelihoods import finished, png64
+from tests.service.test_sets_and_classifications import drawings
+from worker.conditions import pad_rows, sentence, sentences
+
+MODEL = "tiny-text"
+FROM = "the digit 3 is at the top left of the image"
+TO = "the digit 8 is at the bottom right of the image"
+
+
+def decoded(checkpoints: Path, z: torch.Tensor, rows: int) -> list[str]:
+    """What the worker's one decoder call gives for these z: `rows` rows (padding after), greedy, as words."""
+    ckpt = load_checkpoint(checkpoints / MODEL)
+    assert ckpt.vocab is not None
+    with torch.inference_mode():
+        (step,) = ckpt.model.generate(pad_rows(z, rows))
+    return [sentence(ckpt.vocab, row) for row in step.tokens[: z.shape[0]].tolist()]
+
+
+def test_the_model_list_shows_a_text_model(client):
+    m = {m["id"]: m for m in client.get("/v1/models").json()["models"]}[MODEL]
+    assert m["kind"] == "textvae" and m["modes"] == {"none": "text", "text_pair": "text"}
+    assert (m["height"], m["width"], m["channels"]) == (None, None, None)
+    assert "digit" in m["vocabulary"] and "<eos>" not in m["vocabulary"] and m["max_caption_tokens"] == 12
+
+
+def test_sentences_from_the_prior_are_the_decoders_and_seeded(client, checkpoints: Path):
+    body = {"model": MODEL, "n": 5, "seed": 40}
+    r = client.post("/v1/generations", json=body)
+    assert r.status_code == 202, r.text
+    done = finished(client, r.headers["location"])
+    assert done["condition"] == "none" and done["images"] == 5 and done["seeds"] == [40, 41, 42, 43, 44]
+    outs = done["outputs"]
+    assert [o["seed"] for o in outs] == [40, 41, 42, 43, 44]
+    assert all(o["image"] is None and o["frames"] == [] and o["animation_gif"] is None for o in outs)
+    texts = [o["text"] for o in outs]
+    assert all(isinstance(t, str) and len(t.split()) <= 12 for t in texts) and len(set(texts)) > 1
+    rows = client.app.state.settings.batch_rows
+    assert texts == decoded(checkpoints, draw_noise(5, 3, seeds=[40, 41, 42, 43, 44]), rows)
+    again = finished(client, client.post("/v1/generations", json=body).headers["location"])
+    assert [o["text"] for o in again["outputs"]] == texts
+
+
+def test_interpolation_runs_from_one_sentences_reconstruction_to_the_others(client, checkpoints: Path):
+    r = client.post("/v1/generations", json={"model": MODEL, "interpolate": {"from": FROM, "to": TO, "points": 6}})
+    assert r.status_code == 202, r.text
+    done = finished(client, r.headers["location"])
+    assert done["condition"] == "text_pair" and done["images"] == 6 and done["seeds"] == []
+    texts = [o["text"] for o in done["outputs"]]
+    ckpt = load_checkpoint(checkpoints / MODEL)
+    assert ckpt.vocab is not None
+    given = sentences(ckpt.vocab, [FROM, TO])
+    assert given["lengths"].tolist() == [12, 12]  # eleven words and <eos>
+    with torch.inference_mode():
+        ends = ckpt.model.encode_noise(given["texts"], given["lengths"])
+    rows = client.app.state.settings.batch_rows
+    assert texts == decoded(checkpoints, lerp(ends[0], ends[1], 6), rows)
+    assert texts[0] == decoded(checkpoints, ends[:1], rows)[0] and texts[-1] == decoded(checkpoints, ends[1:], rows)[0]
+    assert texts[0] != texts[-1]  # the path goes somewhere (so the order of its ends is checked)
+    # Number words are the numerals they mean (alignDRAW's tokeniser): the same path
+    spelled = {"from": FROM.replace("3", "three"), "to": TO.replace("8", "Eight"), "points": 6}
+    other = finished(client, client.post("/v1/generations", json={"model": MODEL, "interpolate": spelled})
+                     .headers["location"])
+    assert [o["text"] for o in other["outputs"]] == texts
+
+
+def test_bad_text_requests_are_422s_that_say_what_is_wrong(client):
+    def post(body: dict):
+        return client.post("/v1/generations", json={"model": MODEL, **body})
+
+    r = post({"interpolate": {"from": "the digit 3 is at the zebra", "to": "the digit qux is ."}})
+    assert r.status_code == 422 and r.json()["type"].endswith("unknown-words")
+    assert "'zebra' (interpolate.from, position 6)" in r.json()["detail"]
+    assert "'qux' (interpolate.to, position 2)" in r.json()["detail"]
+    assert [(u["caption"], u["word"]) for u in r.json()["unknown_words"]] == [(0, "zebra"), (1, "qux")]
+    r = post({"interpolate": {"from": " ".join(["the"] * 13), "to": TO}})
+    assert r.status_code == 422 and r.json()["type"].endswith("caption-too-long")
+    assert "interpolate.from has 13 tokens" in r.json()["detail"]
+    r = post({"interpolate": {"from": "?!", "to": TO}})
+    assert r.status_code == 422 and r.json()["type"].endswith("unknown-words")
+    r = post({"interpolate": {"from": " ", "to": TO}})
+    assert r.status_code == 422 and r.json()["type"].endswith("empty-caption")
+    for body, says in [
+        ({"interpolate": {"from": FROM, "to": TO}, "n": 2}, "n = 1"),
+        ({"interpolate": {"from": FROM, "to": TO, "points": 1}}, "points"),
+        ({"interpolate": {"from": FROM, "to": TO, "points": 65}}, "points"),
+        ({"interpolate": {"from": FROM}}, "to"),
+        ({"interpolate": {"from": FROM, "to": TO, "via": TO}}, "via"),
+        ({"interpolate": {"from": FROM, "to": TO}, "caption": FROM}, "one of"),
+        ({"caption": FROM}, "send no captions"),
+        ({"walk": {"seeds": [1, 2]}}, "takes no 'walk'"),
+        ({"images": [png64(drawings(1, seed=0)[0])]}, "reads and writes text, not images"),
+        ({"n": 17}, "n"),
+    ]:
+        r = post(body)
+        assert r.status_code == 422, (body, r.text)
+        assert says in r.text, (body, r.text)
+    r = client.post("/v1/generations", json={"model": "tiny-draw", "interpolate": {"from": FROM, "to": TO}})
+    assert r.status_code == 422 and "takes no 'text_pair'" in r.json()["detail"]
