@@ -29,6 +29,7 @@ from worker.protocol import (
 )
 
 Caption = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CAPTION_CHARS)]
+SeedIn = Annotated[int, Field(ge=0, le=SEED_MAX)]
 Status = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
 # base64 of a PNG (a `data:image/png;base64,` prefix is accepted); checked against the model by worker.inputs,
 # whose 422 names the image and says why (its size too: the body limit bounds what is read at all).
@@ -42,7 +43,7 @@ class WalkIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seeds: Annotated[list[Annotated[int, Field(ge=0, le=SEED_MAX)]], Field(min_length=2, max_length=2)] | None = None
+    seeds: Annotated[list[SeedIn], Field(min_length=2, max_length=2)] | None = None
     images: Annotated[list[ImageData], Field(min_length=2, max_length=2, description=IMAGES_DOC)] | None = None
     points: int = Field(8, ge=2, le=MAX_WALK_POINTS, description="points of the path, both ends included")
 
@@ -96,6 +97,9 @@ class GenerationCreate(BaseModel):
     n: int = Field(1, ge=1, le=MAX_PER_CAPTION, description=f"images per caption (≤ {MAX_IMAGES} in all)")
     seed: int | None = Field(None, ge=0, le=SEED_MAX - MAX_IMAGES,
                              description="image i gets seed + i; drawn at random when absent (returned either way)")
+    seeds: Annotated[list[SeedIn], Field(min_length=1, max_length=MAX_IMAGES)] | None = Field(
+        None, description="instead of `seed`: one seed per image, in output order (a seed may repeat, e.g. to draw "
+                          "several captions from one noise)")
     output: OutputOptions = OutputOptions()
 
     @model_validator(mode="after")
@@ -106,6 +110,10 @@ class GenerationCreate(BaseModel):
         if len(given) > 1:
             raise ValueError("send one of captions, `images`, `walk` or `interpolate`")
         # `images` with n: the model decides (reconstructions take n = 1, samples of a set's concept any n)
+        if self.seed is not None and self.seeds is not None:
+            raise ValueError("send `seed` or `seeds`, not both")
+        if self.seeds is not None and given and given[0] in ("walk", "interpolate"):
+            raise ValueError("a walk takes its seeds in `walk.seeds`; an interpolation takes none")
         if given and given[0] in ("walk", "interpolate") and self.n != 1:
             raise ValueError(N_ONE)
         images = self.n * len(self.caption_list or [None])

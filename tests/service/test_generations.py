@@ -227,3 +227,18 @@ def test_frames_and_animations_are_rendered_on_first_request_then_kept(client, c
     assert client.get(f"/v1/generations/{jid}/images/0/frames/5.png").status_code == 404  # frames not asked for
     assert client.get(f"/v1/generations/{jid}/images/0/animation.gif").status_code == 404
 
+
+
+def test_seeds_one_per_image_may_repeat_and_must_match_the_outputs(client):
+    """`seeds` instead of `seed`: one caption twice × n = 2 (caption-major: outputs 0, 1 draw the first) from seeds
+    [5, 9, 5, 9]; the same caption and seed give the same PNG, another seed another."""
+    body = {"captions": [CAPTION, CAPTION], "n": 2, "seeds": [5, 9, 5, 9]}
+    done = wait_status(client, post(client, body).json()["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded" and [o["seed"] for o in done["outputs"]] == [5, 9, 5, 9]
+    png = [client.get(o["image"]).content for o in done["outputs"]]
+    assert png[0] == png[2] and png[1] == png[3] and png[0] != png[1]
+    for bad, says in [({"caption": CAPTION, "n": 2, "seeds": [1]}, "1 seeds for 2 outputs"),
+                      ({"caption": CAPTION, "seed": 1, "seeds": [1]}, "`seed` or `seeds`"),
+                      ({"model": "tiny-draw", "walk": {"seeds": [1, 2]}, "seeds": [3]}, "walk.seeds")]:
+        r = post(client, bad)
+        assert r.status_code == 422 and says in r.json()["detail"], r.text

@@ -237,6 +237,11 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
         seeds = list(body.walk.seeds)
     elif body.seed is not None and not isinstance(condition, Walk):
         seeds = [body.seed + i for i in range(images)]
+    elif body.seeds is not None:
+        if len(body.seeds) != images:
+            raise Problem(422, "invalid-request", f"{len(body.seeds)} seeds for {images} outputs: send one per output "
+                          "(caption-major), or `seed`", title="Invalid request")
+        seeds = list(body.seeds)
     return submit(conn, settings, caller, metrics, response, base, body=body, model=model, info=info,
                   condition=condition, n=body.n, seeds=seeds, output=body.output, uploads=uploads,
                   idempotency_key=idempotency_key)
