@@ -7,13 +7,15 @@ const KEY_STORE = "glimpse-api-key";
 const TERMINAL = ["done", "failed", "canceled", "expired"];
 const state = { models: [], model: null, mode: "caption", job: null, result: null, selected: 0, frames: [],
   attention: null, inputs: [], timer: null, stream: null, pen: null, ink: false, examples: [],
-  key: sessionStorage.getItem(KEY_STORE) || "" };
+  key: sessionStorage.getItem(KEY_STORE) || "", textModels: [], captionModels: [], path: { timer: null, busy: false } };
 // What a request carries (a model's `modes`, GET /v1/models) -> the submit button's label. Caption models have one.
 const MODES = { caption: "Draw", none: "Draw", images: "Reconstruct", walk: "Walk", image_set: "Draw new samples" };
 const MAX_EXAMPLES = 20;  // an image_set job's examples (worker/protocol.py MAX_SET)
 const PAD_SIDE = 196;  // the drawing box's side on screen, in CSS pixels (7 × 28 for an MNIST-sized model)
 const INK_WIDTH = 2.5;  // stroke width in model pixels, about an MNIST pen's
 const blobs = new Map();  // API URL -> promise of its blob: URL (images of the current job, when a key is set)
+const pathBlobs = new Map();  // the same for the caption path's images, kept apart: a new job must not revoke them
+const PATH_MS = 700;  // how long the caption path's animation shows each point
 
 // Same rules as models/vocab.py: words (letters/digits with inner ' or -), every other symbol its own token.
 function tokenize(text) {
@@ -56,7 +58,7 @@ function setKey() {
   if (state.key) sessionStorage.setItem(KEY_STORE, state.key); else sessionStorage.removeItem(KEY_STORE);
   needKey(false);
   $("error").hidden = true;
-  if (!state.models.length) loadModels();  // the first load may have been refused for want of a key
+  if (!state.models.length && !state.textModels.length) loadModels();  // the first load may have been refused
 }
 
 async function problemOf(res) {
@@ -64,21 +66,21 @@ async function problemOf(res) {
 }
 
 // <img src> cannot send a header: with a key, images come through fetch() and are shown as blob: URLs.
-function setImage(img, url) {
+function setImage(img, url, cache = blobs) {
   img.dataset.src = url;
   if (!state.key) { img.src = url; return; }
-  if (!blobs.has(url)) {
-    blobs.set(url, api(url).then(async (res) => {
+  if (!cache.has(url)) {
+    cache.set(url, api(url).then(async (res) => {
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       return URL.createObjectURL(await res.blob());
-    }).catch((err) => { blobs.delete(url); throw err; }));
+    }).catch((err) => { cache.delete(url); throw err; }));
   }
-  blobs.get(url).then((blobUrl) => { if (img.dataset.src === url) img.src = blobUrl; }, () => {});
+  cache.get(url).then((blobUrl) => { if (img.dataset.src === url) img.src = blobUrl; }, () => {});
 }
 
-function forgetImages() {
-  blobs.forEach((p) => p.then((blobUrl) => URL.revokeObjectURL(blobUrl), () => {}));
-  blobs.clear();
+function forgetImages(cache = blobs) {
+  cache.forEach((p) => p.then((blobUrl) => URL.revokeObjectURL(blobUrl), () => {}));
+  cache.clear();
 }
 
 // A download link cannot send a header either: with a key, fetch the file and save it from a blob: URL.
@@ -146,30 +148,33 @@ async function readEvents(url, on, signal) {
 }
 
 function markCaption() {
-  const box = $("marked");
-  box.replaceChildren();
-  const caption = $("caption").value;
-  const vocab = state.model && state.model.vocabulary ? new Set(state.model.vocabulary) : null;
-  if (!vocab || !caption.trim()) return [];
-  const unknown = [];
-  let at = 0;
-  tokenize(caption).forEach((t, i) => {
-    box.append(document.createTextNode(caption.slice(at, t.start)));
-    const known = vocab.has(t.text);
-    box.append(el("span", known ? {} : { class: "unknown", title: `unknown word at position ${i}` }, t.raw));
-    if (!known) unknown.push(`“${t.raw}” (position ${i})`);
-    at = t.end;
-  });
-  box.append(document.createTextNode(caption.slice(at)));
-  if (unknown.length) box.append(el("div", { class: "unknown-list" }, `Not in the vocabulary: ${unknown.join(", ")}`));
-  return unknown;
+  const vocab = captioned() && state.model.vocabulary ? new Set(state.model.vocabulary) : null;
+  return markWords($("marked"), $("caption").value, vocab ? (t) => !vocab.has(t.text) : null);
 }
 
-function showError(problem) {
-  const box = $("error");
+// The text in `box`, its words for which unknown(token, position) is true marked and listed under it.
+function markWords(box, text, unknown) {
+  box.replaceChildren();
+  if (!unknown || !text.trim()) return [];
+  const found = [];
+  let at = 0;
+  tokenize(text).forEach((t, i) => {
+    box.append(document.createTextNode(text.slice(at, t.start)));
+    const bad = unknown(t, i);
+    box.append(el("span", bad ? { class: "unknown", title: `unknown word at position ${i}` } : {}, t.raw));
+    if (bad) found.push(`“${t.raw}” (position ${i})`);
+    at = t.end;
+  });
+  box.append(document.createTextNode(text.slice(at)));
+  if (found.length) box.append(el("div", { class: "unknown-list" }, `Not in the vocabulary: ${found.join(", ")}`));
+  return found;
+}
+
+function showError(problem, box = $("error"), captionNames = null) {
   let text = `${problem.title || "Error"}${problem.status ? ` (${problem.status})` : ""}: ${problem.detail || ""}`;
   const words = problem.unknown_words || problem.unknown || [];
-  if (words.length) text += "\n" + words.map((u) => `• ${u.word} at position ${u.position}`).join("\n");
+  const where = (u) => (captionNames && captionNames[u.caption] ? ` in ${captionNames[u.caption]}` : "");
+  if (words.length) text += "\n" + words.map((u) => `• ${u.word} at position ${u.position}${where(u)}`).join("\n");
   box.textContent = text;
   box.hidden = false;
 }
@@ -182,9 +187,10 @@ function fillList(list, captions) {
   }));
 }
 
-// Caption-conditioned models have a vocabulary; DRAW draws unconditionally and the API refuses a caption for it.
+// Caption-conditioned models (alignDRAW) take a caption; DRAW draws unconditionally and the API refuses one. Text
+// models have a vocabulary too, but they never reach the model picker (the caption path uses them).
 function captioned() {
-  return !!(state.model && state.model.vocabulary);
+  return offers("caption");
 }
 
 function chooseModel(id) {
@@ -441,10 +447,19 @@ function walkSeeds() {
   });
 }
 
+// A model that draws: some mode of it returns something other than text (text models only write sentences).
+function drawsImages(m) {
+  return Object.values(m.modes || {}).some((out) => out !== "text");
+}
+
 async function loadModels() {
   const res = await api("/v1/models");
   if (!res.ok) return res.status === 401 ? undefined : showError(await problemOf(res));
-  state.models = (await res.json()).models;
+  const models = (await res.json()).models;
+  state.models = models.filter(drawsImages);
+  state.textModels = models.filter((m) => m.modes && "text_pair" in m.modes);
+  state.captionModels = state.models.filter((m) => "caption" in m.modes);
+  showPathPanel();
   const select = $("model");
   select.replaceChildren(...state.models.map((m) => el("option", { value: m.id }, `${m.id} (${m.kind})`)));
   const preferred = state.models.find((m) => m.default) || state.models[0];
@@ -661,6 +676,167 @@ function togglePlay() {
   }, 80);
 }
 
+// The caption path: a text model writes the sentences between two captions (an `interpolate` job), then one
+// alignDRAW job draws them all from one seed, so what changes along the path comes from the captions alone. Shown as
+// a strip in path order and as an animation that steps through it.
+
+function fillModelSelect(select, models, preferred) {
+  select.replaceChildren(...models.map((m) => el("option", { value: m.id }, m.id)));
+  if (preferred) select.value = preferred.id;
+  select.closest("label").hidden = models.length < 2;
+}
+
+function showPathPanel() {
+  const shown = state.textModels.length > 0 && state.captionModels.length > 0;
+  $("path").hidden = !shown;
+  if (!shown) return;
+  fillModelSelect($("path-text-model"), state.textModels, state.textModels[0]);
+  fillModelSelect($("path-draw-model"), state.captionModels,
+    state.captionModels.find((m) => m.default) || state.captionModels[0]);
+  $("path-models").hidden = state.textModels.length < 2 && state.captionModels.length < 2;
+  markPath();
+}
+
+function pathModel(models, selectId) {
+  return models.find((m) => m.id === $(selectId).value) || models[0];
+}
+
+// Words of from and to that the text model does not know, marked under each as it is typed (nothing is shown under
+// a caption it knows all of); `refused` (a 422's unknown_words: caption 0 is from, 1 is to) marks the words the API
+// named too.
+function markPath(refused = []) {
+  const text = pathModel(state.textModels, "path-text-model");
+  const vocab = text && text.vocabulary ? new Set(text.vocabulary) : null;
+  ["path-from", "path-to"].forEach((id, c) => {
+    const named = new Set((refused || []).filter((u) => u.caption === c).map((u) => u.position));
+    const box = $(`${id}-marked`);
+    if (!markWords(box, $(id).value, (t, i) => named.has(i) || (vocab !== null && !vocab.has(t.text))).length) {
+      box.replaceChildren();
+    }
+  });
+}
+
+async function postJob(body) {
+  const res = await api("/v1/generations", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body) });
+  if (!res.ok) throw await problemOf(res);
+  return res.json();
+}
+
+const ENDED = ["succeeded", "failed", "canceled", "expired"];
+
+// Follows a job by long polls: ?wait= with the last ETag answers once per change (a 304 when the wait ran out
+// unchanged). Calls onChange with each new body and resolves to the ended job. A dropped connection or a 5xx is
+// retried after a second; any other refusal throws its problem.
+async function followJob(job, onChange) {
+  let tag = null;
+  while (!ENDED.includes(job.status)) {
+    let res = null;
+    try {
+      res = await api(`${job.links.self}?wait=30`, { headers: tag ? { "If-None-Match": tag } : {}, cache: "no-store" });
+    } catch { /* the connection dropped: look again */ }
+    if (res && res.status === 304) continue;
+    if (res && res.ok) {
+      tag = res.headers.get("ETag");
+      job = await res.json();
+      onChange(job);
+      continue;
+    }
+    if (res && res.status < 500) throw await problemOf(res);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  return job;
+}
+
+function queued(job) {
+  return job.status === "queued" ? ` (queued${job.queue_position ? `, ${job.queue_position} ahead` : ""})` : "";
+}
+
+function drawingText(job, count) {
+  const p = job.progress || {};
+  const rows = p.chunks > 1 ? `, rows ${p.chunk} of ${p.chunks}` : "";
+  const step = job.status === "running" && p.steps ? `: step ${p.step} of ${p.steps}${rows}` : "";
+  return `drawing the ${count} captions${step}…${queued(job)}`;
+}
+
+function jobEnded(job) {
+  return { title: `Generation ${job.status}`, detail: job.error || "" };
+}
+
+async function drawPath(event) {
+  event.preventDefault();
+  if (state.path.busy) return;
+  stopPath();
+  $("path-error").hidden = true;
+  $("path-result").hidden = true;
+  markPath();
+  const text = pathModel(state.textModels, "path-text-model");
+  const drawer = pathModel(state.captionModels, "path-draw-model");
+  if ($("path-seed").value === "") $("path-seed").value = String(Math.floor(Math.random() * 2 ** 31));
+  const seed = Number($("path-seed").value);
+  const status = $("path-status");
+  state.path.busy = true;
+  $("path-submit").disabled = true;
+  let drawing = false;
+  let names = ["“from”", "“to”"];  // what a 422's unknown_words[].caption indexes: the path's ends, then its captions
+  try {
+    status.textContent = "writing the path…";
+    const interpolate = { from: $("path-from").value, to: $("path-to").value,
+      points: Number($("path-points").value) || 8 };
+    let job = await postJob({ model: text.id, interpolate });
+    job = await followJob(job, (j) => { status.textContent = `writing the path…${queued(j)}`; });
+    if (job.status !== "succeeded") throw jobEnded(job);
+    const texts = [...job.outputs].sort((a, b) => a.index - b.index).map((o) => o.text);
+    [drawing, names] = [true, texts.map((t, i) => `point ${i + 1} (“${t}”)`)];
+    status.textContent = drawingText({ status: "queued" }, texts.length);
+    let drawn = await postJob({ model: drawer.id, captions: texts, n: 1, seeds: texts.map(() => seed) });
+    drawn = await followJob(drawn, (j) => { status.textContent = drawingText(j, texts.length); });
+    if (drawn.status !== "succeeded") throw jobEnded(drawn);
+    showPath(texts, drawn);
+    status.textContent = `done: ${texts.length} captions written by ${text.id}, each drawn by ${drawer.id} from ` +
+      `seed ${seed}.`;
+  } catch (problem) {
+    const p = problem instanceof Error ? { title: "Error", detail: problem.message } : problem;
+    status.textContent = "";
+    p.title = `${drawing ? "Drawing" : "Writing"} the path: ${p.title || "error"}`;
+    if (!drawing) markPath(p.unknown_words);
+    showError(p, $("path-error"), names);
+  } finally {
+    state.path.busy = false;
+    $("path-submit").disabled = false;
+  }
+}
+
+function showPath(texts, job) {
+  forgetImages(pathBlobs);
+  const outputs = [...job.outputs].sort((a, b) => a.index - b.index);
+  state.path.points = outputs.map((o, i) => ({ image: o.image, caption: texts[i] }));
+  $("path-strip").replaceChildren(...state.path.points.map((point, i) => {
+    const img = el("img", { alt: `point ${i + 1}` });
+    setImage(img, point.image, pathBlobs);
+    const figure = el("figure", { "data-index": i });
+    figure.append(img, el("figcaption", {}, point.caption));
+    return figure;
+  }));
+  $("path-result").hidden = false;
+  showPoint(0);
+  state.path.timer = setInterval(() => showPoint((state.path.at + 1) % state.path.points.length), PATH_MS);
+}
+
+function showPoint(i) {
+  const point = state.path.points[i];
+  state.path.at = i;
+  setImage($("path-anim"), point.image, pathBlobs);
+  $("path-anim-step").textContent = `point ${i + 1} / ${state.path.points.length}`;
+  $("path-anim-caption").textContent = point.caption;
+  [...$("path-strip").children].forEach((f, j) => f.classList.toggle("selected", j === i));
+}
+
+function stopPath() {
+  if (state.path.timer) clearInterval(state.path.timer);
+  state.path.timer = null;
+}
+
 $("form").addEventListener("submit", submit);
 $("caption").addEventListener("input", markCaption);
 $("model").addEventListener("change", (e) => chooseModel(e.target.value));
@@ -678,4 +854,6 @@ $("clear").addEventListener("click", clearPad);
 $("invert").addEventListener("click", invertPad);
 $("upload").addEventListener("change", loadFile);
 $("add-example").addEventListener("click", addExample);
+$("path-form").addEventListener("submit", drawPath);
+for (const id of ["path-from", "path-to", "path-text-model"]) $(id).addEventListener("input", () => markPath());
 loadModels();

@@ -463,3 +463,99 @@ def test_examples_drawn_one_by_one_give_new_samples_of_that_symbol(browser, serv
     page.wait_for_function("(f => f.naturalWidth === 28)(document.querySelector('#frame'))")
     page.screenshot(path=str(SHOTS / "examples.png"))
     page.close()
+
+
+PATH_FROM = "the digit 3 is at the top left of the image"
+PATH_TO = "the digit 8 is at the bottom right of the image"
+
+
+def _finished_job(url: str, body: dict) -> dict:
+    """POST a generation to the API and long-poll it to its end."""
+    req = urllib.request.Request(f"{url}/v1/generations", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        job = json.loads(r.read())
+    deadline = time.monotonic() + 60
+    while job["status"] not in ("succeeded", "failed", "canceled", "expired") and time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{url}/v1/generations/{job['id']}?wait=30", timeout=40) as r:
+            job = json.loads(r.read())
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def test_a_caption_path_is_written_by_the_text_model_then_drawn_and_played(browser, server):
+    """The caption path: tiny-text writes the sentences between two captions (never offered in the model picker),
+    tiny-align draws each from one seed; a strip in path order and an animation stepping through it. An unknown
+    word is the interpolate job's 422, marked under its input, and nothing is drawn."""
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    posts: list[dict] = []
+    page.on("request", lambda r: posts.append(json.loads(r.post_data or "{}"))
+            if r.method == "POST" and r.url.endswith("/v1/generations") else None)
+    page.goto(server)
+    page.wait_for_selector("#path:not([hidden])")
+    picker = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+    assert "tiny-text" not in picker and "tiny-align" in picker and page.input_value("#model") == "tiny-align"
+    assert not page.is_visible("#path-models")  # one text model, one captions model: nothing to choose
+    assert page.input_value("#path-text-model") == "tiny-text" and page.input_value("#path-draw-model") == "tiny-align"
+
+    # An unknown word in "from": marked as typed; the interpolate job's 422 names it; no drawing job is sent.
+    page.fill("#path-from", "the digit 3 is beside the image")
+    page.fill("#path-to", PATH_TO)
+    assert page.locator("#path-from-marked .unknown").count() == 1
+    page.click("#path-submit")
+    page.wait_for_selector("#path-error:not([hidden])")
+    error = page.inner_text("#path-error")
+    assert "Unknown words (422)" in error and "beside at position 4 in “from”" in error, error
+    assert page.inner_text("#path-from-marked .unknown") == "beside"
+    assert page.locator("#path-to-marked .unknown").count() == 0
+    page.wait_for_function("!document.querySelector('#path-submit').disabled")
+    assert [set(p) for p in posts] == [{"model", "interpolate"}] and not page.is_visible("#path-result")
+    page.screenshot(path=str(SHOTS / "caption-path-unknown-words.png"), full_page=True)
+
+    # Two real captions, 5 points: the path's sentences, drawn in order from one seed.
+    page.fill("#path-from", PATH_FROM)
+    page.fill("#path-points", "5")
+    page.click("#path-submit")
+    page.wait_for_function("document.querySelectorAll('#path-strip figure').length === 5", timeout=90_000)
+    page.wait_for_function("[...document.querySelectorAll('#path-strip img')].every(i => i.naturalWidth > 0)")
+    assert page.get_attribute("#path-error", "hidden") is not None
+    assert page.inner_text("#path-from-marked") == ""  # every word known: nothing marked, nothing repeated
+    interpolate, draw = posts[1:]
+    assert interpolate == {"model": "tiny-text", "interpolate": {"from": PATH_FROM, "to": PATH_TO, "points": 5}}
+    texts = [o["text"] for o in _finished_job(server, interpolate)["outputs"]]  # deterministic: the page's texts
+    seed = int(page.input_value("#path-seed"))  # left blank: a random seed, written into its field
+    assert draw == {"model": "tiny-align", "captions": texts, "n": 1, "seeds": [seed] * 5}  # one noise for all
+    assert page.eval_on_selector_all("#path-strip figcaption", "cs => cs.map(c => c.textContent)") == texts
+    strip = page.eval_on_selector_all("#path-strip img", "imgs => imgs.map(i => i.src)")
+    assert [s.rsplit("/", 1)[-1] for s in strip] == [f"{i}.png" for i in range(5)]
+    status = page.inner_text("#path-status")
+    assert status.startswith("done: 5 captions written by tiny-text") and f"from seed {seed}" in status, status
+
+    # The animation steps through the strip's images in order, its caption beside it, and loops.
+    shown: list[int] = []
+    deadline = time.monotonic() + 15
+    while len(shown) < 7 and time.monotonic() < deadline:
+        src, caption = page.eval_on_selector("#path-anim", "a => [a.src, "
+                                             "document.querySelector('#path-anim-caption').textContent]")
+        i = strip.index(src)
+        assert caption == texts[i]
+        if not shown or shown[-1] != i:
+            shown.append(i)
+        time.sleep(0.05)
+    assert len(shown) == 7 and all((b - a) % 5 == 1 for a, b in zip(shown, shown[1:], strict=False)), shown
+    assert page.eval_on_selector("#path-anim", "a => a.naturalWidth") > 0
+    page.screenshot(path=str(SHOTS / "caption-path.png"), full_page=True)
+
+    # A failure of the drawing job shows its problem (here a refusal made up in the browser).
+    problem = {"type": "https://glimpse.example/problems/unknown-words", "title": "Unknown words", "status": 422,
+               "detail": "'zebra' (captions[2], position 1) is not in the vocabulary",
+               "unknown_words": [{"caption": 2, "word": "zebra", "position": 1, "start": 4, "end": 9}]}
+    page.route("**/v1/generations", lambda route: route.fulfill(
+        status=422, content_type="application/problem+json", body=json.dumps(problem))
+        if "captions" in (route.request.post_data or "") else route.continue_())
+    page.click("#path-submit")
+    page.wait_for_selector("#path-error:not([hidden])", timeout=60_000)
+    error = page.inner_text("#path-error")
+    assert error.startswith("Drawing the path: Unknown words (422): 'zebra' (captions[2], position 1)"), error
+    assert f"zebra at position 1 in point 3 (“{texts[2]}”)" in error and not page.is_visible("#path-result")
+    page.close()
