@@ -158,6 +158,14 @@ def render_text(text: dict[str, Any], paper: dict[str, str]) -> list[str]:
               f"| −ELBO per caption | {_nats(text['neg_elbo'])} |",
               f"| KL(q(z \\| x) ‖ p(z)) | {_nats(text.get('kl'))} |"]
     lines += [f"| {m} | {v} |" for m, v, _ in common] + [""]
+    examples = text.get("examples")
+    if isinstance(examples, dict):
+        path = examples["path"]
+        lines += ["Examples: the greedy decodings of the first 8 prior samples, and the 8 points (ends included) of "
+                  f"the straight line between the posterior means of “{path['from']}” and “{path['to']}”, as "
+                  "`interpolate` returns them:", "", "| prior sample | path point |", "|---|---|"]
+        lines += [f"| {a} | {b} |" for a, b in zip(examples["greedy_prior_samples"], path["texts"], strict=False)]
+        lines.append("")
     return lines
 
 

@@ -45,6 +45,8 @@ def main(args: argparse.Namespace) -> int:
             counts, variances = active(data["x"].to(device))
             results["test"]["active_units"] = list(counts)
             results["test"]["active_units_threshold"] = 1e-2
+        if args.pictures:
+            save_pictures(model, data["x"], Path(args.pictures))
     elif dataset == "fashion-mnist":
         results |= evaluate_grey(model, args, device)
     elif dataset == "omniglot":
@@ -73,8 +75,7 @@ def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) ->
     the deterministic reconstructions of every test image, judged by training/quality.py against the test images
     with the shipped Fashion-MNIST classifier; the training images' own distance to the test set is the floor.
     With --pictures DIR: samples.png, reconstructions.png (test images above their reconstructions), walk.png."""
-    from models.sampling import sample, seed_walks
-    from training import artefacts
+    from models.sampling import sample
     from training.classifier import load_classifier
     from training.data.mnist import load_mnist
     from training.quality import diversity, generation_report
@@ -99,13 +100,30 @@ def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) ->
     quality |= {"sample_spread": collapse["spread"], "sample_near_duplicates": collapse["near_duplicates"]}
     out["quality"] = quality | {"sample_seeds": f"0..{n_samples - 1}", "classifier": FASHION_CLASSIFIER.name}
     if args.pictures:
-        pictures = Path(args.pictures)
-        pictures.mkdir(parents=True, exist_ok=True)
-        artefacts.save_sample_grid(pictures / "samples.png", samples[:64])
-        pairs = torch.stack([x[:32].view(4, 8, 1, 28, 28), recons[:32].view(4, 8, 1, 28, 28)], 1).view(64, 1, 28, 28)
-        artefacts.save_sample_grid(pictures / "reconstructions.png", pairs)
-        artefacts.save_canvas_strip(pictures / "walk.png", seed_walks(model).cpu(), max_columns=10)
+        save_pictures(model, x, Path(args.pictures), samples=samples[:64], reconstructions=recons[:32])
     return out
+
+
+def save_pictures(model: Any, x: torch.Tensor, pictures: Path, *, samples: torch.Tensor | None = None,
+                  reconstructions: torch.Tensor | None = None) -> None:
+    """The card's pictures of a one-step image family: samples.png (64 prior samples, seeds 0..63),
+    reconstructions.png (rows of 8 test images above their reconstructions, when the family reconstructs) and
+    walk.png (latent walks between seeds, when it walks). Drawn here unless the caller has them."""
+    from models.sampling import sample, seed_walks
+    from training import artefacts
+
+    pictures.mkdir(parents=True, exist_ok=True)
+    if samples is None:
+        samples = sample(model, seeds=list(range(64)), keep_canvases=False).images.cpu()
+    artefacts.save_sample_grid(pictures / "samples.png", samples[:64])
+    if reconstructions is None and "images" in model.modes:
+        reconstructions = sample(model, images=x[:32], keep_canvases=False).images.cpu()
+    if reconstructions is not None:
+        c, h, w = x.shape[1:]
+        pairs = torch.stack([x[:32].view(4, 8, c, h, w), reconstructions[:32].view(4, 8, c, h, w)], 1)
+        artefacts.save_sample_grid(pictures / "reconstructions.png", pairs.view(64, c, h, w))
+    if "walk" in model.modes:
+        artefacts.save_canvas_strip(pictures / "walk.png", seed_walks(model).cpu(), max_columns=10)
 
 
 FEW_SHOT = ((5, 1), (5, 5), (20, 1), (20, 5))  # Omniglot tasks (way, shot) of the paper's table
@@ -244,6 +262,13 @@ def caption_shares(texts: list[str], languages: list[str], training: set[str]) -
             "held_out": sum(held) / n, "held_out_distinct": len({t for t, h in zip(texts, held, strict=True) if h})}
 
 
+# The card's example path of each caption language: between two captions of its first template, fixed beforehand
+PATH_ENDS = {
+    "mnist": ("the digit 3 is at the top left of the image .", "the digit 8 is at the bottom right of the image ."),
+    "fashion": ("the shirt is at the top left of the image .", "the bag is at the bottom right of the image ."),
+}
+
+
 @torch.no_grad()
 def evaluate_caption_texts(ckpt: Any, args: argparse.Namespace) -> dict[str, Any]:
     """A text VAE of the caption language: `--samples` prior samples (z from seeds 0..n−1; default 1,000), decoded
@@ -252,7 +277,8 @@ def evaluate_caption_texts(ckpt: Any, args: argparse.Namespace) -> dict[str, Any
     decoding of the posterior mean equals the caption exactly), the −ELBO, KL, active units and I_q; and whether z
     matters: the distinct greedy decodings of the prior samples and of one posterior sample per validation caption
     (all alike is the collapse that greedy decoding hides)."""
-    from models.sampling import draw_noise
+    from models.sampling import draw_noise, lerp
+    from models.vocab import tokenize
     from training.data.caption_texts import caption_texts
     from training.tasks import VAL_SEED
 
@@ -279,17 +305,25 @@ def evaluate_caption_texts(ckpt: Any, args: argparse.Namespace) -> dict[str, Any
 
     valid = encode(corpus.valid[: args.limit] if args.limit else corpus.valid, stoi)
     x, lengths = valid.tokens, valid.lengths
-    recon = torch.cat([next(iter(model.generate(z[:1], texts=x[i : i + 500], lengths=lengths[i : i + 500])))
-                       .tokens.cpu() for i in range(0, len(x), 500)])
-    exact = [a == b for a, b in zip(_texts(itos, recon), _texts(itos, x), strict=True)]
+    recon = [text for i in range(0, len(x), 500)  # texts per chunk: each chunk's tokens are as long as its longest
+             for text in _texts(itos, next(iter(model.generate(z[:1], texts=x[i : i + 500],
+                                                               lengths=lengths[i : i + 500]))).tokens.cpu())]
+    exact = [a == b for a, b in zip(recon, _texts(itos, x), strict=True)]
     mu, log_sigma = model.posterior_params(x[:n].to(device), lengths[:n].to(device))
     eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(1)).to(device)
     posterior = _texts(itos, model.decode(mu + log_sigma.exp() * eps, strategy="greedy").cpu())
     distinct_prior, distinct_posterior = samples["greedy"]["distinct"], len(set(posterior))
+    ends = [PATH_ENDS[lang] for lang in corpus.languages][:1] or [PATH_ENDS["mnist"]]
+    encoded = encode([[t.text for t in tokenize(c)] for c in ends[0]], stoi)
+    means = model.encode_noise(encoded.tokens.to(device), encoded.lengths.to(device))
+    examples = {"greedy_prior_samples": _texts(itos, decoded["greedy"][:8].cpu()),
+                "path": {"from": ends[0][0], "to": ends[0][1], "points": 8,
+                         "texts": _texts(itos, model.decode(lerp(means[0], means[1], 8), strategy="greedy").cpu())}}
     return {"text": {
         "dataset": "captions-text", "languages": corpus.languages, "samples": n, "sample_seeds": f"0..{n - 1}",
         "prior_samples": samples, "validation_captions": len(x),
         "reconstruction_accuracy": sum(exact) / max(1, len(exact)),
         "distinct_greedy_prior": distinct_prior, "distinct_greedy_posterior": distinct_posterior,
         "posterior_samples": len(posterior), "z_matters": distinct_prior > 1 and distinct_posterior > 1,
+        "examples": examples,
         **_text_diagnostics(model, x, lengths, args.mi_batch)}}

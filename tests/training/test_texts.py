@@ -80,8 +80,12 @@ def test_captions_text_trains_evaluates_and_renders_its_card(tmp_path, shared_da
         assert 0 <= shares["well_formed"] <= shares["in_vocabulary"] <= 1
         assert shares["held_out"] <= shares["well_formed_novel"] <= shares["well_formed"]  # held out: never seen
     assert text["z_matters"] == (text["distinct_greedy_prior"] > 1 and text["distinct_greedy_posterior"] > 1)
+    path = text["examples"]["path"]  # the card's example: what `interpolate` returns between two fixed captions
+    assert path["from"] == "the digit 3 is at the top left of the image ." and len(path["texts"]) == 8
+    assert len(text["examples"]["greedy_prior_samples"]) == 8
     card = render(run / "last")
     assert "## Text" in card and "| well-formed |" in card and "reconstruction accuracy" in card
+    assert f"| {text['examples']['greedy_prior_samples'][0]} | {path['texts'][0]} |" in card
 
 
 def test_ptb_trains_and_its_perplexity_is_the_per_sentence_nll_over_the_tokens(tmp_path, shared_data):
