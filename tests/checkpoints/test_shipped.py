@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from models.aligndraw import AlignDRAWConfig
+from models.avb import AVBConfig
 from models.checkpoint import load_checkpoint, read_manifest
 from models.draw import DRAWConfig
 from models.family import FAMILIES
 from models.iwae import IWAEConfig
 from models.sampling import sample
 from models.statistician import StatisticianConfig
+from models.textvae import TextVAEConfig
 from models.vaegan import VAEGANConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +36,9 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
     ckpt = load_checkpoint(directory)  # checks the weights' sha256
     manifest = read_manifest(directory)
     paper = {"draw": DRAWConfig(), "iwae": IWAEConfig(), "vaegan": VAEGANConfig(),  # the paper configs, nothing shrunk
-             "statistician": StatisticianConfig(),
+             "statistician": StatisticianConfig(), "avb": AVBConfig(),
+             "textvae": TextVAEConfig(vocab_size=len(ckpt.vocab or []), max_length=getattr(ckpt.model.config,
+                                                                                            "max_length", 0)),
              "aligndraw": AlignDRAWConfig(vocab_size=len(ckpt.vocab or []))}[manifest["kind"]]
     # The deviations we allow (Training in README), each only where the recorded command names it.
     values = getattr(ckpt.model.config, "align_values", "states")
@@ -50,8 +54,9 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
     if k != 50:  # IWAE's VAE baseline: the same net trained with k = 1
         assert f"k={k}" in ckpt.training["command"]
         paper = replace(paper, k=k)  # type: ignore[arg-type]
-    # VAE/GAN and the Neural Statistician on 2 CPU cores: their narrower nets, each named in the command
-    for name in ("base", "objective", "margin", "recon_fakes", "widths", "convs", "c_dim"):
+    # VAE/GAN, the Neural Statistician and the text VAE on 2 CPU cores: their narrower nets, each named in the command
+    for name in ("base", "objective", "margin", "recon_fakes", "widths", "convs", "c_dim", "embed", "hidden",
+                 "preset", "free_bits", "conv", "deconv", "adversary_conv"):
         value = getattr(ckpt.model.config, name, None)
         if value is not None and value != getattr(paper, name):
             named = json.dumps(list(value), separators=(",", ":")) if isinstance(value, tuple) else value
@@ -65,6 +70,9 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
         assert ckpt.metrics["best_val_nll_bound"] > 0
     evaluation = json.loads((directory / "evaluation.json").read_text())
     assert f"(checkpoints/{directory.name}/README.md)" in (ROOT / "README.md").read_text()  # its row links its card
+    if manifest["kind"] == "textvae":
+        _check_text_model(ckpt, evaluation)
+        return
     if manifest["kind"] == "aligndraw":
         assert len(ckpt.extra["held_out_captions"]) == 80 and len(ckpt.extra["banned"]) == 12
         assert {"seen", "held_out"} <= evaluation.keys()
@@ -100,6 +108,30 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
         out = sample(ckpt.model, batch_size=2, seeds=[0, 1])
     assert torch.isfinite(out.images).all() and out.images.min() >= 0 and out.images.max() <= 1
     assert out.images.std() > 0.05  # drawn something, not a flat canvas
+
+
+def _check_text_model(ckpt, evaluation) -> None:
+    """The caption language's text VAE: evaluated on 1,000 prior samples and every validation caption, and what it
+    writes between two MNIST captions is what the shipped alignDRAW draws (the page's caption path)."""
+    from models.sampling import lerp
+    from worker.conditions import sentence, sentences
+
+    text = evaluation["text"]
+    assert text["dataset"] == "captions-text" and text["samples"] == 1000 and text["validation_captions"] == 10_000
+    assert text["z_matters"] and text["active_units"] > 0
+    assert ckpt.vocab is not None
+    model = ckpt.model.eval()
+    given = sentences(ckpt.vocab, ["the digit 3 is at the top left of the image .",
+                                   "the digit 8 is at the bottom right of the image ."])
+    with torch.no_grad():
+        ends = model.encode_noise(given["texts"], given["lengths"])
+        (step,) = model.generate(lerp(ends[0], ends[1], 8))
+    path = [sentence(ckpt.vocab, row) for row in step.tokens.tolist()]
+    align = load_checkpoint(ROOT / "checkpoints" / "aligndraw-mnist-captions").vocab
+    assert align is not None
+    for caption in path:
+        align.check(caption)  # raises on a word alignDRAW does not know, or a caption too long for it
+    assert len(set(path)) > 1
 
 
 CLASSIFIERS = [ROOT / "checkpoints" / f"{data}-classifier" for data in ("mnist", "fashion")]
@@ -159,6 +191,21 @@ def _recomputed_bound(ckpt, manifest, evaluation, n: int = 200):
         split = om.load_split("test", root=root, radii=(0,))
         x = om.make_sets(split, ckpt.model.config.sample_size, torch.Generator().manual_seed(0), dilation=False).x
         batch, figure = {"x": x[subset(len(x), n, seed=5)]}, evaluation["test sets"]["nll_bound"]
+    elif dataset == "captions-text":  # the evaluator's validation captions: the corpus rebuilt from its seed
+        from training.data.caption_texts import caption_texts
+        from training.data.ptb import encode
+        from training.likelihood import subset
+        from training.tasks import VAL_SEED
+
+        cfg = ckpt.training["config"]
+        corpus = caption_texts(cfg["pairs_per_epoch"], cfg["val_size"], seed=ckpt.extra["corpus_seed"],
+                               val_seed=VAL_SEED, root=root)
+        assert corpus.sha256 == ckpt.extra["corpus_sha256"]
+        valid = encode(corpus.valid, {w: i for i, w in enumerate(ckpt.vocab.itos) if i > 0})
+        rows = subset(len(valid.tokens), n, seed=5)
+        lengths = valid.lengths[rows]
+        batch = {"x": valid.tokens[rows][:, : int(lengths.max())], "lengths": lengths}
+        figure = evaluation["text"]["neg_elbo"]
     else:  # the evaluator's seen-caption split, regenerated as it made it
         from training.data import captions as cap
         from training.data.mnist import load_mnist
