@@ -192,7 +192,7 @@ def test_a_walk_between_two_images_and_its_limits(api):
         r = client.post("/v1/generations", json={"model": "tiny-iwae", **bad})
         assert r.status_code == 422 and r.json()["type"].endswith("/invalid-request"), (bad, r.text)
         if "n" in bad:
-            assert "`n` applies to samples; send n = 1 with `images` or `walk`" in r.json()["detail"]
+            assert "`n` applies to samples; send n = 1 with `images`, `walk` or `interpolate`" in r.json()["detail"]
     r = client.post("/v1/generations", json={"model": "tiny-draw", "walk": {"seeds": [1, 2]}})
     assert r.status_code == 422 and "takes no 'walk'" in r.json()["detail"]
 

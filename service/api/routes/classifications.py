@@ -5,10 +5,7 @@ worker)."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from service.api.deps import CallerDep, ConnDep, IdempotencyKeyDep, MetricsDep, SettingsDep
@@ -50,25 +47,4 @@ def create_classification(body: ClassificationCreate, request: Request, response
                     idempotency_key=idempotency_key)
 
 
-@router.get("/{job_id}", response_model=Generation, responses=g.STATUS_RESPONSES,
-            summary="Status, progress and the labels (ETag; `wait` long-polls)")
-async def read_classification(job_id: g.JobId, request: Request, settings: SettingsDep, conn: ConnDep,
-                              caller: CallerDep, metrics: MetricsDep, wait: g.Wait = 0.0,
-                              if_none_match: Annotated[str | None, Header()] = None) -> Response:
-    return await g.read_job(job_id, request, settings, conn, caller, metrics, wait, if_none_match)
-
-
-@router.delete("/{job_id}", status_code=202, response_model=Generation, responses=g.ERRORS, summary="Cancel")
-def cancel_classification(job_id: g.JobId, request: Request, settings: SettingsDep, conn: ConnDep,
-                          caller: CallerDep) -> Generation:
-    return g.cancel_generation(job_id, request, settings, conn, caller)
-
-
-@router.get("/{job_id}/events", response_class=StreamingResponse,
-            responses={**g.ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "progress events, then "
-                                         "one of `done`, `failed`, `canceled`, `expired`; resume with Last-Event-ID"}},
-            summary="Server-Sent Events: progress, then the end (`done` carries the labels and scores)")
-async def classification_events(job_id: g.JobId, request: Request, settings: SettingsDep, conn: ConnDep,
-                                caller: CallerDep, last_event_id: Annotated[str | None, Header()] = None
-                                ) -> StreamingResponse:
-    return await g.events(job_id, request, settings, conn, caller, last_event_id)
+g.add_job_routes(router, "classification", "the labels and scores")

@@ -500,3 +500,35 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int, events: Job
         elif await events.wait(job_id, backoff):  # the worker's next step or end, or the fallback poll
             # Steps may come every few ms: read the job at most every events_min_interval, whatever wakes us.
             await asyncio.sleep(max(0.0, read_at + settings.events_min_interval - time.monotonic()))
+
+
+# --- the other job collections ----------------------------------------------------------------------------------
+
+def add_job_routes(collection: APIRouter, noun: str, carries: str) -> None:
+    """GET (status, ETag, `wait`), DELETE (cancel) and /events on `collection`, whose POST is its own: the jobs of
+    /v1/likelihoods and /v1/classifications are generation jobs under another name (`noun`), whose outputs carry
+    `carries` (the scores, the labels)."""
+
+    async def read(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
+                   metrics: MetricsDep, wait: Wait = 0.0,
+                   if_none_match: Annotated[str | None, Header()] = None) -> Response:
+        return await read_job(job_id, request, settings, conn, caller, metrics, wait, if_none_match)
+
+    def cancel_job(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep,
+                   caller: CallerDep) -> Generation:
+        return cancel_generation(job_id, request, settings, conn, caller)
+
+    async def stream(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
+                     last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+        return await events(job_id, request, settings, conn, caller, last_event_id)
+
+    collection.add_api_route("/{job_id}", read, methods=["GET"], response_model=Generation, name=f"read_{noun}",
+                             responses=STATUS_RESPONSES,
+                             summary=f"Status, progress and {carries} (ETag; `wait` long-polls)")
+    collection.add_api_route("/{job_id}", cancel_job, methods=["DELETE"], status_code=202, response_model=Generation,
+                             name=f"cancel_{noun}", responses=ERRORS, summary="Cancel")
+    collection.add_api_route(
+        "/{job_id}/events", stream, methods=["GET"], response_class=StreamingResponse, name=f"{noun}_events",
+        responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "progress events, then one of "
+                                   "`done`, `failed`, `canceled`, `expired`; resume with Last-Event-ID"}},
+        summary=f"Server-Sent Events: progress, then the end (`done` carries {carries})")
