@@ -1,6 +1,7 @@
 """Images as inputs and the families beyond DRAW, end to end through the API and a real worker on a real Redis:
-IWAE samples, reconstructions of uploaded images, latent walks, likelihood scoring (checked against models.bounds
-run directly), VAE/GAN reading uploads as grey levels, and every bad image answered with a 422 that names it."""
+IWAE and AVB samples, reconstructions of uploaded images, latent walks, likelihood scoring (checked against
+models.bounds run directly), VAE/GAN reading uploads as grey levels, and every bad image answered with a 422 that
+names it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from models.avb import AVB, AVBConfig
 from models.bounds import importance_weighted
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.iwae import IWAE, IWAEConfig
@@ -30,11 +32,14 @@ SIDE = 8  # tiny-iwae is 8×8
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, checkpoints: Path) -> Path:
-    """tiny-iwae and tiny-vaegan beside copies of the suite's tiny-draw and tiny-align."""
+    """tiny-iwae, tiny-avb and tiny-vaegan beside copies of the suite's tiny-draw and tiny-align."""
     d = tmp_path_factory.mktemp("served")
     torch.manual_seed(0)
     iwae = IWAE(IWAEConfig(height=SIDE, width=SIDE, layers=2, k=5, hidden=(16, 8), latent=(4, 3)))
     save_checkpoint(d / "tiny-iwae", Checkpoint(iwae, extra={"dataset": "mnist"}))
+    avb = AVB(AVBConfig(height=SIDE, width=SIDE, z_size=3, eps_dim=4, n_basis=3, basis_hidden=(8,), basis_samples=64,
+                        conv=(4, 4), deconv=(4, 4), adversary_conv=(), adversary_hidden=(8,)))
+    save_checkpoint(d / "tiny-avb", Checkpoint(avb.eval(), extra={"dataset": "mnist"}))
     vaegan = VAEGAN(VAEGANConfig(height=SIDE, width=SIDE, z_size=3, base=4))
     with torch.no_grad():  # off the N(0, 0.02) start, so the reconstruction depends visibly on the grey levels
         for p in vaegan.parameters():
@@ -100,6 +105,7 @@ def test_the_model_list_shows_each_models_modes(api):
     assert models["tiny-iwae"]["modes"] == {"none": "images", "images": "images", "walk": "frames",
                                             "likelihood": "scores"}
     assert models["tiny-iwae"]["steps"] == 1 and models["tiny-iwae"]["default"]
+    assert models["tiny-avb"]["modes"] == models["tiny-iwae"]["modes"] and models["tiny-avb"]["kind"] == "avb"
     assert models["tiny-draw"]["modes"] == {"none": "frames", "likelihood": "scores"}
     assert models["tiny-align"]["modes"] == {"caption": "frames", "likelihood": "scores"}
     assert models["tiny-vaegan"]["modes"] == {"none": "images", "images": "images", "walk": "frames"}  # no scores
@@ -132,13 +138,14 @@ def test_vaegan_reconstructs_the_grey_levels_it_was_sent(api, served):
     assert r.status_code == 422, r.text  # no likelihood: refused up front, saying so
 
 
-def test_unconditional_samples_are_the_samplers_pixels(api, served):
+@pytest.mark.parametrize("model_id", ["tiny-iwae", "tiny-avb"])
+def test_unconditional_samples_are_the_samplers_pixels(api, served, model_id):
     client, s = api
-    r = client.post("/v1/generations", json={"model": "tiny-iwae", "n": 3, "seed": 5})
+    r = client.post("/v1/generations", json={"model": model_id, "n": 3, "seed": 5})
     assert r.status_code == 202, r.text
     body = finished(client, r.json()["links"]["self"])
     assert body["condition"] == "none" and [o["seed"] for o in body["outputs"]] == [5, 6, 7]
-    model = load_checkpoint(served / "tiny-iwae").model
+    model = load_checkpoint(served / model_id).model
     rows = s.batch_rows  # the worker's fixed sampler shape
     direct = sample(model, seeds=[5, 6, 7] + [0] * (rows - 3), batch_size=rows).images[:3]
     for i, out in enumerate(body["outputs"]):
@@ -147,25 +154,27 @@ def test_unconditional_samples_are_the_samplers_pixels(api, served):
         assert np.array_equal(pixels_of(client, out["image"]), expected)
 
 
-def test_uploaded_images_are_reconstructed_through_the_posterior_means(api, served):
+@pytest.mark.parametrize("model_id", ["tiny-iwae", "tiny-avb"])
+def test_uploaded_images_are_reconstructed_through_the_posterior_means(api, served, model_id):
     client, s = api
     images = digits(2)
-    r = client.post("/v1/generations", json={"model": "tiny-iwae", "images": [png64(x) for x in images]})
+    r = client.post("/v1/generations", json={"model": model_id, "images": [png64(x) for x in images]})
     assert r.status_code == 202, r.text
     body = finished(client, r.json()["links"]["self"])
     assert body["condition"] == "images" and [o["input"] for o in body["outputs"]] == [0, 1]
-    model = load_checkpoint(served / "tiny-iwae").model
+    model = load_checkpoint(served / model_id).model
     x = torch.stack([ink(p) for p in images] + [torch.zeros(1, SIDE, SIDE)] * (s.batch_rows - 2))
     with torch.no_grad():
-        [step] = model.generate(torch.zeros(s.batch_rows, model.z_size), images=x)
+        [step] = model.generate(torch.zeros(s.batch_rows, model.noise_shape()[0]), images=x)
     expected = (torch.sigmoid(step.logits[:2]) * 255).round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()
     for i, out in enumerate(body["outputs"]):
         assert np.array_equal(pixels_of(client, out["image"]), expected[i])
 
 
-def test_a_walk_between_seeds_is_an_animation_that_starts_at_the_first_seeds_sample(api, served):
+@pytest.mark.parametrize("model_id", ["tiny-iwae", "tiny-avb"])
+def test_a_walk_between_seeds_is_an_animation_that_starts_at_the_first_seeds_sample(api, served, model_id):
     client, s = api
-    r = client.post("/v1/generations", json={"model": "tiny-iwae", "walk": {"seeds": [5, 9], "points": 6}})
+    r = client.post("/v1/generations", json={"model": model_id, "walk": {"seeds": [5, 9], "points": 6}})
     assert r.status_code == 202, r.text
     body = finished(client, r.json()["links"]["self"])
     [out] = body["outputs"]
@@ -173,7 +182,7 @@ def test_a_walk_between_seeds_is_an_animation_that_starts_at_the_first_seeds_sam
     assert client.get(out["animation_gif"]).content[:3] == b"GIF"
     assert client.get(out["animation_webp"]).content[8:12] == b"WEBP"
     frames = [pixels_of(client, f).astype(int) for f in out["frames"]]
-    model = load_checkpoint(served / "tiny-iwae").model
+    model = load_checkpoint(served / model_id).model
     ends = sample(model, seeds=[5, 9] + [0] * (s.batch_rows - 2), batch_size=s.batch_rows).images[:2]
     ends = (ends * 255).round()[:, 0].numpy()
     assert np.abs(frames[0] - ends[0]).max() <= 1 and np.abs(frames[-1] - ends[1]).max() <= 1
@@ -197,16 +206,17 @@ def test_a_walk_between_two_images_and_its_limits(api):
     assert r.status_code == 422 and "takes no 'walk'" in r.json()["detail"]
 
 
-def test_likelihoods_are_models_bounds_on_the_binarised_upload(api, served):
+@pytest.mark.parametrize("model_id", ["tiny-iwae", "tiny-avb"])
+def test_likelihoods_are_models_bounds_on_the_binarised_upload(api, served, model_id):
     client, _ = api
     images = digits(3)
-    r = client.post("/v1/likelihoods", json={"model": "tiny-iwae", "images": [png64(x) for x in images], "k": 40,
+    r = client.post("/v1/likelihoods", json={"model": model_id, "images": [png64(x) for x in images], "k": 40,
                                              "seed": 3})
     assert r.status_code == 202, r.text
     assert r.headers["location"].endswith(f"/v1/likelihoods/{r.json()['id']}")
     body = finished(client, r.headers["location"])
     assert body["condition"] == "likelihood" and body["seeds"] == [3]
-    model = load_checkpoint(served / "tiny-iwae").model
+    model = load_checkpoint(served / model_id).model
     g = torch.Generator().manual_seed(3)
     for j, out in enumerate(body["outputs"]):
         lk, elbo = importance_weighted(model, {"x": ink(images[j])[None]}, 40, generator=g)
