@@ -14,6 +14,9 @@ right-padded with 0 and `lengths` (B,); "images" → `images` (B, C, H, W) in {0
 family whose `pixels` attribute is "grey"; "image_set" → `sets` (B, S, C, H, W) and `set_mask` (B, S) (sets of
 different sizes padded to one S); "none" → nothing. A "few_shot" mode (output "labels") is served by the family's
 `class_scores(support (N, K, C, H, W), query (Q, C, H, W), support_mask (N, K))` → (Q, N), not by `generate`.
+A text family (outputs "text") reads "text_pair" as `texts` (B, L) word ids (words, <eos>, padding) and `lengths`,
+yields one Step with `tokens`, and its `generate` also takes the decoding: `strategy` ("greedy", "sample", "beam"),
+`temperature`, `beam`, and for "sample" `generators`, one per row.
 A "walk" is run by the caller in noise space: families that offer it with "images" also define `encode_noise(x)`
 → (B, *noise shape), the ε their decoder maps to x's posterior-mean path. Optional: `param_groups()` (several
 networks), `init_output_bias(pixel_means)` (called by the trainer on a fresh run), `active_units(x)` (reported by

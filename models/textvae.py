@@ -375,17 +375,28 @@ class TextVAE(nn.Module):
                 break
         return tokens[rows[:, 0], scores.argmax(1)]
 
-    def generate(self, noise: Tensor, **conditions: Tensor) -> Iterator[Step]:
-        """One Step with tokens (B, L): the greedy decoding of z = noise (B, z_dim), a prior sample, or with
-        `texts` (B, L) + `lengths` (B,) (the batch layout: words, <eos>, padding) of their posterior means, a
-        reconstruction (noise then unused). A walk is the caller's: lerp encode_noise's means, then decode."""
+    def generate(self, noise: Tensor, *, strategy: str = "greedy", temperature: float = 1.0, beam: int = 5,
+                 generators: Sequence[torch.Generator] | None = None, **conditions: Tensor) -> Iterator[Step]:
+        """One Step with tokens (B, L): the decoding (`decode`'s strategies) of z = noise (B, z_dim), a prior sample,
+        or with `texts` (B, L) + `lengths` (B,) (the batch layout: words, <eos>, padding) of their posterior means, a
+        reconstruction (noise then unused). "sample" takes one generator per row and decodes each row alone, so a
+        row's words depend on its own generator only. A walk is the caller's: lerp encode_noise's means, decode."""
         unknown = sorted(set(conditions) - {"texts", "lengths"})
         if unknown:
             raise ValueError(f"TextVAE.generate takes no condition(s) {unknown}; known: ['texts', 'lengths']")
         if ("texts" in conditions) != ("lengths" in conditions):
             raise ValueError("texts and lengths come together")
         z = self.encode_noise(conditions["texts"], conditions["lengths"]) if "texts" in conditions else noise
-        return iter((Step(tokens=self.decode(z, strategy="greedy")),))  # not a generator function: errors raise now
+        if strategy != "sample":
+            return iter((Step(tokens=self.decode(z, strategy=strategy, beam=beam)),))
+        if generators is None or len(generators) != z.shape[0]:
+            raise ValueError(f"sampling takes one generator per row: {z.shape[0]} rows")
+        rows = [self.decode(z[i : i + 1], strategy="sample", temperature=temperature, generator=g)[0]
+                for i, g in enumerate(generators)]
+        tokens = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long, device=rows[0].device)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r)] = r
+        return iter((Step(tokens=tokens),))  # not a generator function: errors raise now
 
     # -------------------------------------------------------------------------------------------------------
     # Diagnostics

@@ -23,6 +23,7 @@ from worker.protocol import (
     MAX_WALK_POINTS,
     MIN_CLASSES,
     SEED_MAX,
+    Decoding,
     Label,
     ModelInfo,
     OutputOptions,
@@ -77,6 +78,7 @@ class GenerationCreate(BaseModel):
         {"caption": "the digit 3 is at the top left of the image", "n": 4},
         {"model": "statistician-omniglot", "images": ["iVBORw0KGgo...", "iVBORw0KGgo..."], "n": 8, "seed": 7},
         {"model": "textvae-captions", "n": 8, "seed": 3},
+        {"model": "textvae-captions", "n": 8, "decoding": {"strategy": "sample", "temperature": 0.8}},
         {"model": "textvae-captions", "interpolate": {"from": "the digit 3 is at the top left of the image .",
                                                       "to": "the digit 8 is at the bottom right of the image .",
                                                       "points": 8}},
@@ -101,6 +103,9 @@ class GenerationCreate(BaseModel):
         None, description="instead of `seed`: one seed per image, in output order (a seed may repeat, e.g. to draw "
                           "several captions from one noise)")
     output: OutputOptions = OutputOptions()
+    decoding: Decoding | None = Field(None, description="text models: `greedy` (the default), `sample` at "
+                                      "`temperature` (prior samples; each sentence's words from its seed) or `beam` "
+                                      "of width `beam`")
 
     @model_validator(mode="after")
     def _check(self) -> GenerationCreate:

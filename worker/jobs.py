@@ -45,6 +45,7 @@ from worker import conditions, render
 from worker.protocol import (
     JOB_FUNC,
     RESULT_FILE,
+    Decoding,
     FewShot,
     Images,
     ImageSet,
@@ -63,6 +64,7 @@ from worker.protocol import (
     parse_request,
     raw_name,
     validate_for_model,
+    word_seed,
 )
 from worker.queue import CLAIM_LUA, SERIALIZER, announce, make_queue, now_iso, owner_record, printable
 from worker.redis_conn import text
@@ -537,16 +539,18 @@ def _score(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, job: Likel
 
 
 def _write(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, guard: ShutdownGuard) -> bool:
-    """A text family's sentences, each the greedy decoding of one z: n prior samples (z from each output's seed), or
-    the points of the straight line between two sentences' posterior means (the ends: their reconstructions). Rows go
-    through the decoder in chunks of exactly `batch_rows` (padding rows after), so a sentence never depends on the
-    job's size; cancellation is checked between chunks."""
+    """A text family's sentences, each the decoding of one z (greedy unless the request's `decoding` says otherwise):
+    n prior samples (z from each output's seed), or the points of the straight line between two sentences' posterior
+    means (the ends: their reconstructions). Greedy and beam rows go through the decoder in chunks of exactly
+    `batch_rows` (padding rows after); sampled rows one by one, each with its own word generator; either way a
+    sentence never depends on the job's size. Cancellation is checked between chunks."""
     s = rt.settings
     keys = Keys(s.key_prefix)
     model, vocab = lm.model, lm.vocab
     assert vocab is not None  # the registry loads no text family without one
     device = next(model.parameters()).device
     c = e.request.condition
+    decoding = e.request.decoding or Decoding()
     if isinstance(c, TextPair):
         given = conditions.sentences(vocab, c.texts)
         with torch.inference_mode():
@@ -560,7 +564,13 @@ def _write(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, guard: Shu
             break
         hi = min(len(path), lo + s.batch_rows)
         with torch.inference_mode():
-            (step,) = model.generate(conditions.pad_rows(path[lo:hi], s.batch_rows).to(device))
+            if decoding.strategy == "sample":
+                words = [torch.Generator().manual_seed(word_seed(seed)) for seed in (e.request.seeds or [])[lo:hi]]
+                (step,) = model.generate(path[lo:hi].to(device), strategy="sample",
+                                         temperature=decoding.temperature, generators=words)
+            else:
+                (step,) = model.generate(conditions.pad_rows(path[lo:hi], s.batch_rows).to(device),
+                                         strategy=decoding.strategy, beam=decoding.beam)
         for j, row in enumerate(step.tokens[: hi - lo].tolist()):
             e.texts[lo + j] = conditions.sentence(vocab, row)
         e.steps_done = hi

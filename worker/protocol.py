@@ -47,6 +47,8 @@ MAX_FEW_SHOT_IMAGES = 200
 MAX_LABEL_CHARS = 64
 MAX_CAPTION_CHARS = 500  # before tokenising; the model's vocabulary also caps tokens (Vocabulary.max_length)
 MAX_SCALE = 4
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 5.0  # a text family's sampling temperature (lower: nearer greedy)
+MAX_BEAM = 16  # its beam width
 SEED_MAX = 2**32 - 1
 MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # RQ allows letters, digits, _ and - (no ':')
@@ -84,6 +86,24 @@ class OutputOptions(BaseModel):
         return self.frames or self.gif or self.webp
     frame_ms: int = Field(80, ge=10, le=2000)  # animation frame duration
     scale: int = Field(1, ge=1, le=MAX_SCALE)  # nearest-neighbour upscaling of every image written
+
+
+class Decoding(BaseModel):
+    """How a text family turns each z into words: greedy (the default, deterministic), sampling from
+    softmax(logits / temperature) (sentence i's words drawn with a generator seeded from its seed: prior samples
+    only), or beam search of width `beam` on the sentence's log-probability (it favours short sentences)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: Literal["greedy", "sample", "beam"] = "greedy"
+    temperature: float = Field(1.0, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE)
+    beam: int = Field(5, ge=1, le=MAX_BEAM)
+
+
+def word_seed(seed: int) -> int:
+    """The seed of a sampled sentence's word draws, a stream other than its z's (torch's CPU generator keeps only a
+    seed's low 32 bits, so seed + 2^32 would replay the z draws): the seed xor a constant, a bijection on seeds."""
+    return seed ^ 0x9E3779B9
 
 
 class _Condition(BaseModel):
@@ -220,6 +240,7 @@ class JobRequest(BaseModel):
     n: int = Field(1, ge=1, le=MAX_PER_CAPTION)
     seeds: list[Seed] | None = None  # see seed_count; drawn by `with_seeds()` when absent, then always recorded
     output: OutputOptions = OutputOptions()
+    decoding: Decoding | None = None  # text families only (validate_for_model); None: greedy
 
     @model_validator(mode="before")
     @classmethod
@@ -298,6 +319,9 @@ class JobRequest(BaseModel):
             raise ValueError(f"n applies to samples; a {self.condition.kind} job takes n = 1")
         if self.seeds is not None and len(self.seeds) != self.seed_count:
             raise ValueError(f"need {self.seed_count} seed(s) for this job: got {len(self.seeds)}")
+        if self.decoding is not None and self.decoding.strategy == "sample" and self.condition.kind != "none":
+            raise ValueError("sampled decoding draws each sentence's words from its seed: it applies to samples "
+                             "(n sentences), not to an interpolation (use greedy or beam)")
         return self
 
     def with_seeds(self) -> JobRequest:
@@ -602,6 +626,9 @@ def validate_for_model(request: JobRequest, info: ModelInfo, *, max_job_bytes: i
                 vocab.check(caption)
             except CaptionError as e:
                 raise InvalidJobError(f"{'text' if request.texts else 'caption'} {j}: {e}") from e
+    if request.decoding is not None and info.modes[kind] != "text":
+        raise InvalidJobError(f"`decoding` applies to text models; model {info.id!r} ({info.kind}) returns "
+                              f"{info.modes[kind]}")
     if isinstance(request.condition, Walk) and request.condition.inputs and "images" not in info.modes:
         raise InvalidJobError(f"model {info.id!r} ({info.kind}) cannot encode images: walk between seeds")
     bound = job_bytes_bound(request, info)

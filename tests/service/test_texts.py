@@ -13,6 +13,7 @@ from models.sampling import draw_noise, lerp
 from tests.service.test_images_and_likelihoods import finished, png64
 from tests.service.test_sets_and_classifications import drawings
 from worker.conditions import pad_rows, sentence, sentences
+from worker.protocol import word_seed
 
 MODEL = "tiny-text"
 FROM = "the digit 3 is at the top left of the image"
@@ -75,6 +76,35 @@ def test_interpolation_runs_from_one_sentences_reconstruction_to_the_others(clie
     assert [o["text"] for o in other["outputs"]] == texts
 
 
+def test_sampled_and_beam_decodings_are_the_models_own(client, checkpoints: Path):
+    """`decoding`: sampled sentences draw their words from a generator seeded by word_seed(seed), each row alone (so
+    a sentence is the same in any job); beam search runs on the worker's padded rows."""
+    ckpt = load_checkpoint(checkpoints / MODEL)
+    assert ckpt.vocab is not None
+    seeds = [40, 41, 42, 43]
+    z = draw_noise(4, 3, seeds=seeds)
+    body = {"model": MODEL, "n": 4, "seed": 40, "decoding": {"strategy": "sample", "temperature": 1.5}}
+    done = finished(client, client.post("/v1/generations", json=body).headers["location"])
+    texts = [o["text"] for o in done["outputs"]]
+    with torch.inference_mode():
+        own = [ckpt.model.decode(z[i : i + 1], strategy="sample", temperature=1.5,
+                                 generator=torch.Generator().manual_seed(word_seed(s)))[0] for i, s in enumerate(seeds)]
+    assert texts == [sentence(ckpt.vocab, row.tolist()) for row in own]
+    greedy = decoded(checkpoints, z, client.app.state.settings.batch_rows)
+    assert texts != greedy  # sampling at 1.5 is not the argmax (it would be at a vanishing temperature)
+    alone = finished(client, client.post("/v1/generations", json={**body, "n": 1, "seed": 42}).headers["location"])
+    assert alone["outputs"][0]["text"] == texts[2]  # sentence 2 of the batch, drawn alone
+    beam = {"model": MODEL, "interpolate": {"from": FROM, "to": TO, "points": 3},
+            "decoding": {"strategy": "beam", "beam": 3}}
+    done = finished(client, client.post("/v1/generations", json=beam).headers["location"])
+    given = sentences(ckpt.vocab, [FROM, TO])
+    with torch.inference_mode():
+        ends = ckpt.model.encode_noise(given["texts"], given["lengths"])
+        rows = client.app.state.settings.batch_rows
+        own_beam = ckpt.model.decode(pad_rows(lerp(ends[0], ends[1], 3), rows), strategy="beam", beam=3)[:3]
+    assert [o["text"] for o in done["outputs"]] == [sentence(ckpt.vocab, r) for r in own_beam.tolist()]
+
+
 def test_bad_text_requests_are_422s_that_say_what_is_wrong(client):
     def post(body: dict):
         return client.post("/v1/generations", json={"model": MODEL, **body})
@@ -102,9 +132,15 @@ def test_bad_text_requests_are_422s_that_say_what_is_wrong(client):
         ({"walk": {"seeds": [1, 2]}}, "takes no 'walk'"),
         ({"images": [png64(drawings(1, seed=0)[0])]}, "reads and writes text, not images"),
         ({"n": 17}, "n"),
+        ({"interpolate": {"from": FROM, "to": TO}, "decoding": {"strategy": "sample"}}, "applies to samples"),
+        ({"decoding": {"strategy": "sample", "temperature": 0}}, "temperature"),
+        ({"decoding": {"strategy": "beam", "beam": 17}}, "beam"),
+        ({"decoding": {"strategy": "top-k"}}, "strategy"),
     ]:
         r = post(body)
         assert r.status_code == 422, (body, r.text)
         assert says in r.text, (body, r.text)
     r = client.post("/v1/generations", json={"model": "tiny-draw", "interpolate": {"from": FROM, "to": TO}})
     assert r.status_code == 422 and "takes no 'text_pair'" in r.json()["detail"]
+    r = client.post("/v1/generations", json={"model": "tiny-draw", "n": 2, "decoding": {"strategy": "beam"}})
+    assert r.status_code == 422 and "`decoding` applies to text models" in r.json()["detail"]

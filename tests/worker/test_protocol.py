@@ -195,3 +195,18 @@ def test_validate_for_model_checks_the_condition_against_the_models_modes():
     assert small < 8192
     walks = [job_bytes_bound(JobRequest(model="i", condition=Walk(points=p)).with_seeds(), IWAE) for p in (4, 40)]
     assert walks[0] < walks[1]
+
+
+def test_a_sampled_sentences_word_stream_is_not_its_z_stream():
+    """torch's CPU generator keeps a seed's low 32 bits (seed + 2^32 replays seed): word_seed must differ there."""
+    import torch
+
+    from worker.protocol import SEED_MAX, word_seed
+
+    def draws(seed: int) -> torch.Tensor:
+        return torch.rand(4, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(draws(7), draws(7 + 2**32))  # the pitfall, as measured
+    for seed in (0, 7, 2**31, SEED_MAX):
+        assert 0 <= word_seed(seed) <= SEED_MAX and not torch.equal(draws(seed), draws(word_seed(seed)))
+    assert len({word_seed(s) for s in range(1000)}) == 1000

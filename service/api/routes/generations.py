@@ -29,6 +29,7 @@ from worker.protocol import (
     TERMINAL,
     Captions,
     Condition,
+    Decoding,
     Images,
     ImageSet,
     InvalidJobError,
@@ -133,10 +134,10 @@ def storage_room(conn, settings, metrics, need: int) -> None:
 
 def submit(conn, settings, caller, metrics, response: Response, base: str, *, body: Any, model: str,
            info: ModelInfo, condition: Condition, n: int, seeds: list[int] | None, output: Any,
-           uploads: list[bytes], idempotency_key: str | None) -> Generation:
+           uploads: list[bytes], idempotency_key: str | None, decoding: Decoding | None = None) -> Generation:
     """Check, store the uploaded images beside the job, enqueue: what every POST that creates a job shares."""
     try:
-        job = JobRequest(model=model, condition=condition, n=n, seeds=seeds, output=output)
+        job = JobRequest(model=model, condition=condition, n=n, seeds=seeds, output=output, decoding=decoding)
         validate_for_model(job, info, max_job_bytes=settings.max_job_bytes)
     except (ValidationError, InvalidJobError) as e:
         metrics.jobs_rejected.labels("invalid").inc()
@@ -244,7 +245,7 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
         seeds = list(body.seeds)
     return submit(conn, settings, caller, metrics, response, base, body=body, model=model, info=info,
                   condition=condition, n=body.n, seeds=seeds, output=body.output, uploads=uploads,
-                  idempotency_key=idempotency_key)
+                  idempotency_key=idempotency_key, decoding=body.decoding)
 
 
 def _read(conn, settings, job_id: str, base: str, metrics=None) -> Generation:
