@@ -116,12 +116,14 @@ def save_pictures(model: Any, x: torch.Tensor, pictures: Path, *, samples: torch
     if samples is None:
         samples = sample(model, seeds=list(range(64)), keep_canvases=False).images.cpu()
     artefacts.save_sample_grid(pictures / "samples.png", samples[:64])
-    if reconstructions is None and "images" in model.modes:
-        reconstructions = sample(model, images=x[:32], keep_canvases=False).images.cpu()
-    if reconstructions is not None:
+    rows = min(4, len(x) // 8)  # rows of 8 originals, each above its reconstructions
+    if reconstructions is None and "images" in model.modes and rows:
+        reconstructions = sample(model, images=x[: 8 * rows], keep_canvases=False).images.cpu()
+    if reconstructions is not None and rows:
         c, h, w = x.shape[1:]
-        pairs = torch.stack([x[:32].view(4, 8, c, h, w), reconstructions[:32].view(4, 8, c, h, w)], 1)
-        artefacts.save_sample_grid(pictures / "reconstructions.png", pairs.view(64, c, h, w))
+        pairs = torch.stack([x[: 8 * rows].view(rows, 8, c, h, w),
+                             reconstructions[: 8 * rows].view(rows, 8, c, h, w)], 1)
+        artefacts.save_sample_grid(pictures / "reconstructions.png", pairs.view(16 * rows, c, h, w))
     if "walk" in model.modes:
         artefacts.save_canvas_strip(pictures / "walk.png", seed_walks(model).cpu(), max_columns=10)
 

@@ -380,6 +380,14 @@ def test_avb_resumes_its_two_optimisers_exactly_at_the_papers_two_rates(tmp_path
     assert all({"train_adversary_cost", "train_reconstruction", "val_kl"} <= r.keys() for r in rows)
     assert all(math.isfinite(r["val_nll_bound"]) for r in rows)
     assert (tmp_path / "split" / "previews" / "walk-epoch0003.png").stat().st_size > 0
+    # evaluate: the approximate bound on test images, L_k with r_α as the proposal, and the card's pictures
+    out = tmp_path / "eval.json"
+    cli(["evaluate", str(tmp_path / "split" / "last"), "--data-dir", str(shared_data), "--limit", "20",
+         "--lk-images", "2", "--k", "5", "--json", str(out), "--pictures", str(tmp_path / "pictures")])
+    test = json.loads(out.read_text())["test"]
+    assert test["images"] == 20 and test["images_L5"] == 2 and test["nll_L5"] <= test["neg_elbo_L5_samples"]
+    assert all((tmp_path / "pictures" / name).stat().st_size > 0
+               for name in ("samples.png", "reconstructions.png", "walk.png"))
 
 
 def test_a_resume_without_lr_keeps_the_runs_rate_over_the_familys_default(tmp_path):
