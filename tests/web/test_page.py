@@ -533,7 +533,7 @@ def test_a_caption_path_is_written_by_the_text_model_then_drawn_and_played(brows
 
     # The animation steps through the strip's images in order, its caption beside it, and loops.
     shown: list[int] = []
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30  # 7 points at 700 ms, with room for a loaded CI machine
     while len(shown) < 7 and time.monotonic() < deadline:
         src, caption = page.eval_on_selector("#path-anim", "a => [a.src, "
                                              "document.querySelector('#path-anim-caption').textContent]")
