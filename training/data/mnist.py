@@ -98,16 +98,7 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
 def read_checked(path: Path, expected: str, what: str, *, verify: bool = True) -> bytes:
     """A data file's content, gunzipped when it is gzip, checked against the expected sha256 of that content
     (unless `verify` is False): the one reader behind the binarized-MNIST, Penn Treebank and Omniglot loaders."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetNotFoundError(f"{path}: no such file (expected {what} sha256 {expected})") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DatasetError(f"{path}: corrupt or truncated gzip stream ({e}); expected {what} sha256 "
-                               f"{expected}") from e
+    raw = _read_bytes(path, expecting=f"{what} sha256 {expected}")
     if verify:
         got = hashlib.sha256(raw).hexdigest()
         if got != expected:
@@ -150,17 +141,20 @@ _IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int
               np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
 
 
-def _read_bytes(path: Path) -> bytes:
-    """File content, gunzipped when it starts with the gzip magic (whatever its name)."""
+def _read_bytes(path: Path, expecting: str = "") -> bytes:
+    """File content, gunzipped when it starts with the gzip magic (whatever its name); `expecting` (what the file
+    should hold) goes into the errors."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise DatasetNotFoundError(f"{path}: no such file") from None
+        hint = f" (expected {expecting})" if expecting else ""
+        raise DatasetNotFoundError(f"{path}: no such file{hint}") from None
     if data[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(data)
         except (EOFError, OSError, zlib.error) as e:
-            raise DatasetError(f"{path}: corrupt or truncated gzip stream ({e})") from e
+            raise DatasetError(f"{path}: corrupt or truncated gzip stream ({e})"
+                               + (f"; expected {expecting}" if expecting else "")) from e
     return data
 
 
