@@ -38,6 +38,7 @@ from models.gaussian import kl_standard_normal, reparameterise
 
 _LOG_2PI = math.log(2 * math.pi)
 _OBJECTIVES = ("vaegan", "vae")
+_UPSAMPLES = ("deconv5", "deconv4", "resize")
 _MOMENTUM = 0.01  # of the baseline's running pixel scale: an average over about the last 100 batches
 
 
@@ -58,12 +59,21 @@ class VAEGANConfig:
     equilibrium: float = 0.68  # the released code's balance point of the discriminator's costs (≈ ln 2)
     margin: float = 0.35  # its margin; 0 turns the rule off
     recon_fakes: bool = True  # reconstructions are fakes too (the paper); False: prior samples only (the CelebA script)
+    # The decoder's ×2 upsampling: "deconv5" (5×5 transposed conv, the paper's; its kernel overlaps unevenly and
+    # prints a checkerboard), "deconv4" (4×4: kernel divisible by the stride) or "resize" (nearest ×2, then a 5×5
+    # conv: no uneven overlap at all; Odena et al. 2016, "Deconvolution and checkerboard artifacts").
+    upsample: str = "deconv5"
+    leak: float = 0.0  # negative slope of the discriminator's ReLUs (DCGAN's 0.2); 0: the paper's plain ReLU
 
     def __post_init__(self) -> None:
         if self.objective not in _OBJECTIVES:
             raise ValueError(f"objective must be one of {_OBJECTIVES}, got {self.objective!r}")
         if not 1 <= self.feature_layer <= 4:
             raise ValueError(f"feature_layer must be a discriminator block 1..4, got {self.feature_layer}")
+        if self.upsample not in _UPSAMPLES:
+            raise ValueError(f"upsample must be one of {_UPSAMPLES}, got {self.upsample!r}")
+        if not 0.0 <= self.leak < 1.0:
+            raise ValueError(f"leak must be in [0, 1), got {self.leak}")
         if self.height % 4 or self.width % 4:
             raise ValueError(f"height and width must be multiples of 4 (two stride-2 stages), got "
                              f"{self.height}×{self.width}")
@@ -72,10 +82,11 @@ class VAEGANConfig:
         return asdict(self)
 
 
-def _conv(n_in: int, n_out: int, stride: int, norm: bool = True) -> nn.Sequential:
-    """5×5 conv (the paper's every conv), 'same' padding, batch norm, ReLU."""
+def _conv(n_in: int, n_out: int, stride: int, norm: bool = True, leak: float = 0.0) -> nn.Sequential:
+    """5×5 conv (the paper's every conv), 'same' padding, batch norm, ReLU (leaky when leak > 0)."""
     norms = [nn.BatchNorm2d(n_out)] if norm else []
-    return nn.Sequential(nn.Conv2d(n_in, n_out, 5, stride, padding=2, bias=not norm), *norms, nn.ReLU())
+    act = nn.LeakyReLU(leak) if leak > 0 else nn.ReLU()
+    return nn.Sequential(nn.Conv2d(n_in, n_out, 5, stride, padding=2, bias=not norm), *norms, act)
 
 
 def _cells(c: VAEGANConfig) -> int:
@@ -83,10 +94,15 @@ def _cells(c: VAEGANConfig) -> int:
     return 4 * c.base * math.ceil(c.height / 8) * math.ceil(c.width / 8)
 
 
-def _deconv(n_in: int, n_out: int) -> nn.Sequential:
-    """5×5 transposed conv that doubles height and width exactly, batch norm, ReLU."""
-    return nn.Sequential(nn.ConvTranspose2d(n_in, n_out, 5, 2, padding=2, output_padding=1, bias=False),
-                         nn.BatchNorm2d(n_out), nn.ReLU())
+def _up(n_in: int, n_out: int, how: str) -> nn.Sequential:
+    """A stage that doubles height and width exactly (VAEGANConfig.upsample says how), batch norm, ReLU."""
+    if how == "deconv5":
+        layers: list[nn.Module] = [nn.ConvTranspose2d(n_in, n_out, 5, 2, padding=2, output_padding=1, bias=False)]
+    elif how == "deconv4":
+        layers = [nn.ConvTranspose2d(n_in, n_out, 4, 2, padding=1, bias=False)]
+    else:
+        layers = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(n_in, n_out, 5, padding=2, bias=False)]
+    return nn.Sequential(*layers, nn.BatchNorm2d(n_out), nn.ReLU())
 
 
 class Encoder(nn.Module):
@@ -112,7 +128,7 @@ class Decoder(nn.Module):
         self.shape = (4 * b, c.height // 4, c.width // 4)
         self.project = nn.Sequential(nn.Linear(c.z_size, math.prod(self.shape), bias=False),
                                      nn.BatchNorm1d(math.prod(self.shape)), nn.ReLU())
-        self.up = nn.Sequential(_deconv(4 * b, 2 * b), _deconv(2 * b, b))
+        self.up = nn.Sequential(_up(4 * b, 2 * b, c.upsample), _up(2 * b, b, c.upsample))
         self.out = nn.Conv2d(b, c.channels, 5, padding=2)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -125,8 +141,8 @@ class Discriminator(nn.Module):
     def __init__(self, c: VAEGANConfig):
         super().__init__()
         b = c.base
-        self.blocks = nn.ModuleList([_conv(c.channels, b, 1, norm=False), _conv(b, 2 * b, 2),
-                                     _conv(2 * b, 4 * b, 2), _conv(4 * b, 4 * b, 2)])
+        self.blocks = nn.ModuleList([_conv(c.channels, b, 1, norm=False, leak=c.leak), _conv(b, 2 * b, 2, leak=c.leak),
+                                     _conv(2 * b, 4 * b, 2, leak=c.leak), _conv(4 * b, 4 * b, 2, leak=c.leak)])
         self.head = nn.Linear(_cells(c), 1)
         self.feature_layer = c.feature_layer
 

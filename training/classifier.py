@@ -40,6 +40,10 @@ DATASETS = {
 }
 
 
+# The shipped Fashion-MNIST judge: the grey families' validation and test Fréchet distance (ours) read its features.
+FASHION_CLASSIFIER = Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-classifier"
+
+
 class DigitClassifier(nn.Module):
     """(B, 1, 28, 28) in [0, 1] -> logits (B, 10). Reads MNIST digits or Fashion-MNIST items, per its weights."""
 

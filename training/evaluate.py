@@ -67,16 +67,13 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-FASHION_CLASSIFIER = Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-classifier"
-
-
 def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Fashion-MNIST test set: the objective's bound and terms; then `--samples` prior samples (seeds 0..n−1) and
     the deterministic reconstructions of every test image, judged by training/quality.py against the test images
     with the shipped Fashion-MNIST classifier; the training images' own distance to the test set is the floor.
     With --pictures DIR: samples.png, reconstructions.png (test images above their reconstructions), walk.png."""
     from models.sampling import sample
-    from training.classifier import load_classifier
+    from training.classifier import FASHION_CLASSIFIER, load_classifier
     from training.data.mnist import load_mnist
     from training.quality import diversity, generation_report
 

@@ -22,6 +22,7 @@ from training.config import TrainConfig
 __all__ = ["Batch", "Task", "batches", "epoch_seed", "make_task"]
 
 VAL_SEED = 1_000_003  # the validation set is generated once from held-out digits with this seed
+VAL_FD_SAMPLES = 2000  # prior samples (seeds 0..1999) per epoch for the grey families' validation FD (ours)
 
 
 @dataclass
@@ -224,11 +225,24 @@ class ImagesTask(Task):
         if not self._grey:
             return {}
         from models.sampling import sample
-        from training.quality import diversity
+        from training.classifier import FASHION_CLASSIFIER, load_classifier
+        from training.quality import classifier_features, diversity, frechet_distance, ssim
 
-        images = sample(model, seeds=list(range(256)), keep_canvases=False).images.cpu()
-        report = diversity(images, self._val[:256])
-        return {"val_sample_diversity": report["spread"], "val_sample_near_duplicates": report["near_duplicates"]}
+        device = next(model.parameters()).device
+        chunk = 500
+        images = torch.cat([sample(model, seeds=list(range(i, i + chunk)), keep_canvases=False).images.cpu()
+                            for i in range(0, VAL_FD_SAMPLES, chunk)])
+        report = diversity(images[:256], self._val[:256])
+        out = {"val_sample_diversity": report["spread"], "val_sample_near_duplicates": report["near_duplicates"]}
+        if "images" in model.modes:  # Dec(μ(x)) of every validation image, as evaluate measures the test set
+            recons = torch.cat([sample(model, images=self._val[i : i + chunk], keep_canvases=False).images.cpu()
+                                for i in range(0, len(self._val), chunk)])
+            out["val_recon_ssim"] = float(ssim(recons, self._val).mean())
+        if (FASHION_CLASSIFIER / "checkpoint.json").exists():  # the shipped judge; absent only in a bare checkout
+            judge = load_classifier(FASHION_CLASSIFIER, device)
+            out["val_fd_ours"] = frechet_distance(classifier_features(judge, images),
+                                                  classifier_features(judge, self._val))
+        return out
 
 
 class FolderCaptionsTask(Task):

@@ -287,7 +287,7 @@ def _train_vaegan(out, *extra):
 def test_vaegan_resumes_its_three_optimisers_exactly(tmp_path):
     """Three optimiser groups (one sits out some batches under the equilibrium rule): a run split by a resume ends
     bit-identical to one straight run, every optimizer's state included; the GAN's costs and the sample-diversity
-    check are logged each epoch."""
+    check, the validation reconstruction SSIM and the validation FD (ours) are logged each epoch."""
     from training.data.mnist import DatasetNotFoundError, load_mnist
 
     try:
@@ -305,9 +305,10 @@ def test_vaegan_resumes_its_three_optimisers_exactly(tmp_path):
         assert sa.keys() == sb.keys() and sa and all(torch.equal(sa[k], sb[k]) for k in sa)
     rows = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert all({"train_d_real_cost", "train_gen_cost", "train_dis_updated", "val_sample_diversity",
-                "val_sample_near_duplicates"} <= r.keys()
+                "val_sample_near_duplicates", "val_recon_ssim", "val_fd_ours"} <= r.keys()
                for r in rows)
-    assert all(0 < r["val_sample_diversity"] < 5 for r in rows)
+    assert all(0 < r["val_sample_diversity"] < 5 and -1 <= r["val_recon_ssim"] <= 1 and r["val_fd_ours"] > 0
+               for r in rows)
     assert any(r["train_dis_updated"] < 1 or r["train_dec_updated"] < 1 for r in rows)  # the rule did skip updates
 
 
