@@ -225,10 +225,8 @@ class ImagesTask(Task):
         if not self._grey:
             return {}
         from models.sampling import sample
-        from training.classifier import FASHION_CLASSIFIER, load_classifier
         from training.quality import classifier_features, diversity, frechet_distance, ssim
 
-        device = next(model.parameters()).device
         chunk = 500
         images = torch.cat([sample(model, seeds=list(range(i, i + chunk)), keep_canvases=False).images.cpu()
                             for i in range(0, VAL_FD_SAMPLES, chunk)])
@@ -238,11 +236,19 @@ class ImagesTask(Task):
             recons = torch.cat([sample(model, images=self._val[i : i + chunk], keep_canvases=False).images.cpu()
                                 for i in range(0, len(self._val), chunk)])
             out["val_recon_ssim"] = float(ssim(recons, self._val).mean())
-        if (FASHION_CLASSIFIER / "checkpoint.json").exists():  # the shipped judge; absent only in a bare checkout
-            judge = load_classifier(FASHION_CLASSIFIER, device)
-            out["val_fd_ours"] = frechet_distance(classifier_features(judge, images),
-                                                  classifier_features(judge, self._val))
+        judge, val_features = self._judge
+        out["val_fd_ours"] = frechet_distance(classifier_features(judge, images), val_features)
         return out
+
+    @cached_property
+    def _judge(self) -> tuple[Any, Tensor]:
+        """The shipped Fashion-MNIST classifier and its features of the validation images: read and computed once
+        a run, not every epoch (the classifier runs on the CPU; the features are the same each epoch)."""
+        from training.classifier import FASHION_CLASSIFIER, load_classifier
+        from training.quality import classifier_features
+
+        judge = load_classifier(FASHION_CLASSIFIER, "cpu")
+        return judge, classifier_features(judge, self._val)
 
 
 class FolderCaptionsTask(Task):
