@@ -39,6 +39,7 @@ from models.gaussian import kl_standard_normal, reparameterise
 _LOG_2PI = math.log(2 * math.pi)
 _OBJECTIVES = ("vaegan", "vae")
 _UPSAMPLES = ("deconv5", "deconv4", "resize")
+_FEATURE_SCALES = ("unit", "calibrated")
 _MOMENTUM = 0.01  # of the baseline's running pixel scale: an average over about the last 100 batches
 
 
@@ -64,6 +65,10 @@ class VAEGANConfig:
     # conv: no uneven overlap at all; Odena et al. 2016, "Deconvolution and checkerboard artifacts").
     upsample: str = "deconv5"
     leak: float = 0.0  # negative slope of the discriminator's ReLUs (DCGAN's 0.2); 0: the paper's plain ReLU
+    # The scale of N(Dis_l(x) | Dis_l(x̃), s²I): "unit" (the paper's s = 1) or "calibrated": s² the batch's mean
+    # squared feature error in training and its running average after, as the baseline's pixel scale (σ-VAE).
+    # A unit scale weighs the feature term against the KL by the discriminator's arbitrary feature magnitude.
+    feature_scale: str = "unit"
 
     def __post_init__(self) -> None:
         if self.objective not in _OBJECTIVES:
@@ -72,6 +77,8 @@ class VAEGANConfig:
             raise ValueError(f"feature_layer must be a discriminator block 1..4, got {self.feature_layer}")
         if self.upsample not in _UPSAMPLES:
             raise ValueError(f"upsample must be one of {_UPSAMPLES}, got {self.upsample!r}")
+        if self.feature_scale not in _FEATURE_SCALES:
+            raise ValueError(f"feature_scale must be one of {_FEATURE_SCALES}, got {self.feature_scale!r}")
         if not 0.0 <= self.leak < 1.0:
             raise ValueError(f"leak must be in [0, 1), got {self.leak}")
         if self.height % 4 or self.width % 4:
@@ -158,6 +165,7 @@ class Discriminator(nn.Module):
 class VAEGAN(nn.Module):
     Config = VAEGANConfig
     pixel_log_sigma: Tensor | None  # buffer: the baseline's kept log s (objective "vae"), else None
+    feature_log_sigma: Tensor | None  # buffer: the kept log s of Dis_l (feature_scale "calibrated"), else None
     kind = "vaegan"
     modes = {"none": "images", "images": "images", "walk": "frames"}  # models/family.py: condition -> output
     data = "images"
@@ -180,6 +188,8 @@ class VAEGAN(nn.Module):
         # (s² = its mean squared error, the σ-VAE of Rybkin et al. 2021: a learned s crawls there at Adam's 2e-4 a
         # step), kept as a running average that evaluation and the bound use, as batch norm keeps its statistics
         self.register_buffer("pixel_log_sigma", torch.zeros(()) if c.objective == "vae" else None)
+        calibrated = c.objective == "vaegan" and c.feature_scale == "calibrated"
+        self.register_buffer("feature_log_sigma", torch.zeros(()) if calibrated else None)
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
                 nn.init.normal_(m.weight, 0.0, 0.02)  # DCGAN's initialisation
@@ -226,9 +236,9 @@ class VAEGAN(nn.Module):
         logits, features = self.discriminator(torch.cat([x, torch.sigmoid(fakes)]))
         real, recon, prior = logits.split(b)
         f_real, f_recon = features[:b], features[b : 2 * b]
-        # −log N(Dis_l(x) | Dis_l(x̃), I); the target side is detached: the feature loss trains the encoder and the
+        # −log N(Dis_l(x) | Dis_l(x̃), s²I); the target side is detached: the feature loss trains the encoder and the
         # decoder to match the features of x, not the discriminator to move them (its group sees none of it anyway).
-        llike = 0.5 * ((f_real.detach() - f_recon) ** 2).sum(1) + 0.5 * f_real.shape[1] * _LOG_2PI
+        llike = self._gaussian_nll(f_real.detach(), f_recon, self.feature_log_sigma)
         d_real = F.binary_cross_entropy_with_logits(real, torch.ones_like(real), reduction="none")
         fake_logits = [recon, prior] if self.config.recon_fakes else [prior]
         fake = torch.stack(fake_logits)  # (fake kinds, B): each kind weighs the same, as the released 0.5 / 0.5
@@ -250,17 +260,21 @@ class VAEGAN(nn.Module):
     def _pixel_vae(self, x: Tensor, logits: Tensor, kl: Tensor, kl_weight: float) -> Losses:
         """The baseline: −log N(x | σ(logits), s²) per image, plus the KL: a −ELBO in nats of the continuous density
         of grey levels; s is the kept scale, or in training the batch's optimum."""
-        mean = torch.sigmoid(logits)
-        kept = self.pixel_log_sigma
-        assert kept is not None
-        log_s = kept
-        if self.training:  # the optimal s for this batch; no gradient needed through it: ∂/∂s is 0 at the optimum
-            log_s = 0.5 * torch.log((x - mean).detach().square().mean().clamp_min(1e-6))
-            with torch.no_grad():
-                kept.lerp_(log_s, _MOMENTUM)
-        nll = (0.5 * ((x - mean) * torch.exp(-log_s)) ** 2 + log_s + 0.5 * _LOG_2PI).flatten(1).sum(1)
+        nll = self._gaussian_nll(x, torch.sigmoid(logits), self.pixel_log_sigma)
         return Losses(minimise={"model": (nll + kl_weight * kl).mean()}, bound=(nll + kl).detach(),
                       terms={"kl": kl.detach(), "reconstruction": nll.detach()})
+
+    def _gaussian_nll(self, target: Tensor, mean: Tensor, kept: Tensor | None) -> Tensor:
+        """−log N(target | mean, s²I) per row, summed over the rest: s = 1 when kept is None; else s is the kept
+        scale, or in training the batch's optimum, which also moves the kept running average."""
+        if kept is None:
+            return (0.5 * (target - mean) ** 2 + 0.5 * _LOG_2PI).flatten(1).sum(1)
+        log_s = kept
+        if self.training:  # the optimal s for this batch; no gradient needed through it: ∂/∂s is 0 at the optimum
+            log_s = 0.5 * torch.log((target - mean).detach().square().mean().clamp_min(1e-6))
+            with torch.no_grad():
+                kept.lerp_(log_s, _MOMENTUM)
+        return (0.5 * ((target - mean) * torch.exp(-log_s)) ** 2 + log_s + 0.5 * _LOG_2PI).flatten(1).sum(1)
 
     def _equilibrium(self, d_real: Tensor, d_fake: Tensor) -> tuple[bool, bool]:
         """(update the discriminator, update the decoder) this batch, by the released code's rule (module doc), from

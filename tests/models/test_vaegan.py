@@ -171,6 +171,44 @@ def test_pixel_vae_baseline_bound_matches_a_float64_recomputation():
                                                                              dtype=torch.float64), rtol=0, atol=1e-6)
 
 
+def test_calibrated_feature_scale_is_the_batch_optimum_in_training_and_the_kept_scale_after():
+    """feature_scale "calibrated": −log N(Dis_l(x) | Dis_l(x̃), s²I) with s² the batch's mean squared feature error
+    in training (moving the kept scale 1% of the way) and the kept s in evaluation, against a float64 recomputation;
+    "unit" (the default) stays the paper's s = 1, and only the calibrated model carries the buffer."""
+    config = VAEGANConfig(**{**TINY.to_dict(), "feature_scale": "calibrated"})
+    assert tiny().feature_log_sigma is None and "feature_log_sigma" not in tiny().state_dict()
+    model = tiny(config)
+    model.feature_log_sigma.fill_(-0.7)
+    data, noise = batch(config=config)
+    twin = tiny(config).double()
+    x, eps = data["x"].double(), noise.double()
+
+    def squared_errors(train: bool) -> torch.Tensor:
+        twin.train(train)
+        with torch.no_grad():
+            mu, log_sigma = twin.encoder(x)
+            z = torch.cat([mu + torch.exp(log_sigma) * eps[:, 0], eps[:, 1]])
+            _, features = twin.discriminator(torch.cat([x, torch.sigmoid(twin.decoder(z))]))
+        b = x.shape[0]
+        return (features[:b] - features[b : 2 * b]) ** 2
+
+    def nll(sq: torch.Tensor, s: float) -> torch.Tensor:
+        return (sq / (2 * s**2) + math.log(s) + 0.5 * LOG_2PI).sum(1)
+
+    sq = squared_errors(train=False)
+    out = model.eval().loss(data, noise)
+    torch.testing.assert_close(out.terms["reconstruction"].double(), nll(sq, math.exp(-0.7)), rtol=1e-5, atol=1e-3)
+    out = model.train().loss(data, noise)
+    sq = squared_errors(train=True)
+    s = sq.mean().sqrt().item()
+    torch.testing.assert_close(out.terms["reconstruction"].double(), nll(sq, s), rtol=1e-5, atol=1e-3)
+    assert nll(sq, s).mean() < nll(sq, 1.1 * s).mean() and nll(sq, s).mean() < nll(sq, s / 1.1).mean()
+    torch.testing.assert_close(model.feature_log_sigma.double(), torch.tensor(-0.7 + 0.01 * (math.log(s) + 0.7),
+                                                                              dtype=torch.float64), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="feature_scale"):
+        VAEGANConfig(feature_scale="learned")
+
+
 def test_generation_walks_and_the_registry():
     model = build("vaegan", TINY.to_dict())
     assert isinstance(model, VAEGAN) and model.steps == 1 and model.noise_shape() == (3,)
