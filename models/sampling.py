@@ -147,6 +147,19 @@ def sample(
     )
 
 
+def prior_images(model: Generator, n: int, *, chunk: int = 500) -> Tensor:
+    """Final images of prior samples with seeds 0..n−1, on the CPU, drawn `chunk` at a time so memory stays flat;
+    seeded per sample, so the chunk size does not change them."""
+    return torch.cat([sample(model, seeds=list(range(i, min(i + chunk, n))), keep_canvases=False).images.cpu()
+                      for i in range(0, n, chunk)])
+
+
+def reconstructions(model: Generator, x: Tensor, *, chunk: int = 500) -> Tensor:
+    """The family's reconstruction of every image of x (condition "images"), on the CPU, `chunk` at a time."""
+    return torch.cat([sample(model, images=x[i : i + chunk], keep_canvases=False).images.cpu()
+                      for i in range(0, len(x), chunk)])
+
+
 def slerp(a: Tensor, b: Tensor, points: int) -> Tensor:
     """`points` spherical interpolants of two noise draws, ends included, (points, *a.shape): every point keeps the
     norm of a typical N(0, I) draw, where the straight line's middle falls towards the origin (White 2016)."""

@@ -72,7 +72,7 @@ def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) ->
     the deterministic reconstructions of every test image, judged by training/quality.py against the test images
     with the shipped Fashion-MNIST classifier; the training images' own distance to the test set is the floor.
     With --pictures DIR: samples.png, reconstructions.png (test images above their reconstructions), walk.png."""
-    from models.sampling import sample
+    from models.sampling import prior_images, reconstructions
     from training.classifier import FASHION_CLASSIFIER, load_classifier
     from training.data.mnist import load_mnist
     from training.quality import diversity, generation_report
@@ -83,12 +83,9 @@ def evaluate_grey(model: Any, args: argparse.Namespace, device: torch.device) ->
 
     x = grey("test")[: args.limit] if args.limit else grey("test")
     out: dict[str, Any] = {"test": elbo_terms(model, {"x": x})}
-    chunk = 500
     n_samples = args.samples or 10_000
-    samples = torch.cat([sample(model, seeds=list(range(i, min(i + chunk, n_samples))), keep_canvases=False)
-                         .images.cpu() for i in range(0, n_samples, chunk)])
-    recons = torch.cat([sample(model, images=x[i : i + chunk], keep_canvases=False).images.cpu()
-                        for i in range(0, len(x), chunk)])
+    samples = prior_images(model, n_samples)
+    recons = reconstructions(model, x)
     judge = load_classifier(FASHION_CLASSIFIER, device)
     # the training split's first images (never the test set) against the test images: the floor of the FD
     quality = generation_report(samples=samples, reconstructions=recons, originals=x, test_images=x, classifier=judge,

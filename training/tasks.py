@@ -224,18 +224,14 @@ class ImagesTask(Task):
     def epoch_metrics(self, model: Any) -> dict[str, float]:
         if not self._grey:
             return {}
-        from models.sampling import sample
+        from models.sampling import prior_images, reconstructions
         from training.quality import classifier_features, diversity, frechet_distance, ssim
 
-        chunk = 500
-        images = torch.cat([sample(model, seeds=list(range(i, i + chunk)), keep_canvases=False).images.cpu()
-                            for i in range(0, VAL_FD_SAMPLES, chunk)])
+        images = prior_images(model, VAL_FD_SAMPLES)
         report = diversity(images[:256], self._val[:256])
         out = {"val_sample_diversity": report["spread"], "val_sample_near_duplicates": report["near_duplicates"]}
         if "images" in model.modes:  # Dec(μ(x)) of every validation image, as evaluate measures the test set
-            recons = torch.cat([sample(model, images=self._val[i : i + chunk], keep_canvases=False).images.cpu()
-                                for i in range(0, len(self._val), chunk)])
-            out["val_recon_ssim"] = float(ssim(recons, self._val).mean())
+            out["val_recon_ssim"] = float(ssim(reconstructions(model, self._val), self._val).mean())
         judge, val_features = self._judge
         out["val_fd_ours"] = frechet_distance(classifier_features(judge, images), val_features)
         return out

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models.family import build, param_groups
+from models.sampling import prior_images, reconstructions, sample
 from models.vaegan import VAEGAN, VAEGANConfig
 from training.train import step
 
@@ -207,6 +208,19 @@ def test_calibrated_feature_scale_is_the_batch_optimum_in_training_and_the_kept_
                                                                               dtype=torch.float64), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="feature_scale"):
         VAEGANConfig(feature_scale="learned")
+
+
+def test_chunked_prior_images_and_reconstructions_do_not_depend_on_the_chunk():
+    """The evaluator's and the trainer's chunked helpers: seeded per sample, so any chunk (even a ragged last one)
+    gives the images of one whole-batch call; reconstructions are deterministic Dec(μ(x)) row by row."""
+    model = tiny().eval()
+    x = batch(7)[0]["x"]
+    whole = sample(model, seeds=list(range(7)), keep_canvases=False).images
+    for chunk in (1, 3, 7, 500):
+        torch.testing.assert_close(prior_images(model, 7, chunk=chunk), whole, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(reconstructions(model, x, chunk=chunk),
+                                   sample(model, images=x, keep_canvases=False).images, rtol=1e-6, atol=1e-6)
+    assert prior_images(model, 7, chunk=3).shape == (7, 1, 8, 8)
 
 
 def test_generation_walks_and_the_registry():
