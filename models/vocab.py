@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 PAD = "<pad>"  # index 0; never a real word, masked out of every alignment
+BEGIN, END = "<bos>", "<eos>"  # a text family's start and end words (models/textvae.py SPECIALS)
 
 # Number words and numerals are one token each ("seven" == "7"): captions say digits either way.
 NUMBER_WORDS = {
@@ -118,6 +119,22 @@ class Vocabulary:
 
     def decode(self, ids: Iterable[int]) -> str:
         return " ".join(self.itos[i] for i in ids if i != 0)
+
+    def sentence(self, ids: Iterable[int], *, spelling: Sequence[str] | None = None,
+                 max_words: int | None = None) -> str:
+        """A text family's row of ids -> its words up to the first <eos> (the whole row without one), <pad> and
+        <bos> dropped, at most `max_words` of them; `spelling` (id -> word) overrides this vocabulary's
+        normalised words with the data's own (training/tasks.py TextsTask)."""
+        itos = self.itos if spelling is None else spelling
+        end = self.stoi.get(END)
+        skip = {0, self.stoi.get(BEGIN)}
+        words = []
+        for i in ids:
+            if int(i) == end:
+                break
+            if int(i) not in skip:
+                words.append(itos[int(i)])
+        return " ".join(words[:max_words])
 
     def to_dict(self) -> dict:
         return {"words": self.words, "max_length": self.max_length}

@@ -161,15 +161,10 @@ def evaluate_sets(model: Any, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _texts(itos: list[str], tokens: torch.Tensor) -> list[str]:
-    """Token rows (N, L) -> each row's words up to <eos> (padding and <bos> dropped)."""
-    from models.textvae import EOS
-
-    out = []
-    for row in tokens.tolist():
-        end = row.index(EOS) if EOS in row else len(row)
-        out.append(" ".join(itos[i] for i in row[:end] if i > EOS))
-    return out
+def _texts(ckpt: Any, tokens: torch.Tensor) -> list[str]:
+    """Token rows (N, L) -> each row's words up to <eos>, in the data's spelling (models/vocab.py sentence)."""
+    spelling = _itos(ckpt)
+    return [ckpt.vocab.sentence(row, spelling=spelling) for row in tokens.tolist()]
 
 
 def _itos(ckpt: Any) -> list[str]:
@@ -294,7 +289,7 @@ def evaluate_caption_texts(ckpt: Any, args: argparse.Namespace) -> dict[str, Any
     decoded = {"greedy": model.decode(z, strategy="greedy"),
                "sampled": model.decode(z, strategy="sample", temperature=1.0,
                                        generator=torch.Generator().manual_seed(0))}
-    samples = {name: caption_shares(_texts(itos, tokens.cpu()), corpus.languages, training)
+    samples = {name: caption_shares(_texts(ckpt, tokens.cpu()), corpus.languages, training)
                for name, tokens in decoded.items()}
     stoi = {w: i for i, w in enumerate(itos) if i > 0}
     from training.data.ptb import encode
@@ -302,19 +297,19 @@ def evaluate_caption_texts(ckpt: Any, args: argparse.Namespace) -> dict[str, Any
     valid = encode(corpus.valid[: args.limit] if args.limit else corpus.valid, stoi)
     x, lengths = valid.tokens, valid.lengths
     recon = [text for i in range(0, len(x), 500)  # texts per chunk: each chunk's tokens are as long as its longest
-             for text in _texts(itos, next(iter(model.generate(z[:1], texts=x[i : i + 500],
+             for text in _texts(ckpt, next(iter(model.generate(z[:1], texts=x[i : i + 500],
                                                                lengths=lengths[i : i + 500]))).tokens.cpu())]
-    exact = [a == b for a, b in zip(recon, _texts(itos, x), strict=True)]
+    exact = [a == b for a, b in zip(recon, _texts(ckpt, x), strict=True)]
     mu, log_sigma = model.posterior_params(x[:n].to(device), lengths[:n].to(device))
     eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(1)).to(device)
-    posterior = _texts(itos, model.decode(mu + log_sigma.exp() * eps, strategy="greedy").cpu())
+    posterior = _texts(ckpt, model.decode(mu + log_sigma.exp() * eps, strategy="greedy").cpu())
     distinct_prior, distinct_posterior = samples["greedy"]["distinct"], len(set(posterior))
     ends = [PATH_ENDS[lang] for lang in corpus.languages][:1] or [PATH_ENDS["mnist"]]
     encoded = encode([[t.text for t in tokenize(c)] for c in ends[0]], stoi)
     means = model.encode_noise(encoded.tokens.to(device), encoded.lengths.to(device))
-    examples = {"greedy_prior_samples": _texts(itos, decoded["greedy"][:8].cpu()),
+    examples = {"greedy_prior_samples": _texts(ckpt, decoded["greedy"][:8].cpu()),
                 "path": {"from": ends[0][0], "to": ends[0][1], "points": 8,
-                         "texts": _texts(itos, model.decode(lerp(means[0], means[1], 8), strategy="greedy").cpu())}}
+                         "texts": _texts(ckpt, model.decode(lerp(means[0], means[1], 8), strategy="greedy").cpu())}}
     return {"text": {
         "dataset": "captions-text", "languages": corpus.languages, "samples": n, "sample_seeds": f"0..{n - 1}",
         "prior_samples": samples, "validation_captions": len(x),

@@ -407,15 +407,8 @@ class TextsTask(Task):
 
     def text(self, ids: Any) -> str:
         """Token ids -> the words up to <eos> (padding and <bos> dropped), in the data's own spelling."""
-        from models.textvae import EOS
-
-        words = []
-        for i in ids.tolist() if isinstance(ids, Tensor) else ids:
-            if i == EOS:
-                break
-            if i > EOS:
-                words.append(self.itos[i])
-        return " ".join(words)
+        assert self.vocab is not None
+        return self.vocab.sentence(ids.tolist() if isinstance(ids, Tensor) else ids, spelling=self.itos)
 
     def train_data(self, epoch: int) -> Batch:
         g = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))

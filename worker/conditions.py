@@ -16,12 +16,11 @@ import torch
 from torch import Tensor
 
 from models.sampling import draw_noise, lerp, slerp
-from models.vocab import Vocabulary
+from models.vocab import END, Vocabulary
 from worker import inputs
 from worker.protocol import InvalidJobError, Keys, ModelInfo
 
 PAD_CAPTION = [1]  # any valid word: padding rows are drawn and thrown away
-END = "<eos>"  # a text family's end-of-sentence word (models/textvae.py SPECIALS): ends every sentence it reads
 
 
 def captions(vocab: Vocabulary, texts: Sequence[str], rows: int, max_tokens: int) -> dict[str, Tensor]:
@@ -38,14 +37,6 @@ def sentences(vocab: Vocabulary, texts: Sequence[str]) -> dict[str, Tensor]:
     longest = max(len(x) for x in ids)
     return {"texts": torch.tensor([x + [0] * (longest - len(x)) for x in ids], dtype=torch.long),
             "lengths": torch.tensor([len(x) for x in ids], dtype=torch.long)}
-
-
-def sentence(vocab: Vocabulary, ids: Sequence[int]) -> str:
-    """A decoded row (words, <eos>, padding) -> its words joined by spaces, at most `vocab.max_length` (a row cut
-    short without <eos> is cut there too): every sentence returned is one the model, and the API, would read."""
-    end = vocab.stoi[END]
-    words = [int(i) for i in ids]
-    return vocab.decode((words[: words.index(end)] if end in words else words)[: vocab.max_length])
 
 
 def read_images(conn: redis.Redis, keys: Keys, job_id: str, names: Sequence[str], info: ModelInfo) -> Tensor:

@@ -65,3 +65,17 @@ def test_vocabulary_round_trips_through_json_dict():
 def test_vocab_module_does_not_import_torch():
     code = "import sys, models.vocab; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sentence_reads_a_text_family_row_up_to_its_end_word():
+    """One reader of decoded rows for the worker, the evaluator and the trainer's previews: words up to the first
+    <eos>, <pad> and <bos> dropped (<unk> kept), the data's spelling where given, at most max_words."""
+    v = Vocabulary(["<bos>", "<eos>", "<unk>", "the", "cat", "n"], max_length=3)
+    bos, eos, unk, the, cat, n = (v.stoi[w] for w in ("<bos>", "<eos>", "<unk>", "the", "cat", "n"))
+    assert v.sentence([bos, the, unk, cat, eos, the, 0, 0]) == "the <unk> cat"
+    assert v.sentence([the, cat, the, cat]) == "the cat the cat"  # no <eos>: the whole row
+    assert v.sentence([the, cat, the, cat], max_words=3) == "the cat the"
+    assert v.sentence([eos, the]) == ""
+    spelling = list(v.itos)
+    spelling[n] = "N"
+    assert v.sentence([the, n, eos], spelling=spelling) == "the N"

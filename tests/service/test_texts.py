@@ -12,7 +12,7 @@ from models.checkpoint import load_checkpoint
 from models.sampling import draw_noise, lerp
 from tests.service.test_images_and_likelihoods import finished, png64
 from tests.service.test_sets_and_classifications import drawings
-from worker.conditions import pad_rows, sentence, sentences
+from worker.conditions import pad_rows, sentences
 from worker.protocol import word_seed
 
 MODEL = "tiny-text"
@@ -26,7 +26,7 @@ def decoded(checkpoints: Path, z: torch.Tensor, rows: int) -> list[str]:
     assert ckpt.vocab is not None
     with torch.inference_mode():
         (step,) = ckpt.model.generate(pad_rows(z, rows))
-    return [sentence(ckpt.vocab, row) for row in step.tokens[: z.shape[0]].tolist()]
+    return [ckpt.vocab.sentence(row, max_words=ckpt.vocab.max_length) for row in step.tokens[: z.shape[0]].tolist()]
 
 
 def test_the_model_list_shows_a_text_model(client):
@@ -89,7 +89,7 @@ def test_sampled_and_beam_decodings_are_the_models_own(client, checkpoints: Path
     with torch.inference_mode():
         own = [ckpt.model.decode(z[i : i + 1], strategy="sample", temperature=1.5,
                                  generator=torch.Generator().manual_seed(word_seed(s)))[0] for i, s in enumerate(seeds)]
-    assert texts == [sentence(ckpt.vocab, row.tolist()) for row in own]
+    assert texts == [ckpt.vocab.sentence(row.tolist(), max_words=ckpt.vocab.max_length) for row in own]
     greedy = decoded(checkpoints, z, client.app.state.settings.batch_rows)
     assert texts != greedy  # sampling at 1.5 is not the argmax (it would be at a vanishing temperature)
     alone = finished(client, client.post("/v1/generations", json={**body, "n": 1, "seed": 42}).headers["location"])
@@ -102,7 +102,8 @@ def test_sampled_and_beam_decodings_are_the_models_own(client, checkpoints: Path
         ends = ckpt.model.encode_noise(given["texts"], given["lengths"])
         rows = client.app.state.settings.batch_rows
         own_beam = ckpt.model.decode(pad_rows(lerp(ends[0], ends[1], 3), rows), strategy="beam", beam=3)[:3]
-    assert [o["text"] for o in done["outputs"]] == [sentence(ckpt.vocab, r) for r in own_beam.tolist()]
+    expected = [ckpt.vocab.sentence(r, max_words=ckpt.vocab.max_length) for r in own_beam.tolist()]
+    assert [o["text"] for o in done["outputs"]] == expected
 
 
 def test_bad_text_requests_are_422s_that_say_what_is_wrong(client):
