@@ -364,9 +364,10 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
 
 def _start(e: Entry, rt: Runtime, steps: int, chunks: int, batch_jobs: int, lm: LoadedModel) -> None:
     e.steps_total = steps
+    # the shape of raw/ frames, which the API renders; a text family draws none, so its jobs record none
+    frames = {"frame_shape": list(lm.info.shape)} if lm.info.height is not None else {}
     _save_meta(e.job, e.meta, state="running", step=0, steps=steps, attempt=e.attempt, worker=rt.worker_name,
-               chunk=1, chunks=chunks, progress=0.0, batch_jobs=batch_jobs, returns=e.returns(lm),
-               frame_shape=[lm.info.height, lm.info.width, lm.info.channels])  # of raw/ frames (the API renders them)
+               chunk=1, chunks=chunks, progress=0.0, batch_jobs=batch_jobs, returns=e.returns(lm), **frames)
 
 
 def _canceled(conn: redis.Redis, keys: Keys, e: Entry) -> bool:

@@ -14,6 +14,7 @@ from tests.service.test_images_and_likelihoods import finished, png64
 from tests.service.test_sets_and_classifications import drawings
 from worker.conditions import pad_rows, sentences
 from worker.protocol import word_seed
+from worker.queue import get_view
 
 MODEL = "tiny-text"
 FROM = "the digit 3 is at the top left of the image"
@@ -36,11 +37,13 @@ def test_the_model_list_shows_a_text_model(client):
     assert "digit" in m["vocabulary"] and "<eos>" not in m["vocabulary"] and m["max_caption_tokens"] == 12
 
 
-def test_sentences_from_the_prior_are_the_decoders_and_seeded(client, checkpoints: Path):
+def test_sentences_from_the_prior_are_the_decoders_and_seeded(client, conn, checkpoints: Path):
     body = {"model": MODEL, "n": 5, "seed": 40}
     r = client.post("/v1/generations", json=body)
     assert r.status_code == 202, r.text
     done = finished(client, r.headers["location"])
+    view = get_view(conn, done["id"], client.app.state.settings)
+    assert view.meta["state"] == "succeeded" and "frame_shape" not in view.meta  # a text job draws no frames
     assert done["condition"] == "none" and done["images"] == 5 and done["seeds"] == [40, 41, 42, 43, 44]
     outs = done["outputs"]
     assert [o["seed"] for o in outs] == [40, 41, 42, 43, 44]
