@@ -365,7 +365,7 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
 def _start(e: Entry, rt: Runtime, steps: int, chunks: int, batch_jobs: int, lm: LoadedModel) -> None:
     e.steps_total = steps
     # the shape of raw/ frames, which the API renders; a text family draws none, so its jobs record none
-    frames = {"frame_shape": list(lm.info.shape)} if lm.info.height is not None else {}
+    frames: dict[str, Any] = {"frame_shape": list(lm.info.shape)} if lm.info.height is not None else {}
     _save_meta(e.job, e.meta, state="running", step=0, steps=steps, attempt=e.attempt, worker=rt.worker_name,
                chunk=1, chunks=chunks, progress=0.0, batch_jobs=batch_jobs, returns=e.returns(lm), **frames)
 
