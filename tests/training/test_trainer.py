@@ -310,6 +310,24 @@ def test_vaegan_resumes_its_three_optimisers_exactly(tmp_path):
     assert all(0 < r["val_sample_diversity"] < 5 and -1 <= r["val_recon_ssim"] <= 1 and r["val_fd_ours"] > 0
                for r in rows)
     assert any(r["train_dis_updated"] < 1 or r["train_dec_updated"] < 1 for r in rows)  # the rule did skip updates
+    # the last epoch's validation SSIM and FD, recomputed here from the saved checkpoint and the held-out images
+    from models.checkpoint import load_checkpoint
+    from models.sampling import prior_images, reconstructions
+    from training.classifier import FASHION_CLASSIFIER, load_classifier
+    from training.data.mnist import split_validation
+    from training.quality import classifier_features, frechet_distance, ssim
+    from training.tasks import VAL_FD_SAMPLES
+
+    model = load_checkpoint(tmp_path / "split" / "last").model.eval()
+    _, held_out = split_validation(load_mnist("train", dataset="fashion-mnist"), n_val=None)
+    val = torch.from_numpy(held_out.images[:100]).float().div(255).view(-1, 1, 28, 28)
+    judge = load_classifier(FASHION_CLASSIFIER, "cpu")
+    with torch.no_grad():
+        fd = frechet_distance(classifier_features(judge, prior_images(model, VAL_FD_SAMPLES)),
+                              classifier_features(judge, val))
+        recon_ssim = float(ssim(reconstructions(model, val), val).mean())
+    assert rows[-1]["val_fd_ours"] == pytest.approx(fd, rel=1e-5)
+    assert rows[-1]["val_recon_ssim"] == pytest.approx(recon_ssim, rel=1e-5)
 
 
 def test_vaegan_evaluation_reports_sample_quality_and_its_card_shows_it(tmp_path):
