@@ -114,7 +114,7 @@ def _check_text_model(ckpt, evaluation) -> None:
     """The caption language's text VAE: evaluated on 1,000 prior samples and every validation caption, and what it
     writes between two MNIST captions is what the shipped alignDRAW draws (the page's caption path)."""
     from models.sampling import lerp
-    from worker.conditions import sentence, sentences
+    from worker.conditions import sentences
 
     text = evaluation["text"]
     assert text["dataset"] == "captions-text" and text["samples"] == 1000 and text["validation_captions"] == 10_000
@@ -126,7 +126,7 @@ def _check_text_model(ckpt, evaluation) -> None:
     with torch.no_grad():
         ends = model.encode_noise(given["texts"], given["lengths"])
         (step,) = model.generate(lerp(ends[0], ends[1], 8))
-    path = [sentence(ckpt.vocab, row) for row in step.tokens.tolist()]
+    path = [ckpt.vocab.sentence(row, max_words=ckpt.vocab.max_length) for row in step.tokens.tolist()]  # as the worker reads it
     align = load_checkpoint(ROOT / "checkpoints" / "aligndraw-mnist-captions").vocab
     assert align is not None
     for caption in path:
