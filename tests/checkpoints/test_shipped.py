@@ -126,7 +126,8 @@ def _check_text_model(ckpt, evaluation) -> None:
     with torch.no_grad():
         ends = model.encode_noise(given["texts"], given["lengths"])
         (step,) = model.generate(lerp(ends[0], ends[1], 8))
-    path = [ckpt.vocab.sentence(row, max_words=ckpt.vocab.max_length) for row in step.tokens.tolist()]  # as the worker reads it
+    # the rows read as the worker reads them (worker/jobs.py _write)
+    path = [ckpt.vocab.sentence(row, max_words=ckpt.vocab.max_length) for row in step.tokens.tolist()]
     align = load_checkpoint(ROOT / "checkpoints" / "aligndraw-mnist-captions").vocab
     assert align is not None
     for caption in path:
