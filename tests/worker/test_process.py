@@ -66,7 +66,9 @@ def test_sigterm_finishes_the_job_within_grace_or_requeues_it(conn, settings, ru
                  timeout=30, what=f"{name}'s job to start")
     for p in procs.values():
         p.send_signal(signal.SIGTERM)
-    assert procs["hasty"].wait(15) == 0 and procs["patient"].wait(15) == 0
+    # 40 s, past the patient's 30 s grace (a hung job still fails below): fresh-clone CI on the loaded 2-core VM saw
+    # each worker take over 15 s to exit, with and without the step-writer thread; not reproduced in 11 lone runs
+    assert procs["hasty"].wait(40) == 0 and procs["patient"].wait(40) == 0
 
     finished = q.get_view(conn, jobs["patient"], patient)
     assert finished.status == "succeeded" and finished.attempt == 1  # finished within its grace, then exited
