@@ -169,9 +169,11 @@ def get_view(conn: redis.Redis, job_id: str, settings: Settings) -> JobView | No
     else:
         status = "queued"
     args = job.args
+    step, steps, attempt = int(meta.get("step") or 0), meta.get("steps"), int(meta.get("attempt") or 0)
+    if result is not None:  # the result is the record; a recovery may have reset the meta after it was written
+        step, steps, attempt = result["steps_done"], result["steps"], result["attempt"]
     return JobView(
-        id=job_id, status=status, step=int(meta.get("step") or 0), steps=meta.get("steps"),
-        attempt=int(meta.get("attempt") or 0), seeds=meta.get("seeds"),
+        id=job_id, status=status, step=step, steps=steps, attempt=attempt, seeds=meta.get("seeds"),
         request=args[0] if args and isinstance(args[0], dict) else None, error=error, result=result, meta=meta,
     )
 

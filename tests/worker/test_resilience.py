@@ -143,3 +143,20 @@ def test_a_job_is_owned_before_its_status_reads_running(conn, settings, monkeypa
     status, owner = seen[0]
     assert status == "started" and owner is not None, seen
     assert json.loads(owner)["worker"] == "w3" and json.loads(owner)["attempt"] == 1
+
+
+def test_a_requeued_job_that_was_already_drawn_reads_as_its_result_says(conn, settings, run_burst):
+    # A job whose result.json was written, then put back in the queue by a recovery (its meta reset to queued, step 0):
+    # its next run returns the stored result at once, and its view takes step, steps and attempt from that result.
+    job_id, _ = q.enqueue_generation(conn, request(n=1), settings, steps=5)
+    run_burst(settings)
+    drawn = q.get_view(conn, job_id, settings)
+    assert drawn.status == "succeeded" and drawn.step == 5
+    job = q.fetch_job(conn, job_id)
+    job.meta.update(state="queued", step=0, attempt=3, requeued="a recovery")
+    job.save_meta()
+    q.make_queue(conn, job.origin).enqueue_job(job, at_front=True)
+    run_burst(settings)
+    again = q.get_view(conn, job_id, settings)
+    assert again.status == "succeeded" and again.result == drawn.result
+    assert (again.step, again.steps, again.attempt) == (5, 5, drawn.attempt)
