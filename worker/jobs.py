@@ -330,7 +330,8 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
             continue
         meta = job.get_meta(refresh=True)
         attempt = int(meta.get("attempt") or 0) + 1
-        if claim(keys=[queue_key, keys.running], args=[job.id, owner_record(rt.worker_name, attempt)]) != 1:
+        owner = owner_record(rt.worker_name, attempt)
+        if claim(keys=[queue_key, keys.running, job.key], args=[job.id, owner]) != 1:
             continue  # another worker took it first
         out.append(Entry(job, request, claimed=True, attempt=attempt, meta=meta))
         free -= request.images

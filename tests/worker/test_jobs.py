@@ -220,10 +220,13 @@ def test_orphaned_jobs_are_requeued_and_given_up_after_max_attempts(conn, settin
     keys = Keys(settings.key_prefix)
     job_id, _ = q.enqueue_generation(conn, request(), settings)
     queue_key = q.make_queue(conn, settings.queues[0]).key
+    job_key = q.fetch_job(conn, job_id).key
+    assert conn.ttl(job_key) > 0  # queued_ttl: a job left waiting too long is dropped
     claim = conn.register_script(q.CLAIM_LUA)
-    assert claim(keys=[queue_key, keys.running], args=[job_id, q.owner_record("dead", 1)]) == 1
-    assert claim(keys=[queue_key, keys.running], args=[job_id, q.owner_record("other", 1)]) == 0  # one winner
-    assert conn.llen(queue_key) == 0
+    assert claim(keys=[queue_key, keys.running, job_key], args=[job_id, q.owner_record("dead", 1)]) == 1
+    assert claim(keys=[queue_key, keys.running, job_key], args=[job_id, q.owner_record("other", 1)]) == 0  # one
+    assert conn.llen(queue_key) == 0 and conn.ttl(job_key) == -1  # a claimed job no longer expires as if waiting
+    assert b'"dead"' in conn.hget(keys.running, job_id)  # the winner's owner record stays
     q.write_heartbeat(conn, settings, "alive", {"name": "alive"})
     conn.hset(keys.running, "held-by-alive", q.owner_record("alive", 1))
     assert q.requeue_orphans(conn, settings) == [(job_id, "requeued")]

@@ -160,3 +160,4 @@ def test_a_requeued_job_that_was_already_drawn_reads_as_its_result_says(conn, se
     again = q.get_view(conn, job_id, settings)
     assert again.status == "succeeded" and again.result == drawn.result
     assert (again.step, again.steps, again.attempt) == (5, 5, drawn.attempt)
+
