@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return serve(conn, settings, name, burst=args.burst, max_jobs=args.max_jobs, log_level=args.log_level)
     finally:
+        log.info("worker %s: loop ended; stopping the heartbeat", name)
         heartbeat.stop()
+        log.info("worker %s: exiting", name)  # what follows is the interpreter's own teardown
 
 
 class Worker(SimpleWorker):
@@ -75,6 +77,19 @@ class Worker(SimpleWorker):
     def request_stop(self, signum, frame):  # type: ignore[no-untyped-def]
         self.stopping = True
         super().request_stop(signum, frame)
+
+    def unsubscribe(self) -> None:
+        """RQ's teardown of its command channel, without its race. RQ sends UNSUBSCRIBE, then stops the listener
+        thread, and redis-py 8 waits for that thread; if the reply reached the thread first, it was back in a 60 s
+        read (RQ's sleep_time) and a SIGTERM'd worker took that long to exit. The run flag goes first here, so the
+        UNSUBSCRIBE reply ends the thread's read and the thread ends with it."""
+        if not self.pubsub_thread:
+            return
+        self.pubsub_thread.stop(timeout=0)  # clears the run flag, waits for nothing
+        with contextlib.suppress(redis.RedisError):  # Redis gone: the thread's read fails and ends it the same way
+            self.pubsub.unsubscribe()
+        self.pubsub_thread.join(timeout=5)
+        self.pubsub.close()
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):  # type: ignore[no-untyped-def]
         result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)

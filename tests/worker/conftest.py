@@ -126,16 +126,17 @@ def loaded_models(checkpoints: Path):
 def run_burst(conn: redis.Redis, loaded_models) -> Iterator[Callable[[Settings], None]]:
     """Run an in-process SimpleWorker in burst mode with the given settings (models loaded once per session)."""
     import torch
-    from rq import SimpleWorker
 
     from worker import jobs
+    from worker.__main__ import Worker  # the served worker's class: its owner records and channel teardown
     from worker.queue import SERIALIZER, make_queue
 
     def run(settings: Settings, name: str = "inline") -> None:
         jobs.install_runtime(jobs.Runtime(settings, loaded_models, torch.device("cpu"), worker_name=name))
         queues = [make_queue(conn, q) for q in settings.queues]
-        SimpleWorker(queues, connection=conn, serializer=SERIALIZER, name=f"{name}-{time.monotonic_ns()}").work(
-            burst=True, logging_level="WARNING")
+        worker = Worker(queues, connection=conn, serializer=SERIALIZER, name=f"{name}-{time.monotonic_ns()}")
+        worker.settings = settings
+        worker.work(burst=True, logging_level="WARNING")
 
     yield run
     jobs.install_runtime(None)

@@ -161,3 +161,25 @@ def test_a_requeued_job_that_was_already_drawn_reads_as_its_result_says(conn, se
     assert again.status == "succeeded" and again.result == drawn.result
     assert (again.step, again.steps, again.attempt) == (5, 5, drawn.attempt)
 
+
+def test_the_command_channel_closes_at_once_whatever_the_listener_thread_read_first(conn, settings):
+    # RQ's own teardown hung for its 60 s read whenever the listener thread read the UNSUBSCRIBE reply before it was
+    # told to stop (a SIGTERM'd worker then took > 40 s to exit). Force that order: the reply is read first.
+    import threading
+    import time
+
+    w = worker_main.Worker([q.make_queue(conn, "glimpse")], connection=conn, serializer=q.SERIALIZER, name="chan")
+    w.subscribe()
+    send = w.pubsub.unsubscribe
+
+    def unsubscribe_then_let_the_thread_read_the_reply(*args):
+        out = send(*args)
+        time.sleep(0.5)  # the listener thread reads the reply and goes back to reading before it is stopped
+        return out
+
+    w.pubsub.unsubscribe = unsubscribe_then_let_the_thread_read_the_reply
+    thread = w.pubsub_thread
+    done = threading.Event()
+    threading.Thread(target=lambda: (w.unsubscribe(), done.set()), daemon=True).start()
+    assert done.wait(15), "the worker's channel teardown hung"  # a hang lasts RQ's 60 s read
+    assert not thread.is_alive()
