@@ -55,8 +55,9 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
         assert f"k={k}" in ckpt.training["command"]
         paper = replace(paper, k=k)  # type: ignore[arg-type]
     # VAE/GAN, the Neural Statistician and the text VAE on 2 CPU cores: their narrower nets, each named in the command
-    for name in ("base", "objective", "margin", "recon_fakes", "widths", "convs", "c_dim", "embed", "hidden",
-                 "preset", "free_bits", "conv", "deconv", "adversary_conv"):
+    for name in ("base", "objective", "margin", "recon_fakes", "upsample", "leak", "feature_layer", "gamma",
+                 "feature_scale", "widths", "convs", "c_dim", "embed", "hidden", "preset", "free_bits", "conv",
+                 "deconv", "adversary_conv"):
         value = getattr(ckpt.model.config, name, None)
         if value is not None and value != getattr(paper, name):
             named = json.dumps(list(value), separators=(",", ":")) if isinstance(value, tuple) else value
