@@ -28,6 +28,7 @@ import logging
 import math
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, cast
@@ -83,6 +84,9 @@ class Runtime:
     device: torch.device
     worker_name: str = "inline"
     current: set[str] = field(default_factory=set)  # job ids being drawn now (for the heartbeat)
+    # One thread that sends each sampler step's Redis pipeline while the sampler draws the next step (socket waits
+    # release the GIL): the step's round trip leaves the sampler's path. One thread keeps the writes in order.
+    writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="steps"))
 
     @classmethod
     def load(cls, settings: Settings, worker_name: str = "inline") -> Runtime:
@@ -413,7 +417,19 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
             given["sets"], given["set_mask"] = conditions.stack_sets([sets[e] for e, _ in chunk], s.batch_rows)
         for e in in_chunk:
             _canceled(conn, keys, e)
-        state = {"stopped": False}
+        state: dict[str, Any] = {"stopped": False}
+        sent: list[tuple[Future, list[Entry]]] = []  # the step written while the sampler draws the next: ≤ 1
+
+        def settle(sent: list[tuple[Future, list[Entry]]] = sent) -> None:
+            """Wait for the step in flight to be written, then act on the cancel flags it read."""
+            while sent:
+                future, active = sent.pop()
+                flags = future.result()[-1] if active else []
+                for e, flag in zip(active, flags, strict=True):
+                    if flag and not e.canceled:
+                        e.canceled = True
+                        log.info("job %s: canceled after step %d", e.job.id, e.steps_done)
+
         # Fixed for the chunk: each job's first row (its window and word weights go live in meta) and its word count.
         first_row: dict[Any, int] = {}
         for r, (e, _) in enumerate(chunk):
@@ -421,7 +437,10 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         n_words = given["lengths"].tolist() if "lengths" in given else None
 
         def on_step(step: Step, chunk=chunk, in_chunk=in_chunk, c=c, state=state, first_row=first_row,
-                    n_words=n_words) -> bool:
+                    n_words=n_words, settle=settle, sent=sent) -> bool:
+            settle()  # the previous step's write, sent while this step was drawn: its cancel flags count from here
+            if all(e.canceled for e in in_chunk):
+                return False
             active = [e for e in in_chunk if not e.canceled]
             frames = _to_uint8(step.canvas[: len(chunk)])
             # One round trip a step for the whole batch: the canvases, then each job's progress and its announcement
@@ -431,41 +450,43 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
                 if not e.canceled and e.request.output.canvases and e.returns(lm) == "frames":
                     canvases.setdefault(e, {})[raw_name(i, step.t)] = render.raw(frames[r])
                     e.stored[i] = step.t
-            with conn.pipeline(transaction=False) as p:
-                for e, named in canvases.items():  # one HSET a job, whatever its rows in this call
-                    p.hset(keys.files(e.job.id), mapping=cast(Any, named))
-                for e in active:
-                    if step.t == 1:  # the files outlive the run by result_ttl: set once a call, not every step
-                        p.expire(keys.files(e.job.id), int(ttl))
-                    e.steps_done = step.t
-                    progress = (c * step.steps + step.t) / (n_chunks * step.steps)
-                    r = first_row[e]
-                    live: dict[str, Any] = {"image": chunk[r][1]}
-                    if step.window is not None:
-                        live["window"] = [round(float(v), 2) for v in step.window[r]]
-                    if step.alignment is not None and n_words is not None:
-                        live["alignment"] = [round(float(v), 4) for v in step.alignment[r, : n_words[r]]]
-                    _save_meta(e.job, e.meta, pipeline=p, step=step.t, chunk=c + 1, progress=round(progress, 4),
-                               live=live, frames=[e.frames_offered(i) for i in range(e.request.images)])
-                if active:
-                    p.mget([keys.cancel(e.job.id) for e in active])
-                flags = p.execute()[-1] if active else []
-            for e, flag in zip(active, flags, strict=True):
-                if flag:
-                    e.canceled = True
-                    log.info("job %s: canceled after step %d", e.job.id, step.t)
+            p = conn.pipeline(transaction=False)
+            for e, named in canvases.items():  # one HSET a job, whatever its rows in this call
+                p.hset(keys.files(e.job.id), mapping=cast(Any, named))
+            for e in active:
+                if step.t == 1:  # the files outlive the run by result_ttl: set once a call, not every step
+                    p.expire(keys.files(e.job.id), int(ttl))
+                e.steps_done = step.t
+                progress = (c * step.steps + step.t) / (n_chunks * step.steps)
+                r = first_row[e]
+                live: dict[str, Any] = {"image": chunk[r][1]}
+                if step.window is not None:
+                    live["window"] = [round(float(v), 2) for v in step.window[r]]
+                if step.alignment is not None and n_words is not None:
+                    live["alignment"] = [round(float(v), 4) for v in step.alignment[r, : n_words[r]]]
+                _save_meta(e.job, e.meta, pipeline=p, step=step.t, chunk=c + 1, progress=round(progress, 4),
+                           live=live, frames=[e.frames_offered(i) for i in range(e.request.images)])
+            if active:
+                p.mget([keys.cancel(e.job.id) for e in active])
+            sent.append((rt.writer.submit(p.execute), active))
             if s.step_delay:
                 time.sleep(s.step_delay)
             if guard.stop:
                 state["stopped"] = True
                 return False
-            return not all(e.canceled for e in in_chunk)
+            return True
 
         if all(e.canceled for e in in_chunk):
             continue
         # keep_canvases=False: the callback streams every step to Redis, so no (B, T, C, H, W) buffer is needed.
-        out = sample(lm.model, seeds=seeds, batch_size=s.batch_rows, callback=on_step, keep_canvases=False,
-                     **given)  # type: ignore[arg-type]  # mypy reads **dict as filling every keyword
+        try:
+            out = sample(lm.model, seeds=seeds, batch_size=s.batch_rows, callback=on_step, keep_canvases=False,
+                         **given)  # type: ignore[arg-type]  # mypy reads **dict as filling every keyword
+        except BaseException:
+            with contextlib.suppress(Exception):  # the step in flight lands before any failure is written
+                settle()
+            raise
+        settle()  # the last step's write lands before the chunk's results (and the job's end) are written
         if state["stopped"]:
             return True
         if out.steps_done < out.steps:  # every row of the chunk was canceled
