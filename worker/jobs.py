@@ -67,7 +67,16 @@ from worker.protocol import (
     validate_for_model,
     word_seed,
 )
-from worker.queue import CLAIM_LUA, SERIALIZER, announce, make_queue, now_iso, owner_record, printable
+from worker.queue import (
+    CLAIM_LUA,
+    SERIALIZER,
+    announce,
+    finish_claimed,
+    make_queue,
+    now_iso,
+    owner_record,
+    printable,
+)
 from worker.redis_conn import text
 from worker.registry import LoadedModel, load_models, pick_device
 from worker.settings import Settings, get_settings
@@ -276,9 +285,8 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
     if stopped:  # shutdown: requeue everything unfinished (RQ requeues the leader because it returns Retry)
         _requeue_all(conn, rt, entries, reason="worker shutdown")
         return Retry(max=rt.settings.max_attempts)
-    claimed = [e.job.id for e in entries[1:]]
-    if claimed:  # the worker dequeues them next and returns their result.json
-        conn.lpush(make_queue(conn, job.origin).key, *reversed(claimed))
+    if entries[1:]:  # closed here: RQ has nothing left to run for them
+        finish_claimed(conn, [(e.job, summaries[e.job.id]) for e in entries[1:]], rt.settings, rt.worker_name)
     conn.hdel(keys.running, *[e.job.id for e in entries])
     return summaries[job.id]
 

@@ -255,6 +255,31 @@ return 0
 """
 
 
+def finish_claimed(conn: redis.Redis, finished: list[tuple[Job, dict[str, Any]]], settings: Settings,
+                   worker: str) -> None:
+    """Close jobs drawn inside another job's sampler call as RQ's worker closes a job that returned (finished, its
+    result kept for result_ttl, in the finished registry, the job expiring with it), in one round trip: RQ never
+    dequeues them only to return the result.json they already have (a no-op RQ cycle cost about a third of a
+    16-job call's time here)."""
+    from datetime import UTC, datetime
+
+    from rq.registry import FinishedJobRegistry
+    from rq.results import Result
+
+    ended = datetime.now(UTC)
+    with conn.pipeline() as p:
+        for job, result in finished:
+            ttl = job.get_result_ttl(settings.result_ttl)
+            job.started_at = job.started_at or ended
+            job.ended_at = ended
+            job.set_status(JobStatus.FINISHED, pipeline=p)
+            job.save(pipeline=p, include_meta=False, include_result=False)
+            Result.create(job, Result.Type.SUCCESSFUL, return_value=result, ttl=ttl, worker_name=worker, pipeline=p)
+            FinishedJobRegistry(job.origin, connection=conn, serializer=SERIALIZER).add(job, ttl, p)
+            job.cleanup(ttl, pipeline=p, remove_from_queue=False)
+        p.execute()
+
+
 def owner_record(worker: str, attempt: int) -> str:
     return json.dumps({"worker": worker, "attempt": attempt, "since": now_iso()})
 

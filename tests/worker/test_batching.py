@@ -114,3 +114,36 @@ def test_image_set_jobs_of_different_set_sizes_batch_to_the_same_bytes(conn, set
         assert fs.keys() == fb.keys() and fs == fb
     first = files_of(conn, alone, ids["single"][0])
     assert first["images/0.png"] != first["images/1.png"]  # two seeds, two samples
+
+
+def test_jobs_drawn_in_another_jobs_call_are_closed_without_an_rq_run(conn, settings, run_burst, monkeypatch):
+    """The leader closes the jobs it drew as RQ closes a job that returned: finished, the result kept as the RQ
+    result for result_ttl, in the finished registry, the job hash expiring with it; RQ runs only the leader."""
+    from rq import get_current_job
+    from rq.job import Job, JobStatus
+    from rq.registry import FinishedJobRegistry
+
+    from worker import jobs
+
+    runs: list[str] = []
+    generate = jobs.generate
+
+    def counted(payload):
+        runs.append(get_current_job().id)
+        return generate(payload)
+
+    monkeypatch.setattr(jobs, "generate", counted)  # RQ resolves worker.jobs.generate by name at each run
+    batched = make_settings(settings.redis_url, settings.checkpoints, batch_jobs=8)
+    ids = [q.enqueue_generation(conn, request(captions=[c]), batched)[0] for c in CAPTIONS[:4]]
+    run_burst(batched)
+    assert runs == ids[:1]  # the leader alone: the other three were drawn and closed inside its run
+    for job_id in ids:
+        view = q.get_view(conn, job_id, batched)
+        job = Job.fetch(job_id, connection=conn, serializer=q.SERIALIZER)
+        assert view.status == "succeeded" and view.result["batch"]["jobs"] == 4
+        assert job.get_status() == JobStatus.FINISHED and job.return_value() == view.result
+        assert job_id in FinishedJobRegistry(job.origin, connection=conn, serializer=q.SERIALIZER).get_job_ids()
+        assert 0 < conn.ttl(job.key) <= batched.result_ttl
+        assert job.ended_at is not None and job.started_at is not None
+    assert conn.llen(q.make_queue(conn, batched.queues[0]).key) == 0
+    assert not conn.hgetall(q.Keys(batched.key_prefix).running)
