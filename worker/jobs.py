@@ -458,6 +458,9 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
                 if not e.canceled and e.request.output.canvases and e.returns(lm) == "frames":
                     canvases.setdefault(e, {})[raw_name(i, step.t)] = render.raw(frames[r])
                     e.stored[i] = step.t
+            # the live window and word weights as Python floats in one conversion a step, not one per value
+            windows = step.window.tolist() if step.window is not None else None
+            alignments = step.alignment.tolist() if step.alignment is not None else None
             p = conn.pipeline(transaction=False)
             for e, named in canvases.items():  # one HSET a job, whatever its rows in this call
                 p.hset(keys.files(e.job.id), mapping=cast(Any, named))
@@ -468,10 +471,10 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
                 progress = (c * step.steps + step.t) / (n_chunks * step.steps)
                 r = first_row[e]
                 live: dict[str, Any] = {"image": chunk[r][1]}
-                if step.window is not None:
-                    live["window"] = [round(float(v), 2) for v in step.window[r]]
-                if step.alignment is not None and n_words is not None:
-                    live["alignment"] = [round(float(v), 4) for v in step.alignment[r, : n_words[r]]]
+                if windows is not None:
+                    live["window"] = [round(v, 2) for v in windows[r]]
+                if alignments is not None and n_words is not None:
+                    live["alignment"] = [round(v, 4) for v in alignments[r][: n_words[r]]]
                 _save_meta(e.job, e.meta, pipeline=p, step=step.t, chunk=c + 1, progress=round(progress, 4),
                            live=live, frames=[e.frames_offered(i) for i in range(e.request.images)])
             if active:
