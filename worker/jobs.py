@@ -12,12 +12,15 @@ pad their sets to the chunk's largest with a mask: the masked items add exact ze
 encoder then runs on more items, a shape change the fixed-shape rule does not cover (same bytes on the tiny test
 model; on another, expect agreement to float rounding).
 
-Claimed jobs stay RQ jobs: when the leader is done it has written their files and pushes them back to the front
-of the queue; the worker then dequeues each, `generate` finds its result.json, and returns it at once.
+Claimed jobs stay RQ jobs: when the leader is done it has written their files and closes them as RQ closes a job
+that returned (worker.queue.finish_claimed), so RQ never runs them. A claimed job that comes back to the queue (a
+crash, then recovery) finds its result.json in `generate` and returns it at once.
 
 After each step, in one pipelined round trip for the whole batch: that step's canvases go into each job's files hash
 as raw uint8 (`raw/{i}/{t}`; the API renders PNGs and animations from them on request), each job's meta gets step/T
 (the meta field only, never the whole job) with an announcement on its events channel, and the cancel flags are read.
+A writer thread sends that round trip while the sampler draws the next step; the sampler waits for it before
+sending the next, so writes keep their order and cancel flags act one step later.
 """
 
 from __future__ import annotations
