@@ -31,8 +31,9 @@ import logging
 import math
 import signal
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, cast
 
@@ -267,6 +268,8 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
         with ShutdownGuard(rt.settings.shutdown_grace) as guard:
             stopped = _run(conn, rt, lm, entries, guard)
         summaries = {} if stopped else {e.job.id: _finish(conn, rt, lm, e, entries) for e in entries}
+        if summaries and entries[1:]:  # closed here: RQ has nothing left to run for them
+            finish_claimed(conn, [(e.job, summaries[e.job.id]) for e in entries[1:]], rt.settings, rt.worker_name)
     except redis.RedisError as e:
         # The job store failed for longer than the client retries (down, or full): not the job's fault. Hand the
         # jobs back like a shutdown does; if Redis cannot take even that, the worker's loop ends and requeues them
@@ -288,8 +291,6 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
     if stopped:  # shutdown: requeue everything unfinished (RQ requeues the leader because it returns Retry)
         _requeue_all(conn, rt, entries, reason="worker shutdown")
         return Retry(max=rt.settings.max_attempts)
-    if entries[1:]:  # closed here: RQ has nothing left to run for them
-        finish_claimed(conn, [(e.job, summaries[e.job.id]) for e in entries[1:]], rt.settings, rt.worker_name)
     conn.hdel(keys.running, *[e.job.id for e in entries])
     return summaries[job.id]
 
@@ -348,6 +349,7 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
         owner = owner_record(rt.worker_name, attempt)
         if claim(keys=[queue_key, keys.running, job.key], args=[job.id, owner]) != 1:
             continue  # another worker took it first
+        job.started_at = datetime.now(UTC)  # kept by finish_claimed, as RQ keeps a dequeued job's start
         out.append(Entry(job, request, claimed=True, attempt=attempt, meta=meta))
         free -= request.images
         if len(out) >= s.batch_jobs - 1 or free <= 0:
@@ -434,8 +436,10 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         def settle(sent: list[tuple[Future, list[Entry]]] = sent) -> None:
             """Wait for the step in flight to be written, then act on the cancel flags it read."""
             while sent:
-                future, active = sent.pop()
-                flags = future.result()[-1] if active else []
+                future, active = sent[0]
+                result = future.result()  # popped only once written: a timeout here leaves it for the handler
+                sent.pop(0)
+                flags = result[-1] if active else []
                 for e, flag in zip(active, flags, strict=True):
                     if flag and not e.canceled:
                         e.canceled = True
@@ -496,11 +500,11 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         try:
             out = sample(lm.model, seeds=seeds, batch_size=s.batch_rows, callback=on_step, keep_canvases=False,
                          **given)  # type: ignore[arg-type]  # mypy reads **dict as filling every keyword
+            settle()  # the last step's write lands before the chunk's results (and the job's end) are written
         except BaseException:
-            with contextlib.suppress(Exception):  # the step in flight lands before any failure is written
-                settle()
+            # the step in flight lands before any failure or requeue is written (bounded: a stuck store still fails)
+            wait([future for future, _ in sent], timeout=s.shutdown_grace)
             raise
-        settle()  # the last step's write lands before the chunk's results (and the job's end) are written
         if state["stopped"]:
             return True
         if out.steps_done < out.steps:  # every row of the chunk was canceled

@@ -270,7 +270,7 @@ def finish_claimed(conn: redis.Redis, finished: list[tuple[Job, dict[str, Any]]]
     with conn.pipeline() as p:
         for job, result in finished:
             ttl = job.get_result_ttl(settings.result_ttl)
-            job.started_at = job.started_at or ended
+            job.started_at = job.started_at or ended  # the claim's time (worker.jobs._claim_batch)
             job.ended_at = ended
             job.set_status(JobStatus.FINISHED, pipeline=p)
             job.save(pipeline=p, include_meta=False, include_result=False)

@@ -144,6 +144,6 @@ def test_jobs_drawn_in_another_jobs_call_are_closed_without_an_rq_run(conn, sett
         assert job.get_status() == JobStatus.FINISHED and job.return_value() == view.result
         assert job_id in FinishedJobRegistry(job.origin, connection=conn, serializer=q.SERIALIZER).get_job_ids()
         assert 0 < conn.ttl(job.key) <= batched.result_ttl
-        assert job.ended_at is not None and job.started_at is not None
+        assert job.ended_at is not None and job.started_at is not None and job.started_at < job.ended_at
     assert conn.llen(q.make_queue(conn, batched.queues[0]).key) == 0
     assert not conn.hgetall(q.Keys(batched.key_prefix).running)
