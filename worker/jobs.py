@@ -67,6 +67,7 @@ from worker.protocol import (
     image_name,
     job_bytes_bound,
     parse_request,
+    raw_bound,
     raw_name,
     validate_for_model,
     word_seed,
@@ -696,10 +697,16 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
     state = "succeeded" if complete else "canceled"
     names = sorted({text(n) for n in conn.hkeys(keys.files(e.job.id))} | set(files))
     earlier = [n for n in names if n not in files and not n.startswith("inputs/")]  # the raw canvases, mostly
-    with conn.pipeline(transaction=False) as p:  # one round trip, not one per file
-        for n in earlier:
-            p.hstrlen(keys.files(e.job.id), n)
-        stored = sum(len(v) for v in files.values()) + sum(p.execute())
+    # A raw canvas is exactly height × width × channels bytes (worker.render.raw); only other earlier files (an
+    # earlier attempt's) are measured in Redis, in one round trip: a 64-image job holds 2,048 canvases.
+    raw_size = raw_bound(*info.shape) if info.height is not None else 0
+    others = [n for n in earlier if not n.startswith("raw/")]
+    stored = sum(len(v) for v in files.values()) + raw_size * (len(earlier) - len(others))
+    if others:
+        with conn.pipeline(transaction=False) as p:
+            for n in others:
+                p.hstrlen(keys.files(e.job.id), n)
+            stored += sum(p.execute())
     summary = JobResult(
         job_id=e.job.id, state=state, model=info.id, kind=info.kind, condition=e.request.condition.kind,
         captions=e.request.captions, n=e.request.n, seeds=e.request.seeds, steps=e.steps_total,
