@@ -64,6 +64,7 @@ from models.vocab import CaptionError, Vocabulary  # noqa: E402
 from tests.redis_server import RedisServer, free_port  # noqa: E402  (the fault tests' server, without persistence)
 from worker import conditions, jobs  # noqa: E402
 from worker import queue as q  # noqa: E402
+from worker.__main__ import Worker as WorkerMain  # noqa: E402
 from worker.protocol import RESULT_FILE, Keys  # noqa: E402
 from worker.registry import LoadedModel, load_models  # noqa: E402
 from worker.settings import Settings  # noqa: E402
@@ -218,6 +219,13 @@ def raw_images_per_s(lm: LoadedModel, captions: list[str], *, threads: int, rows
     return statistics.median(rates)
 
 
+class _NoopWorker(SimpleWorker):
+    """RQ's SimpleWorker with our channel teardown: RQ's own may wait out a 60 s read at the end of `work()`, inside
+    the timed window (worker.__main__.Worker.unsubscribe)."""
+
+    unsubscribe = WorkerMain.unsubscribe
+
+
 def noop_jobs_per_s(url: str, count: int) -> float:
     """No-op jobs/s through RQ's SimpleWorker in burst mode: the queue's own ceiling on this Redis."""
     conn = redis.Redis.from_url(url)
@@ -228,7 +236,7 @@ def noop_jobs_per_s(url: str, count: int) -> float:
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         t0 = time.perf_counter()
-        SimpleWorker([queue], connection=conn, serializer=q.SERIALIZER).work(burst=True, logging_level="WARNING")
+        _NoopWorker([queue], connection=conn, serializer=q.SERIALIZER).work(burst=True, logging_level="WARNING")
         seconds = time.perf_counter() - t0
     finally:
         for s, handler in saved.items():
