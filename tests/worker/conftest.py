@@ -124,7 +124,8 @@ def loaded_models(checkpoints: Path):
 
 @pytest.fixture
 def run_burst(conn: redis.Redis, loaded_models) -> Iterator[Callable[[Settings], None]]:
-    """Run an in-process SimpleWorker in burst mode with the given settings (models loaded once per session)."""
+    """Run an in-process worker (the served Worker class) in burst mode with the given settings (models loaded once
+    per session)."""
     import torch
 
     from worker import jobs
