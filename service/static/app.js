@@ -690,11 +690,19 @@ function showPathPanel() {
   const shown = state.textModels.length > 0 && state.captionModels.length > 0;
   $("path").hidden = !shown;
   if (!shown) return;
-  fillModelSelect($("path-text-model"), state.textModels, state.textModels[0]);
-  fillModelSelect($("path-draw-model"), state.captionModels,
-    state.captionModels.find((m) => m.default) || state.captionModels[0]);
+  const drawer = state.captionModels.find((m) => m.default) || state.captionModels[0];
+  fillModelSelect($("path-text-model"), state.textModels, writerFor(drawer));
+  fillModelSelect($("path-draw-model"), state.captionModels, drawer);
   $("path-models").hidden = state.textModels.length < 2 && state.captionModels.length < 2;
   markPath();
+}
+
+// The text model most of whose words the drawer knows (the caption language's, not Penn Treebank's 10,000), first
+// of equals in the listed order.
+function writerFor(drawer) {
+  const known = new Set(drawer.vocabulary || []);
+  const share = (m) => (m.vocabulary || []).filter((w) => known.has(w)).length / ((m.vocabulary || []).length || 1);
+  return state.textModels.reduce((best, m) => (share(m) > share(best) ? m : best), state.textModels[0]);
 }
 
 function pathModel(models, selectId) {

@@ -73,14 +73,17 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> 
 @pytest.fixture(scope="module")
 def served(checkpoints, tmp_path_factory) -> Path:  # noqa: F811
     """The suite's tiny checkpoints, tiny-iwae, an IWAE at MNIST's 28×28 (so the drawing box is 196×196 on screen)
-    that offers reconstructions and walks, tiny-vaegan, a grey-level VAE/GAN of the same size, and tiny-stat28, a
-    Neural Statistician (new samples from a set of examples) of that size too."""
+    that offers reconstructions and walks, tiny-vaegan, a grey-level VAE/GAN of the same size, tiny-stat28, a
+    Neural Statistician (new samples from a set of examples) of that size too, and a-prose-text, a text model whose
+    words no drawer knows."""
     import torch
 
     from models.checkpoint import Checkpoint, save_checkpoint
     from models.iwae import IWAE, IWAEConfig
     from models.statistician import Statistician, StatisticianConfig
+    from models.textvae import SPECIALS, TextVAE, TextVAEConfig
     from models.vaegan import VAEGAN, VAEGANConfig
+    from models.vocab import Vocabulary
 
     d = tmp_path_factory.mktemp("served")
     shutil.copytree(checkpoints, d, dirs_exist_ok=True)
@@ -91,6 +94,10 @@ def served(checkpoints, tmp_path_factory) -> Path:  # noqa: F811
     save_checkpoint(d / "tiny-vaegan", Checkpoint(vaegan.eval(), extra={"dataset": "fashion-mnist"}))
     stat = Statistician(StatisticianConfig(widths=(4, 4, 4), convs=1, hidden=16, layers=1, c_dim=8, z_dim=4))
     save_checkpoint(d / "tiny-stat28", Checkpoint(stat.eval(), extra={"dataset": "omniglot"}))  # set model, 28×28
+    # a text model of another language (as textvae-ptb beside textvae-captions), listed before tiny-text
+    news = Vocabulary([*SPECIALS, "the", "market", "fell", "shares", "of", "n", "cents", "a", "share"], max_length=12)
+    prose = TextVAE(TextVAEConfig(vocab_size=len(news), max_length=13, embed=8, hidden=8, z_dim=3, preset="tiny"))
+    save_checkpoint(d / "a-prose-text", Checkpoint(prose, vocab=news, extra={"dataset": "ptb"}))
     return d
 
 
@@ -484,9 +491,10 @@ def _finished_job(url: str, body: dict) -> dict:
 
 
 def test_a_caption_path_is_written_by_the_text_model_then_drawn_and_played(browser, server):
-    """The caption path: tiny-text writes the sentences between two captions (never offered in the model picker),
-    tiny-align draws each from one seed; a strip in path order and an animation stepping through it. An unknown
-    word is the interpolate job's 422, marked under its input, and nothing is drawn."""
+    """The caption path: tiny-text writes the sentences between two captions (never offered in the model picker;
+    chosen over a-prose-text, whose words tiny-align does not know), tiny-align draws each from one seed; a strip in
+    path order and an animation stepping through it. An unknown word is the interpolate job's 422, marked under its
+    input, and nothing is drawn."""
     page = browser.new_page(viewport={"width": 1000, "height": 900})
     posts: list[dict] = []
     page.on("request", lambda r: posts.append(json.loads(r.post_data or "{}"))
@@ -495,7 +503,9 @@ def test_a_caption_path_is_written_by_the_text_model_then_drawn_and_played(brows
     page.wait_for_selector("#path:not([hidden])")
     picker = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
     assert "tiny-text" not in picker and "tiny-align" in picker and page.input_value("#model") == "tiny-align"
-    assert not page.is_visible("#path-models")  # one text model, one captions model: nothing to choose
+    # two text models: the one whose words the drawer knows is chosen, not the first listed (a-prose-text)
+    assert page.eval_on_selector_all("#path-text-model option", "os => os.map(o => o.value)") == [
+        "a-prose-text", "tiny-text"]
     assert page.input_value("#path-text-model") == "tiny-text" and page.input_value("#path-draw-model") == "tiny-align"
 
     # An unknown word in "from": marked as typed; the interpolate job's 422 names it; no drawing job is sent.
