@@ -259,9 +259,14 @@ def render(directory: str | Path) -> str:
     shown = [(name, what) for name, what in PICTURES.items() if (directory / name).exists()]
     if shown:
         lines += ["## Pictures", ""] + [f"![{what}]({name})  \n{what}" + "\n" for name, what in shown]
-    lines += ["## Resuming", "", "The optimizer state ships beside the weights, so training goes on where it stopped: "
-              f"`mkdir -p runs/{directory.name} && cp -r checkpoints/{directory.name} runs/{directory.name}/last`, "
-              f"then the command above with `--out runs/{directory.name}`.", ""]
+    if any(directory.glob("optimizer*.safetensors")):
+        lines += ["## Resuming", "", "The optimizer state ships beside the weights, so training goes on where it "
+                  f"stopped: `mkdir -p runs/{directory.name} && cp -r checkpoints/{directory.name} "
+                  f"runs/{directory.name}/last`, then the command above with `--out runs/{directory.name}`.", ""]
+    else:  # left out where it would take the checkpoint past the repository's 30 MB a model (Adam: 2 × the weights)
+        lines += ["## Resuming", "", "The optimizer state is not shipped (it is twice the weights' size), so training "
+                  "cannot resume exactly; the command above with `--init-from checkpoints/"
+                  f"{directory.name}` starts a new run from these weights with fresh optimizer moments.", ""]
     return "\n".join(lines)
 
 

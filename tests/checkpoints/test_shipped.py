@@ -113,11 +113,15 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
 
 def _check_text_model(ckpt, evaluation) -> None:
     """The caption language's text VAE: evaluated on 1,000 prior samples and every validation caption, and what it
-    writes between two MNIST captions is what the shipped alignDRAW draws (the page's caption path)."""
+    writes between two MNIST captions is what the shipped alignDRAW draws (the page's caption path). A Penn Treebank
+    model: the addendum's protocol on every test sentence, and it writes sentences."""
     from models.sampling import lerp
     from worker.conditions import sentences
 
     text = evaluation["text"]
+    if text["dataset"] == "ptb":
+        _check_ptb_model(ckpt, text)
+        return
     assert text["dataset"] == "captions-text" and text["samples"] == 1000 and text["validation_captions"] == 10_000
     assert text["z_matters"] and text["active_units"] > 0
     assert ckpt.vocab is not None
@@ -134,6 +138,26 @@ def _check_text_model(ckpt, evaluation) -> None:
     for caption in path:
         align.check(caption)  # raises on a word alignDRAW does not know, or a caption too long for it
     assert len(set(path)) > 1
+
+
+def _check_ptb_model(ckpt, text) -> None:
+    """Every one of PTB's 3,761 test sentences, −L_k with k ≥ 50 (never above the −ELBO), its PPL recomputed from
+    the NLL with <eos> counted and <bos> not, a code that is used (KL, active units), and prior samples that read
+    as distinct sentences of the vocabulary."""
+    from training.data.ptb import perplexity
+
+    assert text["split"] == "test" and text["sentences"] == 3761 and text["tokens"] == 82_430  # words + <eos>
+    assert text["k"] >= 50 and not text["nll_exact"]
+    assert 0 < text["nll"] <= text["neg_elbo"] and 0 < text["nll_stderr"] < 2
+    assert text["ppl"] == pytest.approx(perplexity(text["nll"] * text["sentences"], text["tokens"]))
+    assert text["kl"] > 0 and text["active_units"] > 0
+    assert ckpt.vocab is not None and len(ckpt.vocab) == 10_002  # the 10k Mikolov words, <unk>, <pad>/<bos>/<eos>
+    model = ckpt.model.eval()
+    z = torch.randn(4, ckpt.model.config.z_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        (step,) = model.generate(z)
+    written = [ckpt.vocab.sentence(row, max_words=ckpt.vocab.max_length) for row in step.tokens.tolist()]
+    assert len(set(written)) > 1 and all(written), written
 
 
 CLASSIFIERS = [ROOT / "checkpoints" / f"{data}-classifier" for data in ("mnist", "fashion")]
@@ -193,6 +217,13 @@ def _recomputed_bound(ckpt, manifest, evaluation, n: int = 200):
         split = om.load_split("test", root=root, radii=(0,))
         x = om.make_sets(split, ckpt.model.config.sample_size, torch.Generator().manual_seed(0), dilation=False).x
         batch, figure = {"x": x[subset(len(x), n, seed=5)]}, evaluation["test sets"]["nll_bound"]
+    elif dataset == "ptb":  # every test sentence, as the evaluator: a subset's spread of lengths hides nats
+        from training.data.ptb import ptb_corpus
+
+        test = ptb_corpus(root).splits["test"]
+        n = len(test.tokens)
+        batch = {"x": test.tokens[:, : int(test.lengths.max())], "lengths": test.lengths}
+        figure = evaluation["text"]["neg_elbo"]
     elif dataset == "captions-text":  # the evaluator's validation captions: the corpus rebuilt from its seed
         from training.data.caption_texts import caption_texts
         from training.data.ptb import encode
@@ -225,8 +256,9 @@ def _recomputed_bound(ckpt, manifest, evaluation, n: int = 200):
 
 @pytest.mark.parametrize("directory", SHIPPED, ids=lambda d: d.name)
 def test_the_headline_bound_recomputes_within_its_noise(directory):
-    """The bound in evaluation.json, recomputed here on 200 of the same evaluation images (a fresh noise draw),
-    agrees within 4 standard errors: the file describes these weights and this evaluation protocol."""
+    """The bound in evaluation.json, recomputed here on 200 of the same evaluation images (a fresh noise draw; on
+    all of Penn Treebank's test sentences), agrees within 4 standard errors: the file describes these weights and
+    this evaluation protocol."""
     ckpt = load_checkpoint(directory)
     evaluation = json.loads((directory / "evaluation.json").read_text())
     mean, stderr, figure = _recomputed_bound(ckpt, read_manifest(directory), evaluation)

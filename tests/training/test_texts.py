@@ -119,6 +119,9 @@ def test_ptb_trains_and_its_perplexity_is_the_per_sentence_nll_over_the_tokens(t
     assert 0 <= text["active_units"] <= 4 and text["kl"] > 0
     card = render(run / "last")
     assert "test NLL / PPL (−L_5, importance sampling, k = 5)" in card and f"{text['ppl']:.2f}" in card
+    assert "The optimizer state ships beside the weights" in card
+    (run / "last" / "optimizer.safetensors").unlink()  # shipped without it (textvae-ptb: Adam's moments are 31 MB)
+    assert "The optimizer state is not shipped" in render(run / "last")
 
 
 def test_well_formedness_accepts_every_generated_caption_and_rejects_others():
