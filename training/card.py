@@ -264,8 +264,8 @@ def render(directory: str | Path) -> str:
                   f"stopped: `mkdir -p runs/{directory.name} && cp -r checkpoints/{directory.name} "
                   f"runs/{directory.name}/last`, then the command above with `--out runs/{directory.name}`.", ""]
     else:  # left out where it would take the checkpoint past the repository's 30 MB a model (Adam: 2 × the weights)
-        lines += ["## Resuming", "", "The optimizer state is not shipped (it is twice the weights' size), so training "
-                  "cannot resume exactly; the command above with `--init-from checkpoints/"
+        lines += ["## Resuming", "", "The optimizer state is not shipped (it would take the checkpoint past 30 MB), "
+                  "so training cannot resume exactly; the command above with `--init-from checkpoints/"
                   f"{directory.name}` starts a new run from these weights with fresh optimizer moments.", ""]
     return "\n".join(lines)
 

@@ -697,8 +697,7 @@ function showPathPanel() {
   markPath();
 }
 
-// The text model most of whose words the drawer knows (the caption language's, not Penn Treebank's 10,000), first
-// of equals in the listed order.
+// Default writer: the text model whose words the drawer knows best, since a PTB model's sentences cannot be drawn.
 function writerFor(drawer) {
   const known = new Set(drawer.vocabulary || []);
   const share = (m) => (m.vocabulary || []).filter((w) => known.has(w)).length / ((m.vocabulary || []).length || 1);

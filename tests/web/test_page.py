@@ -74,8 +74,8 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> 
 def served(checkpoints, tmp_path_factory) -> Path:  # noqa: F811
     """The suite's tiny checkpoints, tiny-iwae, an IWAE at MNIST's 28×28 (so the drawing box is 196×196 on screen)
     that offers reconstructions and walks, tiny-vaegan, a grey-level VAE/GAN of the same size, tiny-stat28, a
-    Neural Statistician (new samples from a set of examples) of that size too, and a-prose-text, a text model whose
-    words no drawer knows."""
+    Neural Statistician (new samples from a set of examples) of that size too, and a-prose-text, a text model few of
+    whose words a drawer knows."""
     import torch
 
     from models.checkpoint import Checkpoint, save_checkpoint
@@ -504,6 +504,7 @@ def test_a_caption_path_is_written_by_the_text_model_then_drawn_and_played(brows
     picker = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
     assert "tiny-text" not in picker and "tiny-align" in picker and page.input_value("#model") == "tiny-align"
     # two text models: the one whose words the drawer knows is chosen, not the first listed (a-prose-text)
+    assert page.is_visible("#path-models")
     assert page.eval_on_selector_all("#path-text-model option", "os => os.map(o => o.value)") == [
         "a-prose-text", "tiny-text"]
     assert page.input_value("#path-text-model") == "tiny-text" and page.input_value("#path-draw-model") == "tiny-align"
