@@ -6,7 +6,7 @@ Pure Python on purpose: the API validates captions with this module and must nev
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 PAD = "<pad>"  # index 0; never a real word, masked out of every alignment
@@ -135,6 +135,16 @@ class Vocabulary:
             if int(i) not in skip:
                 words.append(itos[int(i)])
         return " ".join(words[:max_words])
+
+    def spelled(self, spelling: Mapping[str, str] | None) -> list[str] | None:
+        """id -> word with a checkpoint's `spelling` ({id: the data's word}, where this vocabulary normalised it,
+        e.g. Penn Treebank's "N" and "one") put back; None when there is nothing to put back."""
+        if not spelling:
+            return None
+        itos = list(self.itos)
+        for i, word in spelling.items():
+            itos[int(i)] = word
+        return itos
 
     def to_dict(self) -> dict:
         return {"words": self.words, "max_length": self.max_length}

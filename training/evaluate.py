@@ -169,10 +169,7 @@ def _texts(ckpt: Any, tokens: torch.Tensor) -> list[str]:
 
 def _itos(ckpt: Any) -> list[str]:
     """The checkpoint vocabulary's id -> word, in the data's spelling (training/tasks.py TextsTask `spelling`)."""
-    itos = list(ckpt.vocab.itos)
-    for i, word in ckpt.extra.get("spelling", {}).items():
-        itos[int(i)] = word
-    return itos
+    return ckpt.vocab.spelled(ckpt.extra.get("spelling")) or list(ckpt.vocab.itos)
 
 
 def _text_diagnostics(model: Any, x: torch.Tensor, lengths: torch.Tensor, mi_batch: int) -> dict[str, Any]:

@@ -257,3 +257,37 @@ def test_heartbeats_list_live_workers_and_their_models(conn, settings):
     q.write_heartbeat(conn, settings, "w2", {"name": "w2"})
     wait_for(lambda: not q.live_workers(conn, settings), timeout=settings.heartbeat_ttl + 1, what="expiry")
     assert conn.smembers(Keys().workers) == set()  # pruned
+
+
+def test_a_text_model_writes_its_training_datas_spelling(conn, redis_url, tmp_path):
+    """Penn Treebank writes numbers as "N" and the vocabulary reads them as "n" (models/vocab.py normalises): the
+    sentences a job returns are spelled as the data spelled them, with the checkpoint's `spelling`, every time."""
+    import torch
+
+    from models.checkpoint import Checkpoint, save_checkpoint
+    from models.textvae import SPECIALS, TextVAE, TextVAEConfig
+    from models.vocab import Vocabulary
+    from worker import jobs
+    from worker.__main__ import Worker
+    from worker.queue import SERIALIZER, make_queue
+
+    words = Vocabulary([*SPECIALS, "n"], max_length=6)
+    torch.manual_seed(0)
+    text = TextVAE(TextVAEConfig(vocab_size=len(words), max_length=7, embed=4, hidden=4, z_dim=2, preset="tiny"))
+    with torch.no_grad():  # the decoder writes "n" wherever it can: every sentence is made of it
+        text.output.bias.fill_(-20)[words.stoi["n"]] = 20
+    d = tmp_path / "checkpoints"
+    save_checkpoint(d / "tiny-ptb", Checkpoint(text, vocab=words, extra={"spelling": {str(words.stoi["n"]): "N"}}))
+    settings = make_settings(redis_url, d)
+    job_id, _ = q.enqueue_generation(conn, request(model="tiny-ptb", captions=None, n=2), settings, steps=1)
+    jobs.install_runtime(jobs.Runtime(settings, load_models(d), torch.device("cpu")))
+    try:
+        worker = Worker([make_queue(conn, name) for name in settings.queues], connection=conn, serializer=SERIALIZER,
+                        name=f"spelling-{time.monotonic_ns()}")
+        worker.settings = settings
+        worker.work(burst=True, logging_level="WARNING")
+    finally:
+        jobs.install_runtime(None)
+    view = q.get_view(conn, job_id, settings)
+    assert view.status == "succeeded", view
+    assert [o["text"] for o in view.result["outputs"]] == ["N N N N N N"] * 2
