@@ -104,10 +104,11 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
     model.to(device).eval()
     vocab = manifest.get("vocabulary")
+    extra = manifest.get("extra", {})
     return Checkpoint(
         model=model,
-        vocab=Vocabulary.from_dict(vocab) if vocab is not None else None,
+        vocab=Vocabulary.from_dict(vocab, spelling=extra.get("spelling")) if vocab is not None else None,
         training=manifest.get("training", {}),
         metrics=manifest.get("metrics", {}),
-        extra=manifest.get("extra", {}),
+        extra=extra,
     )

@@ -72,7 +72,7 @@ def tokenize(caption: str) -> list[Token]:
 class Vocabulary:
     """Word <-> index map with a reserved padding index 0 and a maximum caption length."""
 
-    def __init__(self, words: Iterable[str], max_length: int = 32):
+    def __init__(self, words: Iterable[str], max_length: int = 32, spelling: Mapping[str, str] | None = None):
         words = [normalise(w) for w in words]
         if len(set(words)) != len(words):
             raise ValueError("vocabulary words must be unique after normalisation")
@@ -81,6 +81,11 @@ class Vocabulary:
         self.itos: list[str] = [PAD, *words]
         self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
         self.max_length = max_length
+        # id -> word as the data wrote it where normalise() changed it (Penn Treebank's "N", "one"): what sentence()
+        # writes; a checkpoint records it in extra["spelling"] (training/tasks.py)
+        self.written: list[str] = list(self.itos)
+        for i, word in (spelling or {}).items():
+            self.written[int(i)] = word
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -123,9 +128,8 @@ class Vocabulary:
     def sentence(self, ids: Iterable[int], *, spelling: Sequence[str] | None = None,
                  max_words: int | None = None) -> str:
         """A text family's row of ids -> its words up to the first <eos> (the whole row without one), <pad> and
-        <bos> dropped, at most `max_words` of them; `spelling` (id -> word) overrides this vocabulary's
-        normalised words with the data's own (training/tasks.py TextsTask)."""
-        itos = self.itos if spelling is None else spelling
+        <bos> dropped, at most `max_words` of them, in the data's spelling (`written`, or `spelling`: id -> word)."""
+        itos = self.written if spelling is None else spelling
         end = self.stoi.get(END)
         skip = {0, self.stoi.get(BEGIN)}
         words = []
@@ -136,19 +140,9 @@ class Vocabulary:
                 words.append(itos[int(i)])
         return " ".join(words[:max_words])
 
-    def spelled(self, spelling: Mapping[str, str] | None) -> list[str] | None:
-        """id -> word with a checkpoint's `spelling` ({id: the data's word}, where this vocabulary normalised it,
-        e.g. Penn Treebank's "N" and "one") put back; None when there is nothing to put back."""
-        if not spelling:
-            return None
-        itos = list(self.itos)
-        for i, word in spelling.items():
-            itos[int(i)] = word
-        return itos
-
     def to_dict(self) -> dict:
         return {"words": self.words, "max_length": self.max_length}
 
     @classmethod
-    def from_dict(cls, d: dict) -> Vocabulary:
-        return cls(d["words"], max_length=int(d["max_length"]))
+    def from_dict(cls, d: dict, spelling: Mapping[str, str] | None = None) -> Vocabulary:
+        return cls(d["words"], max_length=int(d["max_length"]), spelling=spelling)

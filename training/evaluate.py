@@ -163,13 +163,7 @@ def evaluate_sets(model: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 def _texts(ckpt: Any, tokens: torch.Tensor) -> list[str]:
     """Token rows (N, L) -> each row's words up to <eos>, in the data's spelling (models/vocab.py sentence)."""
-    spelling = _itos(ckpt)
-    return [ckpt.vocab.sentence(row, spelling=spelling) for row in tokens.tolist()]
-
-
-def _itos(ckpt: Any) -> list[str]:
-    """The checkpoint vocabulary's id -> word, in the data's spelling (training/tasks.py TextsTask `spelling`)."""
-    return ckpt.vocab.spelled(ckpt.extra.get("spelling")) or list(ckpt.vocab.itos)
+    return [ckpt.vocab.sentence(row) for row in tokens.tolist()]
 
 
 def _text_diagnostics(model: Any, x: torch.Tensor, lengths: torch.Tensor, mi_batch: int) -> dict[str, Any]:
@@ -278,7 +272,7 @@ def evaluate_caption_texts(ckpt: Any, args: argparse.Namespace) -> dict[str, Any
         raise SystemExit(f"the rebuilt caption corpus differs from the checkpoint's (sha256 {corpus.sha256[:12]} vs "
                          f"{str(extra.get('corpus_sha256'))[:12]}): sources now {corpus.sources}, at training "
                          f"{extra.get('sources')}")
-    itos = _itos(ckpt)
+    itos = ckpt.vocab.written  # the data's spelling, as the corpus writes its captions
     training = {" ".join(s) for s in corpus.train}
     device = next(model.parameters()).device
     n = args.samples or 1000

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from models.aligndraw import AlignDRAWConfig
 from models.family import family
-from models.vocab import Vocabulary
+from models.vocab import Vocabulary, normalise
 from training import fidelity as fi
 from training.batching import Batch, batches, epoch_seed
 from training.config import TrainConfig
@@ -391,10 +391,9 @@ class TextsTask(Task):
                            "captions_per_language": config.pairs_per_epoch,
                            "training_captions": sorted({" ".join(s) for s in texts.train})}
             longest = max(int(self._train.lengths.max()), int(self._val.lengths.max()))
-        self.itos = itos
-        self.vocab = Vocabulary(itos[1:], max_length=longest - 1)
         # Vocabulary normalises a few words ("N" -> "n", "one" -> "1"): the ids are the same, the files' spelling here
-        self.extra["spelling"] = {str(i): w for i, w in enumerate(itos) if self.vocab.itos[i] != w}
+        self.extra["spelling"] = {str(i): w for i, w in enumerate(itos) if i > 0 and normalise(w) != w}
+        self.vocab = Vocabulary(itos[1:], max_length=longest - 1, spelling=self.extra["spelling"])
         self.max_length = longest
 
     def model_config(self) -> Any:
@@ -408,7 +407,7 @@ class TextsTask(Task):
     def text(self, ids: Any) -> str:
         """Token ids -> the words up to <eos> (padding and <bos> dropped), in the data's own spelling."""
         assert self.vocab is not None
-        return self.vocab.sentence(ids.tolist() if isinstance(ids, Tensor) else ids, spelling=self.itos)
+        return self.vocab.sentence(ids.tolist() if isinstance(ids, Tensor) else ids)
 
     def train_data(self, epoch: int) -> Batch:
         g = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))

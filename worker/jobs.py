@@ -614,9 +614,8 @@ def _write(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, guard: Shu
                 (step,) = model.generate(conditions.pad_rows(path[lo:hi], s.batch_rows).to(device),
                                          strategy=decoding.strategy, beam=decoding.beam)
         for j, row in enumerate(step.tokens[: hi - lo].tolist()):
-            # every sentence returned is one the model, and the API, would read: at most max_length words, spelled
-            # as its training data spelled them
-            e.texts[lo + j] = vocab.sentence(row, spelling=lm.spelling, max_words=vocab.max_length)
+            # every sentence returned is one the model, and the API, would read: at most max_length words
+            e.texts[lo + j] = vocab.sentence(row, max_words=vocab.max_length)
         e.steps_done = hi
         _save_meta(e.job, e.meta, step=hi, progress=round(hi / len(path), 4))
         if guard.stop:

@@ -26,7 +26,6 @@ class LoadedModel:
     info: ModelInfo
     model: Any  # a family of models/family.py
     vocab: Vocabulary | None
-    spelling: list[str] | None = None  # id -> word as the training data spelled it (PTB's "N"), where it differs
 
     @property
     def longest_word(self) -> int:
@@ -77,8 +76,7 @@ def load_models(directory: str | Path, device: torch.device | str = "cpu") -> di
         if ("caption" in info.modes or "text" in info.modes.values()) and ckpt.vocab is None:
             log.error("skipping %s: a captions or text model (%s) without a vocabulary", sub, info.kind)
             continue
-        spelling = ckpt.vocab.spelled(ckpt.extra.get("spelling")) if ckpt.vocab is not None else None
-        models[info.id] = LoadedModel(info=info, model=ckpt.model, vocab=ckpt.vocab, spelling=spelling)
+        models[info.id] = LoadedModel(info=info, model=ckpt.model, vocab=ckpt.vocab)
         size = "text" if info.height is None else f"{info.height}x{info.width}x{info.channels}"
         log.info("loaded %s (%s, %s, T=%d) on %s", info.id, info.kind, size, info.steps, device)
     return models

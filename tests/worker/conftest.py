@@ -125,15 +125,15 @@ def loaded_models(checkpoints: Path):
 @pytest.fixture
 def run_burst(conn: redis.Redis, loaded_models) -> Iterator[Callable[[Settings], None]]:
     """Run an in-process worker (the served Worker class) in burst mode with the given settings (models loaded once
-    per session)."""
+    per session, or the `models` given)."""
     import torch
 
     from worker import jobs
     from worker.__main__ import Worker  # the served worker's class: its owner records and channel teardown
     from worker.queue import SERIALIZER, make_queue
 
-    def run(settings: Settings, name: str = "inline") -> None:
-        jobs.install_runtime(jobs.Runtime(settings, loaded_models, torch.device("cpu"), worker_name=name))
+    def run(settings: Settings, name: str = "inline", models=None) -> None:
+        jobs.install_runtime(jobs.Runtime(settings, models or loaded_models, torch.device("cpu"), worker_name=name))
         queues = [make_queue(conn, q) for q in settings.queues]
         worker = Worker(queues, connection=conn, serializer=SERIALIZER, name=f"{name}-{time.monotonic_ns()}")
         worker.settings = settings

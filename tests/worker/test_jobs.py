@@ -259,7 +259,7 @@ def test_heartbeats_list_live_workers_and_their_models(conn, settings):
     assert conn.smembers(Keys().workers) == set()  # pruned
 
 
-def test_a_text_model_writes_its_training_datas_spelling(conn, redis_url, tmp_path):
+def test_a_text_model_writes_its_training_datas_spelling(conn, redis_url, tmp_path, run_burst):
     """Penn Treebank writes numbers as "N" and the vocabulary reads them as "n" (models/vocab.py normalises): the
     sentences a job returns are spelled as the data spelled them, with the checkpoint's `spelling`, every time."""
     import torch
@@ -267,9 +267,6 @@ def test_a_text_model_writes_its_training_datas_spelling(conn, redis_url, tmp_pa
     from models.checkpoint import Checkpoint, save_checkpoint
     from models.textvae import SPECIALS, TextVAE, TextVAEConfig
     from models.vocab import Vocabulary
-    from worker import jobs
-    from worker.__main__ import Worker
-    from worker.queue import SERIALIZER, make_queue
 
     words = Vocabulary([*SPECIALS, "n"], max_length=6)
     torch.manual_seed(0)
@@ -280,14 +277,7 @@ def test_a_text_model_writes_its_training_datas_spelling(conn, redis_url, tmp_pa
     save_checkpoint(d / "tiny-ptb", Checkpoint(text, vocab=words, extra={"spelling": {str(words.stoi["n"]): "N"}}))
     settings = make_settings(redis_url, d)
     job_id, _ = q.enqueue_generation(conn, request(model="tiny-ptb", captions=None, n=2), settings, steps=1)
-    jobs.install_runtime(jobs.Runtime(settings, load_models(d), torch.device("cpu")))
-    try:
-        worker = Worker([make_queue(conn, name) for name in settings.queues], connection=conn, serializer=SERIALIZER,
-                        name=f"spelling-{time.monotonic_ns()}")
-        worker.settings = settings
-        worker.work(burst=True, logging_level="WARNING")
-    finally:
-        jobs.install_runtime(None)
+    run_burst(settings, models=load_models(d))
     view = q.get_view(conn, job_id, settings)
     assert view.status == "succeeded", view
     assert [o["text"] for o in view.result["outputs"]] == ["N N N N N N"] * 2
