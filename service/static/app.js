@@ -700,8 +700,9 @@ function showPathPanel() {
 // Default writer: the text model whose words the drawer knows best, since a PTB model's sentences cannot be drawn.
 function writerFor(drawer) {
   const known = new Set(drawer.vocabulary || []);
-  const share = (m) => (m.vocabulary || []).filter((w) => known.has(w)).length / ((m.vocabulary || []).length || 1);
-  return state.textModels.reduce((best, m) => (share(m) > share(best) ? m : best), state.textModels[0]);
+  const shares = state.textModels.map((m) => (m.vocabulary || []).filter((w) => known.has(w)).length
+    / ((m.vocabulary || []).length || 1));
+  return state.textModels[shares.indexOf(Math.max(...shares))];  // the first of equals
 }
 
 function pathModel(models, selectId) {
