@@ -34,7 +34,10 @@ def batches(data: Batch, batch_size: int, *, rank: int = 0, world: int = 1, limi
         out = {k: v[lo : lo + per_rank] for k, v in data.items()}
         if noise is not None:
             shape, gen = noise
-            out["noise"] = torch.randn(size, *shape, generator=gen)[rank * per_rank : (rank + 1) * per_rank]
+            # drawn where the generator lives: on a GPU, not on the host and then copied (a step's noise there
+            # costs more host time than the step)
+            out["noise"] = torch.randn(size, *shape, generator=gen, device=gen.device)[
+                rank * per_rank : (rank + 1) * per_rank]
         yield out
 
 

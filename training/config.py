@@ -45,6 +45,7 @@ class TrainConfig:
     val_size: int = 10_000  # validation images (captions: generated once from held-out digits)
     val_holdout: int | None = None  # MNIST: last training images held out for validation; None: min(10k, N/6)
     max_batches: int | None = None  # cap on training batches per epoch (time-boxed or smoke runs)
+    time_limit: float | None = None  # minutes for this invocation: no epoch starts that the last one says won't fit
     preview_every: int = 1  # epochs between sample-grid / canvas-strip / curve PNGs
     kl_warmup: int | None = None  # batches for the KL weight to rise 0 -> 1; the family's default (DRAW 1000)
     fidelity_samples: int = 500  # MNIST captions: samples judged per epoch for seen and held-out captions (0: off)

@@ -55,13 +55,14 @@ def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def saved_optimizer(directory: Path, device: str | torch.device = "cpu",
-                    group: str = MAIN) -> tuple[dict[int, dict[str, Any]], list]:
-    """The optimizer state saved beside a checkpoint: per-parameter state keyed by index, and the param groups."""
+def saved_optimizer(directory: Path, group: str = MAIN) -> tuple[dict[int, dict[str, Any]], list]:
+    """The optimizer state saved beside a checkpoint: per-parameter state keyed by index, and the param groups.
+    Read onto the host: load_state_dict moves each moment to its parameter's device and leaves Adam's `step` on the
+    host, where torch keeps it (a step on a GPU costs Adam a host sync per parameter per update)."""
     saved = json.loads((directory / PROGRESS).read_text())
     meta = saved["optimizer"] if group == MAIN else saved["optimizers"][group]
     state: dict[int, dict[str, Any]] = {}
-    for name, value in load_file(str(directory / optimizer_file(group)), device=str(device)).items():
+    for name, value in load_file(str(directory / optimizer_file(group))).items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     for idx, values in meta["scalars"].items():
@@ -103,11 +104,10 @@ def load_progress(directory: Path) -> Progress:
     return Progress(**json.loads((directory / PROGRESS).read_text())["progress"])
 
 
-def restore_optimizers(optimizers: dict[str, torch.optim.Optimizer], directory: Path,
-                       device: str | torch.device = "cpu") -> None:
+def restore_optimizers(optimizers: dict[str, torch.optim.Optimizer], directory: Path) -> None:
     """Load the optimizer states saved beside a checkpoint into optimizers built on the loaded model."""
     for group, optimizer in optimizers.items():
-        state, param_groups = saved_optimizer(directory, device, group)
+        state, param_groups = saved_optimizer(directory, group)
         optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
@@ -122,7 +122,7 @@ def warm_start(model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimiz
     model.load_state_dict(matched, strict=False)
     optimizer = optimizers.get(MAIN)
     if optimizer is not None and len(optimizers) == 1 and (directory / OPTIMIZER).exists():
-        saved, saved_groups = saved_optimizer(directory, device)
+        saved, saved_groups = saved_optimizer(directory)
         current = optimizer.state_dict()
         if set(saved_groups[0]) == set(current["param_groups"][0]):  # same optimizer kind
             old_names = [name for name, _ in source.named_parameters()]

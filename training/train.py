@@ -88,6 +88,9 @@ class Objective(nn.Module):
         return self.model.loss(batch, noise, kl_weight=kl_weight)  # type: ignore[operator]
 
 
+_POSTFIX_EVERY = 50  # batches between the progress bar's reads of the running sums (each read is a host sync)
+
+
 def kl_weight(step: int, warmup: int) -> float:
     """β for global batch `step` (0-based): rises linearly from 1/warmup to 1 over the first `warmup` batches."""
     return 1.0 if step >= warmup else (step + 1) / warmup
@@ -99,8 +102,9 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: 
     # the global stream (dropout, word dropout) from the epoch's own seed, so a resumed run replays it exactly
     torch.manual_seed(epoch_seed(cfg.seed, epoch, stream=2 + rank))
     data = task.train_data(epoch)
+    # the noise generator lives on the training device (the same draws on the CPU as before; its own on a GPU)
     noise = (tuple(model.loss_noise_shape()),  # type: ignore[operator]
-             torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, stream=1)))
+             torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, stream=1)))
     groups = param_groups(model)
     n_batches = next(iter(data.values())).shape[0] // cfg.batch_size  # a last partial batch is dropped
     if cfg.max_batches is not None:
@@ -108,9 +112,10 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: 
     bar = tqdm(batches(data, cfg.batch_size, rank=rank, world=world, limit=n_batches, noise=noise),
                total=n_batches, desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True, leave=False,
                mininterval=0.5 if sys.stderr.isatty() else 60)  # a log file gets a line a minute, not a flood
-    sums = torch.zeros(4, dtype=torch.float64)
-    # every logged term of the family (a GAN's costs, how often each player moved), summed on the device: no host
-    # sync a term a step
+    # bound, KL and images summed on the device: no host sync a step (on a GPU each one stalls the launch queue);
+    # the bar reads them every _POSTFIX_EVERY batches. Every logged term of the family (a GAN's costs, how often
+    # each player moved) likewise.
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
     term_sums: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     beta = 1.0
@@ -120,20 +125,24 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: 
         n = batch["x"].shape[0]
         beta = kl_weight((epoch - 1) * n_batches + i, cfg.kl_warmup or 0)
         losses = net(batch, eps, beta)
-        grad_norm = step(losses, optimizers, groups, cfg.clip)
-        kl = losses.terms.get("kl", torch.zeros(()))
-        sums += torch.tensor([losses.bound.detach().sum().item(), kl.detach().sum().item(), n,
-                              grad_norm], dtype=torch.float64)
+        step(losses, optimizers, groups, cfg.clip)
+        kl = losses.terms.get("kl")
+        sums[0] += losses.bound.detach().sum()
+        if kl is not None:
+            sums[1] += kl.detach().sum()
+        sums[2] += n
         for name, value in losses.terms.items():
             term_sums[name] = term_sums.get(name, 0.0) + value.detach().double().sum()
-        seen = sums[2].item() * world
-        bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.2f}", kl=f"{sums[1].item() / sums[2].item():.2f}",
-                        img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False,  # bar's own pace
-                        **({"kl_weight": f"{beta:.2f}"} if beta < 1 else {}))
+        if rank == 0 and i % _POSTFIX_EVERY == 0:
+            loss, kl_, seen = sums.tolist()
+            bar.set_postfix(loss=f"{loss / seen:.2f}", kl=f"{kl_ / seen:.2f}",
+                            img_s=f"{seen * world / (time.perf_counter() - start):.0f}", refresh=False,
+                            **({"kl_weight": f"{beta:.2f}"} if beta < 1 else {}))
     terms = torch.tensor([v.item() for v in term_sums.values()], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(sums)
         dist.all_reduce(terms)
+    sums = sums.cpu()
     seconds = time.perf_counter() - start
     images = sums[2].item() or math.nan  # --max-batches 0 validates only: no training numbers
     return {"train_nll_bound": sums[0].item() / images, "train_kl": sums[1].item() / images,
@@ -143,10 +152,11 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: 
             if name != "kl"}
 
 
-def step(losses: Losses, optimizers: Optimizers, groups: dict[str, list[nn.Parameter]], clip: float) -> float:
+def step(losses: Losses, optimizers: Optimizers, groups: dict[str, list[nn.Parameter]],
+         clip: float) -> torch.Tensor:
     """One update of every optimiser group from its own loss, gradients routed to that group's parameters only;
     a group whose loss is None is not stepped (its Adam moments do not move); -> the largest gradient norm before
-    clipping."""
+    clipping (a tensor: reading it would stall a GPU's queue)."""
     if set(losses.minimise) != set(optimizers):
         raise ValueError(f"loss groups {sorted(losses.minimise)} do not match the optimizers {sorted(optimizers)}")
     for opt in optimizers.values():
@@ -155,11 +165,11 @@ def step(losses: Losses, optimizers: Optimizers, groups: dict[str, list[nn.Param
     for j, (name, loss) in enumerate(active):
         inputs = groups[name] if len(losses.minimise) > 1 else None  # one group: the plain backward of every parameter
         loss.backward(inputs=inputs, retain_graph=j < len(active) - 1)
-    norm = 0.0
+    norms = []
     for name, _ in active:
-        norm = max(norm, torch.nn.utils.clip_grad_norm_(groups[name], clip).item())
+        norms.append(torch.nn.utils.clip_grad_norm_(groups[name], clip))
         optimizers[name].step()
-    return norm
+    return torch.stack(norms).max() if norms else torch.zeros(())
 
 
 def decay_lr(optimizers: Optimizers, scales: dict[str, float], config: TrainConfig, progress: Progress,
@@ -238,6 +248,7 @@ def write_previews(model: nn.Module, task: Task, run: Path, epoch: int) -> None:
 
 
 def train(config: TrainConfig) -> Progress:
+    began = time.perf_counter()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(config.device, local_rank)
@@ -254,7 +265,7 @@ def train(config: TrainConfig) -> Progress:
         model = load_checkpoint(last, device=device).model.train()
         scales = lr_scales(model)
         optimizers = make_optimizers(model, config)
-        restore_optimizers(optimizers, last, device)
+        restore_optimizers(optimizers, last)
         progress = load_progress(last)
         first, opt = next(iter(optimizers.items()))
         saved_lr = opt.param_groups[0]["lr"] / scales[first]  # the run's rate, whatever the first group's scale
@@ -294,10 +305,18 @@ def train(config: TrainConfig) -> Progress:
     patience = config.patience
     assert patience is not None, "TrainConfig sets it from the family's defaults"
     stopped = progress.epochs_without_improvement >= patience
+    first_epoch, last_epoch_seconds = progress.epoch + 1, 0.0
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         staged = stage_lr(config.lr_stages, epoch) if config.lr_stages else None
         if stopped or (config.lr_stages and staged is None):  # early stopping, or the schedule's end
             break
+        if config.time_limit is not None and epoch > first_epoch and out_of_time(
+                time.perf_counter() - began + last_epoch_seconds > config.time_limit * 60, distributed, device):
+            if rank == 0:
+                print(f"--time-limit {config.time_limit:g} min: stopping before epoch {epoch} "
+                      f"(the last took {last_epoch_seconds:.0f} s); the same command resumes", file=sys.stderr)
+            break
+        epoch_began = time.perf_counter()
         if staged is not None:
             set_lr(optimizers, scales, staged)
         row: dict[str, Any] = {"epoch": epoch}
@@ -343,9 +362,19 @@ def train(config: TrainConfig) -> Progress:
                   + (f", lr now {decayed:g}" if decayed is not None else "")
                   + ("" if improved else f", no improvement for {progress.epochs_without_improvement}"),
                   file=sys.stderr, flush=True)
+        last_epoch_seconds = time.perf_counter() - epoch_began  # training, validation, saving and previews
     if distributed:
         dist.destroy_process_group()
     return progress
+
+
+def out_of_time(mine: bool, distributed: bool, device: torch.device) -> bool:
+    """Whether any process says the next epoch would not fit: all of them stop together, or DDP would hang."""
+    if not distributed:
+        return mine
+    flag = torch.tensor([float(mine)], device=device)  # nccl reduces device tensors only
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def training_record(config: TrainConfig, progress: Progress) -> dict[str, Any]:

@@ -45,6 +45,18 @@ def test_resume_continues_the_same_run_exactly(tmp_path, shared_data):
     assert manifest["metrics"]["best_epoch"] in (1, 2)
 
 
+def test_a_time_limit_stops_between_epochs_and_the_same_command_goes_on(tmp_path, shared_data):
+    # --time-limit 1e-6 min: the first epoch always runs, none after it fits; the same command resumed (and
+    # again) lands on the weights of a straight 3-epoch run
+    _train(tmp_path / "straight", shared_data, "--epochs", "3")
+    for done in (1, 2, 3):
+        _train(tmp_path / "boxed", shared_data, "--epochs", "3", "--time-limit", "1e-6")
+        progress = json.loads((tmp_path / "boxed" / "last" / "progress.json").read_text())["progress"]
+        assert progress["epoch"] == done
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "boxed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_takes_the_commands_learning_rate(tmp_path, shared_data):
     _train(tmp_path / "run", shared_data, "--epochs", "2", "--patience", "1")
     path = tmp_path / "run" / "last" / "progress.json"
