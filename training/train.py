@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -261,8 +262,11 @@ def train(config: TrainConfig) -> Progress:
     last, best = run / "last", run / "best"
     task = make_task(config)
 
+    earlier: list[dict[str, Any]] = []  # the invocations that made the run so far (a resume goes on from them)
     if (last / "checkpoint.json").exists():
-        model = load_checkpoint(last, device=device).model.train()
+        resumed = load_checkpoint(last, device=device)
+        model = resumed.model.train()
+        earlier = invocations(resumed.training)
         scales = lr_scales(model)
         optimizers = make_optimizers(model, config)
         restore_optimizers(optimizers, last)
@@ -305,7 +309,7 @@ def train(config: TrainConfig) -> Progress:
     patience = config.patience
     assert patience is not None, "TrainConfig sets it from the family's defaults"
     stopped = progress.epochs_without_improvement >= patience
-    first_epoch, last_epoch_seconds = progress.epoch + 1, 0.0
+    first_epoch, last_epoch_seconds, wall_before = progress.epoch + 1, 0.0, progress.wall_seconds
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         staged = stage_lr(config.lr_stages, epoch) if config.lr_stages else None
         if stopped or (config.lr_stages and staged is None):  # early stopping, or the schedule's end
@@ -339,7 +343,8 @@ def train(config: TrainConfig) -> Progress:
         if rank == 0:
             with evaluating(model):  # as the worker draws; in train mode sampling moved batch norm's statistics
                 row |= task.epoch_metrics(model)
-            ckpt = Checkpoint(model, vocab=task.vocab, training=training_record(config, progress),
+            ckpt = Checkpoint(model, vocab=task.vocab, training=training_record(config, progress, earlier, first_epoch,
+                                                                                 wall_before),
                               metrics={"best_val_nll_bound": progress.best_val, "best_epoch": progress.best_epoch,
                                        "last": row},
                               extra=task.extra)
@@ -377,14 +382,34 @@ def out_of_time(mine: bool, distributed: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
-def training_record(config: TrainConfig, progress: Progress) -> dict[str, Any]:
+def invocations(training: dict[str, Any]) -> list[dict[str, Any]]:
+    """The commands that trained a checkpoint, each with its epochs, machine and wall time; a record written before
+    these were kept counts as one command for all its epochs."""
+    if "invocations" in training:
+        return list(training["invocations"])
+    if "command" not in training:
+        return []
+    return [{"command": training["command"], "epochs": [1, training.get("epochs")],
+             "wall_seconds": training.get("wall_seconds"), "machine": training.get("machine"),
+             "torch": training.get("torch"), "world_size": training.get("world_size", 1)}]
+
+
+def training_record(config: TrainConfig, progress: Progress, earlier: list[dict[str, Any]] | None = None,
+                    first_epoch: int = 1, wall_before: float = 0.0) -> dict[str, Any]:
+    """The checkpoint's `training`: this command (quoted as a shell reads it), its config, machine and epochs, and
+    `invocations`: every command that trained the run, with its epoch range, machine and wall time."""
+    argv = sys.argv[1:] if sys.argv[0].endswith("__main__.py") else sys.argv
+    command = ("python -m training " if sys.argv[0].endswith("__main__.py") else "") + shlex.join(argv)
+    this = {"command": command, "epochs": [first_epoch, progress.epoch],
+            "wall_seconds": round(progress.wall_seconds - wall_before, 1), "machine": machine(),
+            "torch": torch.__version__, "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
     return {
-        "command": "python -m training " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py")
-        else " ".join(sys.argv),
+        "command": command,
         "config": asdict(config),
         "epochs": progress.epoch,
         "wall_seconds": round(progress.wall_seconds, 1),
-        "machine": machine(),
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-        "torch": torch.__version__,
+        "machine": this["machine"],
+        "world_size": this["world_size"],
+        "torch": this["torch"],
+        "invocations": [*(earlier or []), this],
     }

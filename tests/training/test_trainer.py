@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import absent
 from training.__main__ import main as cli
+from training.card import render
 from training.config import TrainConfig
 
 TINY = ["--set", "steps=3", "--set", "enc_size=16", "--set", "dec_size=16", "--set", "z_size=4"]
@@ -43,6 +44,13 @@ def test_resume_continues_the_same_run_exactly(tmp_path, shared_data):
     manifest = json.loads((tmp_path / "split" / "last" / "checkpoint.json").read_text())
     assert manifest["training"]["epochs"] == 2 and "command" in manifest["training"]
     assert manifest["metrics"]["best_epoch"] in (1, 2)
+    # each command that trained the run keeps its epochs, and the card shows one row per command
+    assert [r["epochs"] for r in manifest["training"]["invocations"]] == [[1, 1], [2, 2]]
+    straight_manifest = json.loads((tmp_path / "straight" / "last" / "checkpoint.json").read_text())
+    assert [r["epochs"] for r in straight_manifest["training"]["invocations"]] == [[1, 2]]
+    card = render(tmp_path / "split" / "last")
+    assert "| epochs 1–1 | `" in card and "| epochs 2–2 | `" in card and "| command |" not in card
+    assert "| command |" in render(tmp_path / "straight" / "last")
 
 
 def test_a_time_limit_stops_between_epochs_and_the_same_command_goes_on(tmp_path, shared_data):
