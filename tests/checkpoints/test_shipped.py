@@ -40,19 +40,21 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
              "statistician": StatisticianConfig, "avb": AVBConfig,
              "textvae": lambda: TextVAEConfig(vocab_size=words, max_length=ckpt.model.config.max_length),
              "aligndraw": lambda: AlignDRAWConfig(vocab_size=words)}[manifest["kind"]]()
-    # The deviations we allow (Training in README), each only where the recorded command names it.
+    # The deviations we allow (Training in README), each only where a recorded command names it (the one that built
+    # the net, for a run resumed under others)
+    commands = " ".join(r["command"] for r in ckpt.training.get("invocations", [])) or ckpt.training["command"]
     values = getattr(ckpt.model.config, "align_values", "states")
     if values != "states":
-        assert f"align_values={values}" in ckpt.training["command"]
+        assert f"align_values={values}" in commands
         paper = replace(paper, align_values=values)  # type: ignore[arg-type]
     blind = getattr(ckpt.model.config, "key_blind", ())
     if blind:
-        assert "key_blind=" in ckpt.training["command"] and ckpt.vocab is not None
+        assert "key_blind=" in commands and ckpt.vocab is not None
         assert [ckpt.vocab.itos[i] for i in blind] == [str(d) for d in range(10)]  # the digits, as named
         paper = replace(paper, key_blind=blind)  # type: ignore[arg-type]
     k = getattr(ckpt.model.config, "k", 50)
     if k != 50:  # IWAE's VAE baseline: the same net trained with k = 1
-        assert f"k={k}" in ckpt.training["command"]
+        assert f"k={k}" in commands
         paper = replace(paper, k=k)  # type: ignore[arg-type]
     # VAE/GAN, the Neural Statistician and the text VAE on 2 CPU cores: their narrower nets, each named in the command
     for name in ("base", "objective", "margin", "recon_fakes", "upsample", "leak", "feature_layer", "gamma",
@@ -61,10 +63,14 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
         value = getattr(ckpt.model.config, name, None)
         if value is not None and value != getattr(paper, name):
             named = json.dumps(list(value), separators=(",", ":")) if isinstance(value, tuple) else value
-            assert f"{name}={named}".lower() in ckpt.training["command"].lower()
+            assert f"{name}={named}".lower() in commands.lower()
             paper = replace(paper, **{name: value})  # type: ignore[arg-type]
     assert ckpt.model.config == paper
     assert ckpt.training["command"].startswith("python -m training train") and ckpt.training["epochs"] >= 1
+    runs = ckpt.training.get("invocations", [])  # where kept, the commands' epochs join up to the checkpoint's
+    assert not runs or [r["epochs"] for r in runs] == [
+        [1 + (runs[i - 1]["epochs"][1] if i else 0), r["epochs"][1]] for i, r in enumerate(runs)]
+    assert not runs or runs[-1]["epochs"][1] == ckpt.training["epochs"]
     # a continuous density's −ELBO (the pixel VAE on grey levels) may be negative; a binary model's is not
     assert math.isfinite(ckpt.metrics["best_val_nll_bound"])
     if manifest["kind"] != "vaegan":
