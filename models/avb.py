@@ -327,6 +327,11 @@ class AVB(nn.Module):
         self.adversary = Adversary(c) if c.objective == "avb" else None
 
     @property
+    def bound_is_approximate(self) -> bool:
+        """Whether `Losses.bound` is no bound (AVB's KL is T's estimate): evaluation then carries nothing from it."""
+        return self.config.objective == "avb"
+
+    @property
     def steps(self) -> int:
         return 1  # a one-shot decoder
 
