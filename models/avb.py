@@ -317,6 +317,15 @@ class AVB(nn.Module):
     optimizer_options = {"betas": (0.5, 0.999)}
     default_lr = 5e-5  # the run's lr without --lr (a resume keeps the saved one)
     lr_scale = {"adversary": 2.0}
+    # (selector, measurement, published value) for cards: papers.md §5 and its addendum; all by AIS, not L_k, and
+    # unconfirmed (Table 3 could not be read), so a figure to read beside ours, not one measured the same way
+    paper_results = [
+        ({"dataset": "mnist", "objective": "avb", "z_size": 32, "adaptive_contrast": True}, "−L_5000",
+         "≈ 80.2 by AIS (AVB + AC, unconfirmed)"),
+        ({"dataset": "mnist", "objective": "avb", "z_size": 8}, "−L_5000", "≈ 83.6 by AIS (AVB, unconfirmed)"),
+        ({"dataset": "mnist", "objective": "vae", "z_size": 32}, "−L_5000", "≈ 81.7 by AIS (VAE, unconfirmed)"),
+        ({"dataset": "mnist", "objective": "vae", "z_size": 8}, "−L_5000", "≈ 83.7 by AIS (VAE, unconfirmed)"),
+    ]
 
     def __init__(self, config: AVBConfig | None = None):
         super().__init__()

@@ -56,10 +56,11 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
     if k != 50:  # IWAE's VAE baseline: the same net trained with k = 1
         assert f"k={k}" in commands
         paper = replace(paper, k=k)  # type: ignore[arg-type]
-    # VAE/GAN, the Neural Statistician and the text VAE on 2 CPU cores: their narrower nets, each named in the command
+    # VAE/GAN, AVB, the Neural Statistician and the text VAE on 2 CPU cores: their narrower nets, each named in the
+    # command
     for name in ("base", "objective", "margin", "recon_fakes", "upsample", "leak", "feature_layer", "gamma",
                  "feature_scale", "widths", "convs", "c_dim", "embed", "hidden", "preset", "free_bits", "conv",
-                 "deconv", "adversary_conv"):
+                 "deconv", "adversary_conv", "adversary_hidden"):
         value = getattr(ckpt.model.config, name, None)
         if value is not None and value != getattr(paper, name):
             named = json.dumps(list(value), separators=(",", ":")) if isinstance(value, tuple) else value
@@ -101,6 +102,12 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
         assert all((directory / name).exists() for name in ("test-samples.png", "mnist-samples.png"))
         examples = (torch.rand(2, 5, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.2).float()
         out = sample(ckpt.model.eval(), seeds=[0, 1], sets=examples)
+    elif manifest["kind"] == "avb":
+        test = evaluation["test"]  # the bound through T (approximate for AVB) on all, L_5000 with r_α on a subset
+        assert evaluation["k"] == 5000 and test["images"] == 10_000 and test["images_L5000"] >= 100
+        assert 0 < test["nll_L5000_stderr"] < 5 and test["nll_L5000"] <= test["neg_elbo_L5000_samples"]
+        assert "nll_L5000_estimate_all" not in test or ckpt.model.config.objective == "vae"
+        out = sample(ckpt.model, batch_size=2, seeds=[0, 1])
     elif manifest["kind"] == "iwae":
         test = evaluation["test"]  # L_5000 on every MNIST test image, no subset (the protocol)
         assert evaluation["k"] == 5000 and test["images_L5000"] == test["images"] == 10_000
