@@ -34,8 +34,8 @@ def batches(data: Batch, batch_size: int, *, rank: int = 0, world: int = 1, limi
         out = {k: v[lo : lo + per_rank] for k, v in data.items()}
         if noise is not None:
             shape, gen = noise
-            # drawn where the generator lives: on a GPU, not on the host and then copied (a step's noise there
-            # costs more host time than the step)
+            # drawn where the generator lives, so a GPU run does not draw each step's noise (IWAE: batch × k × 150
+            # normals) on the host and copy it over
             out["noise"] = torch.randn(size, *shape, generator=gen, device=gen.device)[
                 rank * per_rank : (rank + 1) * per_rank]
         yield out
