@@ -29,9 +29,11 @@ independent of one another, so the moments of z given x are exact in x:
 
 E[v_i] and Var[v_i] are Monte Carlo estimates, as in the official code, which takes `tf.nn.moments` of v_i over the
 training batch's own 128 draws of ε_i (fresh each step, so its r_α changes with the batch). Here they come from a
-fixed set of `basis_samples` draws of each ε_i (the buffer `basis_nodes`, drawn once from a fixed seed and saved in
-the checkpoint): r_α is then one Gaussian per x, the same in training, in validation, in every L_k pass and in every
-worker batch, and not a function of the samples it weighs, which is what makes log_weight a valid importance weight.
+fixed set of `basis_samples` draws of each ε_i (the buffer `basis_nodes`, drawn from a fixed seed whenever the
+model is built, not saved: 8 MB of a 32-d checkpoint that the seed gives back; tests/models/test_avb.py pins their
+checksum, so a torch whose generator drew other nodes fails there): r_α is then one Gaussian per x, the same in
+training, in validation, in every L_k pass and in every worker batch, and not a function of the samples it weighs,
+which is what makes log_weight a valid importance weight.
 The estimate's error only moves r_α; the AC identity above holds for any Gaussian r, T absorbs the difference.
 σ² = Var[z | x] + `var_floor` everywhere (the official standardises with √(Var + 1e-4) but takes log r with Var).
 
@@ -194,7 +196,7 @@ class ImplicitEncoder(nn.Module):
         bound = math.sqrt(6 / (self.trunk.size + c.z_size))  # Glorot per head a_i, not for the stacked n·Z outputs
         nn.init.uniform_(self.a.weight, -bound, bound)
         nodes = torch.randn(c.n_basis, c.basis_samples, c.eps_dim, generator=torch.Generator().manual_seed(_NODES_SEED))
-        self.register_buffer("basis_nodes", nodes)  # saved: r_α never depends on a torch version's RNG
+        self.register_buffer("basis_nodes", nodes, persistent=False)  # derived from the seed, so not saved
         self._moments_key: tuple | None = None
         self._moments: tuple[Tensor, Tensor] | None = None
 

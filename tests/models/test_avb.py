@@ -3,13 +3,15 @@ log q − log p, gradient routing on real parameter gradients, log_weight and L_
 float64 recomputations and a quadrature, the VAE baseline's bound, generation and the registry."""
 
 import copy
+import hashlib
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
-from models.avb import AVB, AVBConfig, adversary_cost
+from models.avb import AVB, AVBConfig, ImplicitEncoder, adversary_cost
 from models.bounds import importance_weighted, log_mean_exp, log_weights
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.family import build, param_groups
@@ -328,6 +330,18 @@ def test_the_defaults_are_the_official_avb_mnist_32_ac():
                                                                                                  (2, 2), (2, 2)]
     assert model.encoder.trunk.size == 2 * 7 * 7 and model.decoder.shape == (2, 7, 7)
     assert model.decoder(torch.zeros(2, 32)).shape == (2, 1, 28, 28)
+
+
+def test_the_basis_nodes_come_from_the_seed_and_are_not_saved(tmp_path):
+    """r_α's fixed draws are rebuilt from _NODES_SEED, not stored: their checksum is pinned (a torch whose generator
+    drew other nodes would move every shipped AVB's r_α, and fails here), and a checkpoint leaves them out."""
+    nodes = ImplicitEncoder(AVBConfig()).basis_nodes  # the official sizes, as avb-mnist: 32 × 1024 × 64
+    digest = hashlib.sha256(nodes.numpy().tobytes()).hexdigest()
+    assert digest == "38456c1c974d4c9a8d7034db70a3fb897d07149e38a5aba4e16db07f3694838b"
+    model = build("avb", TINY.to_dict())
+    save_checkpoint(tmp_path / "m", Checkpoint(model))
+    assert not any("basis_nodes" in k for k in load_file(str(tmp_path / "m" / "model.safetensors")))
+    assert torch.equal(load_checkpoint(tmp_path / "m").model.encoder.basis_nodes, model.encoder.basis_nodes)
 
 
 def test_the_kept_basis_moments_follow_the_weights():
