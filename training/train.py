@@ -113,51 +113,48 @@ def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: 
     bar = tqdm(batches(data, cfg.batch_size, rank=rank, world=world, limit=n_batches, noise=noise),
                total=n_batches, desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True, leave=False,
                mininterval=0.5 if sys.stderr.isatty() else 60)  # a log file gets a line a minute, not a flood
-    # bound, KL and images summed on the device: no host sync a step (on a GPU each one stalls the launch queue);
-    # the bar reads them every _POSTFIX_EVERY batches. Every logged term of the family (a GAN's costs, how often
-    # each player moved) likewise.
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    # the bound and every logged term of the family (KL, a GAN's costs, how often each player moved) summed on the
+    # device: no host sync a step (on a GPU each one stalls the launch queue); the bar reads them every
+    # _POSTFIX_EVERY batches
+    bound_sum = torch.zeros((), dtype=torch.float64, device=device)
     term_sums: dict[str, torch.Tensor] = {}
+    seen = 0  # this process's images
     start = time.perf_counter()
     beta = 1.0
     for i, batch in enumerate(bar):
         batch = on_device(trim_padding(batch), device)
         eps = batch.pop("noise")
-        n = batch["x"].shape[0]
         beta = kl_weight((epoch - 1) * n_batches + i, cfg.kl_warmup or 0)
         losses = net(batch, eps, beta)
         step(losses, optimizers, groups, cfg.clip)
-        kl = losses.terms.get("kl")
-        sums[0] += losses.bound.detach().sum()
-        if kl is not None:
-            sums[1] += kl.detach().sum()
-        sums[2] += n
+        bound_sum += losses.bound.detach().sum()
+        seen += batch["x"].shape[0]
         for name, value in losses.terms.items():
             term_sums[name] = term_sums.get(name, 0.0) + value.detach().double().sum()
         if rank == 0 and i % _POSTFIX_EVERY == 0:
-            loss, kl_, seen = sums.tolist()
-            bar.set_postfix(loss=f"{loss / seen:.2f}", kl=f"{kl_ / seen:.2f}",
+            kl = term_sums["kl"].item() if "kl" in term_sums else 0.0
+            bar.set_postfix(loss=f"{bound_sum.item() / seen:.2f}", kl=f"{kl / seen:.2f}",
                             img_s=f"{seen * world / (time.perf_counter() - start):.0f}", refresh=False,
                             **({"kl_weight": f"{beta:.2f}"} if beta < 1 else {}))
-    terms = torch.tensor([v.item() for v in term_sums.values()], dtype=torch.float64)
+    # one tensor on the device for all processes' sums (nccl reduces device tensors only)
+    totals = torch.stack([bound_sum, torch.tensor(float(seen), dtype=torch.float64, device=device),
+                          *term_sums.values()])
     if world > 1:
-        dist.all_reduce(sums)
-        dist.all_reduce(terms)
-    sums = sums.cpu()
+        dist.all_reduce(totals)
+    bound, images, *terms = totals.tolist()
     seconds = time.perf_counter() - start
-    images = sums[2].item() or math.nan  # --max-batches 0 validates only: no training numbers
-    return {"train_nll_bound": sums[0].item() / images, "train_kl": sums[1].item() / images,
-            "images_per_s": sums[2].item() / seconds, "epoch_seconds": seconds, "kl_weight": beta,
+    named = dict(zip(term_sums, terms, strict=True))
+    images_per_s = images / seconds
+    images = images or math.nan  # --max-batches 0 validates only: no training numbers
+    return {"train_nll_bound": bound / images, "train_kl": named.get("kl", 0.0) / images,
+            "images_per_s": images_per_s, "epoch_seconds": seconds, "kl_weight": beta,
             "lr": next(iter(optimizers.values())).param_groups[0]["lr"]} | {
-            f"train_{name}": value / images for name, value in zip(term_sums, terms.tolist(), strict=True)
-            if name != "kl"}
+            f"train_{name}": value / images for name, value in named.items() if name != "kl"}
 
 
-def step(losses: Losses, optimizers: Optimizers, groups: dict[str, list[nn.Parameter]],
-         clip: float) -> torch.Tensor:
+def step(losses: Losses, optimizers: Optimizers, groups: dict[str, list[nn.Parameter]], clip: float) -> None:
     """One update of every optimiser group from its own loss, gradients routed to that group's parameters only;
-    a group whose loss is None is not stepped (its Adam moments do not move); -> the largest gradient norm before
-    clipping (a tensor: reading it would stall a GPU's queue)."""
+    a group whose loss is None is not stepped (its Adam moments do not move)."""
     if set(losses.minimise) != set(optimizers):
         raise ValueError(f"loss groups {sorted(losses.minimise)} do not match the optimizers {sorted(optimizers)}")
     for opt in optimizers.values():
@@ -166,11 +163,9 @@ def step(losses: Losses, optimizers: Optimizers, groups: dict[str, list[nn.Param
     for j, (name, loss) in enumerate(active):
         inputs = groups[name] if len(losses.minimise) > 1 else None  # one group: the plain backward of every parameter
         loss.backward(inputs=inputs, retain_graph=j < len(active) - 1)
-    norms = []
     for name, _ in active:
-        norms.append(torch.nn.utils.clip_grad_norm_(groups[name], clip))
+        torch.nn.utils.clip_grad_norm_(groups[name], clip)
         optimizers[name].step()
-    return torch.stack(norms).max() if norms else torch.zeros(())
 
 
 def decay_lr(optimizers: Optimizers, scales: dict[str, float], config: TrainConfig, progress: Progress,
