@@ -192,11 +192,15 @@ def render_classifier(directory: Path, manifest: dict[str, Any]) -> str:
         ""])
 
 
+def _several_commands(training: dict[str, Any]) -> bool:
+    return len(training.get("invocations", [])) > 1
+
+
 def _command_rows(training: dict[str, Any]) -> list[str]:
     """One command row; or, for a run resumed under other commands (another machine, schedule or batch), one row
     per command with its epochs, machine and wall time."""
     runs = training.get("invocations", [])
-    if len(runs) <= 1:
+    if not _several_commands(training):
         return [f"| command | `{training.get('command', '—')}` |"]
     return [f"| epochs {r['epochs'][0]}–{r['epochs'][1]} | `{r['command']}` on {r['machine']}, torch {r['torch']}, "
             f"{r['world_size']} process(es), {(r['wall_seconds'] or 0) / 60:.0f} min |" for r in runs]
@@ -222,7 +226,7 @@ def render(directory: str | Path) -> str:
              f"| epochs | {training.get('epochs', '—')} (best validation epoch {manifest['metrics'].get('best_epoch')},"
              f" bound {_nats(manifest['metrics'].get('best_val_nll_bound'))} nats) |",
              f"| training time | {training.get('wall_seconds', 0) / 60:.0f} min of training steps |",
-             *([] if len(training.get("invocations", [])) > 1 else
+             *([] if _several_commands(training) else
                [f"| machine | {training.get('machine', '—')}, torch {training.get('torch', '—')}, "
                 f"{training.get('world_size', 1)} process(es) |"]),
              f"| config | {_config_rows(cls, config)} |", ""]
@@ -274,7 +278,7 @@ def render(directory: str | Path) -> str:
         lines += ["## Resuming", "", "The optimizer state ships beside the weights, so training goes on where it "
                   f"stopped: `mkdir -p runs/{directory.name} && cp -r checkpoints/{directory.name} "
                   f"runs/{directory.name}/last`, then the "
-                  + ("last command above" if len(training.get("invocations", [])) > 1 else "command above")
+                  + ("last command above" if _several_commands(training) else "command above")
                   + f" with `--out runs/{directory.name}`.", ""]
     else:  # left out where it would take the checkpoint past the repository's 30 MB a model (Adam: 2 × the weights)
         lines += ["## Resuming", "", "The optimizer state is not shipped (it would take the checkpoint past 30 MB), "
