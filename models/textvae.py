@@ -64,6 +64,8 @@ class TextVAEConfig:
     hidden: int = 256  # encoder LSTM units and decoder channels (LSTM units for "lstm"/"lm")
     z_dim: int = 32
     dropout: float = 0.5  # on the decoder's input embeddings (the lagging-encoder code's dropout_in)
+    dropout_out: float = 0.0  # on the decoder's top features before the vocabulary (that code's dropout_out)
+    tie_weights: bool = False  # the vocabulary projection is the decoder embedding (Press & Wolf 2017); embed == hidden
     word_dropout: float = 0.0  # share of decoder input words replaced by <unk> in training (Bowman et al. 2016)
     free_bits: float = 0.0  # λ nats: the objective's KL is Σ_d max(λ, batch-mean KL_d) (Kingma et al. 2016)
     decoder: str = "cnn"  # "cnn" (dilated), "lstm", or "lm" (the matched LSTM language model: no z, KL 0)
@@ -76,8 +78,11 @@ class TextVAEConfig:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if self.vocab_size <= UNK or self.max_length < 1:
             raise ValueError(f"need vocab_size > {UNK} (the reserved ids) and max_length >= 1")
-        if not (0 <= self.dropout < 1 and 0 <= self.word_dropout <= 1 and self.free_bits >= 0):
-            raise ValueError("need 0 <= dropout < 1, 0 <= word_dropout <= 1 and free_bits >= 0")
+        if not (0 <= self.dropout < 1 and 0 <= self.dropout_out < 1 and 0 <= self.word_dropout <= 1
+                and self.free_bits >= 0):
+            raise ValueError("need 0 <= dropout, dropout_out < 1, 0 <= word_dropout <= 1 and free_bits >= 0")
+        if self.tie_weights and self.embed != self.hidden:
+            raise ValueError(f"tie_weights needs embed == hidden, got {self.embed} and {self.hidden}")
         if self.decoder == "cnn" and self.hidden % 2:
             raise ValueError(f"the CNN's bottleneck blocks halve the channels: hidden must be even, got {self.hidden}")
 
@@ -154,7 +159,12 @@ class TextVAE(nn.Module):
             self.blocks = nn.ModuleList(ResidualBlock(c.hidden, d) for d in PRESETS[c.preset])
         else:
             self.rnn = nn.LSTM(inputs, c.hidden, batch_first=True)
-        self.output = nn.Linear(c.hidden, c.vocab_size)
+        if c.tie_weights:  # logits = E h + b: one (vocab, embed) matrix reads and writes words
+            with torch.no_grad():  # N(0, 1) rows would make the first logits' std about 16
+                self.decoder_embedding.weight.uniform_(-0.1, 0.1)[PAD] = 0
+            self.output_bias = nn.Parameter(torch.zeros(c.vocab_size))
+        else:
+            self.output = nn.Linear(c.hidden, c.vocab_size)
         never = torch.zeros(c.vocab_size).index_fill_(0, torch.tensor([PAD, BOS]), -math.inf)
         self.register_buffer("_never", never, persistent=False)
 
@@ -183,7 +193,7 @@ class TextVAE(nn.Module):
         """x (B, L) ids, lengths (B,) -> μ, log σ (B, z_dim) of q(z | x): the LSTM state at token lengths − 1, so
         padding after a sentence never reaches it. For "lm": zeros (no encoder)."""
         if not self.latent:
-            zeros = x.new_zeros(x.shape[0], self.config.z_dim, dtype=self.output.weight.dtype)
+            zeros = x.new_zeros(x.shape[0], self.config.z_dim, dtype=self.decoder_embedding.weight.dtype)
             return zeros, zeros
         states, _ = self.encoder(self.encoder_embedding(x))  # (B, L, H)
         last = states[torch.arange(x.shape[0], device=x.device), lengths.to(x.device) - 1]
@@ -225,6 +235,8 @@ class TextVAE(nn.Module):
     def word_logits(self, states: Tensor) -> Tensor:
         """Decoder states (..., hidden) -> logits (..., vocab) of the next token: −∞ at padding and <bos>, which are
         never emitted, so p(x_t | ·) is a distribution over the words, <unk> and <eos> alone."""
+        if self.config.tie_weights:
+            return F.linear(states, self.decoder_embedding.weight, self.output_bias + self._never)
         return F.linear(states, self.output.weight, self.output.bias + self._never)  # no (N, vocab) copy
 
     def next_token_logits(self, x: Tensor, z: Tensor | None) -> Tensor:
@@ -234,7 +246,7 @@ class TextVAE(nn.Module):
     def _reconstruction(self, x: Tensor, lengths: Tensor, z: Tensor | None) -> Tensor:
         """−log p(x | z) summed over each sentence's tokens (<eos> included, padding not): (B,) nats. Only the
         real positions reach the vocabulary projection (PTB batches are about half padding)."""
-        states = self.decoder_states(self.embed_inputs(x), z)
+        states = F.dropout(self.decoder_states(self.embed_inputs(x), z), self.config.dropout_out, self.training)
         mask = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device)[:, None]
         nll = F.cross_entropy(self.word_logits(states[mask]), x[mask], reduction="none")
         rows = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(mask)[mask]
@@ -244,7 +256,7 @@ class TextVAE(nn.Module):
         """-> reconstruction (B,), per-dimension KL(q ‖ p) (B, z_dim), log q(z|x) − log p(z) at the sample (B,)."""
         x, lengths = batch["x"], batch["lengths"]
         if not self.latent:
-            zeros = x.new_zeros(x.shape[0], dtype=self.output.weight.dtype)
+            zeros = x.new_zeros(x.shape[0], dtype=self.decoder_embedding.weight.dtype)
             return self._reconstruction(x, lengths, None), zeros[:, None].expand(-1, self.config.z_dim), zeros
         mu, log_sigma = self.posterior_params(x, lengths)
         z = reparameterise(mu, log_sigma, noise.to(mu))
@@ -326,7 +338,7 @@ class TextVAE(nn.Module):
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam}")
         limit = max_length or self.config.max_length
-        z = z.to(self._device(), self.output.weight.dtype)
+        z = z.to(self._device(), self.decoder_embedding.weight.dtype)
         if strategy == "beam":
             return self._beam(z, beam, limit)
         n = z.shape[0]

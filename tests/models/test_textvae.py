@@ -117,17 +117,18 @@ def test_lstm_logits_see_every_earlier_token_and_no_later_one(decoder):
 # The ELBO and L_k
 
 
+@pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("decoder", ["cnn", "lstm", "lm"])
-def test_elbo_terms_match_torch_distributions_in_float64(decoder):
+def test_elbo_terms_match_torch_distributions_in_float64(decoder, tied):
     # Breaking it, tried: counting the padding positions in the reconstruction, or a KL without the −log σ term,
     # each fails by whole nats.
-    model = tiny(decoder)
+    model = tiny(decoder, tie_weights=tied)
     batch = sentences([3, 7, 5, 1])
     eps = noise(4)
     losses = model.loss(batch, eps)
     log_w = model.log_weight(batch, eps)
 
-    ref = tiny(decoder).double()
+    ref = tiny(decoder, tie_weights=tied).double()
     x, lengths = batch["x"], batch["lengths"]
     mask = torch.arange(x.shape[1]) < lengths[:, None]
     with torch.no_grad():
@@ -225,6 +226,45 @@ def test_word_dropout_replaces_decoder_words_by_unk_in_training_only():
     assert torch.equal(model.embed_inputs(x), expected)
     model.eval()
     assert not torch.equal(model.embed_inputs(x), expected)
+
+
+@pytest.mark.parametrize("decoder", ["cnn", "lstm", "lm"])
+def test_tied_weights_read_and_write_words_with_one_matrix(decoder):
+    model = tiny(decoder, tie_weights=True)
+    assert not hasattr(model, "output") and "output_bias" in dict(model.named_parameters())
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in tiny(decoder).parameters()) - V * 8  # the (vocab, hidden) projection weight is gone
+    embedding = model.decoder_embedding.weight
+    assert torch.equal(embedding[PAD], torch.zeros(8))
+    batch = sentences([3, 5])
+    x, z = batch["x"], (noise(2) if model.latent else None)
+    states = model.decoder_states(model.embed_inputs(x), z)
+    by_hand = states @ embedding.T + model.output_bias
+    logits = model.next_token_logits(x, z)
+    words = torch.ones(V, dtype=torch.bool).index_fill_(0, torch.tensor([PAD, BOS]), False)
+    assert torch.allclose(logits[..., words], by_hand[..., words], atol=1e-6)
+    assert torch.isneginf(logits[..., ~words]).all()
+    # one matrix: the rows of words absent from the batch learn through the softmax, which an untied input
+    # embedding's rows never do
+    absent = sorted(set(range(EOS, V)) - set(x.flatten().tolist()))
+    for tie in (True, False):
+        m = tiny(decoder, tie_weights=tie)
+        m.loss(batch, noise(2)).minimise["model"].backward()
+        grads = m.decoder_embedding.weight.grad[absent].abs().sum(1)
+        assert absent and ((grads > 0).all() if tie else (grads == 0).all())
+    with pytest.raises(ValueError, match="embed == hidden"):
+        TextVAEConfig(embed=8, hidden=16, tie_weights=True)
+
+
+def test_output_dropout_acts_in_training_only():
+    plain, dropped = tiny("cnn"), tiny("cnn", dropout_out=0.5)  # same seed: the same weights
+    batch, eps = sentences([4, 6, 2]), noise(3)
+    assert torch.equal(plain.loss(batch, eps).bound, dropped.loss(batch, eps).bound)  # eval mode: no dropout
+    dropped.train()
+    torch.manual_seed(1)
+    first = dropped.loss(batch, eps).bound
+    torch.manual_seed(2)
+    assert not torch.equal(first, dropped.loss(batch, eps).bound)
 
 
 # ---------------------------------------------------------------------------------------------------------------
