@@ -322,6 +322,15 @@ def train(config: TrainConfig) -> Progress:
         row |= train_epoch(net, model, optimizers, task, epoch, device, rank, world)
         row |= validate(model, task.val_data(), config.batch_size, device, seed=epoch_seed(config.seed, 0, 99),
                         rank=rank, world=world)
+        if not (math.isfinite(row["train_nll_bound"]) and math.isfinite(row["val_nll_bound"])):
+            # diverged: Adam's moments are non-finite too, so nothing after it can recover; last/ keeps the epoch
+            # before, from which a lower rate (--lr) can go on. The same on every rank: both bounds are all-reduced.
+            if rank == 0:
+                artefacts.append_jsonl(run / "metrics.jsonl", row | {"diverged": True})
+                print(f"epoch {epoch}: the bound is not finite (train {row['train_nll_bound']}, validation "
+                      f"{row['val_nll_bound']}): stopping; last/ and best/ keep epochs {progress.epoch} and "
+                      f"{progress.best_epoch}", file=sys.stderr, flush=True)
+            break
         progress.epoch = epoch
         progress.wall_seconds += row["epoch_seconds"]
         progress.history.append(row)

@@ -65,6 +65,21 @@ def test_a_time_limit_stops_between_epochs_and_the_same_command_goes_on(tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_whose_bound_turns_non_finite_stops_and_keeps_the_epoch_before(tmp_path, shared_data, capsys):
+    # an absurd rate makes every weight huge within a step; the run must stop there, not train NaNs for its
+    # remaining epochs (a GPU run of the statistician did for 10) nor overwrite last/ with them
+    _train(tmp_path / "run", shared_data, "--epochs", "1")
+    before = _weights(tmp_path / "run")
+    _train(tmp_path / "run", shared_data, "--epochs", "4", "--lr", "1e30")
+    assert "the bound is not finite" in capsys.readouterr().err
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["diverged"] and "diverged" not in rows[0]
+    progress = json.loads((tmp_path / "run" / "last" / "progress.json").read_text())["progress"]
+    assert progress["epoch"] == 1
+    after = _weights(tmp_path / "run")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_resume_takes_the_commands_learning_rate(tmp_path, shared_data):
     _train(tmp_path / "run", shared_data, "--epochs", "2", "--patience", "1")
     path = tmp_path / "run" / "last" / "progress.json"
