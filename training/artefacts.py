@@ -89,7 +89,10 @@ def save_alignment_map(path: Path, alignments: Tensor, captions: list[str], colu
     plt.close(fig)
 
 
-def save_loss_curves(path: Path, history: list[dict[str, Any]]) -> None:
+UNITS = {"texts": "nats per sentence", "image_sets": "nats per set"}  # a family's `data` -> its bound's unit
+
+
+def save_loss_curves(path: Path, history: list[dict[str, Any]], unit: str = "nats per image") -> None:
     plt = _pyplot()
 
     epochs = [h["epoch"] for h in history]
@@ -98,7 +101,7 @@ def save_loss_curves(path: Path, history: list[dict[str, Any]]) -> None:
     ax.plot(epochs, [h["val_nll_bound"] for h in history], label="validation −ELBO")
     ax.plot(epochs, [h["val_kl"] for h in history], label="validation KL", linestyle="--")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("nats per image")
+    ax.set_ylabel(unit)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     judged = [h for h in history if "val_fidelity_seen" in h]

@@ -359,7 +359,8 @@ def train(config: TrainConfig) -> Progress:
             if epoch % config.preview_every == 0 or stopped:
                 with evaluating(model):  # after the save: in train mode a resumed run would differ (tested)
                     write_previews(model, task, run, epoch)
-                artefacts.save_loss_curves(run / "loss-curves.png", progress.history)
+                artefacts.save_loss_curves(run / "loss-curves.png", progress.history,
+                                           artefacts.UNITS.get(getattr(model, "data", ""), "nats per image"))
             fields_: Any = getattr(model, "config", None)  # the family's Config names its bound (IWAE: −L_{k})
             bound = getattr(model, "bound_name", "−ELBO").format(**(fields_.to_dict() if fields_ is not None else {}))
             print(f"epoch {epoch}: train {bound} {row['train_nll_bound']:.2f}, val {bound} {row['val_nll_bound']:.2f} "
