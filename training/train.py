@@ -322,7 +322,8 @@ def train(config: TrainConfig) -> Progress:
         row |= train_epoch(net, model, optimizers, task, epoch, device, rank, world)
         row |= validate(model, task.val_data(), config.batch_size, device, seed=epoch_seed(config.seed, 0, 99),
                         rank=rank, world=world)
-        if not (math.isfinite(row["train_nll_bound"]) and math.isfinite(row["val_nll_bound"])):
+        trained = row["images_per_s"] > 0  # --max-batches 0 validates only: its train bound is NaN by design
+        if (trained and not math.isfinite(row["train_nll_bound"])) or not math.isfinite(row["val_nll_bound"]):
             # diverged: Adam's moments are non-finite too, so nothing after it can recover; last/ keeps the epoch
             # before, from which a lower rate (--lr) can go on. The same on every rank: both bounds are all-reduced.
             if rank == 0:
