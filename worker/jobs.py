@@ -432,7 +432,7 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         for e in in_chunk:
             _canceled(conn, keys, e)
         state: dict[str, Any] = {"stopped": False}
-        sent: list[tuple[Future, list[Entry]]] = []  # the step written while the sampler draws the next: ≤ 1
+        sent: list[tuple[Future, list[Entry]]] = []  # the write in flight while the sampler draws on: ≤ 1
 
         def settle(sent: list[tuple[Future, list[Entry]]] = sent) -> None:
             """Wait for the step in flight to be written, then act on the cancel flags it read."""
@@ -451,22 +451,34 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         for r, (e, _) in enumerate(chunk):
             first_row.setdefault(e, r)
         n_words = given["lengths"].tolist() if "lengths" in given else None
+        # the canvases of the steps drawn since the last write, per job; and when that write was sent
+        pending: dict[Entry, dict[str, bytes]] = {}
+        flushed: dict[str, float] = {"at": 0.0}
 
         def on_step(step: Step, chunk=chunk, in_chunk=in_chunk, c=c, state=state, first_row=first_row,
-                    n_words=n_words, settle=settle, sent=sent) -> bool:
-            settle()  # the previous step's write, sent while this step was drawn: its cancel flags count from here
+                    n_words=n_words, settle=settle, sent=sent, pending=pending, flushed=flushed) -> bool:
+            settle()  # the previous write, sent while later steps were drawn: its cancel flags count from here
             if all(e.canceled for e in in_chunk):
                 return False
-            active = [e for e in in_chunk if not e.canceled]
             frames = _to_uint8(step.canvas[: len(chunk)])
-            # One round trip a step for the whole batch: the canvases, then each job's progress and its announcement
-            # (in that order, so a reader woken by the announcement finds the canvases), then the cancel flags.
-            canvases: dict[Entry, dict[str, bytes]] = {}
             for r, (e, i) in enumerate(chunk):
                 if not e.canceled and e.request.output.canvases and e.returns(lm) == "frames":
-                    canvases.setdefault(e, {})[raw_name(i, step.t)] = render.raw(frames[r])
+                    pending.setdefault(e, {})[raw_name(i, step.t)] = render.raw(frames[r])
+            now = time.perf_counter()
+            if not (step.t in (1, step.steps) or guard.stop or s.step_delay
+                    or now - flushed["at"] >= s.step_flush_ms / 1000):
+                return True
+            flushed["at"] = now
+            active = [e for e in in_chunk if not e.canceled]
+            # One round trip for the steps since the last: the canvases, then each job's progress and its
+            # announcement (in that order, so a reader woken by the announcement finds the canvases), then the
+            # cancel flags.
+            canvases = {e: named for e, named in pending.items() if not e.canceled}
+            pending.clear()
+            for r, (e, i) in enumerate(chunk):
+                if e in canvases:
                     e.stored[i] = step.t
-            # the live window and word weights as Python floats in one conversion a step, not one per value
+            # the live window and word weights as Python floats in one conversion a write, not one per value
             windows = step.window.tolist() if step.window is not None else None
             alignments = step.alignment.tolist() if step.alignment is not None else None
             p = conn.pipeline(transaction=False)

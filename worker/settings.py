@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     # --- limits ---
     max_job_bytes: int = Field(256 * 2**20, gt=0)  # refuse jobs whose worst-case result bytes exceed this
 
+    # A sampler call's steps are written to Redis (frames, progress, the announcement, the cancel check) at most this
+    # often: the first and last step always, between them once this many ms have passed since the last write. At 16
+    # rows a step takes about 2 ms, and one round trip a step cost the worker more than drawing it.
+    step_flush_ms: float = Field(20.0, ge=0)
+
     # Testing and demos only: sleep this long after every DRAW step so progress can be watched.
     step_delay: float = Field(0.0, ge=0)
 

@@ -140,6 +140,27 @@ def test_progress_rises_step_by_step_and_frames_are_readable_mid_job(conn, setti
     assert q.get_view(conn, job_id, slow).status == "succeeded"
 
 
+def test_steps_written_together_keep_every_frame_byte_for_byte(conn, settings, run_burst):
+    """With GLIMPSE_STEP_FLUSH_MS past a whole sampler call, a job's steps reach Redis in two writes (its first
+    step and its last) instead of five, and its stored frames and images are those written one step at a time."""
+    stored, announcements = {}, {}
+    for flush_ms in (0.0, 1e6):
+        s = make_settings(settings.redis_url, settings.checkpoints, step_flush_ms=flush_ms)
+        job_id, _ = q.enqueue_generation(conn, request(n=2, seeds=[7, 8]), s)
+        sub = conn.pubsub()
+        sub.subscribe(Keys(s.key_prefix).events(job_id))
+        run_burst(s)
+        count = 0
+        while (message := sub.get_message(timeout=0.2)) is not None:
+            count += message["type"] == "message"
+        sub.close()
+        announcements[flush_ms], stored[flush_ms] = count, files_of(conn, s, job_id)
+        assert q.get_view(conn, job_id, s).status == "succeeded"
+    assert sum(name.startswith("raw/") for name in stored[0.0]) == 2 * 5  # every step of both images
+    assert stored[0.0] == stored[1e6]
+    assert announcements[0.0] - announcements[1e6] == 5 - 2
+
+
 def test_cancel_a_running_job_stops_within_one_step(conn, settings, run_burst):
     slow = make_settings(settings.redis_url, settings.checkpoints, step_delay=0.2)
     job_id, _ = q.enqueue_generation(conn, request(), slow)
