@@ -1,5 +1,6 @@
 """The torch-free half: settings, the job contract, limits, key layout, byte bounds."""
 
+import json
 import subprocess
 import sys
 
@@ -125,6 +126,21 @@ def test_encoders_stay_within_their_bounds_on_incompressible_noise(shape):
     words = ["w" * 20] * 12
     render.attention(np.full((6, 4), -12345.678901), np.full((6, 12), 0.123456789), words, max_words=12,
                      longest_word=20)
+
+
+def test_attention_values_round_exactly_as_pythons_round():
+    """The vectorised rounding gives round(float(v), 4)'s doubles, so the attention JSON keeps its bytes: on
+    float32 values of the attention's ranges, on every tie (k + ½)·10⁻⁴ near them in float32 and float64, and on
+    signed zeros, powers of two and non-finite values. Breaking it, tried: without the fallback, the ties fail."""
+    rng = np.random.default_rng(0)
+    ties = (np.arange(-100_000, 100_000) + 0.5) / 1e4
+    cases = [rng.normal(0, 1, (500, 400)).astype(np.float32), rng.uniform(-5, 65, (500, 400)).astype(np.float32),
+             (rng.integers(-2**20, 2**20, (500, 400)) / 2**14).astype(np.float32), ties.reshape(-1, 100),
+             ties.astype(np.float32).reshape(-1, 100),
+             np.array([[0.03125, -0.03125, 0.0, -0.0, 1e-9, -1e-9, 2**-20, np.nan, np.inf, -np.inf]])]
+    for rows in cases:
+        expected = [[round(float(v), 4) for v in row] for row in rows]
+        assert json.dumps(render._round(rows)) == json.dumps(expected)
 
 
 def test_key_layout():
