@@ -46,6 +46,9 @@ class StatisticianConfig:
     layers: int = 3  # residual FC layers after pooling, and in q(z | x, c) and p(z | c)
     c_dim: int = 512  # context
     z_dim: int = 16  # per-item latent
+    # batch norm after every conv and FC layer, and one over each Gaussian head's [μ, log σ] (the released code's
+    # "global" batch norm, which keeps their scale in check); off in the first checkpoints, which predate it
+    batch_norm: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))  # JSON hands back lists
@@ -63,12 +66,17 @@ class StatisticianConfig:
         return asdict(self)
 
 
-def _stage(c_in: int, c_out: int, convs: int) -> list[nn.Module]:
+def _norm2d(channels: int, on: bool) -> list[nn.Module]:
+    """A BatchNorm2d where the config asks for one, else nothing (no placeholder: older checkpoints' keys stay)."""
+    return [nn.BatchNorm2d(channels)] if on else []
+
+
+def _stage(c_in: int, c_out: int, convs: int, norm: bool = False) -> list[nn.Module]:
     """`convs` 3×3 convolutions with ELU, the last halving the size (stride 2, padding 1)."""
     out: list[nn.Module] = []
     for i in range(convs):
         out += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, stride=2 if i == convs - 1 else 1, padding=1),
-                nn.ELU()]
+                *_norm2d(c_out, norm), nn.ELU()]
     return out
 
 
@@ -78,7 +86,8 @@ class SharedEncoder(nn.Module):
     def __init__(self, c: StatisticianConfig):
         super().__init__()
         chans = (c.channels, *c.widths)
-        self.net = nn.Sequential(*[m for i in range(3) for m in _stage(chans[i], chans[i + 1], c.convs)])
+        self.net = nn.Sequential(*[m for i in range(3) for m in _stage(chans[i], chans[i + 1], c.convs,
+                                                                        c.batch_norm)])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).flatten(1)
@@ -87,26 +96,35 @@ class SharedEncoder(nn.Module):
 class ResidualFC(nn.Module):
     """`layers` fully connected ELU layers with skip connections (the released code's residual blocks)."""
 
-    def __init__(self, width: int, layers: int):
+    def __init__(self, width: int, layers: int, norm: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(layers))
+        if norm:
+            self.norms = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(layers))
 
     def forward(self, h: Tensor) -> Tensor:
-        for layer in self.layers:
-            h = h + F.elu(layer(h))
+        norms = getattr(self, "norms", [nn.Identity()] * len(self.layers))
+        for layer, norm in zip(self.layers, norms, strict=True):
+            h = h + F.elu(norm(layer(h)))
         return h
 
 
 class GaussianHead(nn.Module):
     """h (N, width) -> μ, log σ (N, out): a diagonal Gaussian, log σ as models.gaussian takes it."""
 
-    def __init__(self, width: int, out: int):
+    def __init__(self, width: int, out: int, norm: bool = False):
         super().__init__()
         self.mean = nn.Linear(width, out)
         self.log_sigma = nn.Linear(width, out)
+        if norm:  # one mean and variance over all 2·out parameters of the batch, eps and momentum as released
+            self.norm = nn.BatchNorm1d(1, eps=1e-3, momentum=1e-2)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        return self.mean(h), self.log_sigma(h)
+        mu, log_sigma = self.mean(h), self.log_sigma(h)
+        if not hasattr(self, "norm"):
+            return mu, log_sigma
+        both = self.norm(torch.cat([mu, log_sigma], -1).unsqueeze(1)).squeeze(1)
+        return both.chunk(2, dim=-1)
 
 
 class StatisticNetwork(nn.Module):
@@ -115,12 +133,17 @@ class StatisticNetwork(nn.Module):
     def __init__(self, features: int, c: StatisticianConfig):
         super().__init__()
         self.item = nn.Linear(features, c.hidden)
-        self.post = ResidualFC(c.hidden, c.layers)
-        self.head = GaussianHead(c.hidden, c.c_dim)
+        if c.batch_norm:
+            self.item_norm = nn.BatchNorm1d(c.hidden)
+        self.post = ResidualFC(c.hidden, c.layers, c.batch_norm)
+        self.head = GaussianHead(c.hidden, c.c_dim, c.batch_norm)
 
     def forward(self, h: Tensor, set_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """h (B, S, F), set_mask (B, S) or None (all real) -> μ, log σ (B, c_dim)."""
-        e = F.elu(self.item(h))
+        e = self.item(h)
+        if hasattr(self, "item_norm"):  # per item: its statistics are the batch's items' (the running ones in eval)
+            e = self.item_norm(e.flatten(0, 1)).view_as(e)
+        e = F.elu(e)
         if set_mask is None:
             pooled = e.mean(1)
         else:
@@ -161,10 +184,11 @@ class Statistician(nn.Module):
         # q(z | x, c): the item's features and the context, summed after one linear map each (released code)
         self.inference_x = nn.Linear(features, c.hidden)
         self.inference_c = nn.Linear(c.c_dim, c.hidden)
-        self.inference = nn.Sequential(ResidualFC(c.hidden, c.layers), GaussianHead(c.hidden, c.z_dim))
+        self.inference = nn.Sequential(ResidualFC(c.hidden, c.layers, c.batch_norm),
+                                       GaussianHead(c.hidden, c.z_dim, c.batch_norm))
         # p(z | c)
-        self.prior = nn.Sequential(nn.Linear(c.c_dim, c.hidden), nn.ELU(), ResidualFC(c.hidden, c.layers),
-                                   GaussianHead(c.hidden, c.z_dim))
+        self.prior = nn.Sequential(nn.Linear(c.c_dim, c.hidden), nn.ELU(), ResidualFC(c.hidden, c.layers, c.batch_norm),
+                                   GaussianHead(c.hidden, c.z_dim, c.batch_norm))
         # p(x | z, c): FC to the encoder's last feature map, then the encoder mirrored with transposed convs
         self.decode_z = nn.Linear(c.z_dim, c.hidden)
         self.decode_c = nn.Linear(c.c_dim, c.hidden)
@@ -181,9 +205,11 @@ class Statistician(nn.Module):
         out: list[nn.Module] = []
         for i in range(3):
             target = sizes[2 - i]
-            out += [nn.ConvTranspose2d(chans[i], chans[i + 1], 4, stride=2, padding=1), _Crop(*target), nn.ELU()]
+            out += [nn.ConvTranspose2d(chans[i], chans[i + 1], 4, stride=2, padding=1), _Crop(*target),
+                    *_norm2d(chans[i + 1], c.batch_norm), nn.ELU()]
             for _ in range(c.convs - 1):
-                out += [nn.Conv2d(chans[i + 1], chans[i + 1], 3, padding=1), nn.ELU()]
+                out += [nn.Conv2d(chans[i + 1], chans[i + 1], 3, padding=1), *_norm2d(chans[i + 1], c.batch_norm),
+                        nn.ELU()]
         out.append(nn.Conv2d(chans[-1], c.channels, 1))
         return out
 

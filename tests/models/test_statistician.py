@@ -5,8 +5,11 @@ own noise and set."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
+from torch import nn
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from models.statistician import Statistician, StatisticianConfig
@@ -15,14 +18,17 @@ TINY = StatisticianConfig(height=12, width=12, sample_size=4, widths=(4, 6, 8), 
                           c_dim=6, z_dim=3)
 
 
-@pytest.fixture
-def model() -> Statistician:
+@pytest.fixture(params=[False, True], ids=["plain", "batch_norm"])
+def model(request) -> Statistician:
     torch.manual_seed(0)
-    m = Statistician(TINY).eval()
+    m = Statistician(replace(TINY, batch_norm=request.param))
     with torch.no_grad():  # a non-trivial posterior: untrained heads give σ ≈ 1 everywhere
         for p in m.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    return m
+        for seed in range(3):  # batch norm: running statistics that are not the identity's
+            m.loss({"x": sets(8, TINY.sample_size, seed=10 + seed)},
+                   torch.randn(8, TINY.c_dim + TINY.sample_size * TINY.z_dim))
+    return m.eval()
 
 
 def sets(b: int, s: int, seed: int = 0) -> torch.Tensor:
@@ -157,3 +163,23 @@ def test_output_bias_starts_at_the_pixel_marginal():
     means = torch.rand(1, TINY.height, TINY.width).clamp(0.05, 0.95)
     m.init_output_bias(means)
     torch.testing.assert_close(torch.sigmoid(m.pixel_bias), means)
+
+
+def test_batch_norm_is_opt_in_and_holds_the_gaussian_parameters_to_one_scale():
+    """With batch_norm the heads' [μ, log σ] are standardised together over the batch in training (the released
+    code's "global" batch norm: what keeps z's scale from drifting); without it no module is added, so the first
+    checkpoints load as they were saved."""
+    from models.statistician import GaussianHead
+
+    plain = Statistician(TINY)
+    assert not any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in plain.modules())
+    normed = Statistician(replace(TINY, batch_norm=True))
+    norms = sum(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in normed.modules())
+    assert norms == 6 + 6 + 1 + 3 * 2 + 3  # encoder convs, decoder convs, the item layer, residual FC layers, heads
+    head = GaussianHead(8, 3, norm=True).train()
+    torch.manual_seed(0)
+    mu, log_sigma = head(50 * torch.randn(64, 8) + 20)  # features far from unit scale
+    both = torch.cat([mu, log_sigma], -1)
+    torch.testing.assert_close(both.mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(both.var(unbiased=False), torch.tensor(1.0), atol=2e-3, rtol=0)
+    assert not torch.allclose(mu.std(), log_sigma.std())  # one statistic for both, not one per column
