@@ -46,7 +46,7 @@ class StatisticianConfig:
     layers: int = 3  # residual FC layers after pooling, and in q(z | x, c) and p(z | c)
     c_dim: int = 512  # context
     z_dim: int = 16  # per-item latent
-    # batch norm after every conv and FC layer, and one over each Gaussian head's [μ, log σ] (the released code's
+    # batch norm after every conv and FC layer, and one over each Gaussian head's [μ, log σ²] (the released code's
     # "global" batch norm, which keeps their scale in check); off in the first checkpoints, which predate it
     batch_norm: bool = False
 
@@ -123,8 +123,9 @@ class GaussianHead(nn.Module):
         mu, log_sigma = self.mean(h), self.log_sigma(h)
         if not hasattr(self, "norm"):
             return mu, log_sigma
-        both = self.norm(torch.cat([mu, log_sigma], -1).unsqueeze(1)).squeeze(1)
-        return both.chunk(2, dim=-1)
+        # over [μ, log σ²] as released (log σ would double the spread of log σ², widening σ's range e-fold)
+        mu, log_var = self.norm(torch.cat([mu, 2 * log_sigma], -1).unsqueeze(1)).squeeze(1).chunk(2, dim=-1)
+        return mu, log_var / 2
 
 
 class StatisticNetwork(nn.Module):

@@ -166,7 +166,7 @@ def test_output_bias_starts_at_the_pixel_marginal():
 
 
 def test_batch_norm_is_opt_in_and_holds_the_gaussian_parameters_to_one_scale():
-    """With batch_norm the heads' [μ, log σ] are standardised together over the batch in training (the released
+    """With batch_norm the heads' [μ, log σ²] are standardised together over the batch in training (the released
     code's "global" batch norm: what keeps z's scale from drifting); without it no module is added, so the first
     checkpoints load as they were saved."""
     from models.statistician import GaussianHead
@@ -179,7 +179,7 @@ def test_batch_norm_is_opt_in_and_holds_the_gaussian_parameters_to_one_scale():
     head = GaussianHead(8, 3, norm=True).train()
     torch.manual_seed(0)
     mu, log_sigma = head(50 * torch.randn(64, 8) + 20)  # features far from unit scale
-    both = torch.cat([mu, log_sigma], -1)
+    both = torch.cat([mu, 2 * log_sigma], -1)  # [μ, log σ²], as the released code normalises them
     torch.testing.assert_close(both.mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
     torch.testing.assert_close(both.var(unbiased=False), torch.tensor(1.0), atol=2e-3, rtol=0)
     assert not torch.allclose(mu.std(), log_sigma.std())  # one statistic for both, not one per column
