@@ -475,7 +475,7 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
             # cancel flags.
             canvases = {e: named for e, named in pending.items() if not e.canceled}
             pending.clear()
-            for r, (e, i) in enumerate(chunk):
+            for e, i in chunk:
                 if e in canvases:
                     e.stored[i] = step.t
             # the live window and word weights as Python floats in one conversion a write, not one per value
