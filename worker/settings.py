@@ -62,7 +62,7 @@ class Settings(BaseSettings):
 
     # A sampler call's steps are written to Redis (frames, progress, the announcement, the cancel check) at most this
     # often: the first and last step always, between them once this many ms have passed since the last write. At 16
-    # rows a step takes about 2 ms, and one round trip a step cost the worker more than drawing it.
+    # rows a step takes about 2 ms; a write every step cost the worker a fifth more CPU (bench/step_writes.py).
     step_flush_ms: float = Field(20.0, ge=0)
 
     # Testing and demos only: sleep this long after every DRAW step so progress can be watched.
