@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--mi-batch", type=int, default=500, help="text models: sentences over which I_q's aggregate "
                     "posterior is taken (the estimate is at most the log of it)")
     ev.add_argument("--per-sentence", help="ptb: write each test sentence's tokens, NLL and ELBO here (CSV)")
+    ev.add_argument("--per-image", help="MNIST models: write each L_k image's test index, −L_k and ELBO here (CSV)")
     ev.add_argument("--pictures", help="grey-image generators: write samples / reconstructions / walk PNGs here")
     ev.add_argument("--episodes", type=int, default=1000, help="set models: seeded few-shot episodes per task")
     ev.add_argument("--data-dir")
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--json", help="also write the results here")
 
     sub.add_parser("card", help="write (or --check) the README.md card beside checkpoints", add_help=False)
+    pa = sub.add_parser("paired", help="B − A over the same test examples from two --per-image / --per-sentence "
+                                       "files: the mean difference of their NLL and its paired standard error")
+    pa.add_argument("a")
+    pa.add_argument("b")
 
     if argv is None:
         argv = sys.argv[1:]
@@ -84,6 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, TypeError) as e:
             parser.error(str(e))
         train(config)
+        return 0
+    if args.command == "paired":
+        from training.likelihood import paired, read_per_example
+
+        try:
+            result = paired(read_per_example(args.a), read_per_example(args.b))
+        except ValueError as e:
+            parser.error(str(e))
+        print(json.dumps(result, indent=2))
         return 0
     from training.evaluate import main as evaluate_main
 

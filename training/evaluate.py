@@ -35,7 +35,14 @@ def main(args: argparse.Namespace) -> int:
             x = dynamic_binarize(grey.view(-1, 1, 28, 28), torch.Generator().manual_seed(0))
         data = {"x": x[: args.limit] if args.limit else x}
         test = elbo_terms(model, data)
-        lk = nll_k(model, {"x": data["x"][subset(len(data["x"]), args.lk_images)]}, args.k, chunk=args.chunk)
+        chosen = subset(len(data["x"]), args.lk_images)
+        per: dict[str, torch.Tensor] = {}
+        lk = nll_k(model, {"x": data["x"][chosen]}, args.k, chunk=args.chunk, per_example=per)
+        if args.per_image:  # test-set indices: two models' files pair up image by image (`python -m training paired`)
+            rows_ = ["index,nll,neg_elbo_k_samples"] + [
+                f"{int(i)},{-a!r},{-b!r}" for i, a, b in zip(chosen.tolist(), per["lk"].tolist(),
+                                                          per["mean_log_weight"].tolist(), strict=True)]
+            Path(args.per_image).write_text("\n".join(rows_) + "\n")
         if lk[f"images_L{args.k}"] < test["images"] and not getattr(model, "bound_is_approximate", False):
             # L_k on every image costs k passes each; the paired gap from a random subset carries it to all of them
             # (not from an approximate bound such as AVB's through T: nothing carries from it)

@@ -6,6 +6,7 @@ fidelity report all import it, and it imports none of them.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,3 +85,34 @@ def subset(n: int, size: int | None, seed: int = 0) -> Tensor:
     if not size or size >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+
+
+def read_per_example(path: str | Path) -> dict[int, float]:
+    """A --per-image or --per-sentence CSV -> {test index: NLL}."""
+    lines = Path(path).read_text().splitlines()
+    header = lines[0].split(",") if lines else []
+    if "index" not in header or "nll" not in header:
+        raise ValueError(f"{path}: not a per-example file (its header must name index and nll)")
+    i, j = header.index("index"), header.index("nll")
+    return {int(row.split(",")[i]): float(row.split(",")[j]) for row in lines[1:] if row}
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
+    """B − A on the same examples: the mean NLL difference with its paired standard error (far smaller than either
+    model's own when the examples' difficulty dominates their NLL), beside the two unpaired ones."""
+    if a.keys() != b.keys():
+        raise ValueError(f"the two files cover different examples ({len(a)} and {len(b)}, {len(a.keys() & b.keys())} "
+                         "shared): evaluate both with the same --limit and --lk-images")
+    n = len(a)
+    if n < 2:
+        raise ValueError("a standard error needs at least two examples")
+    index = sorted(a)
+    va = torch.tensor([a[i] for i in index], dtype=torch.float64)
+    vb = torch.tensor([b[i] for i in index], dtype=torch.float64)
+    d = vb - va
+
+    def se(v: Tensor) -> float:
+        return (v.std() / math.sqrt(n)).item()
+
+    return {"examples": n, "nll_a": va.mean().item(), "nll_b": vb.mean().item(), "b_minus_a": d.mean().item(),
+            "b_minus_a_paired_stderr": se(d), "nll_a_stderr": se(va), "nll_b_stderr": se(vb)}

@@ -215,9 +215,14 @@ def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_a_few(tmp_path, s
     _train(tmp_path / "run", shared_data, "--epochs", "1")
     out = tmp_path / "eval.json"
     cli(["evaluate", str(tmp_path / "run" / "last"), "--data-dir", str(shared_data), "--limit", "30",
-         "--lk-images", "3", "--k", "20", "--device", "cpu", "--json", str(out)])
+         "--lk-images", "3", "--k", "20", "--device", "cpu", "--json", str(out),
+         "--per-image", str(tmp_path / "images.csv")])
     test = json.loads(out.read_text())["test"]
     assert test["images"] == 30 and test["images_L20"] == 3
+    rows = [r.split(",") for r in (tmp_path / "images.csv").read_text().splitlines()[1:]]  # index, −L_k, −ELBO_k
+    assert len(rows) == 3 and all(0 <= int(r[0]) < 30 for r in rows)
+    assert sum(float(r[1]) for r in rows) / 3 == pytest.approx(test["nll_L20"], rel=1e-12)
+    assert sum(float(r[2]) for r in rows) / 3 == pytest.approx(test["neg_elbo_L20_samples"], rel=1e-12)
     assert test["nll_bound"] == pytest.approx(test["reconstruction"] + test["kl"])
     # L_k ≥ the mean log-weight of its own samples, by their paired gap; and no worse than chance (p = ½ a pixel:
     # 784 log 2 = 543 nats) plus a little KL for a model three batches old.
@@ -459,3 +464,20 @@ def test_a_resume_without_lr_keeps_the_runs_rate_over_the_familys_default(tmp_pa
     assert [r["lr"] for r in rows] == [1e-3, 1e-3]
     _train_vaegan(tmp_path / "fresh", "--epochs", "1", "--max-batches", "1")
     assert json.loads((tmp_path / "fresh" / "metrics.jsonl").read_text())["lr"] == 2e-4
+
+
+def test_paired_differences_come_with_their_paired_standard_error(tmp_path, capsys):
+    (tmp_path / "a.csv").write_text("index,nll,neg_elbo_k_samples\n4,1.0,2\n9,2.0,3\n1,3.0,4\n7,4.0,5\n")
+    (tmp_path / "b.csv").write_text("index,tokens,nll\n1,5,3.6\n4,5,1.5\n7,5,4.3\n9,5,2.4\n")  # other order
+    assert cli(["paired", str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    d = [0.5, 0.4, 0.6, 0.3]  # b − a by index: 4, 9, 1, 7
+    mean = sum(d) / 4
+    assert out["examples"] == 4 and out["b_minus_a"] == pytest.approx(mean)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / 3)
+    assert out["b_minus_a_paired_stderr"] == pytest.approx(sd / 2)
+    assert out["nll_a_stderr"] == pytest.approx(math.sqrt(sum((v - 2.5) ** 2 for v in [1, 2, 3, 4]) / 3) / 2)
+    (tmp_path / "c.csv").write_text("index,nll\n4,1.0\n9,2.0\n")
+    with pytest.raises(SystemExit):  # different examples: a clear error, not a number
+        cli(["paired", str(tmp_path / "a.csv"), str(tmp_path / "c.csv")])
+    assert "cover different examples" in capsys.readouterr().err
