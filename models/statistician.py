@@ -103,9 +103,10 @@ class ResidualFC(nn.Module):
             self.norms = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(layers))
 
     def forward(self, h: Tensor) -> Tensor:
-        norms = getattr(self, "norms", [nn.Identity()] * len(self.layers))
-        for layer, norm in zip(self.layers, norms, strict=True):
-            h = h + F.elu(norm(layer(h)))
+        norms = getattr(self, "norms", None)
+        for i, layer in enumerate(self.layers):
+            e = layer(h)
+            h = h + F.elu(norms[i](e) if norms is not None else e)
         return h
 
 
