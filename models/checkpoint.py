@@ -46,7 +46,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
+def save_checkpoint(directory: str | Path, ckpt: Checkpoint, *, weights_dtype: torch.dtype | None = None) -> Path:
+    """`weights_dtype` (float16) stores the floating-point weights at that precision, recorded in the manifest; they
+    load back into the model's own float32 parameters (halving a large checkpoint, at a rounding of ~5e-4 relative)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = ckpt.model
@@ -56,6 +58,8 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
     # Write to temporary names and rename: a crash mid-save never leaves a half checkpoint behind.
     tmp_weights = directory / (WEIGHTS + ".tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if weights_dtype is not None:
+        state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(tmp_weights))
     manifest = {
         "format": FORMAT,
@@ -67,6 +71,8 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
         "extra": ckpt.extra,
         "weights_sha256": _sha256(tmp_weights),
     }
+    if weights_dtype is not None:
+        manifest["weights_dtype"] = str(weights_dtype).removeprefix("torch.")
     tmp_manifest = directory / (MANIFEST + ".tmp")
     tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     tmp_weights.replace(directory / WEIGHTS)

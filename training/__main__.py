@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--json", help="also write the results here")
 
     sub.add_parser("card", help="write (or --check) the README.md card beside checkpoints", add_help=False)
+    co = sub.add_parser("compact", help="rewrite a checkpoint's weights at half precision (float16), in place")
+    co.add_argument("checkpoint")
     pa = sub.add_parser("paired", help="B − A over the same test examples from two --per-image / --per-sentence "
                                        "files: the mean difference of their NLL and its paired standard error")
     pa.add_argument("a")
@@ -89,6 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, TypeError) as e:
             parser.error(str(e))
         train(config)
+        return 0
+    if args.command == "compact":
+        import shlex
+
+        import torch
+
+        from models.checkpoint import load_checkpoint, save_checkpoint
+
+        ckpt = load_checkpoint(args.checkpoint)
+        ckpt.training["compacted"] = shlex.join(["python", "-m", "training", *argv])
+        save_checkpoint(args.checkpoint, ckpt, weights_dtype=torch.float16)
         return 0
     if args.command == "paired":
         from training.likelihood import paired, read_per_example

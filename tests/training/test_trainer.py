@@ -481,3 +481,24 @@ def test_paired_differences_come_with_their_paired_standard_error(tmp_path, caps
     with pytest.raises(SystemExit):  # different examples: a clear error, not a number
         cli(["paired", str(tmp_path / "a.csv"), str(tmp_path / "c.csv")])
     assert "cover different examples" in capsys.readouterr().err
+
+
+def test_compact_halves_the_weights_and_they_load_back_as_float32(tmp_path):
+    """`python -m training compact` rewrites model.safetensors in float16 (recorded in the manifest, with the command)
+    and the model loads back into float32 parameters equal to the originals rounded to float16."""
+    from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from models.textvae import TextVAE, TextVAEConfig
+
+    torch.manual_seed(0)
+    model = TextVAE(TextVAEConfig(vocab_size=2000, max_length=6, embed=32, hidden=32, z_dim=2, tie_weights=True))
+    save_checkpoint(tmp_path / "m", Checkpoint(model, training={"command": "python -m training train ..."}))
+    before = (tmp_path / "m" / "model.safetensors").stat().st_size
+    assert cli(["compact", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "model.safetensors").stat().st_size < 0.6 * before
+    assert {v.dtype for v in load_file(str(tmp_path / "m" / "model.safetensors")).values()} == {torch.float16}
+    manifest = json.loads((tmp_path / "m" / "checkpoint.json").read_text())
+    assert manifest["weights_dtype"] == "float16" and manifest["training"]["command"].endswith("train ...")
+    assert manifest["training"]["compacted"].startswith("python -m training compact")
+    loaded = load_checkpoint(tmp_path / "m").model  # the sha256 of the rewritten file is checked here
+    for (name, p), q in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert q.dtype == p.dtype and torch.equal(q, p.half().to(p.dtype)), name
