@@ -229,7 +229,10 @@ def render(directory: str | Path) -> str:
              *([] if _several_commands(training) else
                [f"| machine | {training.get('machine', '—')}, torch {training.get('torch', '—')}, "
                 f"{training.get('world_size', 1)} process(es) |"]),
-             f"| config | {_config_rows(cls, config)} |", ""]
+             f"| config | {_config_rows(cls, config)} |",
+             *([f"| weights | {manifest['weights_dtype']}, by `{training.get('compacted', '?')}` (loaded into "
+                f"float32 parameters){'; ' + training['compacted_check'] if training.get('compacted_check') else ''}"
+                " |"] if manifest.get("weights_dtype") else []), ""]
     splits = {name: v for name, v in evaluation.items() if isinstance(v, dict) and "nll_bound" in v}
     if splits:
         k = evaluation.get("k", 0)

@@ -499,6 +499,7 @@ def test_compact_halves_the_weights_and_they_load_back_as_float32(tmp_path):
     manifest = json.loads((tmp_path / "m" / "checkpoint.json").read_text())
     assert manifest["weights_dtype"] == "float16" and manifest["training"]["command"].endswith("train ...")
     assert manifest["training"]["compacted"].startswith("python -m training compact")
+    assert "| weights | float16, by `python -m training compact" in render(tmp_path / "m")  # the card says so
     loaded = load_checkpoint(tmp_path / "m").model  # the sha256 of the rewritten file is checked here
     for (name, p), q in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert q.dtype == p.dtype and torch.equal(q, p.half().to(p.dtype)), name
