@@ -250,7 +250,10 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
     rt = get_runtime()
     conn: redis.Redis = job.connection
     keys = Keys(rt.settings.key_prefix)
-    done = conn.hget(keys.files(job.id), RESULT_FILE)
+    with conn.pipeline(transaction=False) as p:  # whether it is drawn already, and its progress record: one trip
+        p.hget(keys.files(job.id), RESULT_FILE)
+        p.hget(job.key, "meta")
+        done, stored_meta = p.execute()
     if done is not None:  # drawn already, inside another job's batch (or by an earlier attempt)
         conn.hdel(keys.running, job.id)
         return json.loads(done)
@@ -260,7 +263,7 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
         _fail(job, "invalid", str(e))
         conn.hdel(keys.running, job.id)  # the worker's loop wrote an owner record before it ran this
         raise
-    meta = job.get_meta(refresh=True)
+    meta = job.meta = job.serializer.loads(stored_meta) if stored_meta else {}  # as job.get_meta(refresh=True)
     leader = Entry(job, request, claimed=False, attempt=int(meta.get("attempt") or 0) + 1, meta=meta)
     conn.hset(keys.running, job.id, owner_record(rt.worker_name, leader.attempt))
     entries = [leader, *_claim_batch(conn, rt, leader, lm)]
@@ -268,7 +271,7 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
     try:
         with ShutdownGuard(rt.settings.shutdown_grace) as guard:
             stopped = _run(conn, rt, lm, entries, guard)
-        summaries = {} if stopped else {e.job.id: _finish(conn, rt, lm, e, entries) for e in entries}
+        summaries = {} if stopped else _finish(conn, rt, lm, entries)
         if summaries and entries[1:]:  # closed here: RQ has nothing left to run for them
             finish_claimed(conn, [(e.job, summaries[e.job.id]) for e in entries[1:]], rt.settings, rt.worker_name)
     except redis.RedisError as e:
@@ -334,10 +337,11 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
     keys = Keys(s.key_prefix)
     queue_key = make_queue(conn, leader.job.origin).key
     ids = [text(i) for i in conn.lrange(queue_key, 0, s.batch_scan - 1)]
-    claim = conn.register_script(CLAIM_LUA)
-    out: list[Entry] = []
+    # Choose first, then claim in two round trips for all of them, not three a job: a job whose claim fails
+    # (canceled, or another worker took it first) only leaves its rows unused in this call.
+    chosen: list[tuple[Job, JobRequest]] = []
     for job in Job.fetch_many(ids, connection=conn, serializer=SERIALIZER):
-        if job is None or job.func_name != JOB_FUNC or conn.exists(keys.cancel(job.id)):
+        if job is None or job.func_name != JOB_FUNC:
             continue
         try:
             request, _ = _load(rt, job.args[0] if job.args else None)
@@ -345,16 +349,33 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
             continue  # it fails on its own, with its own error
         if request.model != leader.request.model or request.condition.kind != kind or request.images > free:
             continue
-        meta = job.get_meta(refresh=True)
-        attempt = int(meta.get("attempt") or 0) + 1
-        owner = owner_record(rt.worker_name, attempt)
-        if claim(keys=[queue_key, keys.running, job.key], args=[job.id, owner]) != 1:
-            continue  # another worker took it first
-        job.started_at = datetime.now(UTC)  # kept by finish_claimed, as RQ keeps a dequeued job's start
-        out.append(Entry(job, request, claimed=True, attempt=attempt, meta=meta))
+        chosen.append((job, request))
         free -= request.images
-        if len(out) >= s.batch_jobs - 1 or free <= 0:
+        if len(chosen) >= s.batch_jobs - 1 or free <= 0:
             break
+    if not chosen:
+        return []
+    with conn.pipeline(transaction=False) as p:
+        for job, _ in chosen:
+            p.exists(keys.cancel(job.id))
+            p.hget(job.key, "meta")
+        looked = p.execute()
+    claim = conn.register_script(CLAIM_LUA)
+    claimed: list[Entry] = []
+    with conn.pipeline(transaction=False) as p:
+        for (job, request), canceled, meta in zip(chosen, looked[::2], looked[1::2], strict=True):
+            if canceled:
+                continue
+            job.meta = job.serializer.loads(meta) if meta else {}  # what job.get_meta(refresh=True) reads
+            attempt = int(job.meta.get("attempt") or 0) + 1
+            claim(keys=[queue_key, keys.running, job.key], args=[job.id, owner_record(rt.worker_name, attempt)],
+                  client=p)
+            claimed.append(Entry(job, request, claimed=True, attempt=attempt, meta=job.meta))
+        won = p.execute() if claimed else []
+    started = datetime.now(UTC)  # kept by finish_claimed, as RQ keeps a dequeued job's start
+    out = [e for e, ok in zip(claimed, won, strict=True) if ok == 1]
+    for e in out:
+        e.job.started_at = started
     if out:
         log.info("job %s: batching %d waiting job(s) with it", leader.job.id, len(out))
     return out
@@ -381,19 +402,33 @@ def _run(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], 
     return _sample(conn, rt, lm, entries, guard)
 
 
-def _start(e: Entry, rt: Runtime, steps: int, chunks: int, batch_jobs: int, lm: LoadedModel) -> None:
+def _start(e: Entry, rt: Runtime, steps: int, chunks: int, batch_jobs: int, lm: LoadedModel,
+           pipeline: redis.client.Pipeline | None = None) -> None:
     e.steps_total = steps
     # the shape of raw/ frames, which the API renders; a text family draws none, so its jobs record none
     frames: dict[str, Any] = {"frame_shape": list(lm.info.shape)} if lm.info.height is not None else {}
-    _save_meta(e.job, e.meta, state="running", step=0, steps=steps, attempt=e.attempt, worker=rt.worker_name,
+    _save_meta(e.job, e.meta, pipeline, state="running", step=0, steps=steps, attempt=e.attempt, worker=rt.worker_name,
                chunk=1, chunks=chunks, progress=0.0, batch_jobs=batch_jobs, returns=e.returns(lm), **frames)
 
 
 def _canceled(conn: redis.Redis, keys: Keys, e: Entry) -> bool:
-    if not e.canceled and conn.exists(keys.cancel(e.job.id)):
-        e.canceled = True
-        log.info("job %s: canceled after step %d", e.job.id, e.steps_done)
+    _read_cancels(conn, keys, [e])
     return e.canceled
+
+
+def _read_cancels(conn: redis.Redis, keys: Keys, entries: list[Entry]) -> None:
+    """Mark the entries whose job a client asked to cancel, in one round trip for all of them."""
+    asking = [e for e in entries if not e.canceled]
+    if not asking:
+        return
+    with conn.pipeline(transaction=False) as p:
+        for e in asking:
+            p.exists(keys.cancel(e.job.id))
+        flags = p.execute()
+    for e, flag in zip(asking, flags, strict=True):
+        if flag:
+            e.canceled = True
+            log.info("job %s: canceled after step %d", e.job.id, e.steps_done)
 
 
 def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry], guard: ShutdownGuard) -> bool:
@@ -413,8 +448,10 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         if isinstance(e.request.condition, ImageSet):
             sets[e] = conditions.read_images(conn, keys, e.job.id, e.request.inputs, info)
     n_chunks = math.ceil(len(rows) / s.batch_rows)
-    for e in entries:
-        _start(e, rt, info.steps, n_chunks, len(entries), lm)
+    with conn.pipeline(transaction=False) as p:  # every job's start in one round trip
+        for e in entries:
+            _start(e, rt, info.steps, n_chunks, len(entries), lm, pipeline=p)
+        p.execute()
     ttl = s.result_ttl + max(e.job.timeout or 0 for e in entries)
     for c in range(n_chunks):
         chunk = rows[c * s.batch_rows : (c + 1) * s.batch_rows]
@@ -429,8 +466,7 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
             given["images"] = conditions.pad_rows(torch.stack([uploads[e][i] for e, i in chunk]), s.batch_rows)
         if sets:
             given["sets"], given["set_mask"] = conditions.stack_sets([sets[e] for e, _ in chunk], s.batch_rows)
-        for e in in_chunk:
-            _canceled(conn, keys, e)
+        _read_cancels(conn, keys, in_chunk)
         state: dict[str, Any] = {"stopped": False}
         sent: list[tuple[Future, list[Entry]]] = []  # the write in flight while the sampler draws on: ≤ 1
 
@@ -663,8 +699,38 @@ def _classify(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, job: Fe
     return False
 
 
-def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: list[Entry]) -> dict[str, Any]:
-    """Encode and store the entry's final images, animations and attention; then result.json, atomically."""
+def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry]) -> dict[str, dict[str, Any]]:
+    """Store every entry's final images and attention, then its result.json, all in one transaction (a reader sees a
+    job's result and its final progress together); two round trips for the whole call, not two a job. Returns each
+    job's result by id."""
+    keys = Keys(rt.settings.key_prefix)
+    with conn.pipeline(transaction=False) as p:  # what each job already holds: its raw canvases, inputs, ...
+        for e in entries:
+            p.hkeys(keys.files(e.job.id))
+        held = p.execute()
+    results = [_result(conn, rt, lm, e, entries, {text(n) for n in names}) for e, names in zip(entries, held,
+                                                                                             strict=True)]
+    with conn.pipeline(transaction=True) as p:
+        for e, (files, summary) in zip(entries, results, strict=True):
+            if files:
+                p.hset(keys.files(e.job.id), mapping=cast(Any, files))  # redis-py's Mapping key type is invariant
+            p.hset(keys.files(e.job.id), RESULT_FILE, json.dumps(summary))
+            p.expire(keys.files(e.job.id), rt.settings.result_ttl)
+            p.delete(keys.cancel(e.job.id))
+            # announced after its result is written, in the same transaction
+            _save_meta(e.job, e.meta, pipeline=p, state=summary["state"], step=e.steps_done,
+                       progress=1.0 if summary["state"] == "succeeded" else e.meta.get("progress"))
+        p.execute()
+    for e in entries:
+        if e.canceled:
+            log.info("job %s: canceled at step %d", e.job.id, e.steps_done)
+    return {e.job.id: summary for e, (_, summary) in zip(entries, results, strict=True)}
+
+
+def _result(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: list[Entry],
+            held: set[str]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The entry's final images and attention encoded, and its result.json; `held` names what the job's files
+    hash already holds."""
     s = rt.settings
     keys = Keys(s.key_prefix)
     opts = e.request.output
@@ -707,7 +773,7 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
             windows, align, words, max_words=info.max_caption_tokens or 0, longest_word=lm.longest_word)
         out.attention = True
     state = "succeeded" if complete else "canceled"
-    names = sorted({text(n) for n in conn.hkeys(keys.files(e.job.id))} | set(files))
+    names = sorted(held | set(files))
     earlier = [n for n in names if n not in files and not n.startswith("inputs/")]  # the raw canvases, mostly
     # A raw canvas is exactly height × width × channels bytes (worker.render.raw); only other earlier files (an
     # earlier attempt's) are measured in Redis, in one round trip: a 64-image job holds 2,048 canvases.
@@ -727,16 +793,4 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
         batch={"jobs": len(entries), "leader": entries[0].job.id, "rows": s.batch_rows},
         worker=rt.worker_name, attempt=e.attempt, device=str(rt.device), finished_at=now_iso(),
     ).model_dump(mode="json")
-    with conn.pipeline(transaction=True) as p:
-        if files:
-            p.hset(keys.files(e.job.id), mapping=cast(Any, files))  # redis-py's Mapping key type is invariant
-        p.hset(keys.files(e.job.id), RESULT_FILE, json.dumps(summary))
-        p.expire(keys.files(e.job.id), s.result_ttl)
-        p.delete(keys.cancel(e.job.id))
-        # In the same transaction: a reader sees the result and the final progress together, announced after both.
-        _save_meta(e.job, e.meta, pipeline=p, state=state, step=e.steps_done,
-                   progress=1.0 if complete else e.meta.get("progress"))
-        p.execute()
-    if e.canceled:
-        log.info("job %s: canceled at step %d", e.job.id, e.steps_done)
-    return summary
+    return files, summary
