@@ -111,11 +111,14 @@ class Align(nn.Module):
         """2·(U h_j + b), (B, K, A): depends on the caption only, so computed once per caption, not per step."""
         return 2 * self.u(words)
 
-    def forward(self, keys: Tensor, values: Tensor, mask: Tensor, h_gen: Tensor) -> tuple[Tensor, Tensor]:
-        """-> context s_t (B, 2H) and weights α_t (B, K), exactly 0 on padding."""
+    def forward(self, keys: Tensor, values: Tensor, mask: Tensor, h_gen: Tensor,
+                out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """-> context s_t (B, 2H) and weights α_t (B, K), exactly 0 on padding. `out` (B, K, A), when given, holds
+        the (B, K, A) pass instead of a new tensor each step (sampling only: autograd keeps each step's)."""
         # vᵀ tanh(a) = 2·vᵀσ(2a) − Σv exactly; this CPU build's tanh is ~7× slower than its sigmoid and
         # this (B, K, A) pass is the sampler's largest elementwise cost.
-        pre = keys + 2 * self.w(h_gen)[:, None]
+        query = 2 * self.w(h_gen)[:, None]
+        pre = torch.add(keys, query, out=out) if out is not None else keys + query
         e = 2 * (torch.sigmoid_(pre) @ self.v.weight[0]) - self.v.weight.sum()
         alpha = torch.softmax(e.masked_fill(~mask, float("-inf")), dim=-1)
         return (alpha[:, None] @ values).squeeze(1), alpha
@@ -243,11 +246,14 @@ class AlignDRAW(nn.Module):
         b = captions.shape[0]
         values, keys, mask = self._caption(captions, lengths)
         h_gen, c_gen = self.generator_initial(b)
-        canvas = self.canvas0.expand(b, -1, -1, -1)
+        # One canvas written in place and one buffer for align's (B, K, A) pass, for all T steps: a fresh tensor
+        # of that size a step costs page faults on the CPU (models.family.Step says the canvas is overwritten).
+        # A clone even at b = 1, where expand alone would alias the parameter c_0.
+        canvas = self.canvas0.expand(b, -1, -1, -1).clone(memory_format=torch.contiguous_format)
+        pre = None if torch.is_grad_enabled() else torch.empty_like(keys)
         for t in range(self.steps):
-            s, alpha = self.align(keys, values, mask, h_gen)
+            s, alpha = self.align(keys, values, mask, h_gen, out=pre)
             z = latent(t, *self._prior(t, h_gen, s))
             h_gen, c_gen = self.generator_lstm(torch.cat([z, s], dim=1), (h_gen, c_gen))
-            delta, window = self.write(h_gen)
-            canvas = canvas + delta
+            window = self.write.add_to(canvas, h_gen)
             yield Step(logits=canvas, window=window.box() if window is not None else None, alignment=alpha)

@@ -131,3 +131,19 @@ class Write(nn.Module):
         f_y, f_x = filterbank(p, self.height, self.width)
         patch = out[:, :-5].reshape(-1, self.channels, n, n)
         return write_patch(patch / p.gamma[:, None, None, None], f_y, f_x), p
+
+    def add_to(self, canvas: Tensor, h: Tensor) -> AttentionParams | None:
+        """canvas += write(h) in place, the write's last matmul accumulating straight into the canvas: the
+        sampler's path, with no (B, C, H, W) temporary a step. The same values as canvas + forward(h)[0] (tested)."""
+        out = self.linear(h)
+        if self.n is None:
+            canvas.add_(out.view_as(canvas))
+            return None
+        n, c = self.n, self.channels
+        p = attention_params(out[:, -5:], self.height, self.width, n)
+        f_y, f_x = filterbank(p, self.height, self.width)
+        patch = out[:, :-5].reshape(-1, c, n, n) / p.gamma[:, None, None, None]
+        left = (f_y[:, None].transpose(-1, -2) @ patch).flatten(0, 1)  # F̂_Yᵀ w: (B·C, H, N), as write_patch
+        right = f_x[:, None].expand(-1, c, -1, -1).flatten(0, 1)  # F̂_X: (B·C, N, W)
+        canvas.view(-1, self.height, self.width).baddbmm_(left, right)
+        return p

@@ -140,11 +140,11 @@ class DRAW(nn.Module):
         """Decoder only, z_t = ε_t ~ N(0, I): noise (B, T, Z) -> one Step per glimpse."""
         b = noise.shape[0]
         h_dec, c_dec = self.decoder_initial(b)
-        canvas = self.canvas0.expand(b, -1, -1, -1)
+        # written in place (models.family.Step); a clone even at b = 1, where expand alone would alias c_0
+        canvas = self.canvas0.expand(b, -1, -1, -1).clone(memory_format=torch.contiguous_format)
         for t in range(self.steps):
             h_dec, c_dec = self.decoder(noise[:, t], (h_dec, c_dec))
-            delta, window = self.write(h_dec)
-            canvas = canvas + delta
+            window = self.write.add_to(canvas, h_dec)
             yield Step(logits=canvas, window=window.box() if window is not None else None)
 
 

@@ -41,7 +41,10 @@ Data = Literal["images", "captioned_images", "image_sets", "texts"]
 
 @dataclass(frozen=True)
 class Step:
-    """What `generate` yields after each step; the sampler turns logits into pixels and keeps the frames."""
+    """What `generate` yields after each step; the sampler turns logits into pixels and keeps the frames.
+
+    A DRAW-family generator updates one canvas in place, so `logits` holds this step's canvas only until the
+    iterator advances: copy what you keep (the sampler copies each step into its frames)."""
 
     logits: Tensor | None = None  # (B, C, H, W) Bernoulli logits of the canvas: pixels are σ(logits)
     window: Tensor | None = None  # (B, 4) the step's write window (x0, y0, x1, y1) in pixels

@@ -133,3 +133,22 @@ def test_a_fresh_window_tiles_the_image_evenly(h, w, read_n, write_n):
         cell = w / n
         torch.testing.assert_close(centres, 0.5 + cell * (i - 0.5), atol=1e-4, rtol=0)
         assert p.sigma2.sqrt().item() == pytest.approx(cell / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("channels, n", [(1, 3), (3, 4), (2, None)])
+def test_add_to_adds_the_write_in_place(channels, n):
+    """The sampler's in-place write (one matmul accumulating into the canvas) equals canvas + write(h)."""
+    torch.manual_seed(0)
+    write = Write(hidden_size=7, channels=channels, height=9, width=11, n=n)
+    with torch.no_grad():
+        write.linear.weight.normal_(0, 0.5)  # windows off the tiled start, so the filters and γ matter
+        h = torch.randn(5, 7)
+        canvas = torch.randn(5, channels, 9, 11)
+        delta, params = write(h)
+        expected = canvas + delta
+        same = canvas.clone()
+        got = write.add_to(same, h)
+    torch.testing.assert_close(same, expected, rtol=1e-6, atol=1e-6)
+    assert (got is None) == (params is None)
+    if got is not None and params is not None:
+        assert torch.equal(got.box(), params.box())

@@ -27,6 +27,18 @@ def test_same_seed_gives_bit_identical_outputs_and_another_seed_differs(which, r
 
 
 @pytest.mark.parametrize("which", ["tiny_draw", "tiny_align"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sampling_leaves_the_weights_alone(which, batch, request):
+    """The canvas is written in place each step: never into the learned c_0 (at batch 1 an expand aliases it)."""
+    model = request.getfixturevalue(which)
+    with torch.no_grad():
+        model.canvas0.normal_()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _run(model, seed=1, batch=batch)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("which", ["tiny_draw", "tiny_align"])
 def test_per_image_seeds_fix_each_image_whatever_shares_its_batch(which, request):
     model = request.getfixturevalue(which)
     together = _run(model, seeds=[11, 12, 13])
