@@ -1,6 +1,9 @@
 """Sampler throughput for DRAW and alignDRAW (default configs), against this machine's measured fp32 matmul peak.
 
-    .venv/bin/python bench/sample_speed.py [--device cpu|cuda] [--batches 1 16 64 256] [--json out.json]
+    .venv/bin/python bench/sample_speed.py [--device cpu|cuda] [--batches 1 16 64 256] [--streamed] [--json out.json]
+
+By default every canvas is kept (a (B, T, C, H, W) buffer, as `sample()` returns them); `--streamed` keeps only the
+last (`keep_canvases=False`), as the worker samples: it hands each step to its callback and needs no buffer.
 
 The sampler's work is counted with torch.utils.flop_counter (matmuls; the once-per-caption BiLSTM runs in a
 fused kernel the counter skips, which makes the fraction a slight underestimate). Weights are untrained
@@ -67,7 +70,8 @@ def conditions(model: torch.nn.Module, batch: int, device: torch.device) -> dict
 
 def sampler_flops(model: torch.nn.Module, batch: int, device: torch.device) -> int:
     with FlopCounterMode(display=False) as counter:
-        sample(model, generator=torch.Generator().manual_seed(0), **conditions(model, batch, device))
+        sample(model, generator=torch.Generator().manual_seed(0), keep_canvases=False,
+               **conditions(model, batch, device))
     return counter.get_total_flops()
 
 
@@ -89,12 +93,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--streamed", action="store_true", help="keep_canvases=False, as the worker samples")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
 
-    print(f"machine: {machine_name(device)}; torch {torch.__version__}\n")
+    keep = not args.streamed
+    print(f"machine: {machine_name(device)}; torch {torch.__version__}; "
+          f"{'every canvas kept' if keep else 'streamed: only the last canvas kept'}\n")
     print("| model | batch | images/s | ms per batch | sampler GFLOP/s | matmul peak GFLOP/s | % of peak |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     ref, ref_flops = peak_matmul(device)
@@ -105,12 +112,13 @@ def main() -> None:
             cond = conditions(model, batch, device)
             flops = sampler_flops(model, batch, device)
             gen = torch.Generator().manual_seed(0)
-            secs, ref_over_fn = paired(lambda m=model, c=cond, g=gen: sample(m, generator=g, **c), ref, device)
+            secs, ref_over_fn = paired(lambda m=model, c=cond, g=gen: sample(m, generator=g, keep_canvases=keep, **c),
+                                       ref, device)
             fraction = flops / ref_flops * ref_over_fn  # (flops / t_sampler) / (ref_flops / t_ref), per pair
             row = {
                 "model": name, "batch": batch, "images_per_s": batch / secs, "ms": secs * 1e3,
                 "gflops": flops / secs / 1e9, "peak_gflops": flops / secs / fraction / 1e9,
-                "fraction_of_peak": fraction,
+                "fraction_of_peak": fraction, "canvases_kept": keep,
             }
             rows.append(row)
             print(f"| {name} | {batch} | {row['images_per_s']:.1f} | {row['ms']:.1f} | {row['gflops']:.1f} "
