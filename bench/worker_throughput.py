@@ -1,6 +1,7 @@
 """Worker throughput end to end: images/s through the API and one real worker, as a share of the raw sampler's.
 
     .venv/bin/python bench/worker_throughput.py [--threads 1 2] [--tiny] [--checkpoints DIR --model-id ID]
+        [--device cpu|cuda]
 
 For each torch thread count N (default: 1, then 2) one run measures, on this machine:
 
@@ -289,14 +290,16 @@ def measured(pids: dict[str, int], run: Callable[[], dict]) -> dict:
 
 
 @contextlib.contextmanager
-def service(url: str, checkpoints: Path, model_id: str, threads: int, logs: Path) -> Iterator[tuple[str, dict]]:
+def service(url: str, checkpoints: Path, model_id: str, threads: int, logs: Path,
+            device: str = "cpu") -> Iterator[tuple[str, dict]]:
     """`python -m worker` and the API under uvicorn (what `make serve` runs) on this Redis, the worker's torch held
     to `threads`; yields the API's base URL and both pids once /readyz lists the model. Both are stopped on the way
     out."""
     logs.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "GLIMPSE_REDIS_URL"}
     env.update(REDIS_URL=url, GLIMPSE_CHECKPOINTS=str(checkpoints), GLIMPSE_DEFAULT_MODEL=model_id,
-               OMP_NUM_THREADS=str(threads), GLIMPSE_TORCH_THREADS=str(threads), PYTHONPATH=str(ROOT))
+               OMP_NUM_THREADS=str(threads), GLIMPSE_TORCH_THREADS=str(threads), GLIMPSE_DEVICE=device,
+               PYTHONPATH=str(ROOT))
     port = free_port()
     procs: dict[str, subprocess.Popen] = {}
     try:
@@ -454,7 +457,7 @@ def run_threads(threads: int, args: argparse.Namespace, url: str, redis_pid: int
     noop = noop_jobs_per_s(url, args.noop_jobs)
     log(f"threads {threads}: no-op {noop:.1f} jobs/s; starting the worker and the API")
     limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
-    with service(url, checkpoints, lm.info.id, threads, logs) as (base, pids), \
+    with service(url, checkpoints, lm.info.id, threads, logs, args.device) as (base, pids), \
             httpx.Client(base_url=base, timeout=httpx.Timeout(120, connect=10), limits=limits) as client:
         pids = {**pids, **({"redis": redis_pid} if redis_pid else {})}
         # Not counted: the worker's first calls allocate and pick kernels, the API's first requests warm up.
@@ -532,6 +535,7 @@ def main() -> None:
     ap.add_argument("--raw-repeats", type=int, default=5)
     ap.add_argument("--noop-jobs", type=int, default=500)
     ap.add_argument("--db", type=int, default=15, help="database used (flushed) when REDIS_URL is set")
+    ap.add_argument("--device", default="cpu", help="where the raw sampler and the worker draw (cpu or cuda)")
     args = ap.parse_args()
 
     # SIGTERM (a `timeout`, a CI cancel) unwinds like Ctrl-C, so every `finally` below stops what it started.
@@ -546,7 +550,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="glimpse-bench-"))
     try:
         checkpoints, model_id = prepare_checkpoints(args, tmp)
-        lm = load_models(checkpoints, "cpu")[model_id]
+        lm = load_models(checkpoints, args.device)[model_id]
         info = lm.info
         if "caption" not in info.modes:
             raise SystemExit(f"{model_id} is a {info.kind} model: this benchmark draws captioned jobs")
@@ -563,6 +567,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     machine = f"{cpu_model()}, {os.cpu_count()} cores"
+    if args.device.startswith("cuda"):
+        machine += f"; sampling on {torch.cuda.get_device_name(torch.device(args.device))}"
     print(f"# worker throughput end to end, {began:%Y-%m-%d %H:%M} UTC ({(dt.datetime.now(dt.UTC) - began).seconds} s)")
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
     print(f"machine: {machine}; torch {torch.__version__}; redis {redis_version} ({redis_what}); load average "
