@@ -305,12 +305,15 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
                    if_none_match: str | None) -> Response:
     """The job's body with its ETag; 304 when it still matches `If-None-Match`. With `wait`, hold the request until
     the body changes (or, without `If-None-Match`, until the job ends), waking on the worker's announcements."""
-    owner = await anyio.to_thread.run_sync(_authorize, conn, settings, caller, job_id)
     base = _base(request)
     deadline = time.monotonic() + min(wait, settings.max_wait)
+
+    def first_read() -> tuple[str | None, Generation]:  # one trip to the thread pool for a plain GET, not two
+        return _authorize(conn, settings, caller, job_id), _read(conn, settings, job_id, base, metrics)
+
+    read_at = time.monotonic()
+    owner, gen = await anyio.to_thread.run_sync(first_read)
     while True:
-        read_at = time.monotonic()
-        gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base, metrics)
         if gen.status == "expired" and owner is None:
             raise _unknown(job_id)
         tag = etag(gen)
@@ -321,6 +324,8 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
             break
         if await request.app.state.events.wait(job_id, min(left, settings.events_poll_interval)):
             await asyncio.sleep(max(0.0, min(read_at + settings.events_min_interval, deadline) - time.monotonic()))
+        read_at = time.monotonic()
+        gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base, metrics)
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
     if unchanged:
         return Response(status_code=304, headers=headers)
