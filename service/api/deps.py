@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio
 import redis
 from fastapi import Depends, Header, Request
 
@@ -20,15 +21,17 @@ from service.problems import Problem
 from worker.protocol import JOB_ID
 
 
-def get_settings(request: Request) -> ApiSettings:
+# The dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in its thread pool, one trip
+# a dependency a request, and such trips were most of the API's own CPU per job (py-spy, bench/README.md).
+async def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
-def get_conn(request: Request) -> redis.Redis:
+async def get_conn(request: Request) -> redis.Redis:
     return request.app.state.redis
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -94,7 +97,14 @@ def _reads_own_job(request: Request, settings: ApiSettings, conn: redis.Redis, c
     return store.load_owner(conn, settings, job_id) == caller.owner
 
 
-def get_caller(request: Request, settings: SettingsDep, conn: ConnDep) -> Caller:
+async def get_caller(request: Request, settings: SettingsDep, conn: ConnDep) -> Caller:
+    if not settings.api_keys:  # auth off: authenticate's answer, without Redis or a thread
+        return Caller("anonymous", False)
+    return await anyio.to_thread.run_sync(_checked_caller, request, settings, conn)
+
+
+def _checked_caller(request: Request, settings: ApiSettings, conn: redis.Redis) -> Caller:
+    """The bearer check, then the per-key rate limit (both may read Redis: run in a thread)."""
     caller = authenticate(request, settings, conn)
     if not caller.authenticated or not settings.rate_limit or _reads_own_job(request, settings, conn, caller):
         return caller
@@ -122,7 +132,7 @@ IdempotencyKeyHeader = Annotated[str | None, Header(
     json_schema_extra={"minLength": 1, "maxLength": 200, "pattern": "^[\\x21-\\x7e]+$"})]
 
 
-def get_idempotency_key(idempotency_key: IdempotencyKeyHeader = None) -> str | None:
+async def get_idempotency_key(idempotency_key: IdempotencyKeyHeader = None) -> str | None:
     """The `Idempotency-Key` header, checked: an empty key would be one key shared by every anonymous caller."""
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise Problem(422, "bad-idempotency-key", "the Idempotency-Key header must be 1–200 visible ASCII characters "
