@@ -121,16 +121,19 @@ class Write(nn.Module):
         if n is not None:
             start_tiled(self.linear.bias[-5:], height, width, n)
 
+    def _patch(self, out: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, AttentionParams]:
+        """The linear layer's output -> the patch w / γ̂ (B, C, N, N), F̂_Y, F̂_X and the window."""
+        p = attention_params(out[:, -5:], self.height, self.width, n)
+        f_y, f_x = filterbank(p, self.height, self.width)
+        return out[:, :-5].reshape(-1, self.channels, n, n) / p.gamma[:, None, None, None], f_y, f_x, p
+
     def forward(self, h: Tensor) -> tuple[Tensor, AttentionParams | None]:
         """h: (B, hidden) -> canvas increment (B, C, H, W) and the window (None without attention)."""
         out = self.linear(h)
         if self.n is None:
             return out.view(-1, self.channels, self.height, self.width), None
-        n = self.n
-        p = attention_params(out[:, -5:], self.height, self.width, n)
-        f_y, f_x = filterbank(p, self.height, self.width)
-        patch = out[:, :-5].reshape(-1, self.channels, n, n)
-        return write_patch(patch / p.gamma[:, None, None, None], f_y, f_x), p
+        patch, f_y, f_x, p = self._patch(out, self.n)
+        return write_patch(patch, f_y, f_x), p
 
     def add_to(self, canvas: Tensor, h: Tensor) -> AttentionParams | None:
         """canvas += write(h) in place, the write's last matmul accumulating straight into the canvas: the
@@ -139,11 +142,8 @@ class Write(nn.Module):
         if self.n is None:
             canvas.add_(out.view_as(canvas))
             return None
-        n, c = self.n, self.channels
-        p = attention_params(out[:, -5:], self.height, self.width, n)
-        f_y, f_x = filterbank(p, self.height, self.width)
-        patch = out[:, :-5].reshape(-1, c, n, n) / p.gamma[:, None, None, None]
+        patch, f_y, f_x, p = self._patch(out, self.n)
         left = (f_y[:, None].transpose(-1, -2) @ patch).flatten(0, 1)  # F̂_Yᵀ w: (B·C, H, N), as write_patch
-        right = f_x[:, None].expand(-1, c, -1, -1).flatten(0, 1)  # F̂_X: (B·C, N, W)
+        right = f_x[:, None].expand(-1, self.channels, -1, -1).flatten(0, 1)  # F̂_X: (B·C, N, W)
         canvas.view(-1, self.height, self.width).baddbmm_(left, right)
         return p

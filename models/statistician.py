@@ -99,14 +99,13 @@ class ResidualFC(nn.Module):
     def __init__(self, width: int, layers: int, norm: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(layers))
-        if norm:
-            self.norms = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(layers))
+        # None when off: no placeholder modules, so older checkpoints' keys stay
+        self.norms = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(layers)) if norm else None
 
     def forward(self, h: Tensor) -> Tensor:
-        norms = getattr(self, "norms", None)
         for i, layer in enumerate(self.layers):
             e = layer(h)
-            h = h + F.elu(norms[i](e) if norms is not None else e)
+            h = h + F.elu(self.norms[i](e) if self.norms is not None else e)
         return h
 
 
@@ -117,12 +116,12 @@ class GaussianHead(nn.Module):
         super().__init__()
         self.mean = nn.Linear(width, out)
         self.log_sigma = nn.Linear(width, out)
-        if norm:  # one mean and variance over all 2·out parameters of the batch, eps and momentum as released
-            self.norm = nn.BatchNorm1d(1, eps=1e-3, momentum=1e-2)
+        # one mean and variance over all 2·out parameters of the batch, eps and momentum as released
+        self.norm = nn.BatchNorm1d(1, eps=1e-3, momentum=1e-2) if norm else None
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         mu, log_sigma = self.mean(h), self.log_sigma(h)
-        if not hasattr(self, "norm"):
+        if self.norm is None:
             return mu, log_sigma
         # over [μ, log σ²] as released (log σ would double the spread of log σ², widening σ's range e-fold)
         mu, log_var = self.norm(torch.cat([mu, 2 * log_sigma], -1).unsqueeze(1)).squeeze(1).chunk(2, dim=-1)
@@ -135,15 +134,14 @@ class StatisticNetwork(nn.Module):
     def __init__(self, features: int, c: StatisticianConfig):
         super().__init__()
         self.item = nn.Linear(features, c.hidden)
-        if c.batch_norm:
-            self.item_norm = nn.BatchNorm1d(c.hidden)
+        self.item_norm = nn.BatchNorm1d(c.hidden) if c.batch_norm else None
         self.post = ResidualFC(c.hidden, c.layers, c.batch_norm)
         self.head = GaussianHead(c.hidden, c.c_dim, c.batch_norm)
 
     def forward(self, h: Tensor, set_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """h (B, S, F), set_mask (B, S) or None (all real) -> μ, log σ (B, c_dim)."""
         e = self.item(h)
-        if hasattr(self, "item_norm"):  # per item: its statistics are the batch's items' (the running ones in eval)
+        if self.item_norm is not None:  # per item: its statistics are the batch's items' (the running ones in eval)
             e = self.item_norm(e.flatten(0, 1)).view_as(e)
         e = F.elu(e)
         if set_mask is None:

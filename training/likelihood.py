@@ -5,6 +5,7 @@ fidelity report all import it, and it imports none of them.
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,11 @@ def subset(n: int, size: int | None, seed: int = 0) -> Tensor:
 
 def read_per_example(path: str | Path) -> dict[int, float]:
     """A --per-image or --per-sentence CSV -> {test index: NLL}."""
-    lines = Path(path).read_text().splitlines()
-    header = lines[0].split(",") if lines else []
-    if "index" not in header or "nll" not in header:
-        raise ValueError(f"{path}: not a per-example file (its header must name index and nll)")
-    i, j = header.index("index"), header.index("nll")
-    return {int(row.split(",")[i]): float(row.split(",")[j]) for row in lines[1:] if row}
+    with Path(path).open(newline="") as f:
+        rows = csv.DictReader(f)
+        if not {"index", "nll"} <= set(rows.fieldnames or ()):
+            raise ValueError(f"{path}: not a per-example file (its header must name index and nll)")
+        return {int(row["index"]): float(row["nll"]) for row in rows}
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:

@@ -228,6 +228,13 @@ def _save_meta(job: Job, meta: dict[str, Any], pipeline: redis.client.Pipeline |
     announce(target, get_runtime().settings, job.id, str(meta.get("state", "")))
 
 
+def _set_meta(job: Job, stored: bytes | None) -> dict[str, Any]:
+    """The job's meta from its stored hash field, read in a caller's pipeline: what job.get_meta(refresh=True)
+    would fetch and keep, without its own round trip."""
+    job.meta = job.serializer.loads(stored) if stored else {}
+    return job.meta
+
+
 def _fail(job: Job, kind: str, message: str) -> None:
     meta = job.get_meta(refresh=True)
     _save_meta(job, meta, state="failed", error={"type": kind, "message": message})
@@ -263,7 +270,7 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
         _fail(job, "invalid", str(e))
         conn.hdel(keys.running, job.id)  # the worker's loop wrote an owner record before it ran this
         raise
-    meta = job.meta = job.serializer.loads(stored_meta) if stored_meta else {}  # as job.get_meta(refresh=True)
+    meta = _set_meta(job, stored_meta)
     leader = Entry(job, request, claimed=False, attempt=int(meta.get("attempt") or 0) + 1, meta=meta)
     conn.hset(keys.running, job.id, owner_record(rt.worker_name, leader.attempt))
     entries = [leader, *_claim_batch(conn, rt, leader, lm)]
@@ -366,8 +373,7 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
         for (job, request), canceled, meta in zip(chosen, looked[::2], looked[1::2], strict=True):
             if canceled:
                 continue
-            job.meta = job.serializer.loads(meta) if meta else {}  # what job.get_meta(refresh=True) reads
-            attempt = int(job.meta.get("attempt") or 0) + 1
+            attempt = int(_set_meta(job, meta).get("attempt") or 0) + 1
             claim(keys=[queue_key, keys.running, job.key], args=[job.id, owner_record(rt.worker_name, attempt)],
                   client=p)
             claimed.append(Entry(job, request, claimed=True, attempt=attempt, meta=job.meta))

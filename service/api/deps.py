@@ -48,6 +48,9 @@ class Caller:
     authenticated: bool
 
 
+ANONYMOUS = Caller("anonymous", False)  # every caller, when no API keys are configured
+
+
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
@@ -61,7 +64,7 @@ def _window(seconds: int) -> tuple[int, int]:
 def authenticate(request: Request, settings: SettingsDep, conn: ConnDep) -> Caller:
     """The bearer check alone (no per-key rate limit): 401 for a bad key, 429 once an address failed too often."""
     if not settings.api_keys:
-        return Caller("anonymous", False)
+        return ANONYMOUS
     addr = request.client.host if request.client else "unknown"
     window, retry = _window(settings.auth_fail_window)
     fails = f"{settings.key_prefix}:api:authfail:{addr}:{window}"
@@ -99,7 +102,7 @@ def _reads_own_job(request: Request, settings: ApiSettings, conn: redis.Redis, c
 
 async def get_caller(request: Request, settings: SettingsDep, conn: ConnDep) -> Caller:
     if not settings.api_keys:  # auth off: authenticate's answer, without Redis or a thread
-        return Caller("anonymous", False)
+        return ANONYMOUS
     return await anyio.to_thread.run_sync(_checked_caller, request, settings, conn)
 
 

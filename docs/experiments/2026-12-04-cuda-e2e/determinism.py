@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from models.checkpoint import load_checkpoint  # noqa: E402
 from models.sampling import sample  # noqa: E402
 from worker import conditions  # noqa: E402
+from worker.jobs import _to_uint8  # noqa: E402
 
 ROWS = 16
 CAPTIONS = [f"the digit {d} is at the {where} of the image ." for where in ("top left", "bottom right")
@@ -34,10 +35,7 @@ def draw(model, vocab, texts: list[str], seeds: list[int], device: torch.device)
     out = sample(model, seeds=seeds + [0] * (ROWS - len(seeds)), batch_size=ROWS,
                  **{k: v.to(device) for k, v in given.items()})
 
-    def u8(x: torch.Tensor) -> torch.Tensor:
-        return (x * 255).round_().clamp_(0, 255).to(torch.uint8).movedim(-3, -1).cpu()
-
-    return u8(out.images), u8(out.canvases)
+    return torch.from_numpy(_to_uint8(out.images)), torch.from_numpy(_to_uint8(out.canvases))  # the worker's bytes
 
 
 def main() -> None:
