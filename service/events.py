@@ -1,6 +1,10 @@
 """Pushed job events: one Redis pattern subscription per API process wakes every stream and long poll waiting on a
 job, so a step reaches a client as soon as the worker announces it (worker.queue.announce) instead of at the next
 poll. A missed message (Redis restarting, the subscriber reconnecting) only delays a reader to its fallback poll.
+
+A reader watches its job before its first read and keeps watching between reads: an announcement that lands while
+it reads (in a thread) or writes to its client wakes its next wait at once instead of being lost (a long poll whose
+job ended during its read used to sleep to its fallback poll).
 """
 
 from __future__ import annotations
@@ -8,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
+from collections.abc import Iterator
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -16,6 +22,25 @@ from redis.exceptions import RedisError
 from worker.protocol import Keys
 
 log = logging.getLogger("service")
+
+
+class Watch:
+    """One reader's view of its job's announcements: set by any since its last wait returned."""
+
+    def __init__(self) -> None:
+        self.announced = asyncio.Event()
+
+    async def wait(self, timeout: float, not_before: float = 0.0) -> bool:
+        """Until the job has announced a change since the last wait (True) or `timeout` s pass (False). When woken,
+        returns no sooner than the monotonic time `not_before` (steps may come every few ms: a reader reads at most
+        so often), having forgotten what woke it: what comes after is for the next wait, so read right after."""
+        try:
+            await asyncio.wait_for(self.announced.wait(), timeout)
+        except TimeoutError:
+            return False
+        await asyncio.sleep(max(0.0, not_before - time.monotonic()))
+        self.announced.clear()  # the read that follows sees everything announced until now
+        return True
 
 
 class JobEvents:
@@ -39,17 +64,15 @@ class JobEvents:
             self.task.cancel()
             await asyncio.wait({self.task}, timeout=2.0)  # unlike wait_for, never waits on past its timeout
 
-    async def wait(self, job_id: str, timeout: float) -> bool:
-        """Until the job announces a change (True) or `timeout` s pass (False)."""
-        event = asyncio.Event()
-        self.waiters[job_id].add(event)
+    @contextlib.contextmanager
+    def watch(self, job_id: str) -> Iterator[Watch]:
+        """Watch the job's announcements for the block's length: enter before the first read."""
+        watch = Watch()
+        self.waiters[job_id].add(watch.announced)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+            yield watch
         finally:
-            self.waiters[job_id].discard(event)
+            self.waiters[job_id].discard(watch.announced)
             if not self.waiters[job_id]:
                 del self.waiters[job_id]
 

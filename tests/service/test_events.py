@@ -62,15 +62,42 @@ def test_a_waiter_wakes_on_its_jobs_announcement_only(service_redis_url, announc
         events.start()
         await asyncio.wait_for(events.listening.wait(), 5)
         conn = redis.Redis.from_url(service_redis_url)
-        waiter = asyncio.create_task(events.wait("job-a", 2.0))
-        await asyncio.sleep(0.05)
-        conn.publish(Keys("events-test").events("job-b"), "running")  # another job's: no wake
-        if announced:
-            conn.publish(Keys("events-test").events("job-a"), "running")
-        t0 = time.monotonic()
-        woke = await waiter
+        with events.watch("job-a") as watch:
+            waiter = asyncio.create_task(watch.wait(2.0))
+            await asyncio.sleep(0.05)
+            conn.publish(Keys("events-test").events("job-b"), "running")  # another job's: no wake
+            if announced:
+                conn.publish(Keys("events-test").events("job-a"), "running")
+            t0 = time.monotonic()
+            woke = await waiter
         await events.stop()
         return woke, time.monotonic() - t0
 
     woke, took = asyncio.run(run())
     assert woke is announced and (took < 1.0 if announced else took > 1.5)
+
+
+def test_a_watch_keeps_what_was_announced_before_its_wait(service_redis_url):
+    """A reader reads between waits; an announcement landing then wakes its next wait at once (none is lost), and
+    a wait forgets what woke it, so the one after that waits for a new announcement."""
+    import redis
+
+    async def run() -> list[tuple[bool, float]]:
+        events = JobEvents(service_redis_url, "events-test")
+        events.start()
+        await asyncio.wait_for(events.listening.wait(), 5)
+        conn = redis.Redis.from_url(service_redis_url)
+        seen = []
+        with events.watch("job-a") as watch:
+            conn.publish(Keys("events-test").events("job-a"), "running")  # while the reader is not waiting
+            await asyncio.sleep(0.3)  # the listener has it by now
+            for _ in range(2):
+                t0 = time.monotonic()
+                seen.append((await watch.wait(1.0, not_before=t0 + 0.1), time.monotonic() - t0))
+        assert "job-a" not in events.waiters  # the watch ended with its block
+        await events.stop()
+        return seen
+
+    (first, took_first), (second, took_second) = asyncio.run(run())
+    assert first and 0.09 < took_first < 0.5  # at once, but not before not_before
+    assert not second and took_second > 0.9

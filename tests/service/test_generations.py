@@ -211,6 +211,44 @@ def test_pushed_events_and_long_polls_do_not_wait_for_the_fallback_poll(make_cli
     assert seen[-1][0] == "succeeded" and len({s for s in seen}) == len(seen), seen  # every answer a change
 
 
+def test_an_end_announced_while_a_reader_reads_still_wakes_it(make_client, live_worker, monkeypatch):
+    """A long poll and a stream watch their job from before their first read. Here that read lasts until the job
+    has ended and its end was announced (the read is stale): both still answer at once, not at their 30 s fallback
+    poll (they used to listen only once the read was done, and missed it)."""
+    from service.api.routes import generations as routes
+
+    c = make_client(events_poll_interval=30.0)
+    wait_for(lambda: c.app.state.events.listening.is_set(), 10, what="the event subscription")
+
+    def slowed(name: str, slow_call: int):
+        """routes.<name>, its `slow_call`-th call held until the job has ended, then answering what it first read."""
+        real, calls = getattr(routes, name), []
+
+        def read(conn, settings, job_id, *args):
+            found = real(conn, settings, job_id, *args)
+            calls.append(found.status)
+            if len(calls) == slow_call:
+                assert found.status in ("queued", "running"), calls
+                wait_for(lambda: real(conn, settings, job_id, *args).status == "succeeded", 20, what="the job's end")
+                time.sleep(0.3)  # its announcement has reached the API's listener meanwhile
+            return found
+        monkeypatch.setattr(routes, name, read)
+
+    jid = post(c).json()["id"]
+    slowed("_read", 1)  # the long poll's first read
+    t0 = time.monotonic()
+    body = c.get(f"/v1/generations/{jid}?wait=25")  # no If-None-Match: until the job ends
+    assert body.status_code == 200 and body.json()["status"] == "succeeded"
+    assert time.monotonic() - t0 < 10, "the long poll missed the end announced during its read"
+    monkeypatch.undo()
+    jid = post(c).json()["id"]
+    slowed("get_view", 2)  # the stream's first read (the first checks that the job exists)
+    t0 = time.monotonic()
+    events = parse_sse(c.get(f"/v1/generations/{jid}/events").text)
+    assert events[-1]["event"] == "done"
+    assert time.monotonic() - t0 < 10, "the stream missed the end announced during its read"
+
+
 def test_frames_and_animations_are_rendered_on_first_request_then_kept(client, conn):
     from service.config import ApiSettings
     from worker.protocol import Keys

@@ -312,20 +312,21 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
         return _authorize(conn, settings, caller, job_id), _read(conn, settings, job_id, base, metrics)
 
     read_at = time.monotonic()
-    owner, gen = await anyio.to_thread.run_sync(first_read)
-    while True:
-        if gen.status == "expired" and owner is None:
-            raise _unknown(job_id)
-        tag = etag(gen)
-        unchanged = matches(if_none_match, tag)
-        waiting_for_end = if_none_match is None and gen.status not in TERMINAL and gen.status != "expired"
-        left = deadline - time.monotonic()
-        if left <= 0 or not (unchanged or waiting_for_end):
-            break
-        if await request.app.state.events.wait(job_id, min(left, settings.events_poll_interval)):
-            await asyncio.sleep(max(0.0, min(read_at + settings.events_min_interval, deadline) - time.monotonic()))
-        read_at = time.monotonic()
-        gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base, metrics)
+    with request.app.state.events.watch(job_id) as watch:  # from before the first read: no announcement is missed
+        owner, gen = await anyio.to_thread.run_sync(first_read)
+        while True:
+            if gen.status == "expired" and owner is None:
+                raise _unknown(job_id)
+            tag = etag(gen)
+            unchanged = matches(if_none_match, tag)
+            waiting_for_end = if_none_match is None and gen.status not in TERMINAL and gen.status != "expired"
+            left = deadline - time.monotonic()
+            if left <= 0 or not (unchanged or waiting_for_end):
+                break
+            await watch.wait(min(left, settings.events_poll_interval),
+                             not_before=min(read_at + settings.events_min_interval, deadline))
+            read_at = time.monotonic()
+            gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base, metrics)
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
     if unchanged:
         return Response(status_code=304, headers=headers)
@@ -455,57 +456,58 @@ def event_cursor(last_event_id: str | None) -> int:
 async def _stream(conn, settings, job_id: str, base: str, sent: int, events: JobEvents) -> AsyncIterator[str]:
     me = f"{base}/v1/generations/{job_id}"  # the files live under generations for every kind of job
     yield "retry: 1000\n\n"
-    quiet_since = time.monotonic()
-    backoff = settings.events_poll_interval
-    while True:
-        read_at = time.monotonic()
-        try:
-            view = await anyio.to_thread.run_sync(get_view, conn, job_id, settings)
-            if view is None:
-                yield _sse("expired", {"id": job_id, "status": "expired"})
-                return
-            returns_frames = view.meta.get("returns", "frames") == "frames"
-            steps = (view.steps or 0) if returns_frames else 0  # step events only where the steps are frames
-            chunk = int(view.meta.get("chunk") or 1)
-            chunks = int(view.meta.get("chunks") or chunk)
-            tick = (chunk - 1) * steps + view.step if view.status != "queued" else 0
-            if view.status == "succeeded":
-                tick = chunks * steps
-            if steps and "chunks" in view.meta:  # a cursor past the job's last step has nothing more to send
-                sent = min(sent, chunks * steps)
-            if tick > sent and steps:
-                counts = view.meta.get("frames") or []  # frame PNGs each image offers so far (the worker's count)
-                # One write for all the steps this poll found (at most chunks × T: bounded by the job, not the header).
-                batch = []
-                while sent < tick:
-                    sent += 1
-                    t = (sent - 1) % steps + 1
-                    images = [i for i, n in enumerate(counts) if n >= t]
-                    data: dict[str, Any] = {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
-                                            "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}
-                    if sent == tick and view.meta.get("live"):  # the latest step: its write window and word weights
-                        data["live"] = view.meta["live"]
-                    batch.append(_sse("step", data, sent))
-                yield "".join(batch)
+    with events.watch(job_id) as watch:  # from before the first read: no announcement is missed
+        quiet_since = time.monotonic()
+        backoff = settings.events_poll_interval
+        while True:
+            read_at = time.monotonic()
+            try:
+                view = await anyio.to_thread.run_sync(get_view, conn, job_id, settings)
+                if view is None:
+                    yield _sse("expired", {"id": job_id, "status": "expired"})
+                    return
+                returns_frames = view.meta.get("returns", "frames") == "frames"
+                steps = (view.steps or 0) if returns_frames else 0  # step events only where the steps are frames
+                chunk = int(view.meta.get("chunk") or 1)
+                chunks = int(view.meta.get("chunks") or chunk)
+                tick = (chunk - 1) * steps + view.step if view.status != "queued" else 0
+                if view.status == "succeeded":
+                    tick = chunks * steps
+                if steps and "chunks" in view.meta:  # a cursor past the job's last step has nothing more to send
+                    sent = min(sent, chunks * steps)
+                if tick > sent and steps:
+                    counts = view.meta.get("frames") or []  # frame PNGs each image offers so far (the worker's count)
+                    # One write for all the steps this poll found (at most chunks × T: bounded by the job, not the
+                    # header).
+                    batch = []
+                    while sent < tick:
+                        sent += 1
+                        t = (sent - 1) % steps + 1
+                        images = [i for i, n in enumerate(counts) if n >= t]
+                        data: dict[str, Any] = {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
+                                                "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}
+                        if sent == tick and view.meta.get("live"):  # the latest step: its window and word weights
+                            data["live"] = view.meta["live"]
+                        batch.append(_sse("step", data, sent))
+                    yield "".join(batch)
+                    quiet_since = time.monotonic()
+                if view.status in TERMINAL:
+                    gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base)
+                    yield _sse({"succeeded": "done"}.get(view.status, view.status), gen.model_dump(mode="json"))
+                    return
+                backoff = settings.events_poll_interval
+            except redis.RedisError as e:
+                # The job store blinked: keep the stream (and the client's cursor) and look again, backing off to 2 s.
+                log.warning("events %s: job store unavailable: %s", job_id, type(e).__name__)
+                yield ": job store unavailable; retrying\n\n"
+                backoff = min(max(backoff, 0.1) * 2, 2.0)
+            if time.monotonic() - quiet_since > settings.events_keepalive:
+                yield ": keepalive\n\n"
                 quiet_since = time.monotonic()
-            if view.status in TERMINAL:
-                gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base)
-                yield _sse({"succeeded": "done"}.get(view.status, view.status), gen.model_dump(mode="json"))
-                return
-            backoff = settings.events_poll_interval
-        except redis.RedisError as e:
-            # The job store blinked: keep the stream (and the client's cursor) and look again, backing off to 2 s.
-            log.warning("events %s: job store unavailable: %s", job_id, type(e).__name__)
-            yield ": job store unavailable; retrying\n\n"
-            backoff = min(max(backoff, 0.1) * 2, 2.0)
-        if time.monotonic() - quiet_since > settings.events_keepalive:
-            yield ": keepalive\n\n"
-            quiet_since = time.monotonic()
-        if backoff > settings.events_poll_interval:
-            await asyncio.sleep(backoff)  # Redis is away: no announcement will come
-        elif await events.wait(job_id, backoff):  # the worker's next step or end, or the fallback poll
-            # Steps may come every few ms: read the job at most every events_min_interval, whatever wakes us.
-            await asyncio.sleep(max(0.0, read_at + settings.events_min_interval - time.monotonic()))
+            if backoff > settings.events_poll_interval:
+                await asyncio.sleep(backoff)  # Redis is away: no announcement will come
+            else:  # the worker's next step or end (read at most every events_min_interval), or the fallback poll
+                await watch.wait(backoff, not_before=read_at + settings.events_min_interval)
 
 
 # --- the other job collections ----------------------------------------------------------------------------------
