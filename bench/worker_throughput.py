@@ -10,8 +10,9 @@ For each torch thread count N (default: 1, then 2) one run measures, on this mac
             uint8 as the worker does and then dropped. images/s = rows × calls / seconds, median of --raw-repeats.
   no-op     RQ's ceiling: no-op jobs/s through an in-process SimpleWorker on the same Redis.
   1-image   a real `python -m worker` (OMP_NUM_THREADS=N, GLIMPSE_TORCH_THREADS=N) behind a real API (uvicorn):
-            --jobs-1 one-caption n=1 jobs posted back to back, then polled oldest first (GET every 0.2 s) and each
-            final PNG fetched once its job is done. images/s = images / (last PNG fetched − first POST sent).
+            --jobs-1 one-caption n=1 jobs posted back to back, then awaited oldest first (long polls, GET …?wait=,
+            as the README advises; `--poll S`: plain GETs S s apart, the client before 2026-12-05 with S = 0.2) and
+            each final PNG fetched once its job is done. images/s = images / (last PNG fetched − first POST sent).
   64-image  the same with --jobs-64 jobs of 16 captions × n=4.
   latency   open-loop Poisson arrivals of 1-image jobs at half the 1-image rate just measured, for --latency-seconds:
             POST sent → the `done` event of the job's SSE stream (/events), p50 and p99; beside it the job's own
@@ -76,7 +77,7 @@ TINY = dict(height=16, width=16, steps=5, enc_size=32, dec_size=32, z_size=8, re
             lang_size=10, align_size=16)
 WORDS = [*"0123456789", "the", "digit", "is", "on", "at", "left", "right", "bottom", "top", "of", "image", "."]
 NOOP = "os.getpid"  # the cheapest importable job there is: measures the queue's own ceiling
-POLL = 0.2  # seconds between status polls of the burst runs
+LONG_POLL = 30.0  # the burst runs' status reads: GET …?wait=, held by the API until the job ends (its max_wait)
 TARGETS = {"1-image": 0.40, "64-image": 0.70}  # end to end as a share of raw (the issue's targets)
 
 
@@ -342,15 +343,18 @@ def post_job(client: httpx.Client, model_id: str, captions: list[str], n: int, s
     return r.json()["id"]
 
 
-def wait_done(client: httpx.Client, job_id: str, interval: float = POLL, timeout: float = 600) -> dict:
+def wait_done(client: httpx.Client, job_id: str, interval: float | None, timeout: float = 600) -> dict:
+    """Until the job ends: long polls (`interval` None, as the README advises), or plain reads `interval` s apart."""
     deadline = time.monotonic() + timeout
+    params = {"wait": LONG_POLL} if interval is None else {}
     while True:
-        body = client.get(f"/v1/generations/{job_id}").json()
+        body = client.get(f"/v1/generations/{job_id}", params=params, timeout=LONG_POLL + 30).json()
         if body["status"] == "succeeded":
             return body
         if body["status"] in ("failed", "canceled", "expired") or time.monotonic() > deadline:
             raise RuntimeError(f"job {job_id}: {body['status']} {body.get('error') or ''}")
-        time.sleep(interval)
+        if interval is not None:
+            time.sleep(interval)
 
 
 def fetch_png(client: httpx.Client, job_id: str, index: int) -> None:
@@ -359,15 +363,15 @@ def fetch_png(client: httpx.Client, job_id: str, index: int) -> None:
         raise RuntimeError(f"job {job_id} image {index}: {r.status_code}")
 
 
-def burst(client: httpx.Client, model_id: str, specs: list[tuple[list[str], int, int]]) -> dict:
+def burst(client: httpx.Client, model_id: str, specs: list[tuple[list[str], int, int]], poll: float | None) -> dict:
     """Post every job (captions, n, seed) back to back, then wait for each (oldest first: they finish roughly in
-    order, so one poll at a time keeps the API quiet) and fetch its final PNGs. The clock runs from the first POST
-    to the last PNG; a job's end is seen up to POLL s late, hence runs of many seconds."""
+    order, so one wait at a time keeps the API quiet) and fetch its final PNGs. The clock runs from the first POST
+    to the last PNG; with plain polls (`poll` s apart) a job's end is seen up to `poll` s late."""
     t0 = time.perf_counter()
     posted = [(post_job(client, model_id, captions, n, seed), len(captions) * n) for captions, n, seed in specs]
     t_posted = time.perf_counter()
     for job_id, images in posted:
-        wait_done(client, job_id)
+        wait_done(client, job_id, poll)
         for i in range(images):
             fetch_png(client, job_id, i)
     seconds = time.perf_counter() - t0
@@ -461,13 +465,14 @@ def run_threads(threads: int, args: argparse.Namespace, url: str, redis_pid: int
             httpx.Client(base_url=base, timeout=httpx.Timeout(120, connect=10), limits=limits) as client:
         pids = {**pids, **({"redis": redis_pid} if redis_pid else {})}
         # Not counted: the worker's first calls allocate and pick kernels, the API's first requests warm up.
-        burst(client, lm.info.id, [(pick(pool, 0, rows), 1, 1), ([pool[0]], 1, 2)])
+        burst(client, lm.info.id, [(pick(pool, 0, rows), 1, 1), ([pool[0]], 1, 2)], args.poll)
         log(f"threads {threads}: {args.jobs_1} 1-image jobs")
-        one = measured(pids, lambda: burst(client, lm.info.id, [(pick(pool, i, 1), 1, i) for i in range(args.jobs_1)]))
+        one = measured(pids, lambda: burst(client, lm.info.id, [(pick(pool, i, 1), 1, i) for i in range(args.jobs_1)],
+                                                   args.poll))
         one["sampler_calls"] = sampler_calls(url, one.pop("ids"), rows)
         log(f"threads {threads}: 1-image {one['images_per_s']:.1f} images/s; {args.jobs_64} 64-image jobs")
         big = measured(pids, lambda: burst(client, lm.info.id, [(pick(pool, 16 * j, 16), 4, 1000 * j)
-                                                                for j in range(args.jobs_64)]))
+                                                                for j in range(args.jobs_64)], args.poll))
         big["sampler_calls"] = sampler_calls(url, big.pop("ids"), rows)
         log(f"threads {threads}: 64-image {big['images_per_s']:.1f} images/s; latency at half load")
         lat = measured(pids, lambda: latency(client, lm.info.id, pool, rate=one["images_per_s"] / 2,
@@ -535,6 +540,9 @@ def main() -> None:
     ap.add_argument("--raw-repeats", type=int, default=5)
     ap.add_argument("--noop-jobs", type=int, default=500)
     ap.add_argument("--db", type=int, default=15, help="database used (flushed) when REDIS_URL is set")
+    ap.add_argument("--poll", type=float, default=None,
+                    help="the burst client's plain status reads this many s apart (before 2026-12-05: 0.2); "
+                         "default: long polls, GET …?wait=")
     ap.add_argument("--device", default="cpu", help="where the raw sampler and the worker draw (cpu or cuda)")
     args = ap.parse_args()
 
