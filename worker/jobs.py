@@ -19,8 +19,9 @@ crash, then recovery) finds its result.json in `generate` and returns it at once
 After each step, in one pipelined round trip for the whole batch: that step's canvases go into each job's files hash
 as raw uint8 (`raw/{i}/{t}`; the API renders PNGs and animations from them on request), each job's meta gets step/T
 (the meta field only, never the whole job) with an announcement on its events channel, and the cancel flags are read.
-A writer thread sends that round trip while the sampler draws the next step; the sampler waits for it before
-sending the next, so writes keep their order and cancel flags act one step later.
+A writer thread sends that round trip while the sampler draws on; the sampler waits for it only before sending the
+next (writes keep their order, one in flight at most), and acts on the cancel flags it read at the first step after
+it landed.
 """
 
 from __future__ import annotations
@@ -476,9 +477,10 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         state: dict[str, Any] = {"stopped": False}
         sent: list[tuple[Future, list[Entry]]] = []  # the write in flight while the sampler draws on: ≤ 1
 
-        def settle(sent: list[tuple[Future, list[Entry]]] = sent) -> None:
-            """Wait for the step in flight to be written, then act on the cancel flags it read."""
-            while sent:
+        def settle(sent: list[tuple[Future, list[Entry]]] = sent, block: bool = True) -> None:
+            """Act on the cancel flags the write in flight read, once it is written: waiting for it, or with
+            `block=False` only if it is already done."""
+            while sent and (block or sent[0][0].done()):
                 future, active = sent[0]
                 result = future.result()  # popped only once written: a timeout here leaves it for the handler
                 sent.pop(0)
@@ -499,7 +501,7 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
 
         def on_step(step: Step, chunk=chunk, in_chunk=in_chunk, c=c, state=state, first_row=first_row,
                     n_words=n_words, settle=settle, sent=sent, pending=pending, flushed=flushed) -> bool:
-            settle()  # the previous write, sent while later steps were drawn: its cancel flags count from here
+            settle(block=False)  # the write sent while later steps were drawn, if it landed: its cancel flags count
             if all(e.canceled for e in in_chunk):
                 return False
             frames = _to_uint8(step.canvas[: len(chunk)])
@@ -510,6 +512,9 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
             if not (step.t in (1, step.steps) or guard.stop or s.step_delay
                     or now - flushed["at"] >= s.step_flush_ms / 1000):
                 return True
+            settle()  # one write in flight at most (they land in order; a slow store slows the sampler), its flags read
+            if all(e.canceled for e in in_chunk):
+                return False
             flushed["at"] = now
             active = [e for e in in_chunk if not e.canceled]
             # One round trip for the steps since the last: the canvases, then each job's progress and its
