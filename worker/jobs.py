@@ -495,19 +495,23 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         for r, (e, _) in enumerate(chunk):
             first_row.setdefault(e, r)
         n_words = given["lengths"].tolist() if "lengths" in given else None
-        # the canvases of the steps drawn since the last write, per job; and when that write was sent
+        # the rows whose canvases are kept, as (row, entry, image); the canvases of the steps drawn since the last
+        # write, per job; and when that write was sent
+        keeps = [(r, e, i) for r, (e, i) in enumerate(chunk) if e.request.output.canvases and e.returns(lm) == "frames"]
         pending: dict[Entry, dict[str, bytes]] = {}
         flushed: dict[str, float] = {"at": 0.0}
 
         def on_step(step: Step, chunk=chunk, in_chunk=in_chunk, c=c, state=state, first_row=first_row,
-                    n_words=n_words, settle=settle, sent=sent, pending=pending, flushed=flushed) -> bool:
+                    n_words=n_words, settle=settle, sent=sent, keeps=keeps, pending=pending,
+                    flushed=flushed) -> bool:
             settle(block=False)  # the write sent while later steps were drawn, if it landed: its cancel flags count
             if all(e.canceled for e in in_chunk):
                 return False
-            frames = _to_uint8(step.canvas[: len(chunk)])
-            for r, (e, i) in enumerate(chunk):
-                if not e.canceled and e.request.output.canvases and e.returns(lm) == "frames":
-                    pending.setdefault(e, {})[raw_name(i, step.t)] = render.raw(frames[r])
+            if keeps:
+                raws = render.raw_rows(_to_uint8(step.canvas[: len(chunk)]))
+                for r, e, i in keeps:
+                    if not e.canceled:
+                        pending.setdefault(e, {})[raw_name(i, step.t)] = raws[r]
             now = time.perf_counter()
             if not (step.t in (1, step.steps) or guard.stop or s.step_delay
                     or now - flushed["at"] >= s.step_flush_ms / 1000):

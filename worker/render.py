@@ -40,6 +40,15 @@ def raw(pixels: np.ndarray) -> bytes:
     return _check("raw", np.ascontiguousarray(pixels).tobytes(), raw_bound(h, w, c))
 
 
+def raw_rows(frames: np.ndarray) -> list[bytes]:
+    """frames (B, H, W, C) uint8 -> each frame's `raw` bytes, cut from one copy of the batch: the sampler's callback
+    stores a row's canvas every step, and one `raw` call a row cost more than the step's uint8 conversion."""
+    b, h, w, c = frames.shape
+    data = _check("raw", np.ascontiguousarray(frames).tobytes(), b * raw_bound(h, w, c))
+    size = h * w * c
+    return [data[k * size : (k + 1) * size] for k in range(b)]
+
+
 def unraw(data: bytes, shape: Sequence[int]) -> np.ndarray:
     """The inverse of `raw`: (H, W, C) uint8; bytes of another size are an error, never a guess."""
     size = int(np.prod(shape))

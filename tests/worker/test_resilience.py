@@ -119,6 +119,12 @@ def test_raw_canvases_round_trip_and_a_wrong_size_is_refused():
     assert len(render.raw(pixels)) == 120 and (render.unraw(render.raw(pixels), (12, 10, 1)) == pixels).all()
     with pytest.raises(ValueError, match="120 bytes, not 119"):
         render.unraw(render.raw(pixels)[:-1], (12, 10, 1))
+    # a batch's rows at once, as the sampler's callback stores them: each is its own raw(), colour (from a
+    # channels-first tensor's channels-last view, not contiguous) and grey alike
+    for channels in (3, 1):
+        first = np.random.default_rng(channels).integers(0, 256, (4, channels, 12, 10), dtype=np.uint8)
+        batch = np.moveaxis(first, 1, -1)
+        assert render.raw_rows(batch) == [render.raw(f) for f in batch]
 
 
 def test_a_job_is_owned_before_its_status_reads_running(conn, settings, monkeypatch):
