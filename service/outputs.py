@@ -1,4 +1,5 @@
-"""Frame PNGs and animations, rendered from the worker's raw canvases when a client first asks for them, then kept.
+"""Frame PNGs, animations and attention JSON, rendered from what the worker stored raw (its canvases, its attention
+arrays) when a client first asks for them, then kept.
 
 The worker stores each step's canvas as raw uint8 bytes (`raw/{i}/{t}`), so no image is encoded on the sampler's path;
 the encoders here are the worker's own (worker.render: Pillow and numpy, no torch), fed the same pixels, so every
@@ -17,7 +18,16 @@ import redis
 
 from service.config import ApiSettings
 from worker import render
-from worker.protocol import JobRequest, JobResult, Keys, animation_name, frame_name, raw_name
+from worker.protocol import (
+    JobRequest,
+    JobResult,
+    Keys,
+    animation_name,
+    attention_name,
+    attention_source_name,
+    frame_name,
+    raw_name,
+)
 from worker.queue import JobView, get_file
 from worker.redis_conn import as_bytes
 
@@ -66,3 +76,15 @@ def animation(conn: redis.Redis, settings: ApiSettings, view: JobView, index: in
     encode = render.gif if fmt == "gif" else render.webp
     data = encode(frames, frame_ms=request.output.frame_ms, scale=request.output.scale)
     return _keep(conn, files, animation_name(index, fmt), data)
+
+
+def attention(conn: redis.Redis, settings: ApiSettings, view: JobView, index: int) -> bytes | None:
+    """The attention JSON of a finished image, encoded from the worker's arrays (worker.render.attention_json), or
+    None where the job has none."""
+    files = Keys(settings.key_prefix).files(view.id)
+    kept, source = (as_bytes(v) for v in conn.hmget(files, [attention_name(index), attention_source_name(index)]))
+    if kept is not None:
+        return kept
+    if source is None:
+        return None
+    return _keep(conn, files, attention_name(index), render.attention_json(source))

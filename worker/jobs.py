@@ -64,7 +64,7 @@ from worker.protocol import (
     Score,
     TextPair,
     Walk,
-    attention_name,
+    attention_source_name,
     image_name,
     job_bytes_bound,
     parse_request,
@@ -784,7 +784,7 @@ def _result(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: 
         if caption is not None and lm.vocab is not None:
             words = [caption[t.start : t.end] for t in lm.vocab.check(caption)]
             align = align[:, : len(words)] if align is not None else None
-        files[attention_name(i)] = render.attention(
+        files[attention_source_name(i)] = render.attention_source(
             windows, align, words, max_words=info.max_caption_tokens or 0, longest_word=lm.longest_word)
         out.attention = True
     state = "succeeded" if complete else "canceled"

@@ -439,7 +439,9 @@ class InvalidJobError(ValueError):
 #   images/{i}.png         final image i (the worker writes it when the image is finished)
 #   animations/{i}.gif     all T frames of image i: rendered from raw/ on first request, then kept
 #   animations/{i}.webp    same, animated lossless WebP
-#   attention/{i}.json     {"steps", "windows": (T, 4) write window x0,y0,x1,y1 px, "alignment": (T, K)|null, "words"}
+#   attention/{i}.bin      image i's write windows and alignment as drawn (worker.render.attention_source)
+#   attention/{i}.json     {"steps", "windows": (T, 4) write window x0,y0,x1,y1 px, "alignment": (T, K)|null, "words"}:
+#                          encoded from attention/{i}.bin by the API on first request, then kept
 #   inputs/{j}.png         uploaded image j, as the API checked and normalised it (written before the job is queued)
 #   result.json            JobResult; written last, so its presence means "complete"
 
@@ -464,6 +466,10 @@ def animation_name(image: int, fmt: Literal["gif", "webp"]) -> str:
 
 def attention_name(image: int) -> str:
     return f"attention/{image}.json"
+
+
+def attention_source_name(image: int) -> str:
+    return f"attention/{image}.bin"
 
 
 def input_name(index: int) -> str:
@@ -554,6 +560,11 @@ def attention_bound(steps: int, words: int, longest_word: int) -> int:
     return 256 + steps * (4 + words) * 16 + words * (longest_word * 6 + 4)  # \uXXXX escapes at worst
 
 
+def attention_source_bound(steps: int, words: int, longest_word: int) -> int:
+    """The arrays at 8 bytes a value at most (float64), and a header like the JSON's words."""
+    return 512 + steps * (4 + words) * 8 + words * (longest_word * 6 + 4)
+
+
 def job_bytes_bound(request: JobRequest, info: ModelInfo) -> int:
     """Upper bound on the bytes a job stores in Redis (all its files but its inputs), given the model that runs it."""
     returns = info.modes.get(request.condition.kind, "scores")
@@ -574,7 +585,7 @@ def job_bytes_bound(request: JobRequest, info: ModelInfo) -> int:
         t = request.condition.points if isinstance(request.condition, Walk) else info.steps
         words = info.max_caption_tokens or 0
         longest = max((len(v) for v in info.vocabulary or []), default=0)
-        per_image += attention_bound(t, words, longest)
+        per_image += attention_source_bound(t, words, longest) + attention_bound(t, words, longest)  # JSON once asked
         if request.output.canvases:  # the raw canvases the API renders frames and animations from
             per_image += t * raw_bound(height, width, c)
         if request.output.frames:  # each frame's PNG, once a client has asked for it

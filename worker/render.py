@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from worker.protocol import attention_bound, gif_bound, png_bound, raw_bound, webp_bound
+from worker.protocol import attention_bound, attention_source_bound, gif_bound, png_bound, raw_bound, webp_bound
 
 
 class ResultTooLargeError(RuntimeError):
@@ -112,3 +114,42 @@ def attention(windows: np.ndarray | None, alignment: np.ndarray | None, words: S
     data = json.dumps(doc, separators=(",", ":")).encode()
     steps = windows.shape[0] if windows is not None else (alignment.shape[0] if alignment is not None else 0)
     return _check("json", data, attention_bound(steps, max_words, longest_word))
+
+
+def attention_source(windows: np.ndarray | None, alignment: np.ndarray | None, words: Sequence[str], *,
+                     max_words: int, longest_word: int) -> bytes:
+    """What `attention` encodes, kept as drawn: a JSON header line (each array's shape and dtype, the words, the
+    JSON's bound), then the arrays' bytes. The API encodes the JSON from it when a client first asks
+    (`attention_json`, the same bytes), so rounding and printing thousands of floats a job stay off the sampler's
+    path."""
+    arrays = {"windows": windows, "alignment": alignment}
+    head: dict[str, Any] = {k: None if a is None else {"shape": list(a.shape), "dtype": a.dtype.str}
+                            for k, a in arrays.items()}
+    head |= {"words": list(words), "max_words": max_words, "longest_word": longest_word}
+    body = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values() if a is not None)
+    data = json.dumps(head, separators=(",", ":")).encode() + b"\n" + body  # JSON escapes every newline it holds
+    steps = next((a.shape[0] for a in arrays.values() if a is not None), 0)
+    return _check("attention source", data, attention_source_bound(steps, max_words, longest_word))
+
+
+def attention_json(source: bytes) -> bytes:
+    """The attention JSON of an `attention_source` record: exactly what `attention` makes of the same arrays."""
+    line, _, body = source.partition(b"\n")
+    head = json.loads(line)
+    arrays: dict[str, np.ndarray | None] = {}
+    at = 0
+    for key in ("windows", "alignment"):
+        spec = head[key]
+        if spec is None:
+            arrays[key] = None
+            continue
+        dtype = np.dtype(spec["dtype"])
+        size = math.prod(spec["shape"]) * dtype.itemsize
+        if at + size > len(body):
+            raise ValueError(f"an attention source holds {len(body)} bytes of arrays, fewer than its header says")
+        arrays[key] = np.frombuffer(body, dtype=dtype, count=size // dtype.itemsize, offset=at).reshape(spec["shape"])
+        at += size
+    if at != len(body):
+        raise ValueError(f"an attention source holds {len(body)} bytes of arrays, not the {at} its header says")
+    return attention(arrays["windows"], arrays["alignment"], head["words"], max_words=head["max_words"],
+                     longest_word=head["longest_word"])

@@ -70,14 +70,14 @@ def test_aligndraw_job_end_to_end(conn, settings, run_burst):
     # The worker writes raw canvases and the final images; frame PNGs and animations are rendered on request by
     # the API (service/outputs.py, tested through the API).
     expected = {f"images/{i}.png" for i in range(4)} | {f"raw/{i}/{t}" for i in range(4) for t in range(1, 6)}
-    expected |= {f"attention/{i}.json" for i in range(4)}
+    expected |= {f"attention/{i}.bin" for i in range(4)}  # the API encodes attention/{i}.json from it when asked
     assert set(files) == expected
     image = Image.open(io.BytesIO(files["images/2.png"]))
     assert image.size == (16, 16) and image.mode == "L"
     last = render.unraw(files["raw/2/5"], view.meta["frame_shape"])
     assert files["images/2.png"] == render.png(last)  # the final image is the last canvas
     assert [o["animations"] for o in view.result["outputs"]] == [["gif", "webp"]] * 4  # offered
-    attention = json.loads(files["attention/2.json"])  # image 2 draws caption 1: "7 at bottom"
+    attention = json.loads(render.attention_json(files["attention/2.bin"]))  # image 2 draws caption 1: "7 at bottom"
     assert attention["words"] == ["7", "at", "bottom"]
     assert len(attention["windows"]) == 5 and all(len(w) == 4 for w in attention["windows"])
     assert len(attention["alignment"]) == 5 and all(len(a) == 3 for a in attention["alignment"])
@@ -95,12 +95,12 @@ def test_draw_job_and_output_options(conn, settings, run_burst):
     run_burst(settings)
     files = files_of(conn, settings, job_id)
     # No frames offered, but a WebP is: the raw canvases stay for the API to render it from.
-    assert sorted(files) == sorted([*(f"attention/{i}.json" for i in range(3)), *(f"images/{i}.png" for i in range(3)),
+    assert sorted(files) == sorted([*(f"attention/{i}.bin" for i in range(3)), *(f"images/{i}.png" for i in range(3)),
                                     *(f"raw/{i}/{t}" for i in range(3) for t in range(1, 7))])
     view = q.get_view(conn, job_id, settings)
     assert [(o["frames"], o["animations"]) for o in view.result["outputs"]] == [(0, ["webp"])] * 3
     assert Image.open(io.BytesIO(files["images/0.png"])).size == (20, 24)  # 10×12 drawn, scaled ×2
-    assert json.loads(files["attention/0.json"])["alignment"] is None
+    assert json.loads(render.attention_json(files["attention/0.bin"]))["alignment"] is None
 
 
 def _burst_while_polling(run_burst, settings, conn, job_id, seen, on_step=None) -> None:

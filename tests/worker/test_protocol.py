@@ -126,6 +126,28 @@ def test_encoders_stay_within_their_bounds_on_incompressible_noise(shape):
     words = ["w" * 20] * 12
     render.attention(np.full((6, 4), -12345.678901), np.full((6, 12), 0.123456789), words, max_words=12,
                      longest_word=20)
+    render.attention_source(np.full((6, 4), -12345.678901), np.full((6, 12), 0.123456789), words, max_words=12,
+                            longest_word=20)
+
+
+def test_the_attention_json_from_its_source_has_the_bytes_the_worker_would_have_encoded():
+    """The worker keeps the arrays (attention_source); the API encodes them when asked (attention_json): the same
+    bytes as encoding them at once, in float32 (what the models give) and float64, with or without either array,
+    and a source whose arrays are cut short is refused, not misread."""
+    rng = np.random.default_rng(0)
+    windows, alignment = rng.normal(30, 20, (32, 4)), rng.dirichlet(np.ones(7), 32)
+    words = ["the", "digit", "7", "is", "at", "the", "top"]
+    for dtype in ("float32", "float64"):
+        for w, a in [(windows, alignment), (windows, None), (None, alignment)]:
+            w_, a_ = (None if x is None else x.astype(dtype) for x in (w, a))
+            kw = dict(max_words=16, longest_word=5)
+            assert render.attention_json(render.attention_source(w_, a_, words, **kw)) == \
+                render.attention(w_, a_, words, **kw)
+    source = render.attention_source(windows.astype("float32"), alignment.astype("float32"), words, max_words=16,
+                                     longest_word=5)
+    for broken in (source[:-1], source + b"\0"):
+        with pytest.raises(ValueError, match="bytes of arrays"):
+            render.attention_json(broken)
 
 
 def test_attention_values_round_exactly_as_pythons_round():

@@ -359,8 +359,8 @@ def cancel_generation(job_id: JobId, request: Request, settings: SettingsDep, co
 
 def _file(conn, settings, caller, job_id: str, name: str,
           render: Callable[[JobView], bytes | None] | None = None) -> Response:
-    """A stored file; with `render`, a frame or animation rendered from the raw canvases on first request
-    (service.outputs), then kept."""
+    """A stored file; with `render`, one rendered from what the worker stored raw on first request (service.outputs),
+    then kept."""
     _authorize(conn, settings, caller, job_id)
     view = None
     if render is None:
@@ -407,13 +407,14 @@ def animation(job_id: JobId, index: Index, fmt: Literal["gif", "webp"], settings
             responses={200: {"content": {"application/json": {}}}, 404: PROBLEM},
             summary="Write windows (T × [x0, y0, x1, y1] px) and the alignment")
 def attention(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> Response:
-    return _file(conn, settings, caller, job_id, attention_name(index))
+    return _file(conn, settings, caller, job_id, attention_name(index),
+                 lambda view: outputs.attention(conn, settings, view, index))
 
 
 @router.get("/{job_id}/images/{index}/alignment.json", responses={404: PROBLEM},
             summary="Alignment over caption words: T rows × words, with the words")
 def alignment(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> dict:
-    att = json.loads(bytes(_file(conn, settings, caller, job_id, attention_name(index)).body))
+    att = json.loads(bytes(attention(job_id, index, settings, conn, caller).body))
     if att.get("alignment") is None:
         raise Problem(404, "no-alignment", "this image was drawn without a caption: it has no alignment",
                       title="No alignment")
