@@ -248,3 +248,29 @@ def test_a_sampled_sentences_word_stream_is_not_its_z_stream():
     for seed in (0, 7, 2**31, SEED_MAX):
         assert 0 <= word_seed(seed) <= SEED_MAX and not torch.equal(draws(seed), draws(word_seed(seed)))
     assert len({word_seed(s) for s in range(1000)}) == 1000
+
+
+def test_timestamps_read_the_clock_once(monkeypatch):
+    """now_iso's seconds and milliseconds come from one reading: read apart across a second's edge they once gave
+    12:00:40.000 for 12:00:40.999 (a second early), which a latency measured against it would show."""
+    import datetime as dt
+    import time as real_time
+
+    from worker import queue as q
+
+    readings = iter([1000.9999, 1001.0001])
+
+    class Clock:  # the module's `time`, its clock moving on between readings
+        strftime = staticmethod(real_time.strftime)
+
+        @staticmethod
+        def time() -> float:
+            return next(readings)
+
+        @staticmethod
+        def gmtime(secs: float | None = None) -> real_time.struct_time:
+            return real_time.gmtime(Clock.time() if secs is None else secs)
+
+    monkeypatch.setattr(q, "time", Clock)
+    stamp = dt.datetime.fromisoformat(q.now_iso()).timestamp()
+    assert stamp == pytest.approx(1000.999, abs=1e-6)
