@@ -17,6 +17,9 @@ For each torch thread count N (default: 1, then 2) one run measures, on this mac
   latency   open-loop Poisson arrivals of 1-image jobs at half the 1-image rate just measured, for --latency-seconds:
             POST sent → the `done` event of the job's SSE stream (/events), p50 and p99; beside it the job's own
             created → finished timestamps, which leave out the stream's poll interval and the client.
+  events    on the idle stack after that, --idle-jobs 1-image jobs one at a time, each followed on its SSE stream:
+            how long after the worker stored a step its event reached the client (`stored_at` of the first step
+            event), and how long after the result (`finished_at`) the `done` event did; target ≤ 50 ms.
   CPU       the CPU seconds the worker, the API, Redis (when ours) and this client spent in each of the last three
             runs (from /proc): where the time went.
 
@@ -79,6 +82,7 @@ WORDS = [*"0123456789", "the", "digit", "is", "on", "at", "left", "right", "bott
 NOOP = "os.getpid"  # the cheapest importable job there is: measures the queue's own ceiling
 LONG_POLL = 30.0  # the burst runs' status reads: GET …?wait=, held by the API until the job ends (its max_wait)
 TARGETS = {"1-image": 0.40, "64-image": 0.70}  # end to end as a share of raw (the issue's targets)
+EVENT_TARGET = 0.050  # s: a step's event, and `done`, reach a client on an idle stack within this (the issue's)
 
 
 def log(message: str) -> None:
@@ -449,6 +453,37 @@ def latency(client: httpx.Client, model_id: str, pool: list[str], *, rate: float
             "server_p50_s": pct(server, 50), "server_p99_s": pct(server, 99), "max_send_lag_s": max(late)}
 
 
+def idle_events(client: httpx.Client, model_id: str, pool: list[str], *, jobs: int, seed: int) -> dict:
+    """On an idle stack, one 1-image job at a time followed on its SSE stream: how long after the worker stored a step
+    its event reached this client (the first step event that carries `stored_at`), and how long after the result
+    (`finished_at`) the `done` event did. Same machine, same clock."""
+    first, done = [], []
+    for i in range(jobs):
+        job_id = post_job(client, model_id, pick(pool, i, 1), 1, seed + i)
+        seen: float | None = None
+        with client.stream("GET", f"/v1/generations/{job_id}/events") as r:
+            event = None
+            for line in r.iter_lines():
+                now = time.time()
+                if line.startswith("event: "):
+                    event = line[len("event: "):]
+                elif line.startswith("data: "):
+                    data = json.loads(line[len("data: "):])
+                    if event == "step" and seen is None and "stored_at" in data:
+                        seen = now - stamp(data["stored_at"])
+                    elif event in END_EVENTS:
+                        if event != "done":
+                            raise RuntimeError(f"job {job_id} ended {event}")
+                        done.append(now - stamp(data["finished_at"]))
+                        break
+        if seen is None:
+            raise RuntimeError(f"job {job_id}: no step event said when it was stored")
+        first.append(seen)
+        time.sleep(0.1)  # idle again before the next job
+    return {"jobs": jobs, "first_step_p50_s": statistics.median(first), "first_step_max_s": max(first),
+            "done_p50_s": statistics.median(done), "done_max_s": max(done)}
+
+
 # --- one thread count -------------------------------------------------------------------------------------------
 
 def run_threads(threads: int, args: argparse.Namespace, url: str, redis_pid: int | None, checkpoints: Path,
@@ -477,18 +512,22 @@ def run_threads(threads: int, args: argparse.Namespace, url: str, redis_pid: int
         log(f"threads {threads}: 64-image {big['images_per_s']:.1f} images/s; latency at half load")
         lat = measured(pids, lambda: latency(client, lm.info.id, pool, rate=one["images_per_s"] / 2,
                                              seconds=args.latency_seconds, seed=100_000))
+        log(f"threads {threads}: events on an idle stack")
+        time.sleep(1.0)  # the half-load jobs' last writes settle: idle means idle
+        idle = idle_events(client, lm.info.id, pool, jobs=args.idle_jobs, seed=200_000)
     for r in (one, big):
         r["ratio_to_raw"] = r["images_per_s"] / raw
         # What the sampler alone would need for these calls: the rest of the wall time went elsewhere.
         r["sampler_share"] = r["sampler_calls"] * rows / raw / r["seconds"]
     return {"threads": threads, "raw_images_per_s": raw, "one_image": one, "sixty_four_image": big, "latency": lat,
+            "idle_events": idle,
             "noop_jobs_per_s": noop}
 
 
 # --- the report -------------------------------------------------------------------------------------------------
 
 def table(r: dict, rows: int) -> str:
-    one, big, lat = r["one_image"], r["sixty_four_image"], r["latency"]
+    one, big, lat, idle = r["one_image"], r["sixty_four_image"], r["latency"], r["idle_events"]
 
     def e2e(label: str, m: dict, target: float) -> str:
         met = "met" if m["ratio_to_raw"] >= target else "not met"
@@ -513,10 +552,19 @@ def table(r: dict, rows: int) -> str:
         f"| the same jobs' created → finished, p50 / p99 (their own timestamps) | {lat['server_p50_s']:.2f} s / "
         f"{lat['server_p99_s']:.2f} s | | |",
         f"| RQ no-op ceiling (in-process SimpleWorker, same Redis) | {r['noop_jobs_per_s']:.1f} jobs/s | | |",
+        idle_row("first step event after the worker stored it", idle["jobs"], idle["first_step_p50_s"],
+                 idle["first_step_max_s"]),
+        idle_row("done event after the result", idle["jobs"], idle["done_p50_s"], idle["done_max_s"]),
         cpu_row("1-image run", one),
         cpu_row("64-image run", big),
         cpu_row("half-load run", lat),
     ])
+
+
+def idle_row(label: str, jobs: int, p50: float, worst: float) -> str:
+    met = "met" if worst <= EVENT_TARGET else "not met"
+    return (f"| idle stack, {jobs} 1-image jobs one at a time: {label}, p50 / max | {1000 * p50:.0f} ms / "
+            f"{1000 * worst:.0f} ms | | ≤ {1000 * EVENT_TARGET:.0f} ms: {met} |")
 
 
 def cpu_row(label: str, m: dict) -> str:
@@ -536,6 +584,7 @@ def main() -> None:
     ap.add_argument("--jobs-1", type=int, default=128, help="1-image jobs in the burst run")
     ap.add_argument("--jobs-64", type=int, default=6, help="64-image jobs in the burst run")
     ap.add_argument("--latency-seconds", type=float, default=40.0, help="length of the half-load arrivals")
+    ap.add_argument("--idle-jobs", type=int, default=20, help="1-image jobs, one at a time, for the event latency")
     ap.add_argument("--raw-calls", type=int, default=8, help="sampler calls per raw repeat")
     ap.add_argument("--raw-repeats", type=int, default=5)
     ap.add_argument("--noop-jobs", type=int, default=500)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 
 from tests.service.conftest import wait_status
 from tests.worker.conftest import wait_for
@@ -101,6 +102,12 @@ def test_events_one_per_step_then_done_and_resume(client):
     data = json.loads(steps[2]["data"])
     assert data["step"] == 3 and data["steps"] == 5 and data["frames"][0].endswith(f"{jid}/images/0/frames/3.png")
     assert events[-1]["event"] == "done" and json.loads(events[-1]["data"])["status"] == "succeeded"
+    # the latest step of each read says when the worker stored it: within the run, in order
+    done = json.loads(events[-1]["data"])
+    stored = [datetime.fromisoformat(d["stored_at"]) for d in map(json.loads, (e["data"] for e in steps))
+              if "stored_at" in d]
+    started, finished = (datetime.fromisoformat(done[k]) for k in ("started_at", "finished_at"))
+    assert stored and stored == sorted(stored) and started <= stored[0] and stored[-1] <= finished
     resumed = parse_sse(client.get(f"/v1/generations/{jid}/events", headers={"Last-Event-ID": "3"}).text)
     assert [int(e["id"]) for e in resumed if e["event"] == "step"] == [4, 5]
     assert resumed[-1]["event"] == "done"

@@ -487,8 +487,11 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int, events: Job
                         images = [i for i, n in enumerate(counts) if n >= t]
                         data: dict[str, Any] = {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
                                                 "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}
-                        if sent == tick and view.meta.get("live"):  # the latest step: its window and word weights
-                            data["live"] = view.meta["live"]
+                        if sent == tick:  # the latest step: when the worker stored it, its window and word weights
+                            if view.meta.get("updated_at"):
+                                data["stored_at"] = view.meta["updated_at"]
+                            if view.meta.get("live"):
+                                data["live"] = view.meta["live"]
                         batch.append(_sse("step", data, sent))
                     yield "".join(batch)
                     quiet_since = time.monotonic()
