@@ -24,21 +24,32 @@ from worker.protocol import Keys
 log = logging.getLogger("service")
 
 
+ENDS = {"succeeded", "failed", "canceled"}  # announced states after which a job changes no more
+
+
 class Watch:
     """One reader's view of its job's announcements: set by any since its last wait returned."""
 
     def __init__(self) -> None:
         self.announced = asyncio.Event()
+        self.ended = asyncio.Event()  # the job announced its end
+
+    def notify(self, state: str) -> None:
+        if state in ENDS:
+            self.ended.set()
+        self.announced.set()
 
     async def wait(self, timeout: float, not_before: float = 0.0) -> bool:
-        """Until the job has announced a change since the last wait (True) or `timeout` s pass (False). When woken,
-        returns no sooner than the monotonic time `not_before` (steps may come every few ms: a reader reads at most
-        so often), having forgotten what woke it: what comes after is for the next wait, so read right after."""
+        """Until the job has announced a change since the last wait (True) or `timeout` s pass (False). When woken by
+        a step, returns no sooner than the monotonic time `not_before` (steps may come every few ms: a reader reads
+        at most so often), unless the job announces its end meanwhile: that is read at once. It forgets what woke
+        it: what comes after is for the next wait, so read right after."""
         try:
             await asyncio.wait_for(self.announced.wait(), timeout)
         except TimeoutError:
             return False
-        await asyncio.sleep(max(0.0, not_before - time.monotonic()))
+        with contextlib.suppress(TimeoutError):  # held back until not_before, unless the end comes meanwhile
+            await asyncio.wait_for(self.ended.wait(), max(0.0, not_before - time.monotonic()))
         self.announced.clear()  # the read that follows sees everything announced until now
         return True
 
@@ -48,7 +59,7 @@ class JobEvents:
         self.url = url
         self.keys = Keys(prefix)
         self.channel_start = len(self.keys.events(""))
-        self.waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self.waiters: defaultdict[str, set[Watch]] = defaultdict(set)
         self.task: asyncio.Task | None = None
         self.closing = False
         self.listening = asyncio.Event()  # subscribed now (tests wait for it)
@@ -68,11 +79,11 @@ class JobEvents:
     def watch(self, job_id: str) -> Iterator[Watch]:
         """Watch the job's announcements for the block's length: enter before the first read."""
         watch = Watch()
-        self.waiters[job_id].add(watch.announced)
+        self.waiters[job_id].add(watch)
         try:
             yield watch
         finally:
-            self.waiters[job_id].discard(watch.announced)
+            self.waiters[job_id].discard(watch)
             if not self.waiters[job_id]:
                 del self.waiters[job_id]
 
@@ -88,8 +99,9 @@ class JobEvents:
                 async for message in pubsub.listen():
                     if message.get("type") == "pmessage":
                         job_id = message["channel"][self.channel_start:].decode()
-                        for event in self.waiters.get(job_id, ()):
-                            event.set()
+                        state = message["data"].decode(errors="replace")
+                        for watch in self.waiters.get(job_id, ()):
+                            watch.notify(state)
             except (RedisError, OSError) as e:
                 self.listening.clear()
                 if self.closing:

@@ -33,8 +33,15 @@ from worker.redis_conn import as_bytes
 
 
 def _keep(conn: redis.Redis, files: str, name: str, data: bytes) -> bytes:
+    """Keep a rendered file beside the job's others, under their TTL. A hash that has expired meanwhile is not
+    recreated (an HSET alone would bring it back with no TTL, for ever); the bytes are served either way."""
     with contextlib.suppress(redis.RedisError):
-        conn.hset(files, name, data)
+        ttl = conn.pttl(files)
+        if ttl > 0:
+            with conn.pipeline() as p:  # MULTI: should the hash expire in between, it comes back for `ttl` ms at most
+                p.hset(files, name, data)
+                p.pexpire(files, ttl)
+                p.execute()
     return data
 
 

@@ -744,8 +744,8 @@ def _finish(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
 
 def _result(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, entries: list[Entry],
             held: set[str]) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """The entry's final images and attention encoded, and its result.json; `held` names what the job's files
-    hash already holds."""
+    """The entry's final images encoded, its attention arrays kept, and its result.json; `held` names what the job's
+    files hash already holds."""
     s = rt.settings
     keys = Keys(s.key_prefix)
     opts = e.request.output

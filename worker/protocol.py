@@ -396,7 +396,7 @@ class Output(BaseModel):
     image: bool = False  # images/{index}.png stored
     frames: int = 0  # frames/{index}/{t}.png stored for t = 1..frames
     animations: list[Literal["gif", "webp"]] = []
-    attention: bool = False  # attention/{index}.json stored
+    attention: bool = False  # attention/{index}.bin stored (the API encodes attention/{index}.json from it)
     score: Score | None = None
     label: str | None = None  # few_shot: the predicted class
     scores: dict[str, float] | None = None  # few_shot: label -> −KL(q(c | query) ‖ q(c | class)) in nats

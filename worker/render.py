@@ -46,7 +46,7 @@ def raw_rows(frames: np.ndarray) -> list[bytes]:
     """frames (B, H, W, C) uint8 -> each frame's `raw` bytes, cut from one copy of the batch: the sampler's callback
     stores a row's canvas every step, and one `raw` call a row cost more than the step's uint8 conversion."""
     b, h, w, c = frames.shape
-    data = _check("raw", np.ascontiguousarray(frames).tobytes(), b * raw_bound(h, w, c))
+    data = _check("raw", frames.tobytes(), b * raw_bound(h, w, c))  # C order, however the array is laid out
     size = h * w * c
     return [data[k * size : (k + 1) * size] for k in range(b)]
 
@@ -123,6 +123,9 @@ def attention_source(windows: np.ndarray | None, alignment: np.ndarray | None, w
     (`attention_json`, the same bytes), so rounding and printing thousands of floats a job stay off the sampler's
     path."""
     arrays = {"windows": windows, "alignment": alignment}
+    for name, a in arrays.items():  # the JSON's bound gives a value 16 characters: "-123456789.1234," at most
+        if a is not None and (np.abs(a[np.isfinite(a)]) >= 1e9).any():
+            raise ResultTooLargeError(f"attention: a {name} value of 1e9 or more has no room in the JSON's bound")
     head: dict[str, Any] = {k: None if a is None else {"shape": list(a.shape), "dtype": a.dtype.str}
                             for k, a in arrays.items()}
     head |= {"words": list(words), "max_words": max_words, "longest_word": longest_word}

@@ -101,3 +101,35 @@ def test_a_watch_keeps_what_was_announced_before_its_wait(service_redis_url):
     (first, took_first), (second, took_second) = asyncio.run(run())
     assert first and 0.09 < took_first < 0.5  # at once, but not before not_before
     assert not second and took_second > 0.9
+
+
+def test_a_watch_holds_back_reads_of_steps_but_not_of_the_end(service_redis_url):
+    """Steps may come every few ms, so a reader woken by one waits for its `not_before`; the job's end is read at
+    once (a `done` event held back by the step throttle came up to 50 ms late)."""
+    import redis
+
+    async def run() -> list[float]:
+        events = JobEvents(service_redis_url, "events-test")
+        events.start()
+        await asyncio.wait_for(events.listening.wait(), 5)
+        conn = redis.Redis.from_url(service_redis_url)
+        took = []
+        with events.watch("job-a") as watch:
+            for state in ("running", "succeeded"):
+                conn.publish(Keys("events-test").events("job-a"), state)
+                t0 = time.monotonic()
+                assert await watch.wait(2.0, not_before=t0 + 0.5)
+                took.append(time.monotonic() - t0)
+        with events.watch("job-b") as watch:  # the end comes while a step's read is held back
+            conn.publish(Keys("events-test").events("job-b"), "running")
+            t0 = time.monotonic()
+            waiting = asyncio.create_task(watch.wait(2.0, not_before=t0 + 1.0))
+            await asyncio.sleep(0.2)
+            conn.publish(Keys("events-test").events("job-b"), "succeeded")
+            assert await waiting
+            took.append(time.monotonic() - t0)
+        await events.stop()
+        return took
+
+    step, end, end_while_held = asyncio.run(run())
+    assert step >= 0.49 and end < 0.3 and 0.15 < end_while_held < 0.6

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 
 from tests.service.conftest import wait_status
 from tests.worker.conftest import wait_for
@@ -102,12 +101,6 @@ def test_events_one_per_step_then_done_and_resume(client):
     data = json.loads(steps[2]["data"])
     assert data["step"] == 3 and data["steps"] == 5 and data["frames"][0].endswith(f"{jid}/images/0/frames/3.png")
     assert events[-1]["event"] == "done" and json.loads(events[-1]["data"])["status"] == "succeeded"
-    # the latest step of each read says when the worker stored it: within the run, in order
-    done = json.loads(events[-1]["data"])
-    stored = [datetime.fromisoformat(d["stored_at"]) for d in map(json.loads, (e["data"] for e in steps))
-              if "stored_at" in d]
-    started, finished = (datetime.fromisoformat(done[k]) for k in ("started_at", "finished_at"))
-    assert stored and stored == sorted(stored) and started <= stored[0] and stored[-1] <= finished
     resumed = parse_sse(client.get(f"/v1/generations/{jid}/events", headers={"Last-Event-ID": "3"}).text)
     assert [int(e["id"]) for e in resumed if e["event"] == "step"] == [4, 5]
     assert resumed[-1]["event"] == "done"
@@ -271,6 +264,26 @@ def test_frames_and_animations_are_rendered_on_first_request_then_kept(client, c
     assert client.get(out["animation_webp"]).content == first.content
     assert client.get(f"/v1/generations/{jid}/images/0/frames/5.png").status_code == 404  # frames not asked for
     assert client.get(f"/v1/generations/{jid}/images/0/animation.gif").status_code == 404
+    # the attention JSON likewise, from the arrays the worker kept
+    assert not conn.hexists(files, "attention/0.json") and conn.hexists(files, "attention/0.bin")
+    attention = client.get(out["attention"])
+    assert attention.status_code == 200 and conn.hget(files, "attention/0.json") == attention.content
+    assert 0 < conn.ttl(files) <= ApiSettings().result_ttl  # kept under the job's TTL
+
+
+def test_a_kept_rendering_never_brings_back_an_expired_job_without_a_ttl(conn):
+    """A file rendered as the job's files expire is served but not kept: an HSET alone would recreate the hash with
+    no TTL, for ever."""
+    from service.outputs import _keep
+
+    conn.delete("keep-test:gone", "keep-test:live")
+    assert _keep(conn, "keep-test:gone", "frames/0/1.png", b"png") == b"png"
+    assert not conn.exists("keep-test:gone")
+    conn.hset("keep-test:live", "raw/0/1", b"raw")
+    conn.expire("keep-test:live", 100)
+    _keep(conn, "keep-test:live", "frames/0/1.png", b"png")
+    assert conn.hget("keep-test:live", "frames/0/1.png") == b"png" and 90 < conn.ttl("keep-test:live") <= 100
+    conn.delete("keep-test:live")
 
 
 

@@ -148,6 +148,17 @@ def test_the_attention_json_from_its_source_has_the_bytes_the_worker_would_have_
     for broken in (source[:-1], source + b"\0"):
         with pytest.raises(ValueError, match="bytes of arrays"):
             render.attention_json(broken)
+    # a value whose JSON would not fit its bound fails the job in the worker, as it did when the worker encoded the
+    # JSON itself, not a client's later request for it; non-finite values fit ("NaN", "Infinity")
+    huge = np.full((64, 4), 1e20, dtype="float32")
+    with pytest.raises(render.ResultTooLargeError):
+        render.attention(huge, None, [], max_words=0, longest_word=0)
+    with pytest.raises(render.ResultTooLargeError, match="windows value of 1e9"):
+        render.attention_source(huge, None, [], max_words=0, longest_word=0)
+    edge = np.full((64, 4), -999999999.9999, dtype="float64")
+    edge[0] = [np.nan, np.inf, -np.inf, 0.0]
+    assert render.attention_json(render.attention_source(edge, None, [], max_words=0, longest_word=0)) == \
+        render.attention(edge, None, [], max_words=0, longest_word=0)
 
 
 def test_attention_values_round_exactly_as_pythons_round():

@@ -462,6 +462,7 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int, events: Job
         backoff = settings.events_poll_interval
         while True:
             read_at = time.monotonic()
+            throttle_from = 0.0  # a read that sends steps holds the next one back; one that found nothing does not
             try:
                 view = await anyio.to_thread.run_sync(get_view, conn, job_id, settings)
                 if view is None:
@@ -487,14 +488,12 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int, events: Job
                         images = [i for i, n in enumerate(counts) if n >= t]
                         data: dict[str, Any] = {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
                                                 "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}
-                        if sent == tick:  # the latest step: when the worker stored it, its window and word weights
-                            if view.meta.get("updated_at"):
-                                data["stored_at"] = view.meta["updated_at"]
-                            if view.meta.get("live"):
-                                data["live"] = view.meta["live"]
+                        if sent == tick and view.meta.get("live"):  # the latest step: its window and word weights
+                            data["live"] = view.meta["live"]
                         batch.append(_sse("step", data, sent))
                     yield "".join(batch)
                     quiet_since = time.monotonic()
+                    throttle_from = read_at
                 if view.status in TERMINAL:
                     gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base)
                     yield _sse({"succeeded": "done"}.get(view.status, view.status), gen.model_dump(mode="json"))
@@ -510,8 +509,9 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int, events: Job
                 quiet_since = time.monotonic()
             if backoff > settings.events_poll_interval:
                 await asyncio.sleep(backoff)  # Redis is away: no announcement will come
-            else:  # the worker's next step or end (read at most every events_min_interval), or the fallback poll
-                await watch.wait(backoff, not_before=read_at + settings.events_min_interval)
+            else:  # the worker's next step or end, or the fallback poll; steps read at most every events_min_interval
+                # (a job's first step is read as soon as it is announced: the read before found it queued)
+                await watch.wait(backoff, not_before=throttle_from + settings.events_min_interval)
 
 
 # --- the other job collections ----------------------------------------------------------------------------------
