@@ -42,8 +42,9 @@ class ApiSettings(Settings):
     # SSE and long polls wake on the worker's announcement (service.events); without one they look again after this.
     events_poll_interval: float = Field(1.0, gt=0)
     max_wait: float = Field(30.0, ge=0)  # seconds: the most a GET …?wait= holds a request
-    # A stream or long poll reads its job at most this often however fast steps are announced (a paper-size step
-    # takes ~10 ms: reading on every one cost the API nearly as much CPU as the worker in one bench run).
+    # A stream or long poll reads its job's steps at most this often however fast they are announced (a paper-size
+    # step takes ~10 ms: reading on every one cost the API nearly as much CPU as the worker in one bench run); a
+    # job's end is read at once.
     events_min_interval: float = Field(0.05, ge=0)
     events_keepalive: float = Field(15.0, gt=0)  # SSE comment line when nothing happened this long
     expired_grace: int = Field(86400, ge=0)  # seconds a job id still answers "expired" after its results are gone
