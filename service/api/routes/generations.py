@@ -265,10 +265,13 @@ def _read(conn, settings, job_id: str, base: str, metrics=None) -> Generation:
     return gen
 
 
-def _authorize(conn, settings, caller, job_id: str) -> str | None:
-    """404 unless the job exists (or existed) and belongs to the caller; returns the owner record."""
+def _authorize(conn, settings, caller, job_id: str, *, owner_wanted: bool = False) -> str | None:
+    """404 unless the job exists (or existed) and belongs to the caller; returns the owner record. With API keys off
+    every caller may read every job: the record is read only when `owner_wanted` (a file GET saves a round trip)."""
     if not JOB_ID.match(job_id):
         raise _unknown(job_id)
+    if not (settings.api_keys or owner_wanted):
+        return None
     owner = store.load_owner(conn, settings, job_id)
     if settings.api_keys and owner != caller.owner:
         raise _unknown(job_id)
@@ -309,7 +312,8 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
     deadline = time.monotonic() + min(wait, settings.max_wait)
 
     def first_read() -> tuple[str | None, Generation]:  # one trip to the thread pool for a plain GET, not two
-        return _authorize(conn, settings, caller, job_id), _read(conn, settings, job_id, base, metrics)
+        return _authorize(conn, settings, caller, job_id, owner_wanted=True), _read(conn, settings, job_id, base,
+                                                                                     metrics)
 
     read_at = time.monotonic()
     with request.app.state.events.watch(job_id) as watch:  # from before the first read: no announcement is missed
