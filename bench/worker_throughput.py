@@ -398,8 +398,8 @@ def sampler_calls(url: str, ids: list[str], rows: int) -> int:
     return calls
 
 
-def await_done_event(client: httpx.Client, job_id: str) -> dict:
-    """Read the job's SSE stream until its end event; returns the `done` body."""
+def sse(client: httpx.Client, job_id: str) -> Iterator[tuple[str, str, float]]:
+    """The job's SSE stream as (event, data, time.time() on arrival), through its end event."""
     with client.stream("GET", f"/v1/generations/{job_id}/events") as r:
         if r.status_code != 200:
             raise RuntimeError(f"events of {job_id}: {r.status_code}")
@@ -407,11 +407,21 @@ def await_done_event(client: httpx.Client, job_id: str) -> dict:
         for line in r.iter_lines():
             if line.startswith("event: "):
                 event = line[len("event: "):]
-            elif line.startswith("data: ") and event in END_EVENTS:
-                if event != "done":
-                    raise RuntimeError(f"job {job_id} ended {event}")
-                return json.loads(line[len("data: "):])
+            elif line.startswith("data: ") and event is not None:
+                yield event, line[len("data: "):], time.time()
+                if event in END_EVENTS:
+                    return
     raise RuntimeError(f"the event stream of {job_id} ended without an end event")
+
+
+def await_done_event(client: httpx.Client, job_id: str) -> dict:
+    """Read the job's SSE stream until its end event; returns the `done` body."""
+    for event, data, _ in sse(client, job_id):
+        if event in END_EVENTS:
+            if event != "done":
+                raise RuntimeError(f"job {job_id} ended {event}")
+            return json.loads(data)
+    raise AssertionError("unreachable: sse() ends with an end event or raises")
 
 
 def stamp(value: str) -> float:
@@ -461,21 +471,15 @@ def idle_events(client: httpx.Client, model_id: str, pool: list[str], *, jobs: i
     for i in range(jobs):
         job_id = post_job(client, model_id, pick(pool, i, 1), 1, seed + i)
         seen: float | None = None
-        with client.stream("GET", f"/v1/generations/{job_id}/events") as r:
-            event = None
-            for line in r.iter_lines():
-                now = time.time()
-                if line.startswith("event: "):
-                    event = line[len("event: "):]
-                elif line.startswith("data: ") and event == "step" and seen is None:
-                    seen = now
-                elif line.startswith("data: ") and event in END_EVENTS:
-                    body = json.loads(line[len("data: "):])
-                    if event != "done" or seen is None:
-                        raise RuntimeError(f"job {job_id} ended {event}" + ("" if seen else " with no step event"))
-                    first.append(seen - stamp(body["started_at"]))
-                    done.append(now - stamp(body["finished_at"]))
-                    break
+        for event, data, at in sse(client, job_id):
+            if event == "step" and seen is None:
+                seen = at
+            elif event in END_EVENTS:
+                body = json.loads(data)
+                if event != "done" or seen is None:
+                    raise RuntimeError(f"job {job_id} ended {event}" + ("" if seen else " with no step event"))
+                first.append(seen - stamp(body["started_at"]))
+                done.append(at - stamp(body["finished_at"]))
         time.sleep(0.1)  # idle again before the next job
     return {"jobs": jobs, "first_step_p50_s": statistics.median(first), "first_step_max_s": max(first),
             "done_p50_s": statistics.median(done), "done_max_s": max(done)}

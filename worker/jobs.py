@@ -477,9 +477,10 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         state: dict[str, Any] = {"stopped": False}
         sent: list[tuple[Future, list[Entry]]] = []  # the write in flight while the sampler draws on: ≤ 1
 
-        def settle(sent: list[tuple[Future, list[Entry]]] = sent, block: bool = True) -> None:
+        def settle(sent: list[tuple[Future, list[Entry]]] = sent, in_chunk: list[Entry] = in_chunk,
+                   block: bool = True) -> bool:
             """Act on the cancel flags the write in flight read, once it is written: waiting for it, or with
-            `block=False` only if it is already done."""
+            `block=False` only if it is already done. True when every job of the chunk is canceled."""
             while sent and (block or sent[0][0].done()):
                 future, active = sent[0]
                 result = future.result()  # popped only once written: a timeout here leaves it for the handler
@@ -489,6 +490,7 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
                     if flag and not e.canceled:
                         e.canceled = True
                         log.info("job %s: canceled after step %d", e.job.id, e.steps_done)
+            return all(e.canceled for e in in_chunk)
 
         # Fixed for the chunk: each job's first row (its window and word weights go live in meta) and its word count.
         first_row: dict[Any, int] = {}
@@ -504,8 +506,7 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         def on_step(step: Step, chunk=chunk, in_chunk=in_chunk, c=c, state=state, first_row=first_row,
                     n_words=n_words, settle=settle, sent=sent, keeps=keeps, pending=pending,
                     flushed=flushed) -> bool:
-            settle(block=False)  # the write sent while later steps were drawn, if it landed: its cancel flags count
-            if all(e.canceled for e in in_chunk):
+            if settle(block=False):  # the write sent while later steps were drawn, if it landed: its flags count
                 return False
             if keeps:
                 raws = render.raw_rows(_to_uint8(step.canvas[: len(chunk)]))
@@ -516,8 +517,7 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
             if not (step.t in (1, step.steps) or guard.stop or s.step_delay
                     or now - flushed["at"] >= s.step_flush_ms / 1000):
                 return True
-            settle()  # one write in flight at most (they land in order; a slow store slows the sampler), its flags read
-            if all(e.canceled for e in in_chunk):
+            if settle():  # one write in flight at most (they land in order; a slow store slows the sampler)
                 return False
             flushed["at"] = now
             active = [e for e in in_chunk if not e.canceled]

@@ -458,6 +458,34 @@ def event_cursor(last_event_id: str | None) -> int:
     return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else 0
 
 
+def _step_events(view: JobView, sent: int, me: str) -> tuple[str, int]:
+    """The `step` events the job's view holds past cursor `sent`, as one write ("" when none), and the new cursor.
+    At most chunks × T events: bounded by the job, not by the client's Last-Event-ID."""
+    returns_frames = view.meta.get("returns", "frames") == "frames"
+    steps = (view.steps or 0) if returns_frames else 0  # step events only where the steps are frames
+    chunk = int(view.meta.get("chunk") or 1)
+    chunks = int(view.meta.get("chunks") or chunk)
+    tick = (chunk - 1) * steps + view.step if view.status != "queued" else 0
+    if view.status == "succeeded":
+        tick = chunks * steps
+    if steps and "chunks" in view.meta:  # a cursor past the job's last step has nothing more to send
+        sent = min(sent, chunks * steps)
+    if not (tick > sent and steps):
+        return "", sent
+    counts = view.meta.get("frames") or []  # frame PNGs each image offers so far (the worker's count)
+    batch = []
+    while sent < tick:
+        sent += 1
+        t = (sent - 1) % steps + 1
+        images = [i for i, n in enumerate(counts) if n >= t]
+        data: dict[str, Any] = {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
+                                "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}
+        if sent == tick and view.meta.get("live"):  # the latest step: its write window and word weights
+            data["live"] = view.meta["live"]
+        batch.append(_sse("step", data, sent))
+    return "".join(batch), sent
+
+
 async def _stream(conn, settings, job_id: str, base: str, sent: int, events: JobEvents) -> AsyncIterator[str]:
     me = f"{base}/v1/generations/{job_id}"  # the files live under generations for every kind of job
     yield "retry: 1000\n\n"
@@ -472,30 +500,9 @@ async def _stream(conn, settings, job_id: str, base: str, sent: int, events: Job
                 if view is None:
                     yield _sse("expired", {"id": job_id, "status": "expired"})
                     return
-                returns_frames = view.meta.get("returns", "frames") == "frames"
-                steps = (view.steps or 0) if returns_frames else 0  # step events only where the steps are frames
-                chunk = int(view.meta.get("chunk") or 1)
-                chunks = int(view.meta.get("chunks") or chunk)
-                tick = (chunk - 1) * steps + view.step if view.status != "queued" else 0
-                if view.status == "succeeded":
-                    tick = chunks * steps
-                if steps and "chunks" in view.meta:  # a cursor past the job's last step has nothing more to send
-                    sent = min(sent, chunks * steps)
-                if tick > sent and steps:
-                    counts = view.meta.get("frames") or []  # frame PNGs each image offers so far (the worker's count)
-                    # One write for all the steps this poll found (at most chunks × T: bounded by the job, not the
-                    # header).
-                    batch = []
-                    while sent < tick:
-                        sent += 1
-                        t = (sent - 1) % steps + 1
-                        images = [i for i, n in enumerate(counts) if n >= t]
-                        data: dict[str, Any] = {"step": t, "steps": steps, "chunk": (sent - 1) // steps + 1,
-                                                "frames": [f"{me}/images/{i}/frames/{t}.png" for i in images]}
-                        if sent == tick and view.meta.get("live"):  # the latest step: its window and word weights
-                            data["live"] = view.meta["live"]
-                        batch.append(_sse("step", data, sent))
-                    yield "".join(batch)
+                found, sent = _step_events(view, sent, me)
+                if found:
+                    yield found
                     quiet_since = time.monotonic()
                     throttle_from = read_at
                 if view.status in TERMINAL:
