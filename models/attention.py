@@ -61,9 +61,13 @@ def filterbank(params: AttentionParams, height: int, width: int) -> tuple[Tensor
     n = params.n
     i = torch.arange(1, n + 1, dtype=params.g_x.dtype, device=params.g_x.device)
     offsets = i - n / 2 - 0.5  # sums to zero: the grid is centred on g
-    mu_x = params.g_x[:, None] + offsets * params.delta[:, None]  # (B, N)
-    mu_y = params.g_y[:, None] + offsets * params.delta[:, None]
-    return _bank(mu_y, params.sigma2, height), _bank(mu_x, params.sigma2, width)
+    spread = offsets * params.delta[:, None]  # (B, N)
+    if height == width:  # both banks in one pass of half as many ops (the sampler runs this every step)
+        mu = torch.stack([params.g_y, params.g_x], 1)[:, :, None] + spread[:, None]  # (B, 2, N)
+        f_y, f_x = _bank(mu.flatten(1), params.sigma2, height).unflatten(1, (2, n)).unbind(1)
+        return f_y, f_x
+    return _bank(params.g_y[:, None] + spread, params.sigma2, height), _bank(params.g_x[:, None] + spread,
+                                                                             params.sigma2, width)
 
 
 def _bank(mu: Tensor, sigma2: Tensor, size: int) -> Tensor:
