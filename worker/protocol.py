@@ -556,27 +556,33 @@ def webp_bound(height: int, width: int, channels: int, frames: int) -> int:
     return 1024 + frames * (math.ceil(1.25 * height * width * max(channels, 3)) + 1024)
 
 
+# A character's bytes in JSON at worst: a surrogate pair of \uXXXX escapes for one outside the Basic Multilingual
+# Plane (Python counts it as one character; json.dumps writes 12 ASCII bytes for it).
+JSON_CHAR_BYTES = 12
+
+
 def attention_bound(steps: int, words: int, longest_word: int) -> int:
-    return 256 + steps * (4 + words) * 16 + words * (longest_word * 6 + 4)  # \uXXXX escapes at worst
+    return 256 + steps * (4 + words) * 16 + words * (longest_word * JSON_CHAR_BYTES + 4)
 
 
 def attention_source_bound(steps: int, words: int, longest_word: int) -> int:
     """The arrays at 8 bytes a value at most (float64), and a header like the JSON's words."""
-    return 512 + steps * (4 + words) * 8 + words * (longest_word * 6 + 4)
+    return 512 + steps * (4 + words) * 8 + words * (longest_word * JSON_CHAR_BYTES + 4)
 
 
 def job_bytes_bound(request: JobRequest, info: ModelInfo) -> int:
     """Upper bound on the bytes a job stores in Redis (all its files but its inputs), given the model that runs it."""
     returns = info.modes.get(request.condition.kind, "scores")
-    summary = 4096 + request.images * 256 + sum(len(x) * 6 for x in request.image_captions() if x)
+    summary = 4096 + request.images * 256 + sum(len(x) * JSON_CHAR_BYTES for x in request.image_captions() if x)
     if isinstance(request.condition, FewShot):  # per output its label and every class's label and score
         labels = [c.label for c in request.condition.classes]
-        summary += request.images * (max(len(x) for x in labels) * 6 + sum(len(x) * 6 + 32 for x in labels))
+        summary += request.images * (max(len(x) for x in labels) * JSON_CHAR_BYTES
+                                     + sum(len(x) * JSON_CHAR_BYTES + 32 for x in labels))
     if returns in ("scores", "labels"):
         return summary  # the scores and labels travel inline in result.json
     if returns == "text":  # inline too: at most max_caption_tokens words (worker.conditions.sentence), escaped
         longest = max((len(v) for v in info.vocabulary or []), default=0)
-        return summary + request.images * (info.max_caption_tokens or 0) * (longest * 6 + 1)
+        return summary + request.images * (info.max_caption_tokens or 0) * (longest * JSON_CHAR_BYTES + 1)
     height, width, c = info.shape
     s = request.output.scale
     h, w = height * s, width * s

@@ -161,6 +161,17 @@ def test_the_attention_json_from_its_source_has_the_bytes_the_worker_would_have_
         render.attention(edge, None, [], max_words=0, longest_word=0)
 
 
+def test_words_outside_the_basic_multilingual_plane_fit_the_attention_bounds():
+    """json.dumps writes a character outside the BMP as a surrogate pair of \\uXXXX escapes, 12 bytes for what Python
+    counts as one character: the bounds allow it (at 6 bytes a character, both raised ResultTooLargeError here)."""
+    words = ["\U0001d7d5" * 16] * 16  # 16 words of 16 MATHEMATICAL BOLD DIGIT SEVENs
+    alignment = np.full((1, 16), 1 / 16)
+    kw = dict(max_words=16, longest_word=16)
+    encoded = render.attention(None, alignment, words, **kw)
+    assert json.loads(encoded)["words"] == words
+    assert render.attention_json(render.attention_source(None, alignment, words, **kw)) == encoded
+
+
 def test_attention_values_round_exactly_as_pythons_round():
     """The vectorised rounding gives round(float(v), 4)'s doubles, so the attention JSON keeps its bytes: on
     float32 values of the attention's ranges, on every tie (k + ½)·10⁻⁴ near them in float32 and float64, and on
