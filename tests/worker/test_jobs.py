@@ -19,6 +19,24 @@ from worker.registry import load_models
 from .conftest import files_of, make_settings, request, wait_for
 
 
+def test_canvases_become_the_bytes_of_torchs_rounding_half_to_even():
+    """The worker's uint8 conversion (numpy on the CPU) gives what torch's round and cast give, ties included."""
+    import torch
+
+    from worker.jobs import _to_uint8
+
+    ties = torch.tensor([k + 0.5 for k in range(255)]) / 255  # products of 255 that land on or next to k + ½
+    for shape in [(16, 1, 60, 60), (3, 3, 8, 8), (1, 5, 5), (2, 4, 3, 6, 6)]:
+        x = torch.sigmoid(4 * torch.randn(*shape, generator=torch.Generator().manual_seed(0)))
+        flat = x.view(-1)
+        n = min(len(flat), len(ties))
+        flat[:n] = ties[:n]
+        flat[-2:] = torch.tensor([0.0, 1.0])
+        expected = (x * 255).round_().clamp_(0, 255).to(torch.uint8).movedim(-3, -1).numpy()
+        got = _to_uint8(x)
+        assert got.shape == expected.shape and (got == expected).all(), shape
+
+
 def test_registry_loads_generators_and_skips_the_classifier(checkpoints, caplog):
     caplog.set_level("INFO", logger="worker.registry")
     models = load_models(checkpoints)
