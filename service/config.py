@@ -42,6 +42,9 @@ class ApiSettings(Settings):
     # SSE and long polls wake on the worker's announcement (service.events); without one they look again after this.
     events_poll_interval: float = Field(1.0, gt=0)
     max_wait: float = Field(30.0, ge=0)  # seconds: the most a GET …?wait= holds a request
+    # PNG bytes one status read may inline (`response_format=b64_json`); beyond it 422, fetch the images by URL.
+    # 64 images at scale 4 from any shipped model are bounded by 3.6 MiB (worker.protocol.png_bound).
+    max_inline_bytes: int = Field(16 * 2**20, ge=0)
     # A stream or long poll reads its job's steps at most this often however fast they are announced (a paper-size
     # step takes ~10 ms: reading on every one cost the API nearly as much CPU as the worker in one bench run); a
     # job's end is read at once.

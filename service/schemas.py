@@ -216,6 +216,8 @@ class ImageOutput(BaseModel):
     seed: int | None
     input: int | None = Field(None, description="index of the uploaded image it came from")
     image: str | None = Field(None, description="final PNG (present once drawn)")
+    b64_json: str | None = Field(None, description="the final PNG itself, base64: only when read with "
+                                                   "`response_format=b64_json` (as OpenAI's images API names it)")
     animation_gif: str | None = None
     animation_webp: str | None = None
     alignment: str | None = None

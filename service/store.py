@@ -4,6 +4,7 @@ and the `Generation` body. Our keys live under `{prefix}:api:`; RQ's and the wor
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from datetime import datetime, timedelta
@@ -15,9 +16,9 @@ from rq.job import Job
 
 from service.config import ApiSettings
 from service.schemas import Generation, ImageOutput, Links, Progress
-from worker.protocol import TERMINAL, JobRequest, JobResult, Output
+from worker.protocol import TERMINAL, JobRequest, JobResult, Keys, Output, image_name
 from worker.queue import JobView, make_queue
-from worker.redis_conn import text
+from worker.redis_conn import as_bytes, text
 
 
 def _k(settings: ApiSettings, *parts: str) -> str:
@@ -167,6 +168,22 @@ def _image_output(out: Output, request: JobRequest, me: str) -> ImageOutput:
         nll=out.score.nll if out.score else None, elbo=out.score.elbo if out.score else None,
         k=out.score.k if out.score else None, label=out.label, scores=out.scores, text=out.text,
     )
+
+
+def final_pngs(conn: redis.Redis, settings: ApiSettings, gen: Generation) -> list[tuple[ImageOutput, bytes]]:
+    """The final PNG of every output drawn so far, in one round trip."""
+    drawn = [o for o in gen.outputs if o.image]
+    if not drawn:
+        return []
+    pngs = [as_bytes(v) for v in conn.hmget(Keys(settings.key_prefix).files(gen.id),
+                                            [image_name(o.index) for o in drawn])]
+    return [(o, png) for o, png in zip(drawn, pngs, strict=True) if png is not None]
+
+
+def inline(found: list[tuple[ImageOutput, bytes]]) -> None:
+    """Each output's PNG into its `b64_json`."""
+    for out, png in found:
+        out.b64_json = base64.b64encode(png).decode("ascii")
 
 
 def build(conn: redis.Redis, settings: ApiSettings, view: JobView, base: str) -> Generation:

@@ -183,6 +183,35 @@ def test_status_has_an_etag_and_answers_304_until_it_changes(client):
     assert client.get(f"/v1/generations/{jid}?wait=-1").status_code == 422
 
 
+def test_response_format_b64_json_inlines_each_final_png(make_client, live_worker):
+    """`response_format=b64_json` gives every drawn output its final PNG, the bytes its URL serves; the default
+    gives none; the two formats never share an ETag; a read past max_inline_bytes is a 422 problem."""
+    import base64
+
+    client = make_client()
+    jid = post(client, {"captions": [CAPTION, "the digit 7 is at the bottom right"], "n": 2, "seed": 40}).json()["id"]
+    plain = wait_status(client, jid, {"succeeded"})
+    assert all(out["b64_json"] is None for out in plain["outputs"])
+    r = client.get(f"/v1/generations/{jid}?response_format=b64_json&wait=5")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["outputs"]) == 4
+    for out, url_out in zip(body["outputs"], plain["outputs"], strict=True):
+        assert out["image"] == url_out["image"]
+        assert base64.b64decode(out["b64_json"]) == client.get(out["image"]).content
+    assert {k: v for k, v in body.items() if k != "outputs"} == {k: v for k, v in plain.items() if k != "outputs"}
+    tag = r.headers["etag"]
+    assert tag != client.get(f"/v1/generations/{jid}").headers["etag"]
+    assert client.get(f"/v1/generations/{jid}?response_format=b64_json",
+                      headers={"If-None-Match": tag}).status_code == 304
+    assert client.get(f"/v1/generations/{jid}?response_format=png").status_code == 422
+    small = make_client(max_inline_bytes=100)
+    too_large = small.get(f"/v1/generations/{jid}?response_format=b64_json")
+    assert too_large.status_code == 422 and too_large.json()["type"].endswith("/inline-too-large")
+    assert too_large.json()["limit_bytes"] == 100
+    assert small.get(f"/v1/generations/{jid}").status_code == 200  # links only: no limit
+
+
 def test_pushed_events_and_long_polls_do_not_wait_for_the_fallback_poll(make_client, live_worker):
     """The worker announces every step and the end; with the fallback poll at 30 s a stream and a long poll still
     follow a ~1 s job as it runs (polling alone would take ≥ 30 s)."""
@@ -224,12 +253,13 @@ def test_an_end_announced_while_a_reader_reads_still_wakes_it(make_client, live_
         """routes.<name>, its `slow_call`-th call held until the job has ended, then answering what it first read."""
         real, calls = getattr(routes, name), []
 
-        def read(conn, settings, job_id, *args):
-            found = real(conn, settings, job_id, *args)
+        def read(conn, settings, job_id, *args, **kw):
+            found = real(conn, settings, job_id, *args, **kw)
             calls.append(found.status)
             if len(calls) == slow_call:
                 assert found.status in ("queued", "running"), calls
-                wait_for(lambda: real(conn, settings, job_id, *args).status == "succeeded", 20, what="the job's end")
+                wait_for(lambda: real(conn, settings, job_id, *args, **kw).status == "succeeded", 20,
+                         what="the job's end")
                 time.sleep(0.3)  # its announcement has reached the API's listener meanwhile
             return found
         monkeypatch.setattr(routes, name, read)

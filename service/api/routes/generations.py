@@ -248,11 +248,20 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
                   idempotency_key=idempotency_key, decoding=body.decoding)
 
 
-def _read(conn, settings, job_id: str, base: str, metrics=None) -> Generation:
+def _read(conn, settings, job_id: str, base: str, metrics=None, *, b64: bool = False) -> Generation:
+    """The job's body; with `b64`, each drawn output's final PNG inlined as base64 (`response_format=b64_json`)."""
     view = get_view(conn, job_id, settings)
     if view is None:
         return store.expired(base, job_id)
     gen = store.build(conn, settings, view, base)
+    if b64:
+        found = store.final_pngs(conn, settings, gen)
+        total = sum(len(png) for _, png in found)
+        if total > settings.max_inline_bytes:
+            raise Problem(422, "inline-too-large", f"the job's images hold {total} PNG bytes; a read inlines at most "
+                          f"{settings.max_inline_bytes} (max_inline_bytes): fetch them by their URLs",
+                          title="Too large to inline", limit_bytes=settings.max_inline_bytes)
+        store.inline(found)
     if metrics is not None and gen.status in TERMINAL and store.first_sight_of_end(conn, settings, job_id):
         metrics.jobs_finished.labels(gen.status).inc()
         if gen.status == "failed":
@@ -283,6 +292,9 @@ def _unknown(job_id: str) -> Problem:
                    title="Unknown generation")
 
 
+ResponseFormat = Annotated[Literal["url", "b64_json"], Query(
+    description="`url` (default): each final image as a link; `b64_json`: also the PNG itself, base64, in the "
+                "output's `b64_json` (one request fewer a job for small results; at most `max_inline_bytes`, 16 MiB)")]
 Wait = Annotated[float, Query(ge=0, description="long poll: hold the request up to this many seconds (at most "
                                                  "`max_wait`, 30) until the job changes from the `If-None-Match` "
                                                  "ETag, or without one until it ends")]
@@ -305,15 +317,17 @@ def matches(if_none_match: str | None, tag: str) -> bool:
 
 
 async def read_job(job_id: str, request: Request, settings, conn, caller, metrics, wait: float,
-                   if_none_match: str | None) -> Response:
+                   if_none_match: str | None, response_format: str = "url") -> Response:
     """The job's body with its ETag; 304 when it still matches `If-None-Match`. With `wait`, hold the request until
-    the body changes (or, without `If-None-Match`, until the job ends), waking on the worker's announcements."""
+    the body changes (or, without `If-None-Match`, until the job ends), waking on the worker's announcements.
+    The ETag hashes the body, so the two response formats never share one."""
     base = _base(request)
     deadline = time.monotonic() + min(wait, settings.max_wait)
+    b64 = response_format == "b64_json"
 
     def first_read() -> tuple[str | None, Generation]:  # one trip to the thread pool for a plain GET, not two
         return _authorize(conn, settings, caller, job_id, owner_wanted=True), _read(conn, settings, job_id, base,
-                                                                                     metrics)
+                                                                                     metrics, b64=b64)
 
     read_at = time.monotonic()
     with request.app.state.events.watch(job_id) as watch:  # from before the first read: no announcement is missed
@@ -330,7 +344,7 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
             await watch.wait(min(left, settings.events_poll_interval),
                              not_before=min(read_at + settings.events_min_interval, deadline))
             read_at = time.monotonic()
-            gen = await anyio.to_thread.run_sync(_read, conn, settings, job_id, base, metrics)
+            gen = await anyio.to_thread.run_sync(lambda: _read(conn, settings, job_id, base, metrics, b64=b64))
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
     if unchanged:
         return Response(status_code=304, headers=headers)
@@ -340,9 +354,9 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
 @router.get("/{job_id}", response_model=Generation, responses=STATUS_RESPONSES,
             summary="Status, progress and output links (ETag; `wait` long-polls)")
 async def read_generation(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
-                          metrics: MetricsDep, wait: Wait = 0.0,
+                          metrics: MetricsDep, wait: Wait = 0.0, response_format: ResponseFormat = "url",
                           if_none_match: Annotated[str | None, Header()] = None) -> Response:
-    return await read_job(job_id, request, settings, conn, caller, metrics, wait, if_none_match)
+    return await read_job(job_id, request, settings, conn, caller, metrics, wait, if_none_match, response_format)
 
 
 @router.delete("/{job_id}", status_code=202, response_model=Generation, responses=ERRORS, summary="Cancel")
@@ -533,9 +547,9 @@ def add_job_routes(collection: APIRouter, noun: str, carries: str) -> None:
     `carries` (the scores, the labels)."""
 
     async def read(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
-                   metrics: MetricsDep, wait: Wait = 0.0,
+                   metrics: MetricsDep, wait: Wait = 0.0, response_format: ResponseFormat = "url",
                    if_none_match: Annotated[str | None, Header()] = None) -> Response:
-        return await read_job(job_id, request, settings, conn, caller, metrics, wait, if_none_match)
+        return await read_job(job_id, request, settings, conn, caller, metrics, wait, if_none_match, response_format)
 
     def cancel_job(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep,
                    caller: CallerDep) -> Generation:
