@@ -36,6 +36,7 @@ after). On a shared VM the clock drifts, so read the ratios, each taken within o
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -52,6 +53,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,10 +349,14 @@ def post_job(client: httpx.Client, model_id: str, captions: list[str], n: int, s
     return r.json()["id"]
 
 
-def wait_done(client: httpx.Client, job_id: str, interval: float | None, timeout: float = 600) -> dict:
-    """Until the job ends: long polls (`interval` None, as the README advises), or plain reads `interval` s apart."""
+def wait_done(client: httpx.Client, job_id: str, interval: float | None, timeout: float = 600,
+              b64: bool = False) -> dict:
+    """Until the job ends: long polls (`interval` None, as the README advises), or plain reads `interval` s apart;
+    with `b64` each read asks for the final PNGs inline (response_format=b64_json)."""
     deadline = time.monotonic() + timeout
-    params = {"wait": LONG_POLL} if interval is None else {}
+    params: dict[str, Any] = {"wait": LONG_POLL} if interval is None else {}
+    if b64:
+        params["response_format"] = "b64_json"
     while True:
         body = client.get(f"/v1/generations/{job_id}", params=params, timeout=LONG_POLL + 30).json()
         if body["status"] == "succeeded":
@@ -367,15 +373,22 @@ def fetch_png(client: httpx.Client, job_id: str, index: int) -> None:
         raise RuntimeError(f"job {job_id} image {index}: {r.status_code}")
 
 
-def burst(client: httpx.Client, model_id: str, specs: list[tuple[list[str], int, int]], poll: float | None) -> dict:
+def burst(client: httpx.Client, model_id: str, specs: list[tuple[list[str], int, int]], poll: float | None,
+          b64: bool = False) -> dict:
     """Post every job (captions, n, seed) back to back, then wait for each (oldest first: they finish roughly in
-    order, so one wait at a time keeps the API quiet) and fetch its final PNGs. The clock runs from the first POST
-    to the last PNG; with plain polls (`poll` s apart) a job's end is seen up to `poll` s late."""
+    order, so one wait at a time keeps the API quiet) and fetch its final PNGs (with `b64`, decode them from the
+    status that says the job ended). The clock runs from the first POST to the last PNG; with plain polls (`poll` s
+    apart) a job's end is seen up to `poll` s late."""
     t0 = time.perf_counter()
     posted = [(post_job(client, model_id, captions, n, seed), len(captions) * n) for captions, n, seed in specs]
     t_posted = time.perf_counter()
     for job_id, images in posted:
-        wait_done(client, job_id, poll)
+        body = wait_done(client, job_id, poll, b64=b64)
+        if b64:
+            pngs = [base64.b64decode(out["b64_json"] or "") for out in body["outputs"]]
+            if len(pngs) != images or not all(p.startswith(b"\x89PNG") for p in pngs):
+                raise RuntimeError(f"job {job_id}: {len(pngs)} inline images, not {images} PNGs")
+            continue
         for i in range(images):
             fetch_png(client, job_id, i)
     seconds = time.perf_counter() - t0
@@ -501,14 +514,14 @@ def run_threads(threads: int, args: argparse.Namespace, url: str, redis_pid: int
             httpx.Client(base_url=base, timeout=httpx.Timeout(120, connect=10), limits=limits) as client:
         pids = {**pids, **({"redis": redis_pid} if redis_pid else {})}
         # Not counted: the worker's first calls allocate and pick kernels, the API's first requests warm up.
-        burst(client, lm.info.id, [(pick(pool, 0, rows), 1, 1), ([pool[0]], 1, 2)], args.poll)
+        burst(client, lm.info.id, [(pick(pool, 0, rows), 1, 1), ([pool[0]], 1, 2)], args.poll, args.b64)
         log(f"threads {threads}: {args.jobs_1} 1-image jobs")
         one = measured(pids, lambda: burst(client, lm.info.id, [(pick(pool, i, 1), 1, i) for i in range(args.jobs_1)],
-                                                   args.poll))
+                                                   args.poll, args.b64))
         one["sampler_calls"] = sampler_calls(url, one.pop("ids"), rows)
         log(f"threads {threads}: 1-image {one['images_per_s']:.1f} images/s; {args.jobs_64} 64-image jobs")
         big = measured(pids, lambda: burst(client, lm.info.id, [(pick(pool, 16 * j, 16), 4, 1000 * j)
-                                                                for j in range(args.jobs_64)], args.poll))
+                                                                for j in range(args.jobs_64)], args.poll, args.b64))
         big["sampler_calls"] = sampler_calls(url, big.pop("ids"), rows)
         log(f"threads {threads}: 64-image {big['images_per_s']:.1f} images/s; latency at half load")
         lat = measured(pids, lambda: latency(client, lm.info.id, pool, rate=one["images_per_s"] / 2,
@@ -593,6 +606,9 @@ def main() -> None:
     ap.add_argument("--poll", type=float, default=None,
                     help="the burst client's plain status reads this many s apart (before 2026-12-05: 0.2); "
                          "default: long polls, GET …?wait=")
+    ap.add_argument("--b64", action="store_true",
+                    help="the burst client takes the final PNGs inline from the status that says a job ended "
+                         "(response_format=b64_json) instead of one GET an image")
     ap.add_argument("--device", default="cpu", help="where the raw sampler and the worker draw (cpu or cuda)")
     args = ap.parse_args()
 
