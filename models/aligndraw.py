@@ -246,23 +246,30 @@ class AlignDRAW(nn.Module):
         assert last.logits is not None
         return last.logits
 
-    def _word_gates(self, captions: Tensor) -> Callable[[Tensor, Tensor, Tensor], Tensor] | None:
-        """With context-free values (`align_values="words"`) from a vocabulary smaller than s_t is wide, the
-        generator LSTM's gates W [z_t, s_t, h] + b as (α_t, z_t, h^gen_{t−1}) ↦ W_z z_t + W_h h + (W_s s_t + b),
-        where W_s s_t = Σ_v (Σ_{j: w_j = v} α_tj) (W_s value_v) (eq. 5 through W_s): W_s meets each vocabulary word
-        once a call, not s_t once a step, and a step's LSTM matmuls skip s_t's 2·lang_size inputs (37% of their
-        FLOPs on MNIST with Captions). The same sums in another order: values move in their last float bits.
-        None otherwise: the paper's h_j differ per caption, and W_s h_j (B, K, 4·dec) once a call costs about
-        what it saves at K = 12 words against T = 32 steps (measured at batch 256)."""
+    def _generator_gates(self, captions: Tensor, values: Tensor) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """(α_t, z_t, h^gen_{t−1}) ↦ the generator LSTM's gates W [z_t, s_t, h] + b, s_t = Σ_j α_tj value_j (eq. 5).
+
+        With context-free values (`align_values="words"`) from a vocabulary smaller than s_t is wide, summed as
+        W_z z_t + W_h h + (W_s s_t + b) where W_s s_t = Σ_v (Σ_{j: w_j = v} α_tj) (W_s value_v): W_s meets each
+        vocabulary word once a call, not s_t once a step, so a step's LSTM matmuls take V + Z + dec inputs where
+        they took 2·lang_size + Z + dec (a third fewer FLOPs on MNIST with Captions: 473 against 706). The same
+        sums in another order: values move in their last float bits. The paper's h_j differ per caption, and
+        W_s h_j (B, K, 4·dec) once a call cost about what it saved at K = 12 words against T = 32 steps (measured
+        at batch 256), so they keep the one matmul over [z_t, s_t, h]."""
         c, lstm = self.config, self.generator_lstm
         if self.word_values is None or c.vocab_size > 2 * c.lang_size:
-            return None
+            w_t = lstm.weight.t()
+            return lambda alpha, z, h: torch.addmm(lstm.bias, torch.cat([z, (alpha[:, None] @ values).squeeze(1), h],
+                                                                        dim=1), w_t)
         w, context_end = lstm.weight, c.z_size + 2 * c.lang_size
         w_z, w_h = w[:, : c.z_size].t(), w[:, context_end:].t()
         word_gates = self.word_values.weight @ w[:, c.z_size : context_end].t()  # (V, 4·dec)
+        # which vocabulary word each caption position holds: α summed per word by a matmul, in one fixed order on
+        # every device (a scatter-add's atomics on CUDA would sum a repeated word's weights in varying order)
+        one_hot = nn.functional.one_hot(captions, c.vocab_size).to(word_gates.dtype)  # (B, K, V)
 
         def gates(alpha: Tensor, z: Tensor, h: Tensor) -> Tensor:
-            per_word = alpha.new_zeros(alpha.shape[0], c.vocab_size).scatter_add_(1, captions, alpha)
+            per_word = (alpha[:, None] @ one_hot).squeeze(1)
             return torch.addmm(lstm.bias, per_word, word_gates).addmm_(z, w_z).addmm_(h, w_h)
         return gates
 
@@ -277,15 +284,11 @@ class AlignDRAW(nn.Module):
         # A clone even at b = 1, where expand alone would alias the parameter c_0.
         canvas = self.canvas0.expand(b, -1, -1, -1).clone(memory_format=torch.contiguous_format)
         pre = None if torch.is_grad_enabled() else torch.empty_like(keys)
-        word_gates = self._word_gates(captions)
+        gates = self._generator_gates(captions, values)
         for t in range(self.steps):
             alpha = self.align.weights(keys, mask, h_gen, out=pre)
-            s = (alpha[:, None] @ values).squeeze(1) if word_gates is None or self.config.prior_context else None
+            s = (alpha[:, None] @ values).squeeze(1) if self.config.prior_context else None
             z = latent(t, *self._prior(t, h_gen, s))
-            if word_gates is None:
-                assert s is not None
-                h_gen, c_gen = self.generator_lstm(torch.cat([z, s], dim=1), (h_gen, c_gen))
-            else:
-                h_gen, c_gen = self.generator_lstm.update(word_gates(alpha, z, h_gen), c_gen)
+            h_gen, c_gen = self.generator_lstm.update(gates(alpha, z, h_gen), c_gen)
             window = self.write.add_to(canvas, h_gen)
             yield Step(logits=canvas, window=window.box() if window is not None else None, alignment=alpha)

@@ -30,7 +30,7 @@ class LSTMCell(nn.Module):
 
     def update(self, gates: Tensor, c: Tensor) -> LSTMState:
         """The new (h, c) from the gates' pre-activations W [x, h] + b (B, 4·hidden), however they were summed;
-        `gates` is overwritten."""
+        `gates` is overwritten (in place: no second (B, 4·hidden) tensor a step)."""
         gates[:, 2 * self.hidden_size : 3 * self.hidden_size] *= 2  # g's tanh as 2σ(2g) − 1 (see tanh below)
         i, f, g, o = torch.sigmoid(gates).chunk(4, dim=1)
         c = torch.addcmul(f * c, i, 2 * g - 1)

@@ -188,6 +188,61 @@ def test_key_blind_words_get_the_same_keys_and_alignment_but_their_own_values():
         AlignDRAW(replace(TINY_ALIGN, key_blind=(0,)))  # padding is no word
 
 
+def papers_steps(model: AlignDRAW, noise, captions, lengths) -> list[tuple[torch.Tensor, ...]]:
+    """The generator written from the paper's equations with torch's own cells, independently of AlignDRAW._draw:
+    s_t, α_t = align(h_{t−1}) (eq. 3-5); μ_t, log σ_t = tanh(W [h_{t−1} (, s_t)] + b) (eq. 1), N(0, I) at t = 1;
+    h_t = LSTM([z_t, s_t], h_{t−1}); c_t = c_{t−1} + write(h_t). -> each step's (μ_t, log σ_t, α_t, canvas)."""
+    values, keys, mask = model._caption(captions, lengths)
+    b, lstm = len(captions), model.generator_lstm
+    cell = torch.nn.LSTMCell(lstm.input_size, lstm.hidden_size).double()
+    with torch.no_grad():
+        cell.weight_ih.copy_(lstm.weight[:, : lstm.input_size])
+        cell.weight_hh.copy_(lstm.weight[:, lstm.input_size :])
+        cell.bias_ih.copy_(lstm.bias)
+        cell.bias_hh.zero_()
+    h, c = model.generator_initial(b)
+    canvas = model.canvas0.expand(b, -1, -1, -1)
+    steps = []
+    for t in range(model.steps):
+        s, alpha = model.align(keys, values, mask, h)
+        if t == 0:
+            mu = log_sigma = torch.zeros(b, model.z_size, dtype=noise.dtype)
+        else:
+            reads = torch.cat([h, s], 1) if model.config.prior_context else h
+            mu, log_sigma = torch.tanh(model.prior(reads)).chunk(2, 1)
+        h, c = cell(torch.cat([mu + torch.exp(log_sigma) * noise[:, t], s], 1), (h, c))
+        canvas = canvas + model.write(h)[0]
+        steps.append((mu, log_sigma, alpha, canvas))
+    return steps
+
+
+@pytest.mark.parametrize("variant", [{"align_values": "words"}, {"align_values": "words", "prior_context": True},
+                                     {"align_values": "words", "key_blind": (5, 6)}, {"align_values": "states"},
+                                     {"align_values": "states", "prior_context": True}])
+def test_the_sampler_follows_the_papers_equations_at_every_step(variant):
+    """generate (W_s per vocabulary word for word values, tanh as 2σ(2x) − 1, both filterbanks in one pass) against
+    the paper's equations with torch's LSTMCell and tanh: every step's prior, alignment and canvas, in float64, on
+    padded captions with a repeated word."""
+    torch.manual_seed(0)
+    model = AlignDRAW(replace(TINY_ALIGN, **variant)).double()
+    captions, lengths = random_captions(4, 7, TINY_ALIGN.vocab_size, seed=3)
+    captions[0, :3], lengths[0] = 4, max(int(lengths[0]), 3)  # one word three times
+    noise = torch.randn(4, model.steps, model.z_size, dtype=torch.float64)
+    priors = []
+
+    def latent(t, mu, log_sigma):
+        priors.append((mu, log_sigma))
+        return mu + torch.exp(log_sigma) * noise[:, t]
+    with torch.no_grad():
+        drawn = [(s.logits.clone(), s.alignment) for s in model._draw(captions, lengths, latent)]
+        expected = papers_steps(model, noise, captions, lengths)
+    for (mu, log_sigma), (canvas, alpha), (mu_, log_sigma_, alpha_, canvas_) in zip(priors, drawn, expected,
+                                                                                       strict=True):
+        for got, want in [(mu, mu_), (log_sigma, log_sigma_), (alpha, alpha_), (canvas, canvas_)]:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(drawn[-1][0], drawn[0][0]) and priors[-1][0].abs().max() > 0  # the check can fail
+
+
 @pytest.mark.parametrize("variant", [{"align_values": "words", "key_blind": (5, 6)}, {"align_values": "states"},
                                      {"align_values": "words", "prior_context": True}])
 def test_decode_of_the_posterior_means_redraws_the_reconstruction_of_the_bound(variant):
