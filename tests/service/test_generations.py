@@ -189,21 +189,27 @@ def test_response_format_b64_json_inlines_each_final_png(make_client, live_worke
     import base64
 
     client = make_client()
-    jid = post(client, {"captions": [CAPTION, "the digit 7 is at the bottom right"], "n": 2, "seed": 40}).json()["id"]
-    plain = wait_status(client, jid, {"succeeded"})
-    assert all(out["b64_json"] is None for out in plain["outputs"])
-    r = client.get(f"/v1/generations/{jid}?response_format=b64_json&wait=5")
+    created = post(client, {"captions": [CAPTION, "the digit 7 is at the bottom right"], "n": 2, "seed": 40})
+    assert created.status_code == 202, created.text
+    jid = created.json()["id"]
+    # a long poll, most likely from before the job's end
+    r = client.get(f"/v1/generations/{jid}?response_format=b64_json&wait=25")
     assert r.status_code == 200, r.text
     body = r.json()
+    plain = client.get(f"/v1/generations/{jid}").json()
+    assert body["status"] == plain["status"] == "succeeded", (body["status"], plain["status"], body["error"])
+    assert all(out["b64_json"] is None for out in plain["outputs"])
     assert len(body["outputs"]) == 4
     for out, url_out in zip(body["outputs"], plain["outputs"], strict=True):
         assert out["image"] == url_out["image"]
         assert base64.b64decode(out["b64_json"]) == client.get(out["image"]).content
     assert {k: v for k, v in body.items() if k != "outputs"} == {k: v for k, v in plain.items() if k != "outputs"}
-    tag = r.headers["etag"]
-    assert tag != client.get(f"/v1/generations/{jid}").headers["etag"]
+    tag, links_tag = r.headers["etag"], client.get(f"/v1/generations/{jid}").headers["etag"]
+    assert tag != links_tag
     assert client.get(f"/v1/generations/{jid}?response_format=b64_json",
                       headers={"If-None-Match": tag}).status_code == 304
+    again = client.get(f"/v1/generations/{jid}?response_format=b64_json", headers={"If-None-Match": links_tag})
+    assert again.status_code == 200 and again.json() == body  # the links' ETag does not stand for the inline body
     assert client.get(f"/v1/generations/{jid}?response_format=png").status_code == 422
     small = make_client(max_inline_bytes=100)
     too_large = small.get(f"/v1/generations/{jid}?response_format=b64_json")

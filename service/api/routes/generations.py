@@ -248,20 +248,11 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
                   idempotency_key=idempotency_key, decoding=body.decoding)
 
 
-def _read(conn, settings, job_id: str, base: str, metrics=None, *, b64: bool = False) -> Generation:
-    """The job's body; with `b64`, each drawn output's final PNG inlined as base64 (`response_format=b64_json`)."""
+def _read(conn, settings, job_id: str, base: str, metrics=None) -> Generation:
     view = get_view(conn, job_id, settings)
     if view is None:
         return store.expired(base, job_id)
     gen = store.build(conn, settings, view, base)
-    if b64:
-        found = store.final_pngs(conn, settings, gen)
-        total = sum(len(png) for _, png in found)
-        if total > settings.max_inline_bytes:
-            raise Problem(422, "inline-too-large", f"the job's images hold {total} PNG bytes; a read inlines at most "
-                          f"{settings.max_inline_bytes} (max_inline_bytes): fetch them by their URLs",
-                          title="Too large to inline", limit_bytes=settings.max_inline_bytes)
-        store.inline(found)
     if metrics is not None and gen.status in TERMINAL and store.first_sight_of_end(conn, settings, job_id):
         metrics.jobs_finished.labels(gen.status).inc()
         if gen.status == "failed":
@@ -294,7 +285,8 @@ def _unknown(job_id: str) -> Problem:
 
 ResponseFormat = Annotated[Literal["url", "b64_json"], Query(
     description="`url` (default): each final image as a link; `b64_json`: also the PNG itself, base64, in the "
-                "output's `b64_json` (one request fewer a job for small results; at most `max_inline_bytes`, 16 MiB)")]
+                "output's `b64_json` (one request fewer a job for small results; at most `GLIMPSE_MAX_INLINE_BYTES` "
+                "of PNGs, 16 MiB by default)")]
 Wait = Annotated[float, Query(ge=0, description="long poll: hold the request up to this many seconds (at most "
                                                  "`max_wait`, 30) until the job changes from the `If-None-Match` "
                                                  "ETag, or without one until it ends")]
@@ -304,8 +296,22 @@ STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {
                                             "headers": ETAG}}
 
 
-def etag(gen: Generation) -> str:
-    return '"' + hashlib.sha256(gen.model_dump_json().encode()).hexdigest()[:20] + '"'
+def _inline(conn, settings, gen: Generation) -> Generation:
+    """Each drawn output's final PNG into its `b64_json` (`response_format=b64_json`); 422 past max_inline_bytes."""
+    found = store.final_pngs(conn, settings, gen)
+    total = sum(len(png) for _, png in found)
+    if total > settings.max_inline_bytes:
+        raise Problem(422, "inline-too-large", f"the job's images hold {total} PNG bytes; a read inlines at most "
+                      f"{settings.max_inline_bytes} (max_inline_bytes): fetch them by their URLs",
+                      title="Too large to inline", limit_bytes=settings.max_inline_bytes)
+    store.inline(found)
+    return gen
+
+
+def _body(gen: Generation) -> tuple[bytes, str]:
+    """The body's JSON and its ETag, made once (in a worker thread: a body can be large)."""
+    body = gen.model_dump_json().encode()
+    return body, '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
 
 
 def matches(if_none_match: str | None, tag: str) -> bool:
@@ -320,22 +326,27 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
                    if_none_match: str | None, response_format: str = "url") -> Response:
     """The job's body with its ETag; 304 when it still matches `If-None-Match`. With `wait`, hold the request until
     the body changes (or, without `If-None-Match`, until the job ends), waking on the worker's announcements.
-    The ETag hashes the body, so the two response formats never share one."""
+
+    Every read is of the links' body; with `b64_json` the PNGs are inlined once, into the body sent. A linked PNG
+    never changes, so the links' body fixes the inline one, whose ETag is the links' with "-b64" added."""
     base = _base(request)
     deadline = time.monotonic() + min(wait, settings.max_wait)
     b64 = response_format == "b64_json"
 
-    def first_read() -> tuple[str | None, Generation]:  # one trip to the thread pool for a plain GET, not two
-        return _authorize(conn, settings, caller, job_id, owner_wanted=True), _read(conn, settings, job_id, base,
-                                                                                     metrics, b64=b64)
+    def read() -> tuple[Generation, bytes, str]:
+        gen = _read(conn, settings, job_id, base, metrics)
+        body, tag = _body(gen)
+        return gen, body, (tag[:-1] + '-b64"' if b64 else tag)
+
+    def first_read() -> tuple[str | None, tuple[Generation, bytes, str]]:  # one trip to the thread pool, not two
+        return _authorize(conn, settings, caller, job_id, owner_wanted=True), read()
 
     read_at = time.monotonic()
     with request.app.state.events.watch(job_id) as watch:  # from before the first read: no announcement is missed
-        owner, gen = await anyio.to_thread.run_sync(first_read)
+        owner, (gen, body, tag) = await anyio.to_thread.run_sync(first_read)
         while True:
             if gen.status == "expired" and owner is None:
                 raise _unknown(job_id)
-            tag = etag(gen)
             unchanged = matches(if_none_match, tag)
             waiting_for_end = if_none_match is None and gen.status not in TERMINAL and gen.status != "expired"
             left = deadline - time.monotonic()
@@ -344,11 +355,13 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
             await watch.wait(min(left, settings.events_poll_interval),
                              not_before=min(read_at + settings.events_min_interval, deadline))
             read_at = time.monotonic()
-            gen = await anyio.to_thread.run_sync(lambda: _read(conn, settings, job_id, base, metrics, b64=b64))
+            gen, body, tag = await anyio.to_thread.run_sync(read)
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
     if unchanged:
         return Response(status_code=304, headers=headers)
-    return Response(gen.model_dump_json(), media_type="application/json", headers=headers)
+    if b64:
+        body = await anyio.to_thread.run_sync(lambda: _body(_inline(conn, settings, gen))[0])
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.get("/{job_id}", response_model=Generation, responses=STATUS_RESPONSES,
