@@ -258,9 +258,7 @@ class AlignDRAW(nn.Module):
         at batch 256), so they keep the one matmul over [z_t, s_t, h]."""
         c, lstm = self.config, self.generator_lstm
         if self.word_values is None or c.vocab_size > 2 * c.lang_size:
-            w_t = lstm.weight.t()
-            return lambda alpha, z, h: torch.addmm(lstm.bias, torch.cat([z, (alpha[:, None] @ values).squeeze(1), h],
-                                                                        dim=1), w_t)
+            return lambda alpha, z, h: lstm.gates(torch.cat([z, (alpha[:, None] @ values).squeeze(1)], dim=1), h)
         w, context_end = lstm.weight, c.z_size + 2 * c.lang_size
         w_z, w_h = w[:, : c.z_size].t(), w[:, context_end:].t()
         word_gates = self.word_values.weight @ w[:, c.z_size : context_end].t()  # (V, 4·dec)

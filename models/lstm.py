@@ -26,7 +26,11 @@ class LSTMCell(nn.Module):
     def forward(self, x: Tensor, state: LSTMState) -> LSTMState:
         """x (B, input), state (h, c) each (B, hidden) -> the new (h, c)."""
         h, c = state
-        return self.update(torch.addmm(self.bias, torch.cat([x, h], dim=1), self.weight.t()), c)
+        return self.update(self.gates(x, h), c)
+
+    def gates(self, x: Tensor, h: Tensor) -> Tensor:
+        """The gates' pre-activations W [x, h] + b (B, 4·hidden), in one matmul."""
+        return torch.addmm(self.bias, torch.cat([x, h], dim=1), self.weight.t())
 
     def update(self, gates: Tensor, c: Tensor) -> LSTMState:
         """The new (h, c) from the gates' pre-activations W [x, h] + b (B, 4·hidden), however they were summed;
