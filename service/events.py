@@ -19,12 +19,9 @@ from collections.abc import Iterator
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from worker.protocol import Keys
+from worker.protocol import TERMINAL, Keys
 
 log = logging.getLogger("service")
-
-
-ENDS = {"succeeded", "failed", "canceled"}  # announced states after which a job changes no more
 
 
 class Watch:
@@ -35,7 +32,7 @@ class Watch:
         self.ended = asyncio.Event()  # the job announced its end
 
     def notify(self, state: str) -> None:
-        if state in ENDS:
+        if state in TERMINAL:  # the job changes no more
             self.ended.set()
         self.announced.set()
 

@@ -28,7 +28,7 @@ from worker.protocol import (
     frame_name,
     raw_name,
 )
-from worker.queue import JobView, get_file
+from worker.queue import JobView, get_file, get_view
 from worker.redis_conn import as_bytes
 
 
@@ -49,26 +49,33 @@ def _request(view: JobView) -> JobRequest | None:
     return JobRequest.model_validate(view.request) if view.request is not None else None
 
 
-def frame(conn: redis.Redis, settings: ApiSettings, view: JobView, index: int, step: int) -> bytes | None:
-    """The PNG of image `index` after `step`, or None while (or if) that step is not drawn."""
-    files = Keys(settings.key_prefix).files(view.id)
+def frame(conn: redis.Redis, settings: ApiSettings, job_id: str, index: int, step: int) -> bytes | None:
+    """The PNG of image `index` after `step`, or None while (or if) that step is not drawn. A kept PNG costs one
+    round trip; the job itself is read only to render one."""
+    files = Keys(settings.key_prefix).files(job_id)
     kept, raw = (as_bytes(v) for v in conn.hmget(files, [frame_name(index, step), raw_name(index, step)]))
-    if kept is not None:
+    if kept is not None or raw is None:
         return kept
+    view = get_view(conn, job_id, settings)
+    if view is None:
+        return None
     request, shape = _request(view), view.meta.get("frame_shape")
-    if raw is None or request is None or shape is None or not request.output.frames:
+    if request is None or shape is None or not request.output.frames:
         return None
     png = render.png(render.unraw(raw, shape), scale=request.output.scale)
     return _keep(conn, files, frame_name(index, step), png)
 
 
-def animation(conn: redis.Redis, settings: ApiSettings, view: JobView, index: int,
+def animation(conn: redis.Redis, settings: ApiSettings, job_id: str, index: int,
               fmt: Literal["gif", "webp"]) -> bytes | None:
     """The animation of a finished image over all its frames, or None where the job offers none."""
-    files = Keys(settings.key_prefix).files(view.id)
-    kept = get_file(conn, view.id, animation_name(index, fmt), settings)
+    files = Keys(settings.key_prefix).files(job_id)
+    kept = get_file(conn, job_id, animation_name(index, fmt), settings)
     if kept is not None:
         return kept
+    view = get_view(conn, job_id, settings)
+    if view is None:
+        return None
     request, shape = _request(view), view.meta.get("frame_shape")
     if view.result is None or request is None or shape is None:
         return None
@@ -85,10 +92,10 @@ def animation(conn: redis.Redis, settings: ApiSettings, view: JobView, index: in
     return _keep(conn, files, animation_name(index, fmt), data)
 
 
-def attention(conn: redis.Redis, settings: ApiSettings, view: JobView, index: int) -> bytes | None:
+def attention(conn: redis.Redis, settings: ApiSettings, job_id: str, index: int) -> bytes | None:
     """The attention JSON of a finished image, encoded from the worker's arrays (worker.render.attention_json), or
     None where the job has none."""
-    files = Keys(settings.key_prefix).files(view.id)
+    files = Keys(settings.key_prefix).files(job_id)
     kept, source = (as_bytes(v) for v in conn.hmget(files, [attention_name(index), attention_source_name(index)]))
     if kept is not None:
         return kept

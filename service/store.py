@@ -4,7 +4,6 @@ and the `Generation` body. Our keys live under `{prefix}:api:`; RQ's and the wor
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from datetime import datetime, timedelta
@@ -178,12 +177,6 @@ def final_pngs(conn: redis.Redis, settings: ApiSettings, gen: Generation) -> lis
     pngs = [as_bytes(v) for v in conn.hmget(Keys(settings.key_prefix).files(gen.id),
                                             [image_name(o.index) for o in drawn])]
     return [(o, png) for o, png in zip(drawn, pngs, strict=True) if png is not None]
-
-
-def inline(found: list[tuple[ImageOutput, bytes]]) -> None:
-    """Each output's PNG into its `b64_json`."""
-    for out, png in found:
-        out.b64_json = base64.b64encode(png).decode("ascii")
 
 
 def build(conn: redis.Redis, settings: ApiSettings, view: JobView, base: str) -> Generation:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -304,7 +305,8 @@ def _inline(conn, settings, gen: Generation) -> Generation:
         raise Problem(422, "inline-too-large", f"the job's images hold {total} PNG bytes; a read inlines at most "
                       f"{settings.max_inline_bytes} (max_inline_bytes): fetch them by their URLs",
                       title="Too large to inline", limit_bytes=settings.max_inline_bytes)
-    store.inline(found)
+    for out, png in found:
+        out.b64_json = base64.b64encode(png).decode("ascii")
     return gen
 
 
@@ -388,19 +390,13 @@ def cancel_generation(job_id: JobId, request: Request, settings: SettingsDep, co
 
 # --- output files -----------------------------------------------------------------------------------------------
 
-def _file(conn, settings, caller, job_id: str, name: str,
-          render: Callable[[JobView], bytes | None] | None = None) -> Response:
-    """A stored file; with `render`, one rendered from what the worker stored raw on first request (service.outputs),
-    then kept."""
+def _file(conn, settings, caller, job_id: str, name: str, render: Callable[[], bytes | None] | None = None) -> Response:
+    """A stored file; with `render`, the file kept, or one rendered from what the worker stored raw on first
+    request (service.outputs), then kept."""
     _authorize(conn, settings, caller, job_id)
-    view = None
-    if render is None:
-        data = get_file(conn, job_id, name, settings)
-    else:
-        view = get_view(conn, job_id, settings)
-        data = render(view) if view is not None else None
+    data = get_file(conn, job_id, name, settings) if render is None else render()
     if data is None:
-        view = view or get_view(conn, job_id, settings)
+        view = get_view(conn, job_id, settings)  # only to say why not
         if view is None:
             raise _unknown(job_id)
         raise Problem(404, "no-such-output", f"{name} of generation {job_id} does not exist (yet): status "
@@ -423,7 +419,7 @@ def image(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, cal
 def frame(job_id: JobId, index: Index, step: Annotated[int, Path(ge=1)], settings: SettingsDep, conn: ConnDep,
           caller: CallerDep) -> Response:
     return _file(conn, settings, caller, job_id, frame_name(index, step),
-                     lambda view: outputs.frame(conn, settings, view, index, step))
+                 lambda: outputs.frame(conn, settings, job_id, index, step))
 
 
 @router.get("/{job_id}/images/{index}/animation.{fmt}", response_class=Response, summary="Animation of all T steps",
@@ -431,7 +427,7 @@ def frame(job_id: JobId, index: Index, step: Annotated[int, Path(ge=1)], setting
 def animation(job_id: JobId, index: Index, fmt: Literal["gif", "webp"], settings: SettingsDep, conn: ConnDep,
               caller: CallerDep) -> Response:
     return _file(conn, settings, caller, job_id, animation_name(index, fmt),
-                     lambda view: outputs.animation(conn, settings, view, index, fmt))
+                 lambda: outputs.animation(conn, settings, job_id, index, fmt))
 
 
 @router.get("/{job_id}/images/{index}/attention.json", response_class=Response,
@@ -439,7 +435,7 @@ def animation(job_id: JobId, index: Index, fmt: Literal["gif", "webp"], settings
             summary="Write windows (T × [x0, y0, x1, y1] px) and the alignment")
 def attention(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> Response:
     return _file(conn, settings, caller, job_id, attention_name(index),
-                 lambda view: outputs.attention(conn, settings, view, index))
+                 lambda: outputs.attention(conn, settings, job_id, index))
 
 
 @router.get("/{job_id}/images/{index}/alignment.json", responses={404: PROBLEM},
