@@ -33,6 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from worker_throughput import cpu_model  # noqa: E402  (bench/, the script's own folder, is on sys.path)
+
 from models.aligndraw import AlignDRAW  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 from models.sampling import sample  # noqa: E402
@@ -92,9 +94,7 @@ def main() -> None:
     peer = peer_model(args.peer_src)
     ours = {"paper": AlignDRAW().eval().requires_grad_(False),
             "shipped": load_checkpoint(SHIPPED).model.eval().requires_grad_(False)}
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "cpu") if Path("/proc/cpuinfo").exists() else "cpu"
-    print(f"machine: {cpu}, {torch.__version__}; {args.pairs} rounds each\n")
+    print(f"machine: {cpu_model()}, {torch.__version__}; {args.pairs} rounds each\n")
     print("| torch threads | batch | peer images/s | ours | images/s | warm ratio | after-the-other ratio |")
     print("|---:|---:|---:|---|---:|---:|---:|")
     for threads in args.threads:

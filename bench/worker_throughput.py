@@ -534,8 +534,9 @@ def run_threads(threads: int, args: argparse.Namespace, url: str, redis_pid: int
         # What the sampler alone would need for these calls: the rest of the wall time went elsewhere.
         r["sampler_share"] = r["sampler_calls"] * rows / raw / r["seconds"]
     return {"threads": threads, "raw_images_per_s": raw, "one_image": one, "sixty_four_image": big, "latency": lat,
-            "idle_events": idle,
-            "noop_jobs_per_s": noop}
+            "idle_events": idle, "noop_jobs_per_s": noop,
+            "client": ("final PNGs inline (response_format=b64_json)" if args.b64 else "a GET a final PNG")
+                      + (f", plain polls {args.poll} s apart" if args.poll is not None else ", long polls")}
 
 
 # --- the report -------------------------------------------------------------------------------------------------
@@ -552,7 +553,7 @@ def table(r: dict, rows: int) -> str:
 
     return "\n".join([
         f"torch threads: {r['threads']} (raw: torch.set_num_threads; worker: OMP_NUM_THREADS and "
-        "GLIMPSE_TORCH_THREADS)",
+        f"GLIMPSE_TORCH_THREADS); the burst client: {r['client']}",
         "",
         "| measure | value | share of raw | target |",
         "|---|---:|---:|---|",
