@@ -246,8 +246,10 @@ class AlignDRAW(nn.Module):
         assert last.logits is not None
         return last.logits
 
-    def _generator_gates(self, captions: Tensor, values: Tensor) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-        """(α_t, z_t, h^gen_{t−1}) ↦ the generator LSTM's gates W [z_t, s_t, h] + b, s_t = Σ_j α_tj value_j (eq. 5).
+    def _generator_gates(self, captions: Tensor, values: Tensor
+                         ) -> Callable[[Tensor, Tensor | None, Tensor, Tensor], Tensor]:
+        """(α_t, s_t or None, z_t, h^gen_{t−1}) ↦ the generator LSTM's gates W [z_t, s_t, h] + b, where
+        s_t = Σ_j α_tj value_j (eq. 5) is computed here unless the caller has it already (prior_context).
 
         With context-free values (`align_values="words"`) from a vocabulary smaller than s_t is wide, summed as
         W_z z_t + W_h h + (W_s s_t + b) where W_s s_t = Σ_v (Σ_{j: w_j = v} α_tj) (W_s value_v): W_s meets each
@@ -258,7 +260,8 @@ class AlignDRAW(nn.Module):
         at batch 256), so they keep the one matmul over [z_t, s_t, h]."""
         c, lstm = self.config, self.generator_lstm
         if self.word_values is None or c.vocab_size > 2 * c.lang_size:
-            return lambda alpha, z, h: lstm.gates(torch.cat([z, (alpha[:, None] @ values).squeeze(1)], dim=1), h)
+            return lambda alpha, s, z, h: lstm.gates(
+                torch.cat([z, (alpha[:, None] @ values).squeeze(1) if s is None else s], dim=1), h)
         w, context_end = lstm.weight, c.z_size + 2 * c.lang_size
         w_z, w_h = w[:, : c.z_size].t(), w[:, context_end:].t()
         word_gates = self.word_values.weight @ w[:, c.z_size : context_end].t()  # (V, 4·dec)
@@ -266,7 +269,7 @@ class AlignDRAW(nn.Module):
         # every device (a scatter-add's atomics on CUDA would sum a repeated word's weights in varying order)
         one_hot = nn.functional.one_hot(captions, c.vocab_size).to(word_gates.dtype)  # (B, K, V)
 
-        def gates(alpha: Tensor, z: Tensor, h: Tensor) -> Tensor:
+        def gates(alpha: Tensor, s: Tensor | None, z: Tensor, h: Tensor) -> Tensor:  # s_t is not needed here
             per_word = (alpha[:, None] @ one_hot).squeeze(1)
             return torch.addmm(lstm.bias, per_word, word_gates).addmm_(z, w_z).addmm_(h, w_h)
         return gates
@@ -287,6 +290,6 @@ class AlignDRAW(nn.Module):
             alpha = self.align.weights(keys, mask, h_gen, out=pre)
             s = (alpha[:, None] @ values).squeeze(1) if self.config.prior_context else None
             z = latent(t, *self._prior(t, h_gen, s))
-            h_gen, c_gen = self.generator_lstm.update(gates(alpha, z, h_gen), c_gen)
+            h_gen, c_gen = self.generator_lstm.update(gates(alpha, s, z, h_gen), c_gen)
             window = self.write.add_to(canvas, h_gen)
             yield Step(logits=canvas, window=window.box() if window is not None else None, alignment=alpha)
