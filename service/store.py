@@ -11,7 +11,6 @@ from typing import Any
 
 import redis
 from pydantic import ValidationError
-from rq.job import Job
 
 from service.config import ApiSettings
 from service.schemas import Generation, ImageOutput, Links, Progress
@@ -70,22 +69,18 @@ def first_sight_of_end(conn: redis.Redis, settings: ApiSettings, job_id: str) ->
 
 # --- memory -----------------------------------------------------------------------------------------------------
 
-def room(conn: redis.Redis, settings: ApiSettings, need: int) -> tuple[bool, int, int]:
+def room(conn: redis.Redis, settings: ApiSettings, need: int, *, depth: bool = False) -> tuple[bool, int, int, int]:
     """Whether a job that may store `need` bytes fits under the fill limit of Redis's maxmemory (no cap: always).
-    Returns (fits, used bytes, limit bytes). Checked before enqueueing, so running jobs keep their headroom."""
-    info = conn.info("memory")
+    Returns (fits, used bytes, limit bytes, jobs waiting over all queues: read with `depth`, else 0), in one round
+    trip. Checked before enqueueing, so running jobs keep their headroom."""
+    with conn.pipeline(transaction=False) as p:
+        p.info("memory")
+        for q in settings.queues if depth else []:
+            p.llen(make_queue(conn, q).key)
+        info, *lengths = p.execute()
     used, cap = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
     limit = int(cap * settings.store_fill_limit)
-    return (cap == 0 or used + need <= limit), used, limit
-
-
-# --- queue ------------------------------------------------------------------------------------------------------
-
-def queue_depth(conn: redis.Redis, settings: ApiSettings) -> int:
-    with conn.pipeline(transaction=False) as p:
-        for q in settings.queues:
-            p.llen(make_queue(conn, q).key)
-        return sum(p.execute())
+    return (cap == 0 or used + need <= limit), used, limit, sum(lengths)
 
 
 def queue_position(conn: redis.Redis, settings: ApiSettings, job_id: str) -> int | None:
@@ -183,8 +178,7 @@ def build(conn: redis.Redis, settings: ApiSettings, view: JobView, base: str) ->
     job_id = view.id
     request = _request(view)
     condition = request.condition.kind if request else None
-    times = conn.hmget(Job.key_for(job_id), ["created_at", "started_at", "ended_at"])
-    created, started, ended = (_parse_time(t) for t in times)
+    created, started, ended = (_parse_time(t) for t in view.times)
     if view.result and view.result.get("finished_at"):
         ended = _parse_time(view.result["finished_at"]) or ended
     if view.status in TERMINAL:

@@ -356,6 +356,8 @@ class ModelInfo(BaseModel):
     """The one description of a served model: published in the worker's heartbeat, validated against by the API
     without torch, and shown by GET /v1/models."""
 
+    model_config = ConfigDict(frozen=True)  # the API shares one parsed copy between requests (queue.model_catalog)
+
     id: str
     kind: str  # the family (models/family.py)
     modes: dict[str, ModeOutput]  # condition kind -> what it returns

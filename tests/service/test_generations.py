@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import time
 
-from tests.service.conftest import wait_status
+import pytest
+import redis
+
+from tests.service.conftest import api_settings, wait_status
 from tests.worker.conftest import wait_for
+from worker.queue import clear_heartbeat, make_queue, write_heartbeat
+from worker.registry import load_models
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CAPTION = "the digit 3 is at the top left of the image"
@@ -336,3 +341,53 @@ def test_seeds_one_per_image_may_repeat_and_must_match_the_outputs(client):
                       ({"model": "tiny-draw", "walk": {"seeds": [1, 2]}, "seeds": [3]}, "walk.seeds")]:
         r = post(client, bad)
         assert r.status_code == 422 and says in r.json()["detail"], r.text
+
+
+@pytest.fixture
+def idle_client(service_redis_url, checkpoints, make_client):
+    """An API whose models a heartbeat offers but no worker draws: its own key prefix and queue, so jobs stay queued."""
+    settings = api_settings(service_redis_url, checkpoints, key_prefix="idle-post", queues=["idle-post"],
+                            heartbeat_interval=1, heartbeat_ttl=600)
+    conn = redis.Redis.from_url(service_redis_url)
+    models = load_models(checkpoints, "cpu")
+    write_heartbeat(conn, settings, "idle", {"name": "idle", "models": [m.info.model_dump() for m in models.values()],
+                                             "device": "cpu", "queues": ["idle-post"], "state": "idle", "jobs": []})
+    try:
+        yield make_client(key_prefix="idle-post", queues=["idle-post"], heartbeat_interval=1, heartbeat_ttl=600)
+    finally:
+        clear_heartbeat(conn, settings, "idle")
+        make_queue(conn, "idle-post").delete(delete_jobs=True)
+        for key in conn.scan_iter("idle-post:*"):
+            conn.delete(key)
+        conn.close()
+
+
+def test_a_post_answers_what_a_read_then_shows(idle_client):
+    """The POST builds its answer from the job it queued, without reading it back: field for field what a GET
+    reads from Redis at once (times, seeds, outputs, queue position)."""
+    bodies = [{"captions": [CAPTION, "the digit 7 is at the bottom right"], "n": 2, "seed": 40},
+              {"caption": CAPTION},  # seeds drawn by the API
+              {"model": "tiny-draw", "n": 3, "seeds": [5, 6, 7]},
+              {"model": "tiny-draw", "output": {"frames": False, "gif": False, "webp": False}}]
+    for position, body in enumerate(bodies):
+        r = post(idle_client, body)
+        assert r.status_code == 202, r.text
+        posted = r.json()
+        assert posted["status"] == "queued" and posted["queue_position"] == position
+        read = idle_client.get(f"/v1/generations/{posted['id']}")
+        assert read.status_code == 200 and read.json() == posted
+    replay = post(idle_client, bodies[0], headers={"Idempotency-Key": "k-1"})
+    again = post(idle_client, bodies[0], headers={"Idempotency-Key": "k-1"})
+    assert again.headers.get("Idempotent-Replayed") == "true" and again.json() == replay.json()
+
+
+def test_an_expired_job_reads_as_expired_and_an_unused_id_as_unknown(idle_client, conn):
+    """The API's owner record outlives RQ's job record: a job whose record expired reads as `expired` (also through
+    a long poll, and inline), an id never created is a 404."""
+    jid = post(idle_client).json()["id"]
+    conn.delete(f"rq:job:{jid}")  # what the result TTL does
+    for params in ({}, {"wait": 0.2}, {"response_format": "b64_json"}):
+        r = idle_client.get(f"/v1/generations/{jid}", params=params)
+        assert r.status_code == 200 and r.json()["status"] == "expired", (params, r.text)
+    r = idle_client.get(f"/v1/generations/{'0' * 32}", params={"wait": 0.2})
+    assert r.status_code == 404 and r.json()["type"].endswith("unknown-job")

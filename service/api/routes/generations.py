@@ -49,7 +49,7 @@ from worker.protocol import (
     job_bytes_bound,
     validate_for_model,
 )
-from worker.queue import JobView, cancel, enqueue_generation, get_file, get_view, job_timeout, model_catalog
+from worker.queue import JobView, cancel, enqueue_view, get_file, get_view, job_timeout, model_catalog
 
 log = logging.getLogger("service")
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
@@ -122,15 +122,17 @@ def lookup_model(conn, settings, metrics, model: str, base: str) -> ModelInfo:
     return catalog[model]
 
 
-def storage_room(conn, settings, metrics, need: int) -> None:
-    """503 storage-full unless the job store has room for `need` more bytes under its fill limit."""
-    fits, used, limit = store.room(conn, settings, need)
+def storage_room(conn, settings, metrics, need: int, *, depth: bool = False) -> int:
+    """503 storage-full unless the job store has room for `need` more bytes under its fill limit; with `depth`, the
+    jobs waiting (read in the same round trip), else 0."""
+    fits, used, limit, waiting = store.room(conn, settings, need, depth=depth)
     if not fits:
         metrics.jobs_rejected.labels("storage-full").inc()
         raise Problem(503, "storage-full", f"the job store is full: {used} bytes used, this job may add {need}, the "
                       f"limit for new jobs is {limit}; results expire {settings.result_ttl} s after their job ends",
                       title="Storage full", headers={"Retry-After": str(settings.storage_full_retry_after)},
                       used_bytes=used, job_bytes_bound=need, limit_bytes=limit)
+    return waiting
 
 
 def submit(conn, settings, caller, metrics, response: Response, base: str, *, body: Any, model: str,
@@ -144,8 +146,8 @@ def submit(conn, settings, caller, metrics, response: Response, base: str, *, bo
         metrics.jobs_rejected.labels("invalid").inc()
         raise Problem(422, "invalid-request", str(e), title="Invalid request") from None
 
-    storage_room(conn, settings, metrics, job_bytes_bound(job, info) + sum(len(u) for u in uploads))
-    depth = store.queue_depth(conn, settings)
+    depth = storage_room(conn, settings, metrics, job_bytes_bound(job, info) + sum(len(u) for u in uploads),
+                         depth=True)
     if depth >= settings.max_queue_depth:
         metrics.jobs_rejected.labels("queue-full").inc()
         raise Problem(503, "queue-full", f"{depth} jobs are waiting; the limit is {settings.max_queue_depth}",
@@ -173,7 +175,7 @@ def submit(conn, settings, caller, metrics, response: Response, base: str, *, bo
                 p.hset(files, mapping={input_name(j): data for j, data in enumerate(uploads)})
                 p.expire(files, ttl)
                 p.execute()
-        job_id, job = enqueue_generation(conn, job, settings, job_id=job_id, steps=info.steps)
+        view, job = enqueue_view(conn, job, settings, job_id=job_id, steps=info.steps)
     except Exception:
         if idempotency_key is not None:
             store.release_idempotency(conn, settings, caller.owner, idempotency_key)
@@ -181,7 +183,7 @@ def submit(conn, settings, caller, metrics, response: Response, base: str, *, bo
         raise
     metrics.jobs_created.labels(model).inc()
     response.headers["Location"] = f"{base}/v1/{collection}/{job_id}"
-    return _read(conn, settings, job_id, base)
+    return store.build(conn, settings, view, base)  # the job as just queued: no read back
 
 
 @router.post("", status_code=202, response_model=Generation, responses=ERRORS,
@@ -266,15 +268,15 @@ def _read(conn, settings, job_id: str, base: str, metrics=None) -> Generation:
     return gen
 
 
-def _authorize(conn, settings, caller, job_id: str, *, owner_wanted: bool = False) -> str | None:
-    """404 unless the job exists (or existed) and belongs to the caller; returns the owner record. With API keys off
-    every caller may read every job: the record is read only when `owner_wanted` (a file GET saves a round trip)."""
+def _authorize(conn, settings, caller, job_id: str) -> str | None:
+    """404 unless the id is well formed and, with API keys on, the job exists (or existed) and belongs to the caller;
+    returns the owner record then. With API keys off every caller may read every job: nothing is read (None)."""
     if not JOB_ID.match(job_id):
         raise _unknown(job_id)
-    if not (settings.api_keys or owner_wanted):
+    if not settings.api_keys:
         return None
     owner = store.load_owner(conn, settings, job_id)
-    if settings.api_keys and owner != caller.owner:
+    if owner != caller.owner:
         raise _unknown(job_id)
     return owner
 
@@ -340,15 +342,21 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
         body, tag = _body(gen)
         return gen, body, (tag[:-1] + '-b64"' if b64 else tag)
 
-    def first_read() -> tuple[str | None, tuple[Generation, bytes, str]]:  # one trip to the thread pool, not two
-        return _authorize(conn, settings, caller, job_id, owner_wanted=True), read()
+    def first_read() -> tuple[bool, tuple[Generation, bytes, str]]:  # one trip to the thread pool, not two
+        """(whether the job was ever created, the first read). The owner record outlives the job: it tells an
+        expired job from an id never used (404). With API keys off it is read only for an expired job."""
+        if settings.api_keys:  # the caller's own jobs only: the owner record first
+            return _authorize(conn, settings, caller, job_id) is not None, read()
+        _authorize(conn, settings, caller, job_id)  # the id's form; any caller may read any job
+        first = read()
+        return first[0].status != "expired" or store.load_owner(conn, settings, job_id) is not None, first
 
     read_at = time.monotonic()
     with request.app.state.events.watch(job_id) as watch:  # from before the first read: no announcement is missed
-        owner, (gen, body, tag) = await anyio.to_thread.run_sync(first_read)
+        created, (gen, body, tag) = await anyio.to_thread.run_sync(first_read)
+        if not created:
+            raise _unknown(job_id)
         while True:
-            if gen.status == "expired" and owner is None:
-                raise _unknown(job_id)
             unchanged = matches(if_none_match, tag)
             waiting_for_end = if_none_match is None and gen.status not in TERMINAL and gen.status != "expired"
             left = deadline - time.monotonic()
