@@ -179,6 +179,7 @@ def build(conn: redis.Redis, settings: ApiSettings, view: JobView, base: str) ->
     request = _request(view)
     condition = request.condition.kind if request else None
     created, started, ended = (_parse_time(t) for t in view.times)
+    started = _parse_time(view.meta.get("started_at")) or started  # the worker's, written once an attempt
     if view.result and view.result.get("finished_at"):
         ended = _parse_time(view.result["finished_at"]) or ended
     if view.status in TERMINAL:

@@ -417,8 +417,11 @@ def _start(e: Entry, rt: Runtime, steps: int, chunks: int, batch_jobs: int, lm: 
     e.steps_total = steps
     # the shape of raw/ frames, which the API renders; a text family draws none, so its jobs record none
     frames: dict[str, Any] = {"frame_shape": list(lm.info.shape)} if lm.info.height is not None else {}
+    # started_at: this attempt's start, written once. RQ's own record of it moves when RQ saves the job at its end
+    # (it resets started_at after writing it), which changed a finished job's body and ETag a millisecond later.
     _save_meta(e.job, e.meta, pipeline, state="running", step=0, steps=steps, attempt=e.attempt, worker=rt.worker_name,
-               chunk=1, chunks=chunks, progress=0.0, batch_jobs=batch_jobs, returns=e.returns(lm), **frames)
+               chunk=1, chunks=chunks, progress=0.0, batch_jobs=batch_jobs, returns=e.returns(lm),
+               started_at=now_iso(), **frames)
 
 
 def _canceled(conn: redis.Redis, keys: Keys, e: Entry) -> bool:

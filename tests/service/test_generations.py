@@ -391,3 +391,15 @@ def test_an_expired_job_reads_as_expired_and_an_unused_id_as_unknown(idle_client
         assert r.status_code == 200 and r.json()["status"] == "expired", (params, r.text)
     r = idle_client.get(f"/v1/generations/{'0' * 32}", params={"wait": 0.2})
     assert r.status_code == 404 and r.json()["type"].endswith("unknown-job")
+
+
+def test_a_finished_job_reads_the_same_when_rq_rewrites_its_start(client, conn):
+    """RQ writes a job's started_at when it takes the job, then saves it again, reset, once the job has ended:
+    the body (and its ETag) of a finished job must not move with it."""
+    jid = post(client, {"caption": CAPTION, "seed": 3}).json()["id"]
+    done = wait_status(client, jid, {"succeeded"})
+    first = client.get(f"/v1/generations/{jid}")
+    conn.hset(f"rq:job:{jid}", "started_at", "2026-01-01T00:00:00.123456Z")  # as RQ's late save would, later
+    again = client.get(f"/v1/generations/{jid}")
+    assert again.json() == first.json() == done and again.headers["etag"] == first.headers["etag"]
+    assert done["created_at"] <= done["started_at"] <= done["finished_at"]

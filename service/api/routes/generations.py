@@ -337,12 +337,19 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
     deadline = time.monotonic() + min(wait, settings.max_wait)
     b64 = response_format == "b64_json"
 
-    def read() -> tuple[Generation, bytes, str]:
+    def read() -> tuple[Generation, bytes, str, bytes | None]:
+        """The links' body and ETag; with `b64_json`, when this read decides the answer (no 304, no more waiting),
+        the inline body too, in the same trip to the thread pool."""
         gen = _read(conn, settings, job_id, base, metrics)
         body, tag = _body(gen)
-        return gen, body, (tag[:-1] + '-b64"' if b64 else tag)
+        tag = tag[:-1] + '-b64"' if b64 else tag
+        final = b64 and not (matches(if_none_match, tag) or waiting_for_end(gen))
+        return gen, body, tag, _body(_inline(conn, settings, gen))[0] if final else None
 
-    def first_read() -> tuple[bool, tuple[Generation, bytes, str]]:  # one trip to the thread pool, not two
+    def waiting_for_end(gen: Generation) -> bool:
+        return if_none_match is None and gen.status not in TERMINAL and gen.status != "expired"
+
+    def first_read() -> tuple[bool, tuple[Generation, bytes, str, bytes | None]]:  # one trip to the thread pool
         """(whether the job was ever created, the first read). The owner record outlives the job: it tells an
         expired job from an id never used (404). With API keys off it is read only for an expired job."""
         if settings.api_keys:  # the caller's own jobs only: the owner record first
@@ -353,24 +360,24 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
 
     read_at = time.monotonic()
     with request.app.state.events.watch(job_id) as watch:  # from before the first read: no announcement is missed
-        created, (gen, body, tag) = await anyio.to_thread.run_sync(first_read)
+        created, (gen, body, tag, inline) = await anyio.to_thread.run_sync(first_read)
         if not created:
             raise _unknown(job_id)
         while True:
             unchanged = matches(if_none_match, tag)
-            waiting_for_end = if_none_match is None and gen.status not in TERMINAL and gen.status != "expired"
             left = deadline - time.monotonic()
-            if left <= 0 or not (unchanged or waiting_for_end):
+            if left <= 0 or not (unchanged or waiting_for_end(gen)):
                 break
             await watch.wait(min(left, settings.events_poll_interval),
                              not_before=min(read_at + settings.events_min_interval, deadline))
             read_at = time.monotonic()
-            gen, body, tag = await anyio.to_thread.run_sync(read)
+            gen, body, tag, inline = await anyio.to_thread.run_sync(read)
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
     if unchanged:
         return Response(status_code=304, headers=headers)
-    if b64:
-        body = await anyio.to_thread.run_sync(lambda: _body(_inline(conn, settings, gen))[0])
+    if b64:  # inlined by the read that decided the answer, or now that the wait ran out
+        body = inline if inline is not None else await anyio.to_thread.run_sync(
+            lambda: _body(_inline(conn, settings, gen))[0])
     return Response(body, media_type="application/json", headers=headers)
 
 
