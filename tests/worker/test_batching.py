@@ -147,3 +147,17 @@ def test_jobs_drawn_in_another_jobs_call_are_closed_without_an_rq_run(conn, sett
         assert job.ended_at is not None and job.started_at is not None and job.started_at < job.ended_at
     assert conn.llen(q.make_queue(conn, batched.queues[0]).key) == 0
     assert not conn.hgetall(q.Keys(batched.key_prefix).running)
+
+
+def test_a_batch_takes_jobs_from_past_the_first_page_it_reads(conn, settings, run_burst):
+    """The leader reads waiting jobs a page at a time (as many as could still fit, at least 4): jobs for another
+    model on the first pages do not hide the ones behind them that fit."""
+    batched = make_settings(settings.redis_url, settings.checkpoints, batch_jobs=3, batch_rows=4)
+    leader = q.enqueue_generation(conn, request(captions=["7"]), batched)[0]
+    others = [q.enqueue_generation(conn, request(model="tiny-draw", captions=None), batched)[0] for _ in range(9)]
+    behind = [q.enqueue_generation(conn, request(captions=["1"]), batched)[0] for _ in range(2)]
+    run_burst(batched)
+    view = q.get_view(conn, leader, batched)
+    assert view.status == "succeeded" and view.result["batch"]["jobs"] == 3
+    assert {q.get_view(conn, b, batched).result["batch"]["leader"] for b in behind} == {leader}
+    assert all(q.get_view(conn, o, batched).status == "succeeded" for o in others)
