@@ -64,6 +64,9 @@ def normalise(word: str) -> str:
     return NUMBER_WORDS.get(w, w)
 
 
+CHECKED_KEPT = 4096
+
+
 def tokenize(caption: str) -> list[Token]:
     """Lower-case, split punctuation off words, map number words to numerals."""
     return [Token(normalise(m.group()), m.start(), m.end()) for m in _TOKEN.finditer(caption)]
@@ -86,6 +89,7 @@ class Vocabulary:
         self.written: list[str] = list(self.itos)
         for i, word in (spelling or {}).items():
             self.written[int(i)] = word
+        self._checked: dict[str, tuple[Token, ...]] = {}  # check()'s answers for valid captions, by caption
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -98,7 +102,18 @@ class Vocabulary:
         return self.itos[1:]
 
     def check(self, caption: str) -> list[Token]:
-        """Tokenise and validate; raises a CaptionError naming what is wrong."""
+        """Tokenise and validate; raises a CaptionError naming what is wrong. A valid caption's tokens are kept (up to
+        CHECKED_KEPT captions): a job's captions are checked by the API, when the worker loads the job, when it
+        encodes each chunk and when it records the attention, and n > 1 repeats each caption."""
+        if (kept := self._checked.get(caption)) is not None:
+            return list(kept)
+        tokens = self._check(caption)
+        if len(self._checked) >= CHECKED_KEPT:
+            self._checked.clear()
+        self._checked[caption] = tuple(tokens)
+        return tokens
+
+    def _check(self, caption: str) -> list[Token]:
         tokens = tokenize(caption)
         if not tokens:
             raise EmptyCaptionError("caption is empty")

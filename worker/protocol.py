@@ -24,9 +24,13 @@ import math
 import re
 import secrets
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from functools import cached_property
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+if TYPE_CHECKING:
+    from models.vocab import Vocabulary
 
 JOB_FUNC = "worker.jobs.generate"
 
@@ -372,6 +376,14 @@ class ModelInfo(BaseModel):
     example_captions: list[str] = []  # from the checkpoint (training records a few validation captions)
     held_out_captions: list[str] = []  # captions whose combination training never showed
 
+    @cached_property
+    def caption_vocab(self) -> Vocabulary:
+        """The vocabulary as the model's Vocabulary, built once (a text model's holds 10k words): its captions'
+        checks are kept (Vocabulary.check), so a job's caption is tokenised once, not at every check."""
+        from models.vocab import Vocabulary
+
+        return Vocabulary(self.vocabulary or [], max_length=self.max_caption_tokens or 1)
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """(height, width, channels) of the images it reads and draws; InvalidJobError for a text family."""
@@ -615,7 +627,7 @@ def validate_for_model(request: JobRequest, info: ModelInfo, *, max_job_bytes: i
     """Checks what needs the model: its modes against the condition, the caption vocabulary, the result size.
     Raises InvalidJobError. Torch-free: the API runs it with the ModelInfo from a worker's heartbeat; the worker
     runs it again. (Uploaded images are checked where they are decoded: worker.inputs.)"""
-    from models.vocab import CaptionError, Vocabulary
+    from models.vocab import CaptionError
 
     kind = request.condition.kind
     captioned = "caption" in info.modes
@@ -639,7 +651,7 @@ def validate_for_model(request: JobRequest, info: ModelInfo, *, max_job_bytes: i
         if not captioned and captions is not None:
             raise InvalidJobError(f"model {info.id!r} ({info.kind}) takes no captions")
     if captions is not None:
-        vocab = Vocabulary(info.vocabulary or [], max_length=info.max_caption_tokens or 1)
+        vocab = info.caption_vocab
         for j, caption in enumerate(captions):
             try:
                 vocab.check(caption)

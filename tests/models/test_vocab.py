@@ -79,3 +79,21 @@ def test_sentence_reads_a_text_family_row_up_to_its_end_word():
     spelling = list(v.itos)
     spelling[n] = "N"
     assert v.sentence([the, n, eos], spelling=spelling) == "the N"
+
+
+def test_kept_checks_answer_as_fresh_ones_and_never_keep_an_error(monkeypatch):
+    import models.vocab as vocab_module
+
+    monkeypatch.setattr(vocab_module, "CHECKED_KEPT", 3)
+    v = Vocabulary(["the", "digit", "3", "is", "at", "top"], max_length=5)
+    fresh = Vocabulary(["the", "digit", "3", "is", "at", "top"], max_length=5)
+    first = v.check("The digit three")
+    first.append("changed by a caller")  # a copy: the kept answer is not the caller's list
+    for caption in ["The digit three", "3 is at top", "the 3", "top", "The digit three"]:  # past the bound: cleared
+        assert v.check(caption) == fresh._check(caption)
+    for _ in range(2):
+        with pytest.raises(UnknownWordsError):
+            v.check("the digit 7")
+        with pytest.raises(CaptionTooLongError):
+            v.check("the digit 3 is at top")
+    assert len(v._checked) <= 3

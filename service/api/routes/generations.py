@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from models.vocab import CaptionTooLongError, EmptyCaptionError, UnknownWordsError, Vocabulary
+from models.vocab import CaptionTooLongError, EmptyCaptionError, UnknownWordsError
 from service import outputs, store
 from service.api.deps import CallerDep, ConnDep, IdempotencyKeyDep, MetricsDep, SettingsDep
 from service.events import JobEvents
@@ -67,7 +67,7 @@ def _base(request: Request) -> str:
 def _caption_problems(captions: list[str], info: ModelInfo, base: str, names: list[str] | None = None) -> None:
     """A 422 for the first empty or too long caption, else one naming every unknown word; `names` says what each
     caption is called in the messages ("caption j" by default; an interpolation's "from" and "to")."""
-    vocab = Vocabulary(info.vocabulary or [], max_length=info.max_caption_tokens or 1)
+    vocab = info.caption_vocab
     called = names or [f"caption {j}" for j in range(len(captions))]
     unknown: list[dict[str, Any]] = []
     for j, caption in enumerate(captions):
