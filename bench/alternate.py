@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
 def cpu_ms(process: str, run: str) -> Callable[[dict], float]:
     return lambda r: 1000 * r[run]["cpu_s"][process] / r[run]["jobs"]
 

@@ -114,7 +114,12 @@ class Align(nn.Module):
     def forward(self, keys: Tensor, values: Tensor, mask: Tensor, h_gen: Tensor) -> tuple[Tensor, Tensor]:
         """-> context s_t (B, 2H) and weights α_t (B, K), exactly 0 on padding."""
         alpha = self.weights(keys, mask, h_gen)
-        return (alpha[:, None] @ values).squeeze(1), alpha
+        return self.context(alpha, values), alpha
+
+    @staticmethod
+    def context(alpha: Tensor, values: Tensor) -> Tensor:
+        """s_t = Σ_j α_tj value_j (eq. 5): (B, K) weights over (B, K, D) values -> (B, D)."""
+        return (alpha[:, None] @ values).squeeze(1)
 
     def weights(self, keys: Tensor, mask: Tensor, h_gen: Tensor, out: Tensor | None = None) -> Tensor:
         """α_t (B, K) alone. `out` (B, K, A), when given, holds the (B, K, A) pass instead of a new tensor each step
@@ -261,7 +266,7 @@ class AlignDRAW(nn.Module):
         c, lstm = self.config, self.generator_lstm
         if self.word_values is None or c.vocab_size > 2 * c.lang_size:
             return lambda alpha, s, z, h: lstm.gates(
-                torch.cat([z, (alpha[:, None] @ values).squeeze(1) if s is None else s], dim=1), h)
+                torch.cat([z, self.align.context(alpha, values) if s is None else s], dim=1), h)
         w, context_end = lstm.weight, c.z_size + 2 * c.lang_size
         w_z, w_h = w[:, : c.z_size].t(), w[:, context_end:].t()
         word_gates = self.word_values.weight @ w[:, c.z_size : context_end].t()  # (V, 4·dec)
@@ -288,7 +293,7 @@ class AlignDRAW(nn.Module):
         gates = self._generator_gates(captions, values)
         for t in range(self.steps):
             alpha = self.align.weights(keys, mask, h_gen, out=pre)
-            s = (alpha[:, None] @ values).squeeze(1) if self.config.prior_context else None
+            s = self.align.context(alpha, values) if self.config.prior_context else None
             z = latent(t, *self._prior(t, h_gen, s))
             h_gen, c_gen = self.generator_lstm.update(gates(alpha, s, z, h_gen), c_gen)
             window = self.write.add_to(canvas, h_gen)

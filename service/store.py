@@ -69,13 +69,13 @@ def first_sight_of_end(conn: redis.Redis, settings: ApiSettings, job_id: str) ->
 
 # --- memory -----------------------------------------------------------------------------------------------------
 
-def room(conn: redis.Redis, settings: ApiSettings, need: int, *, depth: bool = False) -> tuple[bool, int, int, int]:
+def room(conn: redis.Redis, settings: ApiSettings, need: int) -> tuple[bool, int, int, int]:
     """Whether a job that may store `need` bytes fits under the fill limit of Redis's maxmemory (no cap: always).
-    Returns (fits, used bytes, limit bytes, jobs waiting over all queues: read with `depth`, else 0), in one round
-    trip. Checked before enqueueing, so running jobs keep their headroom."""
+    Returns (fits, used bytes, limit bytes, jobs waiting over all queues), in one round trip. Checked before
+    enqueueing, so running jobs keep their headroom."""
     with conn.pipeline(transaction=False) as p:
         p.info("memory")
-        for q in settings.queues if depth else []:
+        for q in settings.queues:
             p.llen(make_queue(conn, q).key)
         info, *lengths = p.execute()
     used, cap = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))

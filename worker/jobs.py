@@ -32,6 +32,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -351,24 +352,29 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
     # Choose first, then claim in two round trips for all of them, not three a job: a job whose claim fails
     # (canceled, or another worker took it first) only leaves its rows unused in this call.
     chosen: list[tuple[Job, JobRequest]] = []
-    scanned = 0
-    while scanned < len(ids) and len(chosen) < s.batch_jobs - 1 and free > 0:
-        # a page of as many jobs as could still fit (one row each at least), not all batch_scan: each is decoded
-        page = ids[scanned : scanned + max(min(free, s.batch_jobs - 1 - len(chosen)), 4)]
-        scanned += len(page)
-        for job in Job.fetch_many(page, connection=conn, serializer=SERIALIZER):
-            if job is None or job.func_name != JOB_FUNC:
-                continue
-            try:
-                request, _ = _load(rt, job.args[0] if job.args else None)
-            except InvalidJobError:
-                continue  # it fails on its own, with its own error
-            if request.model != leader.request.model or request.condition.kind != kind or request.images > free:
-                continue
-            chosen.append((job, request))
-            free -= request.images
-            if len(chosen) >= s.batch_jobs - 1 or free <= 0:
-                break
+
+    def waiting() -> Iterator[Job | None]:
+        """The waiting jobs a page at a time, each page as many as could still fit (one row each at least, 4 at
+        least), not all batch_scan at once: every job read is decoded."""
+        start = 0
+        while start < len(ids):
+            page = ids[start : start + max(min(free, s.batch_jobs - 1 - len(chosen)), 4)]
+            start += len(page)
+            yield from Job.fetch_many(page, connection=conn, serializer=SERIALIZER)
+
+    for job in waiting():
+        if job is None or job.func_name != JOB_FUNC:
+            continue
+        try:
+            request, _ = _load(rt, job.args[0] if job.args else None)
+        except InvalidJobError:
+            continue  # it fails on its own, with its own error
+        if request.model != leader.request.model or request.condition.kind != kind or request.images > free:
+            continue
+        chosen.append((job, request))
+        free -= request.images
+        if len(chosen) >= s.batch_jobs - 1 or free <= 0:
+            break
     if not chosen:
         return []
     with conn.pipeline(transaction=False) as p:

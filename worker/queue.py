@@ -68,24 +68,11 @@ def job_timeout(request: JobRequest, settings: Settings, steps: int | None = Non
     return math.ceil(settings.job_timeout_base + settings.job_timeout_per_row_step * rows * t)
 
 
-def enqueue_generation(
-    conn: redis.Redis,
-    request: JobRequest,
-    settings: Settings,
-    *,
-    job_id: str | None = None,
-    queue_name: str | None = None,
-    steps: int | None = None,
-    unique: bool = True,
-) -> tuple[str, JobRequest]:
-    """Put a job on the queue; returns (job id, the request with its seeds). Validate with
-    `protocol.validate_for_model(request, model_catalog(conn, settings)[request.model], ...)` first.
-
-    With `unique` a second enqueue with the same job id raises rq.exceptions.DuplicateJobError while the first
-    job exists (idempotency keys map onto job ids).
-    """
-    view, request = enqueue_view(conn, request, settings, job_id=job_id, queue_name=queue_name, steps=steps,
-                                 unique=unique)
+def enqueue_generation(conn: redis.Redis, request: JobRequest, settings: Settings,
+                       **options: Any) -> tuple[str, JobRequest]:
+    """enqueue_view (its keyword options: job_id, queue_name, steps, unique) for a caller that wants only the job's
+    id: returns (job id, the request with its seeds)."""
+    view, request = enqueue_view(conn, request, settings, **options)
     return view.id, request
 
 
@@ -99,8 +86,13 @@ def enqueue_view(
     steps: int | None = None,
     unique: bool = True,
 ) -> tuple[JobView, JobRequest]:
-    """enqueue_generation, returning the job as get_view would show it just after (queued): what the POST answers
-    without reading the job back."""
+    """Put a job on the queue; returns the job as get_view would show it just after (queued), which the POST answers
+    without reading the job back, and the request with its seeds. Validate with
+    `protocol.validate_for_model(request, model_catalog(conn, settings)[request.model], ...)` first.
+
+    With `unique` a second enqueue with the same job id raises rq.exceptions.DuplicateJobError while the first
+    job exists (idempotency keys map onto job ids).
+    """
     request = request.with_seeds()
     job_id = check_job_id(job_id or new_job_id())
     queue = make_queue(conn, queue_name or settings.queues[0])

@@ -42,6 +42,31 @@ def api_settings(url: str, checkpoints: Path, **kw) -> ApiSettings:
 
 
 @contextmanager
+def offered_without_worker(url: str, checkpoints: Path, name: str) -> Iterator[ApiSettings]:
+    """Settings whose key prefix and queue are `name`, whose models a heartbeat offers (the tiny checkpoints') but
+    no worker draws: jobs posted there stay queued. The heartbeat, the queue, its jobs and the keys go at the end."""
+    from worker.queue import clear_heartbeat, make_queue, write_heartbeat
+    from worker.registry import load_models
+
+    settings = api_settings(url, checkpoints, key_prefix=name, queues=[name], heartbeat_interval=1,
+                            heartbeat_ttl=3600)
+    conn = redis.Redis.from_url(url)
+    models = load_models(checkpoints, "cpu")
+    write_heartbeat(conn, settings, name, {"name": name, "models": [m.info.model_dump() for m in models.values()],
+                                           "device": "cpu", "queues": [name], "state": "idle", "jobs": []})
+    try:
+        yield settings
+    finally:
+        clear_heartbeat(conn, settings, name)
+        queue = make_queue(conn, name)
+        jobs = {*queue.get_job_ids(), *queue.canceled_job_registry.get_job_ids()}
+        queue.delete(delete_jobs=True)
+        for key in [*conn.scan_iter(f"{name}:*"), *conn.scan_iter(f"rq:*:{name}"), *(f"rq:job:{j}" for j in jobs)]:
+            conn.delete(key)
+        conn.close()
+
+
+@contextmanager
 def running_worker(settings: ApiSettings, name: str, log_dir: Path, timeout: float = 60) -> Iterator[subprocess.Popen]:
     """A real `python -m worker` with these settings, up once its heartbeat is in Redis; SIGTERM at the end."""
     log = (log_dir / f"{name}.log").open("w")

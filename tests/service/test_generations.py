@@ -6,12 +6,9 @@ import json
 import time
 
 import pytest
-import redis
 
-from tests.service.conftest import api_settings, wait_status
+from tests.service.conftest import offered_without_worker, wait_status
 from tests.worker.conftest import wait_for
-from worker.queue import clear_heartbeat, make_queue, write_heartbeat
-from worker.registry import load_models
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CAPTION = "the digit 3 is at the top left of the image"
@@ -346,20 +343,8 @@ def test_seeds_one_per_image_may_repeat_and_must_match_the_outputs(client):
 @pytest.fixture
 def idle_client(service_redis_url, checkpoints, make_client):
     """An API whose models a heartbeat offers but no worker draws: its own key prefix and queue, so jobs stay queued."""
-    settings = api_settings(service_redis_url, checkpoints, key_prefix="idle-post", queues=["idle-post"],
-                            heartbeat_interval=1, heartbeat_ttl=600)
-    conn = redis.Redis.from_url(service_redis_url)
-    models = load_models(checkpoints, "cpu")
-    write_heartbeat(conn, settings, "idle", {"name": "idle", "models": [m.info.model_dump() for m in models.values()],
-                                             "device": "cpu", "queues": ["idle-post"], "state": "idle", "jobs": []})
-    try:
-        yield make_client(key_prefix="idle-post", queues=["idle-post"], heartbeat_interval=1, heartbeat_ttl=600)
-    finally:
-        clear_heartbeat(conn, settings, "idle")
-        make_queue(conn, "idle-post").delete(delete_jobs=True)
-        for key in conn.scan_iter("idle-post:*"):
-            conn.delete(key)
-        conn.close()
+    with offered_without_worker(service_redis_url, checkpoints, "idle-post") as s:
+        yield make_client(key_prefix=s.key_prefix, queues=s.queues, heartbeat_interval=1, heartbeat_ttl=3600)
 
 
 def test_a_post_answers_what_a_read_then_shows(idle_client):

@@ -17,18 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.config import ApiSettings
 from service.main import create_app
-from tests.service.conftest import api_settings
-from worker.queue import clear_heartbeat, make_queue, write_heartbeat
+from tests.service.conftest import offered_without_worker
 
-PREFIX = QUEUE = "schemathesis"  # its own keys and queue: nothing another test reads, nothing a worker draws
-WORKER = "schemathesis-worker"
+PREFIX = "schemathesis"  # its own keys and queue: nothing another test reads, nothing a worker draws
 CONFIG = schemathesis.Config.from_dict({
     "seed": 20261203,
     "generation": {"max-examples": 20, "deterministic": True, "database": "none"},
@@ -44,25 +41,8 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(ApiSettings(
 
 @pytest.fixture(scope="module")
 def api(service_redis_url: str, checkpoints: Path) -> Iterator[FastAPI]:
-    from worker.registry import load_models
-
-    settings = api_settings(service_redis_url, checkpoints, key_prefix=PREFIX, queues=[QUEUE],
-                            heartbeat_interval=1, heartbeat_ttl=3600)
-    conn = redis.Redis.from_url(service_redis_url)
-    models = load_models(checkpoints, "cpu")
-    write_heartbeat(conn, settings, WORKER, {"name": WORKER, "models": [m.info.model_dump() for m in models.values()],
-                                             "device": "cpu", "queues": [QUEUE], "state": "idle", "jobs": []})
-    try:
+    with offered_without_worker(service_redis_url, checkpoints, PREFIX) as settings:
         yield create_app(settings)
-    finally:
-        clear_heartbeat(conn, settings, WORKER)
-        queue = make_queue(conn, QUEUE)
-        jobs = {*queue.get_job_ids(), *queue.canceled_job_registry.get_job_ids()}
-        queue.delete(delete_jobs=True)
-        for key in [*conn.scan_iter(f"{PREFIX}:*"), *conn.scan_iter(f"rq:*:{QUEUE}"),
-                    *(f"rq:job:{j}" for j in jobs)]:
-            conn.delete(key)
-        conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -122,10 +122,10 @@ def lookup_model(conn, settings, metrics, model: str, base: str) -> ModelInfo:
     return catalog[model]
 
 
-def storage_room(conn, settings, metrics, need: int, *, depth: bool = False) -> int:
-    """503 storage-full unless the job store has room for `need` more bytes under its fill limit; with `depth`, the
-    jobs waiting (read in the same round trip), else 0."""
-    fits, used, limit, waiting = store.room(conn, settings, need, depth=depth)
+def storage_room(conn, settings, metrics, need: int) -> int:
+    """503 storage-full unless the job store has room for `need` more bytes under its fill limit; else the jobs
+    waiting (read in the same round trip)."""
+    fits, used, limit, waiting = store.room(conn, settings, need)
     if not fits:
         metrics.jobs_rejected.labels("storage-full").inc()
         raise Problem(503, "storage-full", f"the job store is full: {used} bytes used, this job may add {need}, the "
@@ -146,8 +146,7 @@ def submit(conn, settings, caller, metrics, response: Response, base: str, *, bo
         metrics.jobs_rejected.labels("invalid").inc()
         raise Problem(422, "invalid-request", str(e), title="Invalid request") from None
 
-    depth = storage_room(conn, settings, metrics, job_bytes_bound(job, info) + sum(len(u) for u in uploads),
-                         depth=True)
+    depth = storage_room(conn, settings, metrics, job_bytes_bound(job, info) + sum(len(u) for u in uploads))
     if depth >= settings.max_queue_depth:
         metrics.jobs_rejected.labels("queue-full").inc()
         raise Problem(503, "queue-full", f"{depth} jobs are waiting; the limit is {settings.max_queue_depth}",
@@ -175,7 +174,7 @@ def submit(conn, settings, caller, metrics, response: Response, base: str, *, bo
                 p.hset(files, mapping={input_name(j): data for j, data in enumerate(uploads)})
                 p.expire(files, ttl)
                 p.execute()
-        view, job = enqueue_view(conn, job, settings, job_id=job_id, steps=info.steps)
+        view, _ = enqueue_view(conn, job, settings, job_id=job_id, steps=info.steps)
     except Exception:
         if idempotency_key is not None:
             store.release_idempotency(conn, settings, caller.owner, idempotency_key)
@@ -352,11 +351,11 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
     def first_read() -> tuple[bool, tuple[Generation, bytes, str, bytes | None]]:  # one trip to the thread pool
         """(whether the job was ever created, the first read). The owner record outlives the job: it tells an
         expired job from an id never used (404). With API keys off it is read only for an expired job."""
-        if settings.api_keys:  # the caller's own jobs only: the owner record first
-            return _authorize(conn, settings, caller, job_id) is not None, read()
-        _authorize(conn, settings, caller, job_id)  # the id's form; any caller may read any job
+        _authorize(conn, settings, caller, job_id)  # with API keys: 404 unless the caller's (its owner record)
         first = read()
-        return first[0].status != "expired" or store.load_owner(conn, settings, job_id) is not None, first
+        created = (bool(settings.api_keys) or first[0].status != "expired"
+                   or store.load_owner(conn, settings, job_id) is not None)
+        return created, first
 
     read_at = time.monotonic()
     with request.app.state.events.watch(job_id) as watch:  # from before the first read: no announcement is missed
