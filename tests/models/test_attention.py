@@ -33,6 +33,26 @@ def test_filterbank_rows_sum_to_one(h, w, n, raw):
     torch.testing.assert_close(f_x.sum(-1), torch.ones(1, n, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("sigma2", [0.05, 0.5, 3.0])
+def test_sharp_filters_hold_no_denormal_weights_and_match_the_gaussian(sigma2):
+    # a sharp filter's far tail underflows exp; denormal weights there slow the CPU's exp and matmuls 20–190×
+    h = w = 60
+    raw = torch.cat([raw_params(h, w, 8, gx=gx, gy=gy, delta=2.0, sigma2=sigma2)
+                     for gx, gy in [(30.5, 30.5), (3.2, 57.9), (-4.0, 70.0)]]).float()  # centred, near edges, off
+    p = attention_params(raw, h, w, 8)
+    f_y, f_x = filterbank(p, h, w)
+    tiny = torch.finfo(torch.float32).tiny
+    for f, g in ((f_y, p.g_y), (f_x, p.g_x)):
+        assert f.dtype == torch.float32
+        assert not ((f != 0) & (f.abs() < tiny)).any()
+        # the closed form in float64: exp(−(a − μ_i)²/2σ²) normalised over the image's pixels (eq. 25-26)
+        mu = g.double()[:, None] + (torch.arange(1, 9, dtype=torch.float64) - 4.5) * p.delta.double()[:, None]
+        a = torch.arange(1, w + 1, dtype=torch.float64)
+        log_f = -(a - mu[..., None]) ** 2 / (2 * p.sigma2.double()[:, None, None])
+        exact = (log_f - log_f.logsumexp(-1, keepdim=True)).exp()
+        torch.testing.assert_close(f.double(), exact, atol=1e-12, rtol=1e-5)
+
+
 def test_filter_centres_are_centred_on_the_grid_centre():
     h = w = 60
     p = attention_params(raw_params(h, w, 8, delta=3.0, sigma2=0.5), h, w, 8)
