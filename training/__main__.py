@@ -9,6 +9,7 @@ from dataclasses import fields
 from typing import Any
 
 from training.config import DATASETS, MODELS, TrainConfig
+from training.device import flush_denormals
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -118,4 +119,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    flush_denormals()  # for the whole process, before a torch op starts the thread pool (training/device.py)
     sys.exit(main())

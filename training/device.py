@@ -16,6 +16,14 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
+def flush_denormals() -> None:
+    """CPU float arithmetic treats values under 1.2e-38 as zero (x86 FTZ and DAZ), in this thread and in every thread
+    it starts later, so call it before torch's first parallel op starts the OpenMP pool. IWAE's normalised weights
+    w̃_i put most of its k samples' gradients in that range, where each multiply costs this CPU a microcode assist:
+    an IWAE step (batch 500, k = 50, 2 threads) ran 6× faster with it. GPUs keep their own setting."""
+    torch.set_flush_denormal(True)
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

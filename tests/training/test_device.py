@@ -1,0 +1,30 @@
+"""The training process's CPU float mode."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+PROBE = """
+import torch
+from training.device import flush_denormals
+{setup}
+torch.set_num_threads(2)
+x = torch.full((1 << 21,), 1e-30)  # large enough that the product is split over the pool's threads
+print(int(((x * 1e-10) != 0).sum()), int((torch.tensor([1e-39]) * 1.0 != 0).sum()))
+"""
+
+
+def _run(setup: str) -> str:
+    return subprocess.run([sys.executable, "-c", PROBE.format(setup=setup)], capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def test_flush_denormals_zeroes_denormal_results_and_inputs_in_every_thread():
+    assert _run("pass") == [str(1 << 21), "1"]  # the default: 1e-40 is a denormal, kept
+    assert _run("flush_denormals()") == ["0", "0"]  # FTZ (results) and DAZ (inputs), main and pool threads alike
+
+
+def test_python_m_training_flushes_denormals_first():
+    source = Path("training/__main__.py").read_text()
+    entry = source[source.index('if __name__ == "__main__":'):]
+    assert entry.index("flush_denormals()") < entry.index("main()")
