@@ -32,7 +32,7 @@ from models.draw import InitialState, Posterior, elbo_losses
 from models.elbo import ELBO, bernoulli_nll
 from models.family import Losses, Step
 from models.gaussian import kl_diagonal, log_density, reparameterise
-from models.lstm import LSTMCell, LSTMState, tanh
+from models.lstm import LSTMCell, LSTMState
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Align(nn.Module):
 
     def forward(self, keys: Tensor, values: Tensor, mask: Tensor, h_gen: Tensor) -> tuple[Tensor, Tensor]:
         """-> context s_t (B, 2H) and weights α_t (B, K), exactly 0 on padding."""
-        alpha = self.weights(keys, mask, h_gen)
+        alpha = self.scorer(keys, mask)(h_gen)
         return self.context(alpha, values), alpha
 
     @staticmethod
@@ -121,15 +121,20 @@ class Align(nn.Module):
         """s_t = Σ_j α_tj value_j (eq. 5): (B, K) weights over (B, K, D) values -> (B, D)."""
         return (alpha[:, None] @ values).squeeze(1)
 
-    def weights(self, keys: Tensor, mask: Tensor, h_gen: Tensor, out: Tensor | None = None) -> Tensor:
-        """α_t (B, K) alone. `out` (B, K, A), when given, holds the (B, K, A) pass instead of a new tensor each step
-        (sampling only: autograd keeps each step's)."""
-        # vᵀ tanh(a) = 2·vᵀσ(2a) − Σv exactly; this CPU build's tanh is ~7× slower than its sigmoid and
-        # this (B, K, A) pass is the sampler's largest elementwise cost.
-        query = 2 * self.w(h_gen)[:, None]
-        pre = torch.add(keys, query, out=out) if out is not None else keys + query
-        e = 2 * (torch.sigmoid_(pre) @ self.v.weight[0]) - self.v.weight.sum()
-        return torch.softmax(e.masked_fill(~mask, float("-inf")), dim=-1)
+    def scorer(self, keys: Tensor, mask: Tensor, *, reuse: bool = False) -> Callable[[Tensor], Tensor]:
+        """h^gen_{t−1} ↦ α_t (B, K), with what stays the same over the T steps computed once. `reuse` keeps one
+        (B, K, A) buffer for every step (sampling only: autograd keeps each step's)."""
+        # vᵀ tanh(a) = 2·vᵀσ(2a) − Σv exactly; this CPU build's tanh is ~7× slower than its sigmoid and this (B, K, A)
+        # pass is the sampler's largest elementwise cost. The doublings ride in W and v: 2·(W h) = (2W) h bit for bit.
+        w2, v2, v_sum = 2 * self.w.weight, 2 * self.v.weight[0], self.v.weight.sum()
+        padding = ~mask
+        out = torch.empty_like(keys) if reuse else None
+
+        def weights(h_gen: Tensor) -> Tensor:
+            query = nn.functional.linear(h_gen, w2)[:, None]
+            pre = torch.add(keys, query, out=out) if out is not None else keys + query
+            return torch.softmax((torch.sigmoid_(pre) @ v2 - v_sum).masked_fill(padding, float("-inf")), dim=-1)
+        return weights
 
 
 class AlignDRAW(nn.Module):
@@ -184,16 +189,21 @@ class AlignDRAW(nn.Module):
     def log_weight(self, batch: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         return self(batch["x"], batch["captions"], batch["lengths"], noise=noise).log_weight
 
-    def _prior(self, t: int, h_gen: Tensor, s: Tensor | None) -> tuple[Tensor, Tensor]:
-        """μ_t, log σ_t of p(z_t | Z_<t); s_t is read only with prior_context (None may stand for it otherwise)."""
-        if t == 0:  # N(0, I) at the first step, as in the official code
-            zeros = h_gen.new_zeros(h_gen.shape[0], self.z_size)
-            return zeros, zeros
-        if self.config.prior_context:
-            assert s is not None, "prior_context needs s_t"
-            h_gen = torch.cat([h_gen, s], 1)
-        mu, log_sigma = tanh(self.prior(h_gen)).chunk(2, dim=1)
-        return mu, log_sigma
+    def _prior_fn(self) -> Callable[[int, Tensor, Tensor | None], tuple[Tensor, Tensor]]:
+        """(t, h^gen_{t−1}, s_t) ↦ μ_t, log σ_t of p(z_t | Z_<t); s_t is read only with prior_context (None may stand
+        for it otherwise). tanh(W h + b) = 2σ((2W) h + 2b) − 1, the inner doubling in the weights, once a call."""
+        w2, b2 = 2 * self.prior.weight, 2 * self.prior.bias
+
+        def prior(t: int, h_gen: Tensor, s: Tensor | None) -> tuple[Tensor, Tensor]:
+            if t == 0:  # N(0, I) at the first step, as in the official code
+                zeros = h_gen.new_zeros(h_gen.shape[0], self.z_size)
+                return zeros, zeros
+            if self.config.prior_context:
+                assert s is not None, "prior_context needs s_t"
+                h_gen = torch.cat([h_gen, s], 1)
+            mu, log_sigma = (2 * torch.sigmoid(nn.functional.linear(h_gen, w2, b2)) - 1).chunk(2, dim=1)
+            return mu, log_sigma
+        return prior
 
     def _caption(self, captions: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """-> align's values (B, K, 2H), keys (B, K, A) and the real-word mask (B, K)."""
@@ -228,10 +238,11 @@ class AlignDRAW(nn.Module):
         enc_state: LSTMState = self.posterior.initial(b)
         canvas = self.canvas0.expand(b, -1, -1, -1)
         kls, log_ratios, zs = [], [], []
+        align, prior = self.align.scorer(keys, mask), self._prior_fn()
         for t in range(self.steps):
             mu_q, log_sigma_q, enc_state = self.posterior(x, canvas, h_gen, enc_state)
-            s, _ = self.align(keys, values, mask, h_gen)
-            mu_p, log_sigma_p = self._prior(t, h_gen, s)
+            s = self.align.context(align(h_gen), values)
+            mu_p, log_sigma_p = prior(t, h_gen, s)
             z = reparameterise(mu_q, log_sigma_q, eps[:, t])
             kls.append(kl_diagonal(mu_q, log_sigma_q, mu_p, log_sigma_p))
             log_ratios.append(log_density(z, mu_q, log_sigma_q) - log_density(z, mu_p, log_sigma_p))
@@ -253,8 +264,9 @@ class AlignDRAW(nn.Module):
 
     def _generator_gates(self, captions: Tensor, values: Tensor
                          ) -> Callable[[Tensor, Tensor | None, Tensor, Tensor], Tensor]:
-        """(α_t, s_t or None, z_t, h^gen_{t−1}) ↦ the generator LSTM's gates W [z_t, s_t, h] + b, where
-        s_t = Σ_j α_tj value_j (eq. 5) is computed here unless the caller has it already (prior_context).
+        """(α_t, s_t or None, z_t, h^gen_{t−1}) ↦ the generator LSTM's gates W [z_t, s_t, h] + b, g's doubled (for
+        `update(…, g_doubled=True)`), where s_t = Σ_j α_tj value_j (eq. 5) is computed here unless the caller has it
+        already (prior_context).
 
         With context-free values (`align_values="words"`) from a vocabulary smaller than s_t is wide, summed as
         W_z z_t + W_h h + (W_s s_t + b) where W_s s_t = Σ_v (Σ_{j: w_j = v} α_tj) (W_s value_v): W_s meets each
@@ -264,10 +276,11 @@ class AlignDRAW(nn.Module):
         W_s h_j (B, K, 4·dec) once a call cost about what it saved at K = 12 words against T = 32 steps (measured
         at batch 256), so they keep the one matmul over [z_t, s_t, h]."""
         c, lstm = self.config, self.generator_lstm
+        w, bias = lstm.doubled()  # the gates are for update(…, g_doubled=True)
         if self.word_values is None or c.vocab_size > 2 * c.lang_size:
-            return lambda alpha, s, z, h: lstm.gates(
-                torch.cat([z, self.align.context(alpha, values) if s is None else s], dim=1), h)
-        w, context_end = lstm.weight, c.z_size + 2 * c.lang_size
+            return lambda alpha, s, z, h: torch.addmm(
+                bias, torch.cat([z, self.align.context(alpha, values) if s is None else s, h], dim=1), w.t())
+        context_end = c.z_size + 2 * c.lang_size
         w_z, w_h = w[:, : c.z_size].t(), w[:, context_end:].t()
         word_gates = self.word_values.weight @ w[:, c.z_size : context_end].t()  # (V, 4·dec)
         # which vocabulary word each caption position holds: α summed per word by a matmul, in one fixed order on
@@ -276,7 +289,7 @@ class AlignDRAW(nn.Module):
 
         def gates(alpha: Tensor, s: Tensor | None, z: Tensor, h: Tensor) -> Tensor:  # s_t is not needed here
             per_word = (alpha[:, None] @ one_hot).squeeze(1)
-            return torch.addmm(lstm.bias, per_word, word_gates).addmm_(z, w_z).addmm_(h, w_h)
+            return torch.addmm(bias, per_word, word_gates).addmm_(z, w_z).addmm_(h, w_h)
         return gates
 
     def _draw(self, captions: Tensor, lengths: Tensor,
@@ -289,12 +302,12 @@ class AlignDRAW(nn.Module):
         # of that size a step costs page faults on the CPU (models.family.Step says the canvas is overwritten).
         # A clone even at b = 1, where expand alone would alias the parameter c_0.
         canvas = self.canvas0.expand(b, -1, -1, -1).clone(memory_format=torch.contiguous_format)
-        pre = None if torch.is_grad_enabled() else torch.empty_like(keys)
-        gates = self._generator_gates(captions, values)
+        align = self.align.scorer(keys, mask, reuse=not torch.is_grad_enabled())
+        prior, gates = self._prior_fn(), self._generator_gates(captions, values)
         for t in range(self.steps):
-            alpha = self.align.weights(keys, mask, h_gen, out=pre)
+            alpha = align(h_gen)
             s = self.align.context(alpha, values) if self.config.prior_context else None
-            z = latent(t, *self._prior(t, h_gen, s))
-            h_gen, c_gen = self.generator_lstm.update(gates(alpha, s, z, h_gen), c_gen)
+            z = latent(t, *prior(t, h_gen, s))
+            h_gen, c_gen = self.generator_lstm.update(gates(alpha, s, z, h_gen), c_gen, g_doubled=True)
             window = self.write.add_to(canvas, h_gen)
             yield Step(logits=canvas, window=window.box() if window is not None else None, alignment=alpha)

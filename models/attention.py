@@ -30,18 +30,18 @@ class AttentionParams:
 
         N filters δ apart cover N·δ pixels around the centre; 1-based centre g sits at g − 0.5 in that frame.
         """
-        half = 0.5 * self.n * self.delta
-        cx, cy = self.g_x - 0.5, self.g_y - 0.5
-        return torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1)
+        centre = torch.stack([self.g_x, self.g_y], dim=-1) - 0.5
+        half = (0.5 * self.n * self.delta)[..., None]
+        return torch.cat([centre - half, centre + half], dim=-1)
 
 
 def attention_params(raw: Tensor, height: int, width: int, n: int) -> AttentionParams:
     """Map the linear layer's output (B, 5) = (g̃_X, g̃_Y, log σ², log δ̃, log γ) to image units (eq. 21-24)."""
-    gx_, gy_, log_sigma2, log_delta_, log_gamma = raw.unbind(-1)
-    g_x = 0.5 * (width + 1) * (gx_ + 1)
-    g_y = 0.5 * (height + 1) * (gy_ + 1)
-    delta = (max(height, width) - 1) / max(n - 1, 1) * torch.exp(log_delta_)
-    return AttentionParams(g_x, g_y, delta, torch.exp(log_sigma2), torch.exp(log_gamma), n)
+    # g = (A + 1)/2 · (g̃ + 1), δ = (max(A, B) − 1)/(N − 1) · exp(log δ̃), σ², γ = exp: one pass each over (B, 5)
+    # (the sampler runs this every step), the same products as five separate ones
+    scale = raw.new_tensor([0.5 * (width + 1), 0.5 * (height + 1), 1.0, (max(height, width) - 1) / max(n - 1, 1), 1.0])
+    g_x, g_y, sigma2, delta, gamma = (torch.cat([raw[..., :2] + 1, raw[..., 2:].exp()], dim=-1) * scale).unbind(-1)
+    return AttentionParams(g_x, g_y, delta, sigma2, gamma, n)
 
 
 @torch.no_grad()
@@ -59,8 +59,8 @@ def start_tiled(bias: Tensor, height: int, width: int, n: int) -> None:
 def filterbank(params: AttentionParams, height: int, width: int) -> tuple[Tensor, Tensor]:
     """Row-normalised filterbanks F_Y (B, N, H) and F_X (B, N, W) (eq. 25-26)."""
     n = params.n
-    i = torch.arange(1, n + 1, dtype=params.g_x.dtype, device=params.g_x.device)
-    offsets = i - n / 2 - 0.5  # sums to zero: the grid is centred on g
+    # i − N/2 − 0.5 for i = 1..N: sums to zero, the grid is centred on g
+    offsets = torch.arange(n, dtype=params.g_x.dtype, device=params.g_x.device) - (n - 1) / 2
     spread = offsets * params.delta[:, None]  # (B, N)
     if height == width:  # both banks in one pass of half as many ops (the sampler runs this every step)
         mu = torch.stack([params.g_y, params.g_x], 1)[:, :, None] + spread[:, None]  # (B, 2, N)

@@ -142,8 +142,9 @@ class DRAW(nn.Module):
         h_dec, c_dec = self.decoder_initial(b)
         # written in place (models.family.Step); a clone even at b = 1, where expand alone would alias c_0
         canvas = self.canvas0.expand(b, -1, -1, -1).clone(memory_format=torch.contiguous_format)
+        decoder = self.decoder.stepper()
         for t in range(self.steps):
-            h_dec, c_dec = self.decoder(noise[:, t], (h_dec, c_dec))
+            h_dec, c_dec = decoder(noise[:, t], (h_dec, c_dec))
             window = self.write.add_to(canvas, h_dec)
             yield Step(logits=canvas, window=window.box() if window is not None else None)
 

@@ -8,6 +8,7 @@ taken as 2σ(2g) − 1).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -32,10 +33,26 @@ class LSTMCell(nn.Module):
         """The gates' pre-activations W [x, h] + b (B, 4·hidden), in one matmul."""
         return torch.addmm(self.bias, torch.cat([x, h], dim=1), self.weight.t())
 
-    def update(self, gates: Tensor, c: Tensor) -> LSTMState:
+    def doubled(self) -> tuple[Tensor, Tensor]:
+        """W and b with g's rows doubled: gates summed with these are `update`'s doubled g (g_doubled=True) bit for
+        bit, as doubling is exact in floating point, and a loop over steps skips one pass a step."""
+        g = slice(2 * self.hidden_size, 3 * self.hidden_size)
+        weight, bias = self.weight.clone(), self.bias.clone()
+        weight[g] *= 2
+        bias[g] *= 2
+        return weight, bias
+
+    def stepper(self) -> Callable[[Tensor, LSTMState], LSTMState]:
+        """`forward` for a loop over steps, the same (h, c) bit for bit, with g's doubling in a copy of the weights."""
+        weight, bias = self.doubled()
+        return lambda x, state: self.update(torch.addmm(bias, torch.cat([x, state[0]], dim=1), weight.t()), state[1],
+                                            g_doubled=True)
+
+    def update(self, gates: Tensor, c: Tensor, *, g_doubled: bool = False) -> LSTMState:
         """The new (h, c) from the gates' pre-activations W [x, h] + b (B, 4·hidden), however they were summed;
         `gates` is overwritten (in place: no second (B, 4·hidden) tensor a step)."""
-        gates[:, 2 * self.hidden_size : 3 * self.hidden_size] *= 2  # g's tanh as 2σ(2g) − 1 (see tanh below)
+        if not g_doubled:  # g's tanh as 2σ(2g) − 1 (see tanh below)
+            gates[:, 2 * self.hidden_size : 3 * self.hidden_size] *= 2
         i, f, g, o = torch.sigmoid(gates).chunk(4, dim=1)
         c = torch.addcmul(f * c, i, 2 * g - 1)
         return o * tanh(c), c
