@@ -34,6 +34,7 @@ def log_weights(model, batch: Mapping[str, Tensor], k: int, *, chunk: int = 500,
     device = device or next(model.parameters()).device
     n = batch["x"].shape[0]
     shape = tuple(model.noise_shape())
+    broadcasts = getattr(model, "log_weight_broadcasts", False)  # models/family.py: (B, m, *shape) noise
     out = torch.empty(n, k, dtype=torch.float64)
     per = max(1, chunk // k)  # examples per pass
     for lo in range(0, n, per):
@@ -41,9 +42,13 @@ def log_weights(model, batch: Mapping[str, Tensor], k: int, *, chunk: int = 500,
         done = 0
         while done < k:
             m = min(k - done, chunk)
-            rep = {key: v[rows.start : rows.stop].to(device).repeat_interleave(m, 0) for key, v in batch.items()}
-            noise = torch.randn(len(rows) * m, *shape, generator=generator).to(device)
-            out[rows.start : rows.stop, done : done + m] = model.log_weight(rep, noise).double().cpu().view(-1, m)
+            part = {key: v[rows.start : rows.stop].to(device) for key, v in batch.items()}
+            noise = torch.randn(len(rows) * m, *shape, generator=generator).to(device)  # row r's m samples together
+            if broadcasts:
+                log_w = model.log_weight(part, noise.view(len(rows), m, *shape))
+            else:
+                log_w = model.log_weight({key: v.repeat_interleave(m, 0) for key, v in part.items()}, noise)
+            out[rows.start : rows.stop, done : done + m] = log_w.double().cpu().view(-1, m)
             done += m
     return out
 

@@ -20,7 +20,8 @@ yields one Step with `tokens`, and its `generate` also takes the decoding: `stra
 A "walk" is run by the caller in noise space: families that offer it with "images" also define `encode_noise(x)`
 → (B, *noise shape), the ε their decoder maps to x's posterior-mean path. Optional: `param_groups()` (several
 networks), `init_output_bias(pixel_means)` (called by the trainer on a fresh run), `active_units(x)` (reported by
-evaluate).
+evaluate), `log_weight_broadcasts = True` (log_weight also takes noise (B, m, *noise shape), m samples of each row,
+and returns (B, m): what depends on x alone runs once a row, where L_k would otherwise repeat each row m times).
 """
 
 from __future__ import annotations

@@ -108,6 +108,7 @@ class IWAE(nn.Module):
     modes = {"none": "images", "images": "images", "walk": "frames"}  # models/family.py: condition -> output
     data = "images"
     likelihood = True
+    log_weight_broadcasts = True  # models/family.py: q(h_1 | x) once for all of a row's samples
     bound_name = "−L_{k}"  # formatted with the config: the bound of the training objective's k
     # Adam with the paper's ε = 1e-4; no KL warm-up; the last 400 training digits validate, as the released code.
     train_defaults = {"optimizer": "adam", "kl_warmup": 0, "val_holdout": 400}
@@ -177,7 +178,8 @@ class IWAE(nn.Module):
         return reconstruction, log_q - log_p
 
     def log_weight(self, batch: Mapping[str, Tensor], noise: Tensor) -> Tensor:
-        """log p(x, h) − log q(h | x) at one h per row: batch["x"] (B, C, H, W) in [0, 1], noise (B, Z) -> (B,)."""
+        """log p(x, h) − log q(h | x) at one h per row: batch["x"] (B, C, H, W) in [0, 1], noise (B, Z) -> (B,);
+        or at k per row: noise (B, k, Z) -> (B, k) (log_weight_broadcasts)."""
         reconstruction, log_ratio = self._terms(batch["x"], noise)
         return -reconstruction - log_ratio
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.bounds import importance_weighted
+from models.bounds import importance_weighted, log_weights
 from models.family import Losses, Step, build
 from models.iwae import IWAE, IWAEConfig
 
@@ -91,6 +91,22 @@ def test_log_weight_matches_float64_by_hand(config, scale):
     want = reference_log_weight(model, x, noise)
     torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-3)
     assert want.std() > 1  # the rows differ: a broadcast or row-order slip could not pass
+
+
+@pytest.mark.parametrize(("k", "chunk"), [(7, 30), (12, 5)], ids=["rows-per-pass", "chunks-of-one-row"])
+def test_log_weights_from_broadcast_samples_equal_the_repeated_rows(k, chunk, monkeypatch):
+    # L_k hands IWAE each row once with (B, m, Z) noise (log_weight_broadcasts); the same samples through rows
+    # repeated m times, as for every other family, must give the same log-weights, in the same places
+    model = tiny(TINY2)
+    x = torch.rand(5, 1, 4, 4)
+    shared = log_weights(model, {"x": x}, k, chunk=chunk, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(model, "log_weight_broadcasts", False)
+    repeated = log_weights(model, {"x": x}, k, chunk=chunk, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(shared, repeated, rtol=2e-6, atol=1e-5)  # float32 rounding of ~−150 nats
+    noise = torch.randn(5, k, model.z_size, generator=torch.Generator().manual_seed(4))
+    by_row = torch.stack([model.log_weight({"x": x}, noise[:, i]) for i in range(k)], 1)
+    torch.testing.assert_close(model.log_weight({"x": x}, noise), by_row, rtol=2e-6, atol=1e-5)
+    assert shared.std(1).min() > 0.1  # the samples differ: a broadcast slip would not pass
 
 
 # ---- 2. the bound in Losses ----------------------------------------------------------------------------------------
