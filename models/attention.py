@@ -75,11 +75,14 @@ def _bank(mu: Tensor, sigma2: Tensor, size: int) -> Tensor:
     d = a - mu[..., None]  # (B, N, size)
     # exp(−(a−μ)²/2σ²) / Σ_a exp(…) is a softmax over pixels: max-subtracted, so rows sum to 1 even for a filter
     # off the image (its weight goes to the nearest edge).
-    x = d.square() * (-0.5 / sigma2)[:, None, None]
+    scale = (-0.5 / sigma2)[:, None]
+    x = d.square() * scale[..., None]
     # Tails held at e^−30 of the row's peak (~1e-13 of its unit sum, below any float32 sum they enter): a sharp
     # filter's far tail sends exp below −87, where this CPU's exp is 20–190× slower (its denormal and zero
     # results), and its denormal weights slow read's and write's matmuls the same way (bench/README.md).
-    return torch.softmax(x.clamp(min=x.amax(-1, keepdim=True) - 30.0), dim=-1)
+    # The peak is at the pixel nearest μ, the very value x holds there: no max over rows of 60 (slow on a CPU).
+    nearest = mu.round().clamp(1, size) - mu
+    return torch.softmax(x.clamp(min=(nearest.square() * scale - 30.0)[..., None]), dim=-1)
 
 
 def read_glimpse(image: Tensor, f_y: Tensor, f_x: Tensor) -> Tensor:
