@@ -112,7 +112,8 @@ class Align(nn.Module):
         return 2 * self.u(words)
 
     def forward(self, keys: Tensor, values: Tensor, mask: Tensor, h_gen: Tensor) -> tuple[Tensor, Tensor]:
-        """-> context s_t (B, 2H) and weights α_t (B, K), exactly 0 on padding."""
+        """-> context s_t (B, 2H) and weights α_t (B, K), exactly 0 on padding: one step, as the tests call it (the
+        model's loops build one `scorer` for all T steps)."""
         alpha = self.scorer(keys, mask)(h_gen)
         return self.context(alpha, values), alpha
 
@@ -125,7 +126,8 @@ class Align(nn.Module):
         """h^gen_{t−1} ↦ α_t (B, K), with what stays the same over the T steps computed once. `reuse` keeps one
         (B, K, A) buffer for every step (sampling only: autograd keeps each step's)."""
         # vᵀ tanh(a) = 2·vᵀσ(2a) − Σv exactly; this CPU build's tanh is ~7× slower than its sigmoid and this (B, K, A)
-        # pass is the sampler's largest elementwise cost. The doublings ride in W and v: 2·(W h) = (2W) h bit for bit.
+        # pass is the sampler's largest elementwise cost. The doublings ride in W and v: 2·(W h) = (2W) h bit for bit
+        # (doubling is exact barring under- and overflow).
         w2, v2, v_sum = 2 * self.w.weight, 2 * self.v.weight[0], self.v.weight.sum()
         padding = ~mask
         out = torch.empty_like(keys) if reuse else None

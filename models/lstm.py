@@ -35,7 +35,8 @@ class LSTMCell(nn.Module):
 
     def doubled(self) -> tuple[Tensor, Tensor]:
         """W and b with g's rows doubled: gates summed with these are `update`'s doubled g (g_doubled=True) bit for
-        bit, as doubling is exact in floating point, and a loop over steps skips one pass a step."""
+        bit, as doubling is exact in floating point barring under- and overflow, and a loop over steps skips one
+        pass a step."""
         g = slice(2 * self.hidden_size, 3 * self.hidden_size)
         weight, bias = self.weight.clone(), self.bias.clone()
         weight[g] *= 2

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.attention import Read, Write, attention_params, filterbank, read_glimpse, write_patch
+from models.attention import Read, Write, _bank, attention_params, filterbank, read_glimpse, write_patch
 
 
 def raw_params(height, width, n, *, gx=None, gy=None, delta=1.0, sigma2=1e-3, gamma=1.0, batch=1):
@@ -51,6 +51,20 @@ def test_sharp_filters_hold_no_denormal_weights_and_match_the_gaussian(sigma2):
         log_f = -(a - mu[..., None]) ** 2 / (2 * p.sigma2.double()[:, None, None])
         exact = (log_f - log_f.logsumexp(-1, keepdim=True)).exp()
         torch.testing.assert_close(f.double(), exact, atol=1e-12, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [60, 28, 31])
+def test_the_tail_clamp_takes_each_rows_own_peak_exactly(size):
+    # the clamp's peak is x at the pixel nearest μ, not a max over the row: it must be that max to the bit, for μ on
+    # and between pixels (ties at .5), near and far off either edge, or the weights would move
+    g = torch.Generator().manual_seed(0)
+    mu = torch.cat([torch.rand(64, 6, generator=g) * (size + 40) - 20,  # on the image and off both edges
+                    torch.randint(-3, size + 4, (64, 6), generator=g) + torch.tensor([0.0, 0.5]).repeat(3)]).float()
+    sigma2 = torch.rand(128, generator=g) * 8 + 0.05
+    a = torch.arange(1, size + 1, dtype=torch.float32)
+    x = (a - mu[..., None]).square() * (-0.5 / sigma2)[:, None, None]
+    by_max = torch.softmax(x.clamp(min=x.amax(-1, keepdim=True) - 30.0), dim=-1)
+    assert torch.equal(_bank(mu, sigma2, size), by_max)
 
 
 def test_filter_centres_are_centred_on_the_grid_centre():

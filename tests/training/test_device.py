@@ -10,7 +10,8 @@ from training.device import flush_denormals
 {setup}
 torch.set_num_threads(2)
 x = torch.full((1 << 21,), 1e-30)  # large enough that the product is split over the pool's threads
-print(int(((x * 1e-10) != 0).sum()), int((torch.tensor([1e-39]) * 1.0 != 0).sum()))
+denormal = torch.tensor([1], dtype=torch.int32).view(torch.float32)  # 1.4e-45 from its bits, not parsed from text
+print(int(((x * 1e-10) != 0).sum()), int((denormal * 1.0 != 0).sum()))
 """
 
 
@@ -25,6 +26,6 @@ def test_flush_denormals_zeroes_denormal_results_and_inputs_in_every_thread():
 
 
 def test_python_m_training_flushes_denormals_first():
-    source = Path("training/__main__.py").read_text()
+    source = (Path(__file__).parents[2] / "training" / "__main__.py").read_text()
     entry = source[source.index('if __name__ == "__main__":'):]
     assert entry.index("flush_denormals()") < entry.index("main()")
