@@ -7,6 +7,7 @@ the grid is centred, unlike ports that index i from 0.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -39,9 +40,19 @@ def attention_params(raw: Tensor, height: int, width: int, n: int) -> AttentionP
     """Map the linear layer's output (B, 5) = (g̃_X, g̃_Y, log σ², log δ̃, log γ) to image units (eq. 21-24)."""
     # g = (A + 1)/2 · (g̃ + 1), δ = (max(A, B) − 1)/(N − 1) · exp(log δ̃), σ², γ = exp: one pass each over (B, 5)
     # (the sampler runs this every step), the same products as five separate ones
-    scale = raw.new_tensor([0.5 * (width + 1), 0.5 * (height + 1), 1.0, (max(height, width) - 1) / max(n - 1, 1), 1.0])
+    scale = _param_scale(height, width, n, raw.dtype, raw.device)
     g_x, g_y, sigma2, delta, gamma = (torch.cat([raw[..., :2] + 1, raw[..., 2:].exp()], dim=-1) * scale).unbind(-1)
     return AttentionParams(g_x, g_y, delta, sigma2, gamma, n)
+
+
+@functools.cache
+def _param_scale(height: int, width: int, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """attention_params' five factors, made once per shape and device: a tensor built from a list every step would
+    be a blocking host-to-device copy on a GPU. A normal tensor even when first asked for by a sampler in inference
+    mode, so that training may save it for backward later."""
+    factors = [0.5 * (width + 1), 0.5 * (height + 1), 1.0, (max(height, width) - 1) / max(n - 1, 1), 1.0]
+    with torch.inference_mode(False):
+        return torch.tensor(factors, dtype=dtype, device=device)
 
 
 @torch.no_grad()

@@ -67,6 +67,16 @@ def test_the_tail_clamp_takes_each_rows_own_peak_exactly(size):
     assert torch.equal(_bank(mu, sigma2, size), by_max)
 
 
+def test_attention_params_train_after_a_sampler_ran_first():
+    # its constant factors are made once; made first inside inference mode, they must still serve autograd
+    with torch.inference_mode():
+        attention_params(torch.zeros(2, 5), 17, 23, 3)
+    raw = torch.zeros(2, 5, requires_grad=True)
+    p = attention_params(raw, 17, 23, 3)
+    (p.g_x + p.g_y + p.delta + p.sigma2 + p.gamma).sum().backward()
+    torch.testing.assert_close(raw.grad[0], torch.tensor([12.0, 9.0, 1.0, 11.0, 1.0]))  # d/draw: (W+1)/2, (H+1)/2, …
+
+
 def test_filter_centres_are_centred_on_the_grid_centre():
     h = w = 60
     p = attention_params(raw_params(h, w, 8, delta=3.0, sigma2=0.5), h, w, 8)
