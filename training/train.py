@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ def kl_weight(step: int, warmup: int) -> float:
     return 1.0 if step >= warmup else (step + 1) / warmup
 
 
-def train_epoch(net: nn.Module, model: nn.Module, optimizers: Optimizers, task: Task, epoch: int,
+def train_epoch(net: Callable[..., Losses], model: nn.Module, optimizers: Optimizers, task: Task, epoch: int,
                 device: torch.device, rank: int, world: int) -> dict[str, float]:
     cfg = task.config
     # the global stream (dropout, word dropout) from the epoch's own seed, so a resumed run replays it exactly
@@ -297,7 +298,9 @@ def train(config: TrainConfig) -> Progress:
         # rule, decided per process from its own batch) breaks that, and the processes could disagree
         raise ValueError(f"{config.model} trains several optimiser groups: run it in one process, not under torchrun")
     objective = Objective(model)
-    net = DistributedDataParallel(objective) if distributed else objective
+    net: Callable[..., Losses] = DistributedDataParallel(objective) if distributed else objective
+    if config.compile:  # one graph for the loss and its backward: validation and sampling stay eager
+        net = torch.compile(net)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
 

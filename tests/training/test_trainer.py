@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -314,6 +315,27 @@ def test_iwae_trains_through_the_shared_trainer_on_its_staged_schedule(tmp_path,
     assert (tmp_path / "run" / "previews" / "walk-epoch0002.png").stat().st_size > 0  # 8 latent walks
     saved = json.loads((tmp_path / "run" / "last" / "progress.json").read_text())["optimizer"]
     assert saved["param_groups"][0]["eps"] == 1e-4  # the paper's Adam ε, from the family's optimizer options
+
+
+def test_a_compiled_loss_trains_as_the_eager_one(tmp_path, shared_data):
+    """--compile (torch.compile of the loss and its backward): the same steps in other float bits, so three Adam
+    steps end at the eager run's weights and validation bound within rounding, and the checkpoint records it."""
+    if not (shutil.which("g++") or shutil.which("c++")):
+        absent("no C++ compiler: torch.compile's CPU backend needs one")
+    steps = ["--epochs", "1", "--max-batches", "3"]
+    _train_iwae(tmp_path / "eager", shared_data, *steps)
+    _train_iwae(tmp_path / "compiled", shared_data, *steps, "--compile")
+    _train_iwae(tmp_path / "init", shared_data, "--epochs", "1", "--max-batches", "0")
+    a, b, init = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled"), _weights(tmp_path / "init")
+    assert a.keys() == b.keys() == init.keys()
+    assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-3  # the steps moved the weights, by far more
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)
+    rows = [json.loads((tmp_path / run / "metrics.jsonl").read_text()) for run in ("eager", "compiled")]
+    assert math.isclose(rows[0]["val_nll_bound"], rows[1]["val_nll_bound"], rel_tol=1e-5)
+    assert math.isclose(rows[0]["train_nll_bound"], rows[1]["train_nll_bound"], rel_tol=1e-5)
+    recorded = json.loads((tmp_path / "compiled" / "last" / "checkpoint.json").read_text())["training"]["config"]
+    assert recorded["compile"] is True
 
 
 VAEGAN_TINY = ["--set", "base=4", "--set", "z_size=4", "--set", "margin=0.02"]  # a narrow margin: players sit out
