@@ -24,8 +24,8 @@ def too_large(limit: int, what: str = "request bodies") -> Problem:
 def carries_images(body: bytes) -> bool:
     try:
         doc = json.loads(body)
-    except ValueError:
-        return False  # the route answers the malformed body with its own 422
+    except (ValueError, RecursionError):  # malformed, or nested past Python's recursion limit
+        return False  # not an image body: the smaller limit answers it
     if not isinstance(doc, dict):
         return False
     walk = doc.get("walk")

@@ -284,6 +284,11 @@ def test_only_bodies_with_images_get_the_larger_limit(api):
     padding = "x" * (s.max_body_bytes + 10)
     r = client.post("/v1/generations", json={"model": "tiny-iwae", "n": 1, "pad": padding})
     assert r.status_code == 413 and r.json()["limit_bytes"] == s.max_body_bytes
+    # JSON nested deeper than Python's parser recurses is no image body either (it was a 500)
+    for path in ("/v1/generations", "/v1/likelihoods", "/v1/classifications"):
+        for deep in (b"[" * (s.max_body_bytes + 10), b'{"images":' + b"[" * 40_000 + b"]" * 40_000 + b"}"):
+            r = client.post(path, content=deep, headers={"content-type": "application/json"})
+            assert r.status_code == 413 and r.json()["limit_bytes"] == s.max_body_bytes, (path, r.text)
     many = [png64(x, comment="x" * 2000) for x in digits(64)]
     r = client.post("/v1/likelihoods", json={"model": "tiny-iwae", "images": many, "k": 1})
     assert r.status_code == 202, r.text  # well over 64 KiB with its images
