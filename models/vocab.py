@@ -20,6 +20,8 @@ NUMBER_WORDS = {
 
 # A word is a run of letters/digits (with inner apostrophes or hyphens); every other non-space char is its own token.
 _TOKEN = re.compile(r"[^\W_]+(?:['-][^\W_]+)*|[^\w\s]|_")
+_CHUNK = re.compile(r"\S+")
+_NOT_WHOLE = {PAD, BEGIN, END}  # markers a user never types: mid-sentence they would end or restart it
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,25 @@ class Vocabulary:
         self._checked[caption] = tuple(tokens)
         return tokens
 
+    def tokens(self, caption: str) -> list[Token]:
+        """`tokenize`, except that a whitespace-separated chunk that is itself one of the words stays whole: a text
+        family's sentences ("mr. smith 's <unk>", Penn Treebank's own tokens) then read back as the model wrote
+        them. Caption words split no differently (a chunk like "left." is no word, so it splits as before)."""
+        out: list[Token] = []
+        for chunk in _CHUNK.finditer(caption):
+            word = normalise(chunk.group())
+            if word in self.stoi and word not in _NOT_WHOLE:
+                out.append(Token(word, chunk.start(), chunk.end()))
+            else:
+                out += [Token(t.text, chunk.start() + t.start, chunk.start() + t.end) for t in tokenize(chunk.group())]
+        return out
+
+    def typeable(self) -> list[str]:
+        """The words a user can type: those `tokens` gives back whole (all but <pad>, <bos> and <eos>)."""
+        return [w for w in self.words if [t.text for t in self.tokens(w)] == [w]]
+
     def _check(self, caption: str) -> list[Token]:
-        tokens = tokenize(caption)
+        tokens = self.tokens(caption)
         if not tokens:
             raise EmptyCaptionError("caption is empty")
         unknown = [

@@ -15,7 +15,7 @@ from typing import Any, get_args
 import torch
 
 from models.checkpoint import FORMAT, MANIFEST, Checkpoint, CheckpointError, load_checkpoint
-from models.vocab import Vocabulary, tokenize
+from models.vocab import Vocabulary
 from worker.protocol import MODEL_ID, ModelInfo, ModeOutput
 
 log = logging.getLogger(__name__)
@@ -82,12 +82,6 @@ def load_models(directory: str | Path, device: torch.device | str = "cpu") -> di
     return models
 
 
-def typeable(words: list[str]) -> list[str]:
-    """The words a user can type: those the tokeniser gives back whole (a text family's markers, <eos> and the
-    like, tokenise to pieces and are left out)."""
-    return [w for w in words if [t.text for t in tokenize(w)] == [w]]
-
-
 def describe(model_id: str, ckpt: Checkpoint) -> ModelInfo:
     """The family's contract (models/family.py) and the checkpoint's records as the ModelInfo the API sees."""
     m: Any = ckpt.model
@@ -97,7 +91,7 @@ def describe(model_id: str, ckpt: Checkpoint) -> ModelInfo:
     return ModelInfo(
         id=model_id, kind=m.kind, modes=modes, steps=m.steps, pixels=getattr(m, "pixels", "binary"),
         **({"height": cfg.height, "width": cfg.width, "channels": cfg.channels} if images else {}),
-        vocabulary=typeable(ckpt.vocab.words) if ckpt.vocab is not None else None,
+        vocabulary=ckpt.vocab.typeable() if ckpt.vocab is not None else None,
         max_caption_tokens=ckpt.vocab.max_length if ckpt.vocab is not None else None,
         example_captions=list(ckpt.extra.get("example_captions", [])),
         held_out_captions=list(ckpt.extra.get("held_out_captions", [])),

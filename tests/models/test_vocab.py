@@ -81,6 +81,32 @@ def test_sentence_reads_a_text_family_row_up_to_its_end_word():
     assert v.sentence([the, n, eos], spelling=spelling) == "the N"
 
 
+def test_a_text_familys_sentence_reads_back_as_it_was_written():
+    """Penn Treebank's tokens ("mr.", "'s", "u.s.", "<unk>") are words the tokeniser would split: as whole
+    space-separated chunks they stay whole, so a sentence the model wrote (Vocabulary.sentence) encodes back to its
+    ids, on the model's vocabulary and on the API's (its typeable words). Markers are never typed whole, and a
+    caption's "left." still splits."""
+    words = ["<bos>", "<eos>", "<unk>", "mr.", "smith", "'s", "u.s.", "n", "rose", "left", "."]
+    v = Vocabulary(words, max_length=12)
+    ids = [v.stoi[w] for w in ("mr.", "smith", "'s", "<unk>", "u.s.", "n", "rose")]
+    spelling = list(v.itos)
+    spelling[v.stoi["n"]] = "N"
+    written = v.sentence([v.stoi["<bos>"], *ids, v.stoi["<eos>"]], spelling=spelling)
+    assert written == "mr. smith 's <unk> u.s. N rose"
+    assert v.encode(written) == ids
+    assert v.typeable() == [w for w in words if w not in ("<bos>", "<eos>")]
+    api = Vocabulary(v.typeable(), max_length=12)
+    assert [t.text for t in api.check(written)] == [v.itos[i] for i in ids]
+    # offsets into the text as given; "smith's" is no word, so the tokeniser's rule reads it (as one unknown word)
+    assert [(t.text, t.start, t.end) for t in v.tokens("Mr.  smith's")] == [("mr.", 0, 3), ("smith's", 5, 12)]
+    with pytest.raises(UnknownWordsError, match="smith's"):
+        v.check("Mr.  smith's")
+    with pytest.raises(UnknownWordsError, match="'<'"):
+        v.check("rose <eos> rose")  # a marker typed mid-sentence splits into pieces, none of them words
+    assert [t.text for t in v.check("left.")] == ["left", "."]
+    assert [t.text for t in v.check("Mr.")] == ["mr."]
+
+
 def test_kept_checks_answer_as_fresh_ones_and_never_keep_an_error(monkeypatch):
     import models.vocab as vocab_module
 

@@ -77,6 +77,11 @@ def test_interpolation_runs_from_one_sentences_reconstruction_to_the_others(clie
     other = finished(client, client.post("/v1/generations", json={"model": MODEL, "interpolate": spelled})
                      .headers["location"])
     assert [o["text"] for o in other["outputs"]] == texts
+    # A sentence as the model writes it reads back, <unk> and all (the tokeniser split it into "<", "unk", ">")
+    unknown = {"from": FROM.replace("digit", "<unk>"), "to": TO, "points": 2}
+    r = client.post("/v1/generations", json={"model": MODEL, "interpolate": unknown})
+    assert r.status_code == 202, r.text
+    assert finished(client, r.headers["location"])["status"] == "succeeded"
 
 
 def test_sampled_and_beam_decodings_are_the_models_own(client, checkpoints: Path):
