@@ -17,7 +17,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Mount
@@ -125,10 +125,22 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
         msg = (e.get("ctx") or {}).get("error", "JSON decode error")
         return problem_response(request, 400, kind="malformed-json", title="Malformed JSON",
                                 detail=f"the body is not valid JSON: {msg} at character {where}")
-    clean = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
+    clean = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")).removeprefix("Value error, "),
+              "type": e.get("type", "")} for e in errors]
     detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in clean)
     return problem_response(request, 422, kind="invalid-request", title="Invalid request", detail=detail,
                             errors=clean)
+
+
+def validation_detail(exc: ValidationError) -> str:
+    """A job model's own ValidationError as a problem's detail: each error's message where it applies, without
+    pydantic's banner, input echo and links (str(exc) carries all three)."""
+    parts = []
+    for e in exc.errors():
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in e.get("loc", ()))
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
 
 
 def _redis_down(request: Request, exc: Exception) -> JSONResponse:

@@ -145,10 +145,14 @@ def test_bad_text_requests_are_422s_that_say_what_is_wrong(client):
         ({"decoding": {"strategy": "sample", "temperature": 0}}, "temperature"),
         ({"decoding": {"strategy": "beam", "beam": 17}}, "beam"),
         ({"decoding": {"strategy": "top-k"}}, "strategy"),
+        ({"interpolate": {"from": FROM, "to": TO}, "seeds": [1, 2]}, "an interpolation takes none"),
     ]:
         r = post(body)
         assert r.status_code == 422, (body, r.text)
         assert says in r.text, (body, r.text)
+        assert "pydantic" not in r.text and "input_value" not in r.text, r.text  # the message, not the library's
+    r = post({"interpolate": {"from": FROM, "to": TO, "points": 2}, "seed": 5})  # no noise drawn: seed is moot
+    assert r.status_code == 202 and r.json()["seeds"] == [], r.text
     r = client.post("/v1/generations", json={"model": "tiny-draw", "interpolate": {"from": FROM, "to": TO}})
     assert r.status_code == 422 and "takes no 'text_pair'" in r.json()["detail"]
     r = client.post("/v1/generations", json={"model": "tiny-draw", "n": 2, "decoding": {"strategy": "beam"}})

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from service.api.deps import CallerDep, ConnDep, IdempotencyKeyDep, MetricsDep, SettingsDep
 from service.api.routes import generations as g
-from service.problems import Problem
+from service.problems import Problem, validation_detail
 from service.schemas import ClassificationCreate, Generation
 from worker.protocol import FewShot, FewShotClass, OutputOptions, input_name
 from worker.queue import model_catalog
@@ -41,7 +41,7 @@ def create_classification(body: ClassificationCreate, request: Request, response
     try:
         condition = FewShot(classes=classes, query=[input_name(len(uploads) + j) for j in range(len(query))])
     except ValidationError as e:  # the schema checked the same limits: a backstop, never a 500
-        raise Problem(422, "invalid-request", str(e), title="Invalid request") from None
+        raise Problem(422, "invalid-request", validation_detail(e), title="Invalid request") from None
     return g.submit(conn, settings, caller, metrics, response, base, body=body, model=body.model, info=info,
                     condition=condition, n=1, seeds=None, output=OutputOptions(), uploads=uploads + query,
                     idempotency_key=idempotency_key)

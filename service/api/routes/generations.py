@@ -21,7 +21,7 @@ from models.vocab import CaptionTooLongError, EmptyCaptionError, UnknownWordsErr
 from service import outputs, store
 from service.api.deps import CallerDep, ConnDep, IdempotencyKeyDep, MetricsDep, SettingsDep
 from service.events import JobEvents
-from service.problems import PROBLEM_JSON, Problem
+from service.problems import PROBLEM_JSON, Problem, validation_detail
 from service.schemas import N_ONE, Generation, GenerationCreate
 from worker import inputs
 from worker.protocol import (
@@ -144,7 +144,8 @@ def submit(conn, settings, caller, metrics, response: Response, base: str, *, bo
         validate_for_model(job, info, max_job_bytes=settings.max_job_bytes)
     except (ValidationError, InvalidJobError) as e:
         metrics.jobs_rejected.labels("invalid").inc()
-        raise Problem(422, "invalid-request", str(e), title="Invalid request") from None
+        detail = validation_detail(e) if isinstance(e, ValidationError) else str(e)
+        raise Problem(422, "invalid-request", detail, title="Invalid request") from None
 
     depth = storage_room(conn, settings, metrics, job_bytes_bound(job, info) + sum(len(u) for u in uploads))
     if depth >= settings.max_queue_depth:
@@ -232,17 +233,17 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
             metrics.jobs_rejected.labels("caption").inc()
             raise
     try:
-        images = JobRequest(model=model, condition=condition, n=body.n).images
+        need = JobRequest(model=model, condition=condition, n=body.n).seed_count
     except ValidationError as e:
-        raise Problem(422, "invalid-request", str(e), title="Invalid request") from None
+        raise Problem(422, "invalid-request", validation_detail(e), title="Invalid request") from None
     seeds: list[int] | None = None
     if isinstance(condition, Walk) and body.walk is not None and body.walk.seeds is not None:
         seeds = list(body.walk.seeds)
     elif body.seed is not None and not isinstance(condition, Walk):
-        seeds = [body.seed + i for i in range(images)]
+        seeds = [body.seed + i for i in range(need)]  # none where the job draws no noise (an interpolation)
     elif body.seeds is not None:
-        if len(body.seeds) != images:
-            raise Problem(422, "invalid-request", f"{len(body.seeds)} seeds for {images} outputs: send one per output "
+        if len(body.seeds) != need:
+            raise Problem(422, "invalid-request", f"{len(body.seeds)} seeds for {need} outputs: send one per output "
                           "(caption-major), or `seed`", title="Invalid request")
         seeds = list(body.seeds)
     return submit(conn, settings, caller, metrics, response, base, body=body, model=model, info=info,
