@@ -81,6 +81,12 @@ def test_oversize_body_states_the_limit(client):
 def test_unknown_ids_and_routes(client):
     problem(client.get("/v1/generations/0123456789abcdef"), 404, "unknown-job")
     problem(client.get("/v1/generations/bad:id"), 404, "unknown-job")
+    long = "a" * 65  # no job id is longer than 64: unknown like any other (it was a 422 from the path's limit)
+    for r in (client.get(f"/v1/generations/{long}"), client.delete(f"/v1/generations/{long}"),
+              client.get(f"/v1/generations/{long}/events"), client.get(f"/v1/generations/{long}/images/0.png"),
+              client.get(f"/v1/likelihoods/{long}"), client.get(f"/v1/classifications/{long}")):
+        problem(r, 404, "unknown-job")
+    assert len(problem(client.get("/v1/generations/" + "b" * 5000), 404, "unknown-job")["detail"]) < 200
     problem(client.delete("/v1/generations/0123456789abcdef"), 404, "unknown-job")
     problem(client.get("/v1/generations/0123456789abcdef/events"), 404, "unknown-job")
     problem(client.get("/v1/generations/0123456789abcdef/images/0.png"), 404, "unknown-job")

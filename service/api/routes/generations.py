@@ -54,7 +54,8 @@ from worker.queue import JobView, cancel, enqueue_view, get_file, get_view, job_
 log = logging.getLogger("service")
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
-JobId = Annotated[str, Path(description="job id from POST /v1/generations", max_length=64)]
+# no length limit here: an id no job can have (longer than 64, or other characters) is a 404 like any unknown one
+JobId = Annotated[str, Path(description="job id from POST /v1/generations")]
 Index = Annotated[int, Path(ge=0, description="image index (caption-major: caption i // n)")]
 PROBLEM = {"content": {PROBLEM_JSON: {}}, "description": "problem details (RFC 9457)"}
 ERRORS: dict[int | str, dict[str, Any]] = {s: PROBLEM for s in (400, 401, 404, 409, 413, 422, 429, 503)}
@@ -282,7 +283,8 @@ def _authorize(conn, settings, caller, job_id: str) -> str | None:
 
 
 def _unknown(job_id: str) -> Problem:
-    return Problem(404, "unknown-job", f"no generation {job_id!r} (never created, or deleted after its TTL)",
+    shown = job_id if len(job_id) <= 80 else job_id[:64] + "…"  # the URL may be long: echo no more than an id
+    return Problem(404, "unknown-job", f"no generation {shown!r} (never created, or deleted after its TTL)",
                    title="Unknown generation")
 
 
