@@ -267,6 +267,9 @@ def test_every_bad_image_is_a_422_that_names_it_and_why(api):
     assert "not valid base64" in bad_image_problem(client, ["***"])["detail"]
     truncated = base64.b64encode(base64.b64decode(good)[:40]).decode()
     assert "not a readable PNG" in bad_image_problem(client, [truncated])["detail"]
+    junk = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(100)).decode()  # the magic, then no PNG at all
+    detail = bad_image_problem(client, [junk])["detail"]
+    assert "not a readable PNG" in detail and " at 0x" not in detail, detail  # no memory address of a buffer
     huge = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(70_000)).decode()
     assert "the limit is 65536" in bad_image_problem(client, [huge])["detail"]
     assert bad_image_problem(client, [good] * 65)["type"].endswith("/invalid-request")  # > 64 images
