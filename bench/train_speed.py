@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/train_speed.py [--model iwae] [--batch-size 500] [--threads 1 2] [--rounds 5]
 
-The step is the trainer's: the family's default config (IWAE: the paper's two-layer net, k = 50), Adam, the loss's
-`minimise` terms backward, on a fixed random binary batch; flush-to-zero on, as `python -m training` sets it.
+The step is the trainer's loss and update without its gradient clipping: the family's default config (IWAE: the
+paper's two-layer net, k = 50), Adam, the loss's `minimise` terms backward, on a fixed random binary batch;
+flush-to-zero on, as `python -m training` sets it.
 Per thread count the two are timed in alternating rounds of a few steps each (a shared VM's clock drifts within
 seconds); the ratio is the median over rounds of eager seconds over compiled seconds. The first compiled step
 (the compile itself) is reported apart and not in the ratio.

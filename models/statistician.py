@@ -320,7 +320,8 @@ class Statistician(nn.Module):
         mu_n, ls_n = self.context(support, support_mask)
         mu_q, ls_q = self.context(query.unsqueeze(1))
         kl = kl_diagonal(mu_q.unsqueeze(1), ls_q.unsqueeze(1), mu_n.unsqueeze(0), ls_n.unsqueeze(0))
-        return -kl.clamp(min=0.0)  # KL ≥ 0: float rounding at a query's own class gave +3e-7 scores (the API says ≤ 0)
+        # KL ≥ 0: rounding at a query's own class gave +3e-7 scores (the API says ≤ 0); 0 − KL makes a zero +0
+        return 0.0 - kl.clamp(min=0.0)
 
     @torch.no_grad()
     def init_output_bias(self, pixel_means: Tensor) -> None:

@@ -129,7 +129,7 @@ class Vocabulary:
         return out
 
     def typeable(self) -> list[str]:
-        """The words a user can type: those `tokens` gives back whole (all but <pad>, <bos> and <eos>)."""
+        """The words a user can type: those `tokens` gives back whole (all but <bos> and <eos>)."""
         return [w for w in self.words if [t.text for t in self.tokens(w)] == [w]]
 
     def _check(self, caption: str) -> list[Token]:

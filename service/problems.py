@@ -125,11 +125,15 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
         msg = (e.get("ctx") or {}).get("error", "JSON decode error")
         return problem_response(request, 400, kind="malformed-json", title="Malformed JSON",
                                 detail=f"the body is not valid JSON: {msg} at character {where}")
-    clean = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")).removeprefix("Value error, "),
-              "type": e.get("type", "")} for e in errors]
+    clean = [{"loc": list(e.get("loc", ())), "msg": _message(e), "type": e.get("type", "")} for e in errors]
     detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in clean)
     return problem_response(request, 422, kind="invalid-request", title="Invalid request", detail=detail,
                             errors=clean)
+
+
+def _message(error: Any) -> str:
+    """One pydantic error's message without the "Value error, " our own validators' messages get."""
+    return str(error.get("msg", "")).removeprefix("Value error, ")
 
 
 def validation_detail(exc: ValidationError) -> str:
@@ -137,9 +141,8 @@ def validation_detail(exc: ValidationError) -> str:
     pydantic's banner, input echo and links (str(exc) carries all three)."""
     parts = []
     for e in exc.errors():
-        msg = str(e.get("msg", "")).removeprefix("Value error, ")
         where = ".".join(str(p) for p in e.get("loc", ()))
-        parts.append(f"{where}: {msg}" if where else msg)
+        parts.append(f"{where}: {_message(e)}" if where else _message(e))
     return "; ".join(parts)
 
 

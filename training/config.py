@@ -52,7 +52,8 @@ class TrainConfig:
     init_from: str | None = None  # a checkpoint whose weights start a new run where names and shapes match
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"steps": 16} for a small model
     # torch.compile the training loss (inductor fuses its elementwise passes; needs a C++ compiler on a CPU; the
-    # first step compiles, ~25 s): the same maths in other float bits, for long runs (bench/train_speed.py)
+    # first step compiles, ~25 s): the same maths in other float bits (and, for dropout inside a loss, other random
+    # draws), for long runs (bench/train_speed.py)
     compile: bool = False
 
     def __post_init__(self) -> None:

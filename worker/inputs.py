@@ -22,7 +22,7 @@ from worker.protocol import MAX_INPUT_BYTES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 THRESHOLD = 127  # pixel > 127 -> 1 for Bernoulli models
-_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f…>"
+_OBJECT_REPR = re.compile(r" ?<[^<>]* object at 0x[0-9a-fA-F]+>")  # " <_io.BytesIO object at 0x7f…>"
 
 
 class InputImageError(ValueError):
@@ -59,7 +59,7 @@ def decode(data: bytes, *, height: int, width: int, channels: int) -> np.ndarray
     except InputImageError:
         raise
     except Exception as e:  # Pillow raises many types for a broken file; its messages may name a buffer's address
-        reason = _OBJECT_REPR.sub("the data", str(e))
+        reason = _OBJECT_REPR.sub("", str(e))
         raise InputImageError(f"not a readable PNG ({type(e).__name__}: {reason})") from None
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))

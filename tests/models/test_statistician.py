@@ -132,6 +132,7 @@ def test_the_classification_rule_picks_the_nearest_context(model):
     assert scores.argmax(1).tolist() == [3, 0, 4]
     torch.testing.assert_close(scores[[0, 1, 2], [3, 0, 4]], torch.zeros(3), rtol=0, atol=1e-5)
     assert (scores <= 0).all()  # never above 0, its own class's rounding included
+    assert not torch.signbit(scores[scores == 0]).any()  # and a zero is 0, not −0 (JSON would show "-0.0")
     # the score is −KL(q(c|x) ‖ q(c|D_n)) between the networks' Gaussians, checked against torch.distributions
     support = sets(5, 3, seed=5)
     mu_n, ls_n = model.context(support)

@@ -317,14 +317,18 @@ def test_iwae_trains_through_the_shared_trainer_on_its_staged_schedule(tmp_path,
     assert saved["param_groups"][0]["eps"] == 1e-4  # the paper's Adam ε, from the family's optimizer options
 
 
-def test_a_compiled_loss_trains_as_the_eager_one(tmp_path, shared_data):
+def test_a_compiled_loss_trains_as_the_eager_one(tmp_path, shared_data, monkeypatch):
     """--compile (torch.compile of the loss and its backward): the same steps in other float bits, so three Adam
     steps end at the eager run's weights and validation bound within rounding, and the checkpoint records it."""
     if not (shutil.which("g++") or shutil.which("c++")):
-        absent("no C++ compiler: torch.compile's CPU backend needs one")
+        pytest.skip("no C++ compiler: torch.compile's CPU backend needs one (--compile is optional)")
     steps = ["--epochs", "1", "--max-batches", "3"]
     _train_iwae(tmp_path / "eager", shared_data, *steps)
+    compiled = []  # what the trainer handed torch.compile: the compiled run must go through it
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or real_compile(fn, **kw))
     _train_iwae(tmp_path / "compiled", shared_data, *steps, "--compile")
+    assert len(compiled) == 1
     _train_iwae(tmp_path / "init", shared_data, "--epochs", "1", "--max-batches", "0")
     a, b, init = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled"), _weights(tmp_path / "init")
     assert a.keys() == b.keys() == init.keys()

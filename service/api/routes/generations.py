@@ -283,7 +283,7 @@ def _authorize(conn, settings, caller, job_id: str) -> str | None:
 
 
 def _unknown(job_id: str) -> Problem:
-    shown = job_id if len(job_id) <= 80 else job_id[:64] + "…"  # the URL may be long: echo no more than an id
+    shown = job_id if len(job_id) <= 64 else job_id[:64] + "…"  # the URL may be long: echo no more than an id
     return Problem(404, "unknown-job", f"no generation {shown!r} (never created, or deleted after its TTL)",
                    title="Unknown generation")
 
