@@ -58,7 +58,7 @@ class WalkIn(BaseModel):
 class InterpolateIn(BaseModel):
     """The sentences along a text model's latent path between two sentences (the two ends reconstructed)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid")  # "from" only: the attribute's name "from_" is no field of the API
 
     from_: Caption = Field(alias="from", description="the first sentence, in the model's vocabulary (GET /v1/models)")
     to: Caption = Field(description="the last sentence")

@@ -146,6 +146,7 @@ def test_bad_text_requests_are_422s_that_say_what_is_wrong(client):
         ({"decoding": {"strategy": "beam", "beam": 17}}, "beam"),
         ({"decoding": {"strategy": "top-k"}}, "strategy"),
         ({"interpolate": {"from": FROM, "to": TO}, "seeds": [1, 2]}, "an interpolation takes none"),
+        ({"interpolate": {"from_": FROM, "to": TO}}, "from"),  # the Python attribute's name is no API field
     ]:
         r = post(body)
         assert r.status_code == 422, (body, r.text)
