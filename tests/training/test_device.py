@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 PROBE = """
 import torch
@@ -25,7 +24,21 @@ def test_flush_denormals_zeroes_denormal_results_and_inputs_in_every_thread():
     assert _run("flush_denormals()") == ["0", "0"]  # FTZ (results) and DAZ (inputs), main and pool threads alike
 
 
-def test_python_m_training_flushes_denormals_first():
-    source = (Path(__file__).parents[2] / "training" / "__main__.py").read_text()
-    entry = source[source.index('if __name__ == "__main__":'):]
-    assert entry.index("flush_denormals()") < entry.index("main()")
+ENTRY = """
+import runpy, sys, torch
+import training.evaluate
+
+def probe(args):  # stands in for the subcommand: what float mode did `python -m training` leave it?
+    denormal = torch.tensor([1], dtype=torch.int32).view(torch.float32)
+    print(int((denormal * 1.0 != 0).sum()))
+    return 0
+
+training.evaluate.main = probe
+sys.argv = ["training", "evaluate", "nowhere"]
+runpy.run_module("training", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_python_m_training_flushes_denormals_before_its_subcommand_runs():
+    out = subprocess.run([sys.executable, "-c", ENTRY], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0"]  # a denormal input read as 0 (DAZ): the entry point set the mode before main()
