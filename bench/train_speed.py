@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/train_speed.py [--model iwae] [--batch-size 500] [--threads 1 2] [--rounds 5]
 
-The step is the trainer's loss and update without its gradient clipping: the family's default config (IWAE: the
-paper's two-layer net, k = 50), Adam, the loss's `minimise` terms backward, on a fixed random binary batch;
+The step is the trainer's (`training.train.step`: the family's optimizers, per-group backward, gradient clipping)
+on the family's default config (IWAE: the paper's two-layer net, k = 50) and a fixed random binary batch;
 flush-to-zero on, as `python -m training` sets it.
 Per thread count the two are timed in alternating rounds of a few steps each (a shared VM's clock drifts within
 seconds); the ratio is the median over rounds of eager seconds over compiled seconds. The first compiled step
@@ -25,25 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker_throughput import cpu_model  # noqa: E402  (bench/, the script's own folder, is on sys.path)
 
 from models.family import FAMILIES, family, param_groups  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
 from training.device import flush_denormals  # noqa: E402
-from training.train import Objective  # noqa: E402
+from training.train import Objective, make_optimizers, step  # noqa: E402
 
 IMAGE_FAMILIES = [k for k in FAMILIES if family(k).data == "images"]  # those a binary image batch trains
 
 
 def stepper(model: torch.nn.Module, net, batch: dict[str, torch.Tensor], noise_shape: tuple[int, ...]):
-    optimizers = [torch.optim.Adam(params, lr=1e-4) for params in param_groups(model).values()]
+    """The trainer's update (training.train.step: per-group backward, gradient clipping, the family's optimizers)
+    on the loss `net` computes."""
+    config = TrainConfig(model=model.kind, dataset="mnist")
+    optimizers, groups = make_optimizers(model, config), param_groups(model)
     generator = torch.Generator().manual_seed(0)
 
-    def step() -> None:
+    def one() -> None:
         noise = torch.randn(batch["x"].shape[0], *noise_shape, generator=generator)
-        losses = net(batch, noise, 1.0)
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        sum(losses.minimise.values()).backward()
-        for opt in optimizers:
-            opt.step()
-    return step
+        step(net(batch, noise, 1.0), optimizers, groups, config.clip)
+    return one
 
 
 def timed(fn, steps: int) -> float:

@@ -126,9 +126,8 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
         return problem_response(request, 400, kind="malformed-json", title="Malformed JSON",
                                 detail=f"the body is not valid JSON: {msg} at character {where}")
     clean = [{"loc": list(e.get("loc", ())), "msg": _message(e), "type": e.get("type", "")} for e in errors]
-    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in clean)
-    return problem_response(request, 422, kind="invalid-request", title="Invalid request", detail=detail,
-                            errors=clean)
+    return problem_response(request, 422, kind="invalid-request", title="Invalid request",
+                            detail=_joined(errors, skip=1, default="body"), errors=clean)
 
 
 def _message(error: Any) -> str:
@@ -136,14 +135,20 @@ def _message(error: Any) -> str:
     return str(error.get("msg", "")).removeprefix("Value error, ")
 
 
+def _joined(errors: Any, *, skip: int = 0, default: str = "") -> str:
+    """'where: message; …' for pydantic errors, `where` their location past its first `skip` parts (FastAPI's start
+    with "body", "query" or "path"), else `default`; a message alone where there is neither."""
+    parts = []
+    for e in errors:
+        where = ".".join(str(p) for p in tuple(e.get("loc", ()))[skip:]) or default
+        parts.append(f"{where}: {_message(e)}" if where else _message(e))
+    return "; ".join(parts)
+
+
 def validation_detail(exc: ValidationError) -> str:
     """A job model's own ValidationError as a problem's detail: each error's message where it applies, without
     pydantic's banner, input echo and links (str(exc) carries all three)."""
-    parts = []
-    for e in exc.errors():
-        where = ".".join(str(p) for p in e.get("loc", ()))
-        parts.append(f"{where}: {_message(e)}" if where else _message(e))
-    return "; ".join(parts)
+    return _joined(exc.errors())
 
 
 def _redis_down(request: Request, exc: Exception) -> JSONResponse:
