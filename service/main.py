@@ -1,6 +1,7 @@
 """The FastAPI app: wiring only (settings, Redis, middleware, problem handlers, routers, the OpenAPI document).
 
-Run: `uvicorn --factory service.main:create_app` (or `make serve`, which also starts Redis and a worker).
+Run: `uvicorn --factory service.main:create_app --http service.framing:ProblemHttpToolsProtocol` (or `make serve`,
+which also starts Redis and a worker).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import redis
 
 from service.config import ApiSettings
+from service.framing import HTTP_ARG
 from worker import redis_conn
 
 
@@ -118,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    api = Child("api", [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", args.host,
-                        "--port", str(args.port), "--log-level", "warning"], env)
+    api = Child("api", [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--http", HTTP_ARG,
+                        "--host", args.host, "--port", str(args.port), "--log-level", "warning"], env)
     workers = [Child(f"worker-{i}", [sys.executable, "-m", "worker"], env) for i in range(args.workers)]
     children = [api, *workers]  # stopped in this order: no new jobs first, then the workers finish or requeue
     base = f"http://{args.host}:{args.port}"

@@ -16,6 +16,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.config import ApiSettings
+from service.framing import HTTP_ARG
 from service.main import create_app
 from tests.worker import conftest as worker_fixtures
 from tests.worker.conftest import ROOT, flushed_db, settings_env, wait_for
@@ -97,8 +98,8 @@ def running_api(settings: ApiSettings, log_dir: Path, timeout: float = 60) -> It
 
     port = free_port()
     log = (log_dir / f"api-{port}.log").open("w")
-    p = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host",
-                          "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--http", HTTP_ARG,
+                          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=ROOT,
                          env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
 

@@ -7,6 +7,7 @@ import shlex
 
 import yaml
 
+from service.framing import HTTP_ARG
 from tests.worker.conftest import ROOT
 
 SERVICE_KEYS = {"image", "build", "command", "environment", "ports", "depends_on", "healthcheck", "restart", "volumes",
@@ -47,7 +48,7 @@ def test_api_and_worker_commands_and_env():
     for name in ("api", "worker"):
         assert s[name]["build"] == "." and (ROOT / "Dockerfile").is_file()
         assert s[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
-    assert s["api"]["command"][:3] == ["uvicorn", "--factory", "service.main:create_app"]
+    assert s["api"]["command"][:5] == ["uvicorn", "--factory", "service.main:create_app", "--http", HTTP_ARG]
     assert "8000:8000" in s["api"]["ports"]
     assert s["worker"]["command"] == ["python", "-m", "worker"]
     assert "ports" not in s["worker"]  # scalable: no host port to collide on

@@ -1,9 +1,10 @@
 """HTTP at its edges: the OpenAPI document declares every problem, HEAD wherever GET, the favicon, a body that is
-not JSON (415), and a bug's 500 that keeps the keep-alive connection."""
+not JSON (415), a bug's 500 that keeps the keep-alive connection, and framing the server cannot parse (400)."""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import socket
 import threading
@@ -19,6 +20,7 @@ from fastapi import FastAPI
 from PIL import Image
 from starlette.types import Message, Receive, Scope, Send
 
+from service.framing import HTTP_ARG
 from service.main import create_app
 from tests.service.conftest import api_settings, wait_status
 from tests.worker.conftest import wait_for
@@ -176,11 +178,11 @@ def test_json_content_types_keep_their_answers(make_client, content_type):
 # --- a bug: 500, and the connection stays --------------------------------------------------------------------
 
 @contextmanager
-def serving(app) -> Iterator[str]:
+def serving(app, http: str = "auto") -> Iterator[str]:
     """A real uvicorn server for `app` on a free loopback port, in a thread; its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, http=http, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -228,3 +230,45 @@ def test_bug_in_the_app_never_reaches_the_server(make_client):
 
     r = c.get("/boom")  # TestClient re-raises whatever an app lets escape: nothing does
     assert r.status_code == 500 and r.json()["detail"] == "internal error; it has been logged"
+
+
+# --- framing the server cannot parse: a problem too, then the connection closes ----------------------------------
+
+MALFORMED = {
+    "request line": b"GET /healthz HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+    "header": b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n",
+    "chunk size": b"POST /v1/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+}
+
+
+def raw_exchange(base: str, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send bytes as they are; read until the server closes: (status line, headers, body)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    return status, {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}, body
+
+
+def assert_malformed_problem(base: str) -> None:
+    for what, request in MALFORMED.items():
+        status, headers, body = raw_exchange(base, request)
+        assert status == "HTTP/1.1 400 Bad Request", (what, status, body)
+        assert headers["content-type"] == PROBLEM and headers["connection"] == "close", (what, headers)
+        assert int(headers["content-length"]) == len(body), what
+        problem = json.loads(body)
+        assert problem["type"].endswith("/malformed-http") and problem["status"] == 400, (what, problem)
+        assert "could not be parsed as HTTP/1.1" in problem["detail"], (what, problem)
+
+
+def test_malformed_http_is_a_400_problem(service_redis_url: str, checkpoints: Path):
+    app = create_app(api_settings(service_redis_url, checkpoints, key_prefix="nobody"))
+    with serving(app, http=HTTP_ARG) as base:
+        assert_malformed_problem(base)
+        assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200  # and good requests are served as ever
+

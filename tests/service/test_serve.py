@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.service.test_http_edges import assert_malformed_problem
 from tests.worker.conftest import ROOT, wait_for
 
 
@@ -64,6 +65,7 @@ def test_serve_starts_everything_and_stops_on_ctrl_c(checkpoints: Path, tmp_path
         done = wait_for(lambda: (lambda b: b if b["status"] in ("succeeded", "failed") else None)(
             http("GET", f"{base}/v1/generations/{job['id']}")[1]), 30, interval=0.1, what="job end")
         assert done["status"] == "succeeded"
+        assert_malformed_problem(base)  # serve runs uvicorn with the problem protocol
         redis_url = re.search(r"glimpse: redis (\S+)", out).group(1)
         assert redis_url.startswith("unix://") and redis.Redis.from_url(redis_url).ping()
         p.send_signal(signal.SIGINT)
