@@ -1,0 +1,30 @@
+#!/bin/bash
+# Issue 22's protocol on a lent GPU: −L_5000 with r_α(z | x) as the proposal on all 10,000 test images (binarised
+# once, seed 0; the L_k noise from seed 0, as every CPU evaluation) for the shipped avb-mnist and its VAE baseline,
+# each image's value kept, then the paired difference AVB − VAE with its standard error. Two CPU cores need about
+# 8.5 s an image at k = 5,000 (a conv decoder 5,000 times), so all 10,000 is GPU work.
+# Prepared 2026-12-05 and rehearsed on the CPU only (`... gpu-eval.sh cpu 20 4 50`): no GPU was lent.
+#
+# Before `run` (repository root): move every other checkpoint aside so the tree stays under 64 MiB, copy MNIST:
+#   mkdir -p /work/ckpt-hold gpu/data && for d in checkpoints/*; do case $d in checkpoints/avb-mnist|\
+#     checkpoints/avb-mnist-vae) ;; *) mv "$d" /work/ckpt-hold/;; esac; done && cp -r ../shared/data/mnist gpu/data/
+#   run: command "bash docs/experiments/2026-12-04-avb/gpu-eval.sh cuda", carry ["gpu"], timeout_s 300
+#   then: mv /work/ckpt-hold/* checkpoints/
+# Arguments: device, test images (--limit; default all), L_k images (--lk-images; default all), k (default 5000).
+set -uo pipefail
+DEV=${1:-cuda}; LIMIT=${2:-}; LK=${3:-}; K=${4:-5000}
+OUT=${OUT:-/tmp/avb-gpu-out}; mkdir -p "$OUT"
+PY=python3; [ "$DEV" = cpu ] && [ -x .venv/bin/python ] && PY=.venv/bin/python
+export PYTHONUNBUFFERED=1
+DATA=gpu/data; [ -d "$DATA/mnist" ] || DATA=../shared/data
+START=$(date +%s)
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/versions.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/versions.txt" 2>/dev/null
+for m in avb-mnist avb-mnist-vae; do
+  timeout 130 $PY -m training evaluate checkpoints/$m --k "$K" --chunk 20000 --data-dir $DATA --device "$DEV" \
+      ${LIMIT:+--limit $LIMIT} ${LK:+--lk-images $LK} --per-image "$OUT/$m-per-image.csv" --json "$OUT/$m.json" \
+      > "$OUT/$m.log" 2>&1
+  echo "$m: rc $?, $(( $(date +%s) - START )) s"; tail -n 4 "$OUT/$m.log"
+done
+$PY -m training paired "$OUT/avb-mnist-vae-per-image.csv" "$OUT/avb-mnist-per-image.csv" | tee "$OUT/paired.txt"
+echo "total $(( $(date +%s) - START )) s"
