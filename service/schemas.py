@@ -88,7 +88,8 @@ class GenerationCreate(BaseModel):
     ]})
 
     model: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
-        None, description="Model id from GET /v1/models; default: the alignDRAW MNIST-captions model")
+        None, description="Model id from GET /v1/models; default: `aligndraw-mnist-captions-blind-keys` "
+                        "(GLIMPSE_DEFAULT_MODEL)")
     caption: Caption | None = None
     captions: Annotated[list[Caption], Field(min_length=1, max_length=MAX_CAPTIONS)] | None = None
     images: Annotated[list[ImageData], Field(

@@ -594,7 +594,7 @@ def job_bytes_bound(request: JobRequest, info: ModelInfo) -> int:
                                      + sum(len(x) * JSON_CHAR_BYTES + 32 for x in labels))
     if returns in ("scores", "labels"):
         return summary  # the scores and labels travel inline in result.json
-    if returns == "text":  # inline too: at most max_caption_tokens words (worker.conditions.sentence), escaped
+    if returns == "text":  # inline too: at most max_caption_tokens words (Vocabulary.sentence), escaped
         longest = max((len(v) for v in info.vocabulary or []), default=0)
         return summary + request.images * (info.max_caption_tokens or 0) * (longest * JSON_CHAR_BYTES + 1)
     height, width, c = info.shape
