@@ -80,9 +80,11 @@ def test_sampling_stores_nothing_on_the_model(which, request):
     model = request.getfixturevalue(which)
 
     def snapshot():
-        return {name: dict(vars(m)) for name, m in model.named_modules()}, {
-            k: v.clone() for k, v in model.state_dict().items()
-        }
+        """Each module's attributes, and the entries of its dict attributes (_parameters, _buffers, hooks, …) one
+        level down, as objects (compared by identity); the state's values."""
+        attrs = {name: {key: (value, dict(value) if isinstance(value, dict) else None)
+                        for key, value in vars(m).items()} for name, m in model.named_modules()}
+        return attrs, {k: v.clone() for k, v in model.state_dict().items()}
 
     modules_before, state_before = snapshot()
     _run(model, seed=1, callback=lambda s: None)
@@ -90,8 +92,13 @@ def test_sampling_stores_nothing_on_the_model(which, request):
     assert modules_before.keys() == modules_after.keys()
     for name, attrs in modules_before.items():
         assert attrs.keys() == modules_after[name].keys(), name
-        for key, value in attrs.items():
-            assert modules_after[name][key] is value, (name, key)
+        for key, (value, entries) in attrs.items():
+            after, after_entries = modules_after[name][key]
+            assert after is value, (name, key)
+            if entries is not None:
+                assert after_entries.keys() == entries.keys(), (name, key)
+                assert all(after_entries[k] is v for k, v in entries.items()), (name, key)
+    assert state_before.keys() == state_after.keys()
     assert all(torch.equal(state_before[k], state_after[k]) for k in state_before)
 
 

@@ -140,7 +140,7 @@ def test_mixed_faults_100_jobs_none_lost_and_images_byte_identical(checkpoints: 
 
 def test_healthz_answers_while_hostile_event_streams_run(checkpoints: Path, tmp_path: Path):
     """Last-Event-ID −2000000 once made one stream emit 2 M events without yielding: /healthz stalled > 90 s. Now
-    every hostile cursor (negative, huge, non-numeric) restarts the stream and the API keeps answering."""
+    every hostile cursor (negative, huge, non-numeric) opens a stream that stays open, and the API keeps answering."""
     import statistics
     import threading
 
@@ -157,6 +157,7 @@ def test_healthz_answers_while_hostile_event_streams_run(checkpoints: Path, tmp_
         with running_api(s, tmp_path) as base:
             hostile = ["-2000000", "-3", "99999999999999999999", "abc", "1e9", "-0", "", "+4", "0x10", "4.0"]
             opened: list[str] = []
+            errors: list[BaseException] = []  # a thread's raise would only warn: collected and asserted below
             stop = threading.Event()
 
             def stream(last_event_id: str) -> None:
@@ -166,9 +167,9 @@ def test_healthz_answers_while_hostile_event_streams_run(checkpoints: Path, tmp_
                         for line in r.iter_lines():
                             if line.startswith("retry:"):
                                 opened.append(last_event_id)
-                except httpx.HTTPError:
+                except httpx.HTTPError as e:
                     if not stop.is_set():  # only the API's stop at the end may cut a stream
-                        raise
+                        errors.append(e)
 
             threads = [threading.Thread(target=stream, args=(h,), daemon=True) for h in hostile * 2]
             for t in threads:
@@ -180,5 +181,6 @@ def test_healthz_answers_while_hostile_event_streams_run(checkpoints: Path, tmp_
                     t0 = time.perf_counter()
                     assert client.get("/healthz").status_code == 200
                     took.append(time.perf_counter() - t0)
+            assert not errors, errors  # every stream still open while /healthz was asked
             stop.set()
             assert statistics.median(took) < 0.1 and max(took) < 1.0, took

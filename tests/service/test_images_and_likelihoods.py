@@ -132,6 +132,7 @@ def test_vaegan_reconstructs_the_grey_levels_it_was_sent(api, served):
 
     expected, thresholded = as_png(step.logits), as_png(binary.logits)
     assert not np.array_equal(expected, thresholded)  # the test can tell the two readings apart
+    assert len(body["outputs"]) == 2
     for i, out in enumerate(body["outputs"]):
         assert np.array_equal(pixels_of(client, out["image"]), expected[i])
     r = client.post("/v1/likelihoods", json={"model": "tiny-vaegan", "images": [png64(images[0])]})
@@ -218,6 +219,7 @@ def test_likelihoods_are_models_bounds_on_the_binarised_upload(api, served, mode
     assert body["condition"] == "likelihood" and body["seeds"] == [3]
     model = load_checkpoint(served / model_id).model
     g = torch.Generator().manual_seed(3)
+    assert len(body["outputs"]) == 3
     for j, out in enumerate(body["outputs"]):
         lk, elbo = importance_weighted(model, {"x": ink(images[j])[None]}, 40, generator=g)
         assert out["k"] == 40 and out["input"] == j and out["image"] is None

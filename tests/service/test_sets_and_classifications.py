@@ -88,6 +88,7 @@ def test_copies_of_the_support_drawings_are_their_own_class_at_score_zero(client
     assert r.json()["links"]["self"].endswith(f"/v1/classifications/{job_id}")
     body = finished(client, r.headers["location"])
     assert body["condition"] == "few_shot" and body["images"] == 4 and body["seeds"] == []
+    assert len(body["outputs"]) == 4
     for j, out in enumerate(body["outputs"]):
         right = labels[order[j]]
         assert out["input"] == j and out["label"] == right and out["image"] is None and out["seed"] is None
@@ -112,6 +113,7 @@ def test_classes_with_different_numbers_of_shots(client, checkpoints: Path):
     sets, mask = stack_sets([torch.stack([ink(x) for x in three]), ink(one[0])[None]])
     with torch.inference_mode():
         direct = model.class_scores(sets, torch.stack([ink(x) for x in query]), support_mask=mask)
+    assert len(outputs) == len(query) == 4
     for j, out in enumerate(outputs):
         assert out["scores"]["three"] == pytest.approx(direct[j, 0].item(), abs=1e-5)
         assert out["scores"]["one"] == pytest.approx(direct[j, 1].item(), abs=1e-5)

@@ -193,9 +193,16 @@ def test_real_digits_ink_lies_in_the_template_regions(real_digits):
             r, c = batch.boxes[i, 0]
             np.testing.assert_array_equal(ink[r : r + 28, c : c + 28], src)
             assert ink.sum() == src.sum()
-        if t in (0, 1):  # left digit's ink is left of column 33, right digit's right of column 27
-            cols_ink = np.flatnonzero(ink.any(axis=0))
-            assert cols_ink.min() < 33 and cols_ink.max() > 27
+        if t < 4:  # two digits: the first pool digit's ink at its box, the second's over it (its whole 28×28 box)
+            painted = np.zeros((60, 60), bool)
+            for k in range(2):
+                r, c = batch.boxes[i, k]
+                painted[r : r + 28, c : c + 28] = real_digits.images[batch.indices[i, k]] > 0
+            np.testing.assert_array_equal(ink, painted)
+            axis = 0 if t < 2 else 1  # left/right: ink columns; top/bottom: ink rows
+            spans = [np.flatnonzero((real_digits.images[batch.indices[i, k]] > 0).any(axis=axis))
+                     + batch.boxes[i, k, 1 - axis] for k in range(2)]
+            assert spans[0].max() < 33 and spans[1].min() > 27  # the first digit's ink left of (above) the second's
 
 
 def test_banned_combinations_never_appear_in_an_epoch(synth):

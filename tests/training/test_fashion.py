@@ -2,9 +2,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from models.vocab import Vocabulary
+from tests.conftest import absent
 from training.data import fashion, mnist
 from training.data.captions import DEFAULT_BANNED, banned_mask
 from training.data.fashion import (
@@ -38,15 +38,15 @@ def fashion_available() -> bool:
     return any((d / "t10k-images-idx3-ubyte.gz").is_file() for d in dirs)
 
 
-needs_fashion = pytest.mark.skipif(
-    not fashion_available(),
-    reason=f"Fashion-MNIST absent: apt-get install dataset-fashion-mnist (provides {mnist.DEBIAN_FASHION_DIR}) "
-    "or put the IDX files in $GLIMPSE_DATA_DIR/fashion-mnist",
-)
+def require_fashion() -> None:
+    """Skip without the files, or fail under CI (tests.conftest.absent), which installs them."""
+    if not fashion_available():
+        absent(f"Fashion-MNIST absent: apt-get install dataset-fashion-mnist (provides {mnist.DEBIAN_FASHION_DIR}) "
+               "or put the IDX files in $GLIMPSE_DATA_DIR/fashion-mnist")
 
 
-@needs_fashion
 def test_generate_fashion_from_the_debian_files():
+    require_fashion()
     items = fashion.load_fashion("test")
     assert items.images.shape == (10000, 28, 28)
     np.testing.assert_array_equal(np.bincount(items.labels), [1000] * 10)

