@@ -9,7 +9,10 @@ const state = { models: [], model: null, mode: "caption", job: null, result: nul
   attention: null, inputs: [], timer: null, stream: null, pen: null, ink: false, examples: [],
   key: sessionStorage.getItem(KEY_STORE) || "", textModels: [], captionModels: [], path: { timer: null, busy: false } };
 // What a request carries (a model's `modes`, GET /v1/models) -> the submit button's label. Caption models have one.
-const MODES = { caption: "Draw", none: "Draw", images: "Reconstruct", walk: "Walk", image_set: "Draw new samples" };
+const MODES = { caption: "Draw", none: "Draw", images: "Reconstruct", walk: "Walk", image_set: "Draw new samples",
+  likelihood: "Score" };
+// What a model offers beyond the page's modes (GET /v1/models `modes`), named in a note with the API call for it.
+const API_ONLY = { few_shot: "few-shot classification (POST /v1/classifications)" };
 const MAX_EXAMPLES = 20;  // an image_set job's examples (worker/protocol.py MAX_SET)
 const PAD_SIDE = 196;  // the drawing box's side on screen, in CSS pixels (7 × 28 for an MNIST-sized model)
 const INK_WIDTH = 2.5;  // stroke width in model pixels, about an MNIST pen's
@@ -30,6 +33,17 @@ function el(tag, attrs = {}, text = "") {
   const node = document.createElement(tag);
   Object.entries(attrs).forEach(([k, v]) => node.setAttribute(k, v));
   if (text) node.textContent = text;
+  return node;
+}
+
+// A clickable node that the keyboard reaches too: in the tab order, Enter or Space acts as a click.
+function activate(node, action) {
+  node.setAttribute("tabindex", "0");
+  node.setAttribute("role", "button");
+  node.addEventListener("click", action);
+  node.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); action(); }
+  });
   return node;
 }
 
@@ -147,9 +161,12 @@ async function readEvents(url, on, signal) {
   }
 }
 
+// The caption's unknown words, marked in a copy under it; nothing is shown while every word is known.
 function markCaption() {
   const vocab = captioned() && state.model.vocabulary ? new Set(state.model.vocabulary) : null;
-  return markWords($("marked"), $("caption").value, vocab ? (t) => !vocab.has(t.text) : null);
+  const found = markWords($("marked"), $("caption").value, vocab ? (t) => !vocab.has(t.text) : null);
+  if (!found.length) $("marked").replaceChildren();
+  return found;
 }
 
 // The text in `box`, its words for which unknown(token, position) is true marked and listed under it.
@@ -161,8 +178,8 @@ function markWords(box, text, unknown) {
   tokenize(text).forEach((t, i) => {
     box.append(document.createTextNode(text.slice(at, t.start)));
     const bad = unknown(t, i);
-    box.append(el("span", bad ? { class: "unknown", title: `unknown word at position ${i}` } : {}, t.raw));
-    if (bad) found.push(`“${t.raw}” (position ${i})`);
+    box.append(el("span", bad ? { class: "unknown", title: `unknown word: word ${i + 1}` } : {}, t.raw));
+    if (bad) found.push(`“${t.raw}” (word ${i + 1})`);
     at = t.end;
   });
   box.append(document.createTextNode(text.slice(at)));
@@ -170,20 +187,25 @@ function markWords(box, text, unknown) {
   return found;
 }
 
+// A problem (RFC 9457) in words: its title and detail; unknown words listed one a line instead of the detail, which
+// says the same with 0-based positions (the page counts words from 1).
 function showError(problem, box = $("error"), captionNames = null) {
-  let text = `${problem.title || "Error"}${problem.status ? ` (${problem.status})` : ""}: ${problem.detail || ""}`;
   const words = problem.unknown_words || problem.unknown || [];
   const where = (u) => (captionNames && captionNames[u.caption] ? ` in ${captionNames[u.caption]}` : "");
-  if (words.length) text += "\n" + words.map((u) => `• ${u.word} at position ${u.position}${where(u)}`).join("\n");
+  let text = `${problem.title || "Error"}${problem.status ? ` (${problem.status})` : ""}`;
+  if (words.length) {
+    text += ": the model does not know\n" + words.map((u) => `• “${u.word}”, word ${u.position + 1}${where(u)}`)
+      .join("\n");
+  } else if (problem.detail) {
+    text += `: ${problem.detail}`;
+  }
   box.textContent = text;
   box.hidden = false;
 }
 
 function fillList(list, captions) {
   list.replaceChildren(...captions.map((c) => {
-    const li = el("li", {}, c);
-    li.addEventListener("click", () => { $("caption").value = c; markCaption(); });
-    return li;
+    return activate(el("li", {}, c), () => { $("caption").value = c; markCaption(); $("caption").focus(); });
   }));
 }
 
@@ -195,7 +217,15 @@ function captioned() {
 
 function chooseModel(id) {
   state.model = state.models.find((m) => m.id === id) || state.models[0] || null;
+  leaveJob();  // the last model's job and error do not describe this one
+  $("error").hidden = true;
+  $("upload").value = "";
   const conditional = captioned();
+  $("tagline").textContent = tagline();
+  const extra = Object.keys(API_ONLY).filter(offers).map((m) => API_ONLY[m]);
+  $("api-only").hidden = !extra.length;
+  $("api-only").textContent = extra.length ? `This model also does ${extra.join(", ")}: see the API docs at /docs.`
+    : "";
   $("caption-field").hidden = !conditional;
   $("caption").required = conditional;
   $("marked").hidden = !conditional;
@@ -204,19 +234,31 @@ function chooseModel(id) {
   fillList($("heldout"), state.model ? state.model.held_out_captions || [] : []);
   markCaption();
   showModes(conditional);
-  if (offers("images") || offers("image_set")) sizePad();
+  if (offers("images") || offers("image_set") || offers("likelihood")) sizePad();
   state.examples = [];
   showExamples();
 }
 
-// Generation modes beyond captions (IWAE, VAE/GAN): sample, reconstruct an image, walk between two seeds; set
-// models (the Neural Statistician): new samples of the symbol a few drawn examples show.
+// The header's line for the chosen model, from what it offers: caption models paint a caption over T steps.
+function tagline() {
+  const m = state.model;
+  if (!m) return "";
+  if (captioned()) return "Type a caption; watch alignDRAW paint it, one glimpse at a time.";
+  const does = [["none", "samples"], ["images", "reconstructions"], ["walk", "latent walks"],
+    ["image_set", "new drawings from a few examples"], ["likelihood", "likelihood scores"]]
+    .filter(([mode]) => offers(mode)).map(([, what]) => what);
+  const how = m.steps > 1 ? `, each drawn over ${m.steps} glimpses` : "";
+  return `${m.id}: ${does.join(", ")}${how}.`;
+}
+
+// Generation modes beyond captions (IWAE, VAE/GAN): sample, reconstruct an image, walk between two seeds, score an
+// image's likelihood; set models (the Neural Statistician): new samples of the symbol a few drawn examples show.
 function offers(mode) {
   return !!(state.model && state.model.modes && mode in state.model.modes);
 }
 
 function showModes(conditional) {
-  const choices = ["none", "images", "walk", "image_set"].filter(offers);
+  const choices = ["none", "images", "walk", "image_set", "likelihood"].filter(offers);
   const several = !conditional && choices.length > 1;
   $("modes").hidden = !several;
   document.querySelectorAll("input[name=mode]").forEach((r) => { r.closest("label").hidden = !offers(r.value); });
@@ -228,13 +270,15 @@ function showModes(conditional) {
 
 function chooseMode(mode) {
   state.mode = mode;
-  const pad = mode === "images" || mode === "image_set";
-  for (const [id, shown] of [["reconstruct", pad], ["walk", mode === "walk"]]) {
+  const pad = mode === "images" || mode === "image_set" || mode === "likelihood";
+  const panels = [["reconstruct", pad], ["walk", mode === "walk"], ["score-options", mode === "likelihood"]];
+  for (const [id, shown] of panels) {
     $(id).hidden = !shown;
     $(id).disabled = !shown;  // a hidden panel's fields take no part in the form's validation
   }
   $("set-row").hidden = mode !== "image_set";
-  $("pad-legend").textContent = mode === "image_set" ? "Examples of one symbol" : "Reconstruct an image";
+  $("pad-legend").textContent = { image_set: "Examples of one symbol", likelihood: "The image to score" }[mode]
+    || "Reconstruct an image";
   const sampling = mode === "caption" || mode === "none" || mode === "image_set";
   for (const id of ["n-field", "seed-field", "reuse"]) $(id).hidden = !sampling;
   $("unconditional").hidden = mode !== "none";
@@ -432,9 +476,8 @@ function addExample() {
 function showExamples() {
   const examples = state.examples || [];
   $("set").replaceChildren(...examples.map((src, i) => {
-    const img = el("img", { src, alt: `example ${i + 1}`, title: "remove", "data-index": i });
-    img.addEventListener("click", () => { state.examples.splice(i, 1); showExamples(); });
-    return img;
+    const img = el("img", { src, alt: `example ${i + 1} (remove)`, title: "remove", "data-index": i });
+    return activate(img, () => { state.examples.splice(i, 1); showExamples(); });
   }));
   $("set-count").textContent = `${examples.length} example${examples.length === 1 ? "" : "s"}`;
 }
@@ -467,6 +510,14 @@ async function loadModels() {
   chooseModel(select.value);
 }
 
+// What the form asks for: the collection to POST to and the body.
+function request() {
+  if (state.mode === "likelihood") {
+    return ["/v1/likelihoods", { model: $("model").value, images: [padImage()], k: Number($("k").value) || 1000 }];
+  }
+  return ["/v1/generations", requestBody()];
+}
+
 function requestBody() {
   if (state.mode === "images") return { model: $("model").value, images: [padImage()] };
   if (state.mode === "walk") {
@@ -483,8 +534,9 @@ async function submit(event) {
   event.preventDefault();
   $("error").hidden = true;
   markCaption();
-  if (state.mode === "images" && !state.ink) {
-    return showError({ title: "Nothing to reconstruct", detail: "draw in the box or pick an image file first." });
+  if ((state.mode === "images" || state.mode === "likelihood") && !state.ink) {
+    const what = state.mode === "images" ? "Nothing to reconstruct" : "Nothing to score";
+    return showError({ title: what, detail: "draw in the box or pick an image file first." });
   }
   if (state.mode === "image_set") {
     if (state.ink) addExample();  // what is in the box counts as one more example
@@ -492,11 +544,12 @@ async function submit(event) {
       return showError({ title: "No examples", detail: "draw 1–20 examples of one symbol, adding each, first." });
     }
   }
-  const body = requestBody();
-  $("curl").textContent = `curl -s -X POST ${location.origin}/v1/generations \\\n  -H 'Content-Type: application/json' \\\n` +
+  const [collection, body] = request();
+  $("curl").textContent = `curl -s -X POST ${location.origin}${collection} \\\n` +
+    "  -H 'Content-Type: application/json' \\\n" +
     (state.key ? "  -H \"Authorization: Bearer $GLIMPSE_API_KEY\" \\\n" : "") +
     `  -d '${JSON.stringify(body).replace(/'/g, "'\\''")}'`;
-  const res = await api("/v1/generations", { method: "POST", headers: { "Content-Type": "application/json" },
+  const res = await api(collection, { method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify(body) });
   const data = await res.json().catch(() => ({ title: `HTTP ${res.status}` }));
   if (!res.ok) return res.status === 401 ? undefined : showError(data);
@@ -513,12 +566,39 @@ function setProgress(fraction) {
   $("bar").parentElement.setAttribute("aria-valuenow", String(Math.round(100 * fraction)));
 }
 
-function startJob(job, inputs = []) {
+// The page stops showing its job (a new one, another model): stop following it and, unless it ended, cancel it, as
+// nobody will see what it draws.
+function leaveJob() {
   stopPlayer();
   if (state.stream) state.stream.abort();
+  state.stream = null;
+  if (state.job && !state.ended) api(state.job.links.self, { method: "DELETE" }).catch(() => {});
+  state.job = null;
+  $("job").hidden = true;
+}
+
+async function cancelJob() {
+  if (!state.job || state.ended) return;
+  $("cancel").disabled = true;
+  $("status").textContent = "canceling…";
+  const res = await api(state.job.links.self, { method: "DELETE" });
+  if (!res.ok && res.status !== 409 && res.status !== 401) showError(await problemOf(res));  // 409: it had ended
+}
+
+function ended() {
+  state.ended = true;
+  $("cancel").hidden = true;
+}
+
+function startJob(job, inputs = []) {
+  leaveJob();
   forgetImages();
-  Object.assign(state, { job, inputs, result: null, selected: 0, frames: [], attention: null });
+  Object.assign(state, { job, inputs, result: null, selected: 0, frames: [], attention: null, ended: false });
   $("job").hidden = false;
+  $("cancel").hidden = false;
+  $("cancel").disabled = false;
+  $("score").hidden = true;
+  $("canvas-wrap").hidden = false;
   $("player").hidden = true;
   $("input-figure").hidden = true;
   $("grid").replaceChildren();
@@ -542,6 +622,12 @@ function startJob(job, inputs = []) {
   };
   for (const end of ["failed", "canceled", "expired"]) {
     on[end] = (d) => {
+      ended();
+      if (end === "canceled") {  // what it had finished stays: the images whose every step was drawn
+        $("status").textContent = "canceled";
+        if (d && d.outputs && d.outputs.some((o) => o.image)) finish(d, true);
+        return;
+      }
       $("status").textContent = end;
       showError({ title: `Generation ${end}`, detail: d.error || "" });
     };
@@ -563,17 +649,32 @@ function doneText(result) {
   return `done: ${result.images} image(s), seeds ${seeds.join(", ")}`;
 }
 
-function finish(result) {
+function finish(job, canceled = false) {
+  ended();
+  const result = { ...job, outputs: job.outputs.filter((o) => o.image || job.condition === "likelihood") };
   state.result = result;
   setProgress(1);
-  $("status").textContent = doneText(result);
+  if (result.condition === "likelihood") return showScore(result);
+  $("status").textContent = canceled ? `canceled: the ${result.outputs.length} image(s) it had finished`
+    : doneText(result);
   $("grid").replaceChildren(...result.outputs.map((o, i) => {
-    const img = el("img", { alt: `sample ${i}`, "data-index": i });
+    const img = el("img", { alt: `sample ${i + 1}`, "data-index": i });
     setImage(img, o.image);
-    img.addEventListener("click", () => select(i));
-    return img;
+    return activate(img, () => select(i));
   }));
   select(0);
+}
+
+// A likelihood job: its bound in nats beside the image as the model read it.
+function showScore(result) {
+  const out = result.outputs[0];
+  $("status").textContent = `done: scored with k = ${out.k} samples, seed ${result.seeds[0]}`;
+  $("score").textContent = `−log p(x) ≤ ${out.nll.toFixed(2)} nats (−L_${out.k}); −ELBO ` +
+    `${(-out.elbo).toFixed(2)} from the same samples`;
+  $("score").hidden = false;
+  $("canvas-wrap").hidden = true;  // a score draws nothing: the input alone, beside its number
+  $("input-figure").hidden = !state.inputs[0];
+  if (state.inputs[0]) $("input-shown").src = state.inputs[0];
 }
 
 async function select(i) {
@@ -597,7 +698,7 @@ async function select(i) {
   scrub.max = String(state.frames.length);
   scrub.value = String(state.frames.length);
   scrub.setAttribute("aria-label", unit());
-  $("player").hidden = false;
+  $("player").hidden = state.frames.length < 2;  // a one-step model's image has nothing to play
   show(state.frames.length);
 }
 
@@ -850,6 +951,7 @@ $("caption").addEventListener("input", markCaption);
 $("model").addEventListener("change", (e) => chooseModel(e.target.value));
 $("reuse").addEventListener("click", () => { $("seed").value = $("reuse").dataset.seed; });
 $("play").addEventListener("click", togglePlay);
+$("cancel").addEventListener("click", cancelJob);
 $("apikey").value = state.key;
 $("apikey").addEventListener("change", setKey);
 $("apikey").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); setKey(); } });

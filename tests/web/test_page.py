@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.framing import HTTP_ARG
 from tests.worker.conftest import ROOT, checkpoints  # noqa: F401  (fixture)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -127,8 +128,8 @@ def keyed_server(server, stack_env, tmp_path_factory):
     GLIMPSE_REDIS_DIR) and so the same worker: one stack is enough for both."""
     port = _free_port()
     log = tmp_path_factory.mktemp("keyed") / "api.log"
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host",
-                             "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--http",
+                             HTTP_ARG, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=ROOT,
                             env=stack_env | {"GLIMPSE_API_KEYS": API_KEY}, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -150,7 +151,8 @@ def test_draw_watch_scrub_and_unknown_words(browser, server):
     page.click("#submit")
     page.wait_for_selector("#error:not([hidden])")
     error = page.inner_text("#error")
-    assert "Unknown words" in error and "beside at position 4" in error and "cat at position 6" in error
+    assert "Unknown words" in error and "“beside”, word 5" in error and "“cat”, word 7" in error
+    assert "position" not in error  # the detail's 0-based positions are not repeated beside the page's word numbers
     page.screenshot(path=str(SHOTS / "unknown-words.png"))
 
     # A real caption: the canvas fills step by step, then the samples and the player appear.
@@ -194,7 +196,8 @@ def test_an_unconditional_model_draws_without_a_caption(browser, server):
     assert not page.is_visible("#modes")  # a caption model: no mode choice
     page.select_option("#model", "tiny-draw")
     assert not page.is_visible("#caption") and not page.is_visible("#example-lists")
-    assert page.is_visible("#unconditional") and not page.is_visible("#modes")  # DRAW only samples
+    labels = page.eval_on_selector_all("#modes label:not([hidden])", "ls => ls.map(l => l.textContent.trim())")
+    assert page.is_visible("#unconditional") and labels == ["Sample", "Score"]  # DRAW samples and scores
     page.fill("#n", "3")
     page.click("#submit")
     page.wait_for_function("document.querySelectorAll('#grid img').length === 3", timeout=60_000)
@@ -282,12 +285,16 @@ def _png_pixels(data_url: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("L"))
 
 
+MODE_LABELS = {"tiny-iwae": ["Sample", "Reconstruct", "Walk", "Score"],  # IWAE has an encoder: a likelihood
+               "tiny-vaegan": ["Sample", "Reconstruct", "Walk"]}
+
+
 def _choose(page, model: str, mode: str) -> None:
     page.wait_for_function("document.querySelectorAll('#model option').length > 2")
     page.select_option("#model", model)
     assert page.is_visible("#modes") and not page.is_visible("#caption")
     labels = page.eval_on_selector_all("#modes label:not([hidden])", "ls => ls.map(l => l.textContent.trim())")
-    assert labels == ["Sample", "Reconstruct", "Walk"]
+    assert labels == MODE_LABELS[model]
     page.check(f"input[name=mode][value={mode}]")
 
 
@@ -516,7 +523,7 @@ def test_a_caption_path_is_written_by_the_text_model_then_drawn_and_played(brows
     page.click("#path-submit")
     page.wait_for_selector("#path-error:not([hidden])")
     error = page.inner_text("#path-error")
-    assert "Unknown words (422)" in error and "beside at position 4 in “from”" in error, error
+    assert "Unknown words (422)" in error and "“beside”, word 5 in “from”" in error, error
     assert page.inner_text("#path-from-marked .unknown") == "beside"
     assert page.locator("#path-to-marked .unknown").count() == 0
     page.wait_for_function("!document.querySelector('#path-submit').disabled")
@@ -567,6 +574,130 @@ def test_a_caption_path_is_written_by_the_text_model_then_drawn_and_played(brows
     page.click("#path-submit")
     page.wait_for_selector("#path-error:not([hidden])", timeout=60_000)
     error = page.inner_text("#path-error")
-    assert error.startswith("Drawing the path: Unknown words (422): 'zebra' (captions[2], position 1)"), error
-    assert f"zebra at position 1 in point 3 (“{texts[2]}”)" in error and not page.is_visible("#path-result")
+    assert error.startswith("Drawing the path: Unknown words (422): the model does not know"), error
+    assert f"“zebra”, word 2 in point 3 (“{texts[2]}”)" in error and not page.is_visible("#path-result")
+    page.close()
+
+
+def _job_status(server: str, job_id: str) -> str:
+    with urllib.request.urlopen(f"{server}/v1/generations/{job_id}") as r:
+        return json.load(r)["status"]
+
+
+def _wait_status(server: str, job_id: str, status: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _job_status(server, job_id) != status:
+        assert time.monotonic() < deadline, f"job {job_id} never became {status}: {_job_status(server, job_id)}"
+        time.sleep(0.1)
+
+
+def test_a_narrow_window_keeps_every_control_in_reach(browser, server):
+    """At a phone's width (390 px) nothing scrolls sideways and the player, the samples and the downloads are each
+    the element under their own centre, so a finger reaches them (once they overlapped the canvas)."""
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    page.fill("#caption", "the digit 3 is at the top left of the image .")
+    page.fill("#n", "2")
+    page.click("#submit")
+    page.wait_for_selector("#player:not([hidden])", timeout=60_000)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    for selector in ["#model", "#caption", "#submit", "#play", "#scrub", "#downloads a", "#grid img"]:
+        reached = page.eval_on_selector(selector, """e => {
+            e.scrollIntoView({ block: "center" });
+            const r = e.getBoundingClientRect();
+            const hit = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
+            return r.width > 0 && (hit === e || e.contains(hit));
+        }""")
+        assert reached, selector
+    page.screenshot(path=str(SHOTS / "narrow.png"), full_page=True)
+    page.close()
+
+
+def test_a_running_job_is_canceled_by_its_button_or_by_the_next_job(browser, server):
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    page.fill("#caption", "the digit 3 is at the top left of the image .")
+    page.fill("#n", "1")
+    page.click("#submit")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('drawing')", timeout=60_000)
+    first = page.evaluate("state.job.id")
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('canceled')", timeout=30_000)
+    assert _job_status(server, first) == "canceled" and not page.is_visible("#cancel")
+    assert page.get_attribute("#error", "hidden") is not None  # a cancel asked for is no error
+
+    page.click("#submit")  # a job, then another before it ends: the page follows the second, the first is canceled
+    page.wait_for_function(f"state.job && state.job.id !== '{first}'")
+    second = page.evaluate("state.job.id")
+    page.click("#submit")
+    page.wait_for_function(f"state.job && state.job.id !== '{second}'")
+    _wait_status(server, second, "canceled")
+    page.wait_for_function("document.querySelectorAll('#grid img').length === 1", timeout=60_000)
+    assert not page.is_visible("#cancel")
+    page.close()
+
+
+def test_the_keyboard_reaches_examples_and_samples(browser, server):
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    # the tiny test model records no example captions: the page's own list filler, given two
+    page.evaluate("fillList($('examples'), ['the digit 1 is at the top left of the image .',"
+                  " 'the digit 3 is at the top left of the image .'])")
+    example = page.locator("#examples li").nth(1)
+    example.focus()
+    page.keyboard.press("Enter")
+    assert page.input_value("#caption") == example.inner_text()
+    assert page.evaluate("document.activeElement.id") == "caption"  # back in the caption, ready to submit
+    page.fill("#n", "2")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelectorAll('#grid img').length === 2", timeout=60_000)
+    page.locator("#grid img").nth(1).focus()
+    page.keyboard.press(" ")
+    assert page.get_attribute("#grid img >> nth=1", "class") == "selected"
+    page.close()
+
+
+def test_switching_model_clears_the_last_models_error_and_job(browser, server):
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 2")
+    page.fill("#caption", "the digit 3 is beside the cat .")
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.locator("#marked .unknown").count() == 2  # a copy of the caption with its unknown words marked
+    page.fill("#caption", "the digit 3 is at the top left of the image .")
+    assert page.inner_text("#marked") == ""  # no copy while every word is known
+    page.select_option("#model", "tiny-draw")
+    assert not page.is_visible("#error") and not page.is_visible("#job")
+    assert "glimpses" in page.inner_text("#tagline") and "caption" not in page.inner_text("#tagline")
+    page.select_option("#model", "tiny-stat28")
+    assert "/v1/classifications" in page.inner_text("#api-only")  # what the page does not do, and where it is
+    page.close()
+
+
+def test_a_drawing_is_scored_by_its_likelihood(browser, server):
+    page = browser.new_page(viewport={"width": 1000, "height": 1000})
+    page.goto(server)
+    _choose(page, "tiny-iwae", "likelihood")
+    assert page.inner_text("#submit") == "Score" and page.is_visible("#k") and not page.is_visible("#n")
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "Nothing to score" in page.inner_text("#error")
+    _stroke(page, [(98, 30 + 12 * i) for i in range(12)], "mouse")
+    page.fill("#k", "50")
+    with page.expect_request("**/v1/likelihoods") as posted:
+        page.click("#submit")
+    body = json.loads(posted.value.post_data)
+    assert set(body) == {"model", "images", "k"} and body["k"] == 50 and body["model"] == "tiny-iwae"
+    page.wait_for_selector("#score:not([hidden])", timeout=60_000)
+    job = page.evaluate("state.result")
+    out = job["outputs"][0]
+    assert out["k"] == 50 and out["nll"] <= -out["elbo"]
+    assert page.inner_text("#score") == (f"−log p(x) ≤ {out['nll']:.2f} nats (−L_50); −ELBO {-out['elbo']:.2f} "
+                                         "from the same samples")
+    assert page.is_visible("#input-figure") and not page.is_visible("#player") and not page.is_visible("#frame")
+    page.screenshot(path=str(SHOTS / "scored.png"))
     page.close()
