@@ -112,7 +112,7 @@ class CaptionsTask(Task):
         self._val = self._tensors(self._val_batch)
         seen = [vocab.decode(row.tolist()) for row in self._val["captions"][:8]]
         self._preview = seen + held_out[:: max(1, len(held_out) // 8)][:8]  # seen, then held out across templates
-        self.extra["example_captions"] = seen  # shown to users as examples
+        self.extra["example_captions"] = list(dict.fromkeys(seen))  # shown to users as examples, each once
 
     def _tensors(self, batch: Any) -> Batch:
         assert self.vocab is not None

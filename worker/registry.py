@@ -93,6 +93,6 @@ def describe(model_id: str, ckpt: Checkpoint) -> ModelInfo:
         **({"height": cfg.height, "width": cfg.width, "channels": cfg.channels} if images else {}),
         vocabulary=ckpt.vocab.typeable() if ckpt.vocab is not None else None,
         max_caption_tokens=ckpt.vocab.max_length if ckpt.vocab is not None else None,
-        example_captions=list(ckpt.extra.get("example_captions", [])),
+        example_captions=list(dict.fromkeys(ckpt.extra.get("example_captions", []))),  # a caption once, in order
         held_out_captions=list(ckpt.extra.get("held_out_captions", [])),
     )

@@ -925,11 +925,17 @@ function showPath(texts, job) {
     setImage(img, point.image, pathBlobs);
     const figure = el("figure", { "data-index": i });
     figure.append(img, el("figcaption", {}, point.caption));
-    return figure;
+    return activate(figure, () => { stopPath(); showPoint(i); });  // a point chosen: the animation holds it
   }));
   $("path-result").hidden = false;
   showPoint(0);
+  playPath();
+}
+
+function playPath() {
+  stopPath();
   state.path.timer = setInterval(() => showPoint((state.path.at + 1) % state.path.points.length), PATH_MS);
+  $("path-anim").title = "pause";
 }
 
 function showPoint(i) {
@@ -944,6 +950,7 @@ function showPoint(i) {
 function stopPath() {
   if (state.path.timer) clearInterval(state.path.timer);
   state.path.timer = null;
+  $("path-anim").title = "play";
 }
 
 $("form").addEventListener("submit", submit);
@@ -965,5 +972,6 @@ $("invert").addEventListener("click", invertPad);
 $("upload").addEventListener("change", loadFile);
 $("add-example").addEventListener("click", addExample);
 $("path-form").addEventListener("submit", drawPath);
+activate($("path-anim"), () => (state.path.timer ? stopPath() : playPath()));
 for (const id of ["path-from", "path-to", "path-text-model"]) $(id).addEventListener("input", () => markPath());
 loadModels();

@@ -141,7 +141,8 @@ def test_models(client):
     assert set(models) == {"tiny-align", "tiny-draw", "tiny-stat", "tiny-text"}
     m = models["tiny-align"]
     assert m["kind"] == "aligndraw" and m["steps"] == 5 and m["height"] == 16 and "digit" in m["vocabulary"]
-    assert m["default"] is True and "held_out_captions" in m and "example_captions" in m
+    assert m["default"] is True and m["held_out_captions"] == []
+    assert m["example_captions"] == [f"the digit {d} is at the top left of the image ." for d in (1, 3)]  # no repeat
     assert client.get("/v1/models/tiny-draw").json()["kind"] == "draw"
     assert client.get("/v1/models/nope").status_code == 404
 

@@ -84,7 +84,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     align = AlignDRAW(AlignDRAWConfig(vocab_size=len(vocab), height=16, width=16, steps=5, enc_size=32, dec_size=32,
                                       z_size=8, read_n=4, write_n=4, embed_size=12, lang_size=10, align_size=16))
-    save_checkpoint(d / "tiny-align", Checkpoint(align, vocab=vocab, extra={"held_out_captions": []}))
+    examples = [f"the digit {d} is at the top left of the image ." for d in (1, 1, 3)]  # a repeat, as training's
+    save_checkpoint(d / "tiny-align", Checkpoint(align, vocab=vocab, extra={"held_out_captions": [],
+                                                                           "example_captions": examples}))
     draw = DRAW(DRAWConfig(height=12, width=10, steps=6, enc_size=32, dec_size=32, z_size=8, read_n=3, write_n=4))
     save_checkpoint(d / "tiny-draw", Checkpoint(draw))
     stat = Statistician(StatisticianConfig(height=12, width=12, sample_size=3, widths=(4, 6, 8), convs=1, hidden=16,
