@@ -491,7 +491,9 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         if sets:
             given["sets"], given["set_mask"] = conditions.stack_sets([sets[e] for e, _ in chunk], s.batch_rows)
         _read_cancels(conn, keys, in_chunk)
-        state: dict[str, Any] = {"stopped": False}
+        # "drawn": the jobs whose canvases the chunk's last step stored (a cancel read by that very write comes after
+        # their images were finished: they are kept)
+        state: dict[str, Any] = {"stopped": False, "drawn": set()}
         sent: list[tuple[Future, list[Entry]]] = []  # the write in flight while the sampler draws on: ≤ 1
 
         def settle(sent: list[tuple[Future, list[Entry]]] = sent, in_chunk: list[Entry] = in_chunk,
@@ -567,6 +569,8 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
                            live=live, frames=[e.frames_offered(i) for i in range(e.request.images)])
             if active:
                 p.mget([keys.cancel(e.job.id) for e in active])
+            if step.t == step.steps:
+                state["drawn"] = set(active)
             sent.append((rt.writer.submit(p.execute), active))
             if s.step_delay:
                 time.sleep(s.step_delay)
@@ -594,7 +598,7 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
         windows = out.windows[: len(chunk)].cpu().numpy() if out.windows is not None else None
         aligns = out.alignments[: len(chunk)].cpu().numpy() if out.alignments is not None else None
         for r, (e, i) in enumerate(chunk):
-            if e.canceled:  # canceled during this chunk: its rows here are unfinished (earlier chunks' are kept)
+            if e.canceled and e not in state["drawn"]:  # canceled before this chunk's last step: unfinished rows
                 continue
             e.finals[i] = finals[r]
             e.windows[i] = windows[r] if windows is not None else None

@@ -109,6 +109,31 @@ def test_a_canceled_job_keeps_the_images_it_finished(conn, settings, run_burst):
     assert [o["animations"] for o in outputs] == [["gif", "webp"]] * 2 + [[]] * 2  # only the finished ones offered
 
 
+def test_a_cancel_read_with_the_last_step_keeps_the_images_it_finished(conn, settings, run_burst, monkeypatch):
+    """A cancel that the write of a call's last step reads comes after every step of its images was drawn and
+    stored: they are kept, with their animations (a one-step model's jobs always land so; they were dropped)."""
+    from worker import jobs
+
+    job_id, _ = q.enqueue_generation(conn, request(n=2), settings, steps=5)
+    real_sample = jobs.sample
+
+    def cancel_at_the_last_step(model, *, callback=None, **kw):
+        def step(s):
+            if s.t == s.steps:
+                assert q.cancel(conn, job_id, settings)  # the flag is set before the last step's write reads it
+            return callback(s)
+        return real_sample(model, callback=step if callback else None, **kw)
+
+    monkeypatch.setattr(jobs, "sample", cancel_at_the_last_step)
+    run_burst(settings)
+    view = q.get_view(conn, job_id, settings)
+    assert view.status == "canceled" and view.result["steps_done"] == 5
+    files = files_of(conn, settings, job_id)
+    assert {"images/0.png", "images/1.png", "raw/0/5", "raw/1/5"} <= set(files)
+    assert [o["image"] for o in view.result["outputs"]] == [True, True]
+    assert [o["animations"] for o in view.result["outputs"]] == [["gif", "webp"]] * 2
+
+
 def test_raw_canvases_round_trip_and_a_wrong_size_is_refused():
     import numpy as np
     import pytest
