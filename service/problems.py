@@ -95,8 +95,25 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
                                 headers=headers, **exc.extensions)
     if exc.status_code == 405 and (allowed := allowed_methods(request)):
         headers["Allow"] = ", ".join(allowed)
+    if exc.status_code == 400 and exc.detail == FASTAPI_UNPARSED and exc.__cause__ is not None:
+        return problem_response(request, 400, kind="malformed-json", title="Malformed JSON",
+                                detail=f"the body is not valid JSON: {_unparsed(exc.__cause__)}")
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != HTTPStatus(exc.status_code).phrase else None
     return problem_response(request, exc.status_code, detail=detail, headers=headers)
+
+
+FASTAPI_UNPARSED = "There was an error parsing the body"  # FastAPI's 400 when json.loads raised, not of syntax
+
+
+def _unparsed(cause: BaseException) -> str:
+    """Why json.loads refused a body in a way FastAPI does not report (it reports only syntax errors itself)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"it is not UTF-8 text (byte 0x{cause.object[cause.start]:02x} at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "its arrays or objects nest too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "a number in it has too many digits"
+    return f"it could not be parsed ({type(cause).__name__})"
 
 
 def json_media_type(content_type: str | None) -> bool:

@@ -64,6 +64,16 @@ def test_malformed_json(client):
     assert "JSON" in body["detail"]
 
 
+@pytest.mark.parametrize(("content", "why"), [
+    (b'{"caption": "\xff"}', "not UTF-8 text (byte 0xff at byte 13)"),  # FastAPI's bare 400 before
+    (b"[" * 30_000 + b"]" * 30_000, "nest too deeply"),
+    (b'{"caption": "x", "n": ' + b"9" * 5000 + b"}", "too many digits"),
+])
+def test_a_body_json_cannot_read_is_malformed_json_saying_why(client, content, why):
+    body = problem(client.post("/v1/generations", content=content, headers={"content-type": "application/json"}),
+                   400, "malformed-json")
+    assert why in body["detail"], body
+
 def test_oversize_body_states_the_limit(client):
     big = b'{"caption": "' + b"a" * 70_000 + b'"}'
     body = problem(client.post("/v1/generations", content=big, headers={"content-type": "application/json"}),

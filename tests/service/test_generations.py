@@ -50,6 +50,8 @@ def test_create_poll_and_fetch_every_output(client):
     webp = client.get(out["animation_webp"])
     assert webp.headers["content-type"] == "image/webp"
     assert webp.content[:4] == b"RIFF" and webp.content[8:12] == b"WEBP"
+    for url in (out["image"], out["frames"][2], out["animation_gif"], out["attention"], out["alignment"]):
+        assert client.get(url).headers["cache-control"] == "private, max-age=3600, immutable", url  # every file
     al = client.get(out["alignment"])
     assert al.status_code == 200, al.text
     al = al.json()
@@ -59,6 +61,8 @@ def test_create_poll_and_fetch_every_output(client):
     assert att.headers["content-type"] == "application/json" and len(json.loads(att.content)["windows"]) == 5
     missing = client.get(f"/v1/generations/{jid}/images/9.png")
     assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    past = client.get(f"/v1/generations/{jid}/images/0/frames/6.png").json()  # T = 5: named as its URL names it
+    assert past["detail"] == f"images/0/frames/6.png of job {jid} does not exist; the job has succeeded", past
 
 
 def test_same_seed_same_pixels(client):
@@ -127,6 +131,7 @@ def test_idempotency_key(client):
     b = post(client, body, headers={"Idempotency-Key": "k-1"})
     assert a.status_code == b.status_code == 202
     assert a.json()["id"] == b.json()["id"] and b.headers.get("idempotent-replayed") == "true"
+    assert b.headers["location"] == a.headers["location"]  # a retrying client follows the same Location
     c = post(client, {"caption": CAPTION, "n": 3}, headers={"Idempotency-Key": "k-1"})
     assert c.status_code == 409 and c.headers["content-type"] == "application/problem+json"
     d = post(client, body, headers={"Idempotency-Key": "k-2"})

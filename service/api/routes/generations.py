@@ -14,12 +14,13 @@ from typing import Annotated, Any, Literal
 import anyio
 import redis
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from models.vocab import CaptionTooLongError, EmptyCaptionError, UnknownWordsError
 from service import outputs, store
 from service.api.deps import CallerDep, ConnDep, IdempotencyKeyDep, MetricsDep, SettingsDep
+from service.config import ApiSettings
 from service.events import JobEvents
 from service.problems import PROBLEM_JSON, Problem, validation_detail
 from service.schemas import N_ONE, Generation, GenerationCreate
@@ -167,6 +168,7 @@ def submit(conn, settings, caller, metrics, response: Response, base: str, *, bo
                 raise Problem(409, "idempotency-conflict", "this Idempotency-Key was used with another body",
                               title="Idempotency key reused")
             response.headers["Idempotent-Replayed"] = "true"
+            response.headers["Location"] = f"{base}/v1/{collection}/{earlier['job']}"  # as the first answer had
             return _read(conn, settings, earlier["job"], base)
     files = Keys(settings.key_prefix).files(job_id)
     try:
@@ -399,7 +401,7 @@ def cancel_generation(job_id: JobId, request: Request, settings: SettingsDep, co
     if view is None:
         raise _unknown(job_id)
     if view.status in TERMINAL:
-        raise Problem(409, "already-ended", f"generation {job_id} has already {view.status}", title="Already ended",
+        raise Problem(409, "already-ended", f"job {job_id} has already {view.status}", title="Already ended",
                       status_now=view.status)
     cancel(conn, job_id, settings)
     return _read(conn, settings, job_id, _base(request))
@@ -407,20 +409,25 @@ def cancel_generation(job_id: JobId, request: Request, settings: SettingsDep, co
 
 # --- output files -----------------------------------------------------------------------------------------------
 
-def _file(conn, settings, caller, job_id: str, name: str, render: Callable[[], bytes | None] | None = None) -> Response:
+def _file(conn, settings, caller, job_id: str, name: str, render: Callable[[], bytes | None] | None = None, *,
+          path: str) -> Response:
     """A stored file; with `render`, the file kept, or one rendered from what the worker stored raw on first
-    request (service.outputs), then kept."""
+    request (service.outputs), then kept. `path`: the file as its URL names it below the job, for a 404."""
     _authorize(conn, settings, caller, job_id)
     data = get_file(conn, job_id, name, settings) if render is None else render()
     if data is None:
         view = get_view(conn, job_id, settings)  # only to say why not
         if view is None:
             raise _unknown(job_id)
-        raise Problem(404, "no-such-output", f"{name} of generation {job_id} does not exist (yet): status "
-                      f"{view.status}", title="No such output", status_now=view.status)
+        when = f"; the job has {view.status}" if view.status in TERMINAL else f" yet; the job is {view.status}"
+        raise Problem(404, "no-such-output", f"{path} of job {job_id} does not exist{when}", title="No such output",
+                      status_now=view.status)
+    return Response(data, media_type=content_type(name), headers=_immutable(settings))
+
+
+def _immutable(settings: ApiSettings) -> dict[str, str]:
     # A stored file never changes (a requeued job redraws the same pixels from the same seeds).
-    headers = {"Cache-Control": f"private, max-age={settings.result_ttl}, immutable"}
-    return Response(data, media_type=content_type(name), headers=headers)
+    return {"Cache-Control": f"private, max-age={settings.result_ttl}, immutable"}
 
 
 IMAGE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "PNG"}, 404: PROBLEM}
@@ -428,7 +435,7 @@ IMAGE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "d
 
 @router.get("/{job_id}/images/{index}.png", responses=IMAGE, response_class=Response, summary="Final image")
 def image(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> Response:
-    return _file(conn, settings, caller, job_id, image_name(index))
+    return _file(conn, settings, caller, job_id, image_name(index), path=f"images/{index}.png")
 
 
 @router.get("/{job_id}/images/{index}/frames/{step}.png", responses=IMAGE, response_class=Response,
@@ -436,7 +443,7 @@ def image(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, cal
 def frame(job_id: JobId, index: Index, step: Annotated[int, Path(ge=1)], settings: SettingsDep, conn: ConnDep,
           caller: CallerDep) -> Response:
     return _file(conn, settings, caller, job_id, frame_name(index, step),
-                 lambda: outputs.frame(conn, settings, job_id, index, step))
+                 lambda: outputs.frame(conn, settings, job_id, index, step), path=f"images/{index}/frames/{step}.png")
 
 
 @router.get("/{job_id}/images/{index}/animation.{fmt}", response_class=Response, summary="Animation of all T steps",
@@ -444,7 +451,7 @@ def frame(job_id: JobId, index: Index, step: Annotated[int, Path(ge=1)], setting
 def animation(job_id: JobId, index: Index, fmt: Literal["gif", "webp"], settings: SettingsDep, conn: ConnDep,
               caller: CallerDep) -> Response:
     return _file(conn, settings, caller, job_id, animation_name(index, fmt),
-                 lambda: outputs.animation(conn, settings, job_id, index, fmt))
+                 lambda: outputs.animation(conn, settings, job_id, index, fmt), path=f"images/{index}/animation.{fmt}")
 
 
 @router.get("/{job_id}/images/{index}/attention.json", response_class=Response,
@@ -452,17 +459,19 @@ def animation(job_id: JobId, index: Index, fmt: Literal["gif", "webp"], settings
             summary="Write windows (T × [x0, y0, x1, y1] px) and the alignment")
 def attention(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> Response:
     return _file(conn, settings, caller, job_id, attention_name(index),
-                 lambda: outputs.attention(conn, settings, job_id, index))
+                 lambda: outputs.attention(conn, settings, job_id, index), path=f"images/{index}/attention.json")
 
 
-@router.get("/{job_id}/images/{index}/alignment.json", responses={404: PROBLEM},
+@router.get("/{job_id}/images/{index}/alignment.json", response_class=JSONResponse,
+            responses={200: {"content": {"application/json": {}}}, 404: PROBLEM},
             summary="Alignment over caption words: T rows × words, with the words")
-def alignment(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> dict:
+def alignment(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> JSONResponse:
     att = json.loads(bytes(attention(job_id, index, settings, conn, caller).body))
     if att.get("alignment") is None:
         raise Problem(404, "no-alignment", "this image was drawn without a caption: it has no alignment",
                       title="No alignment")
-    return {"words": att.get("words", []), "steps": att.get("steps"), "alignment": att["alignment"]}
+    return JSONResponse({"words": att.get("words", []), "steps": att.get("steps"), "alignment": att["alignment"]},
+                        headers=_immutable(settings))  # derived from a stored file: as unchanging as it
 
 
 # --- events -----------------------------------------------------------------------------------------------------
