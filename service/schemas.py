@@ -42,7 +42,7 @@ IMAGES_DOC = (f"base64 PNGs of exactly the model's height × width (GET /v1/mode
 class WalkIn(BaseModel):
     """A latent walk: between two seeds (`seeds`), or between two uploaded images (`images`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     seeds: Annotated[list[SeedIn], Field(min_length=2, max_length=2)] | None = None
     images: Annotated[list[ImageData], Field(min_length=2, max_length=2, description=IMAGES_DOC)] | None = None
@@ -58,7 +58,8 @@ class WalkIn(BaseModel):
 class InterpolateIn(BaseModel):
     """The sentences along a text model's latent path between two sentences (the two ends reconstructed)."""
 
-    model_config = ConfigDict(extra="forbid")  # "from" only: the attribute's name "from_" is no field of the API
+    # "from" only: the attribute's name "from_" is no field of the API
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     from_: Caption = Field(alias="from", description="the first sentence, in the model's vocabulary (GET /v1/models)")
     to: Caption = Field(description="the last sentence")
@@ -74,7 +75,7 @@ class GenerationCreate(BaseModel):
     `image_set` in its modes: the Neural Statistician); `walk` for a latent walk (IWAE); `interpolate` for the
     sentences between two sentences (a text model). `n` samples per caption (or in all)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"caption": "the digit 3 is at the top left of the image", "n": 4},
         {"model": "statistician-omniglot", "images": ["iVBORw0KGgo...", "iVBORw0KGgo..."], "n": 8, "seed": 7},
         {"model": "textvae-captions", "n": 8, "seed": 3},
@@ -120,6 +121,8 @@ class GenerationCreate(BaseModel):
             raise ValueError("send `seed` or `seeds`, not both")
         if self.seeds is not None and given and given[0] in ("walk", "interpolate"):
             raise ValueError("a walk takes its seeds in `walk.seeds`; an interpolation takes none")
+        if self.seed is not None and given and given[0] == "walk":  # it would change nothing: say so
+            raise ValueError("a walk takes its seeds in `walk.seeds`, not `seed`")
         if given and given[0] in ("walk", "interpolate") and self.n != 1:
             raise ValueError(N_ONE)
         images = self.n * len(self.caption_list or [None])
@@ -136,7 +139,7 @@ class LikelihoodCreate(BaseModel):
     """Score images under a model with an encoder: −L_k (the importance-weighted bound, Burda et al. eq. 8) and the
     ELBO from the same k samples, in nats. Captioned models score each image under its caption."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"model": "iwae-mnist", "images": ["iVBORw0KGgo..."], "k": 1000}]})
 
     model: Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -160,7 +163,7 @@ class LikelihoodCreate(BaseModel):
 
 
 class SupportClass(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     label: Label = Field(description=f"1..{MAX_LABEL_CHARS} printable characters, distinct across classes")
     images: Annotated[list[ImageData], Field(min_length=1, max_length=MAX_SHOTS, description=IMAGES_DOC)]
@@ -170,7 +173,7 @@ class ClassificationCreate(BaseModel):
     """Few-shot classification (a model with `few_shot` in its modes: the Neural Statistician): each query image goes
     to the labelled support set whose context posterior is nearest, score = −KL(q(c | query) ‖ q(c | set)) in nats."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"model": "statistician-omniglot",
          "support": [{"label": "alpha", "images": ["iVBORw0KGgo..."]},
                      {"label": "beta", "images": ["iVBORw0KGgo...", "iVBORw0KGgo..."]}],

@@ -78,7 +78,7 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_CHAR
 
 
 class OutputOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # JSON's own types: no "2" for 2, no true for 1
 
     frames: bool = True  # offer every step's canvas as a PNG (readable as soon as it is drawn)
     gif: bool = True
@@ -97,7 +97,7 @@ class Decoding(BaseModel):
     softmax(logits / temperature) (sentence i's words drawn with a generator seeded from its seed: prior samples
     only), or beam search of width `beam` on the sentence's log-probability (it favours short sentences)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     strategy: Literal["greedy", "sample", "beam"] = "greedy"
     temperature: float = Field(1.0, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE)

@@ -49,9 +49,19 @@ def test_unknown_words_name_each_word_and_position(client):
     ({"caption": CAPTION, "output": {"scale": 9}}, 422, "invalid-request"),
     ({"caption": CAPTION, "colour": "red"}, 422, "invalid-request"),
     ([1, 2], 422, "invalid-request"),
+    ({"caption": CAPTION, "n": True}, 422, "invalid-request"),  # JSON's own types: true is no 1, "2" no 2
+    ({"caption": CAPTION, "n": "2"}, 422, "invalid-request"),
+    ({"caption": CAPTION, "seed": 2.0}, 422, "invalid-request"),
+    ({"caption": CAPTION, "output": {"gif": "yes"}}, 422, "invalid-request"),
 ])
 def test_bad_bodies(client, body, status, kind):
     problem(client.post("/v1/generations", json=body), status, kind)
+
+
+def test_a_seed_beside_a_walks_seeds_is_refused(client):
+    body = problem(client.post("/v1/generations", json={"model": "tiny-draw", "walk": {"seeds": [1, 2]}, "seed": 5}),
+                   422, "invalid-request")
+    assert "a walk takes its seeds in `walk.seeds`, not `seed`" in body["detail"], body  # it would change nothing
 
 
 def test_empty_caption_after_tokenising(client):
