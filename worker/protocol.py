@@ -369,7 +369,8 @@ class ModelInfo(BaseModel):
     width: int | None = None
     channels: int | None = None
     steps: int  # steps a generation runs (T for the DRAW family; 1 for one-shot decoders)
-    pixels: Literal["binary", "grey"] = "binary"  # how an uploaded image is read: thresholded at 127, or grey levels
+    # how an uploaded image is read: thresholded at 127, or grey levels; None for a text family, which reads none
+    pixels: Literal["binary", "grey"] | None = "binary"
     # captioned and text families: the words a caption or sentence may use (padding and markers excluded)
     vocabulary: list[str] | None = None
     max_caption_tokens: int | None = None  # words in a caption (a text family: in a sentence it reads)
@@ -632,12 +633,16 @@ def validate_for_model(request: JobRequest, info: ModelInfo, *, max_job_bytes: i
     kind = request.condition.kind
     captioned = "caption" in info.modes
     if kind not in info.modes:
+        if kind == "caption" and "text_pair" in info.modes:  # a text model: captions are what it writes
+            raise InvalidJobError(f"model {info.id!r} ({info.kind}) writes sentences: send `n` for samples, or "
+                                  "`interpolate` with two sentences; no captions")
         if kind == "caption" and "none" in info.modes:
             raise InvalidJobError(f"model {info.id!r} is unconditional ({info.kind}): send no captions")
         if captioned and kind == "none":
             raise InvalidJobError(f"model {info.id!r} draws captions ({info.kind}): send 1..{MAX_CAPTIONS} captions")
         if kind == "likelihood":
-            raise InvalidJobError(f"model {info.id!r} ({info.kind}) has no encoder: it cannot score images")
+            raise InvalidJobError(f"model {info.id!r} ({info.kind}) gives no likelihood of a single image; its modes "
+                                  f"are {sorted(info.modes)}")
         if kind == "few_shot":
             raise InvalidJobError(f"model {info.id!r} ({info.kind}) cannot classify: few-shot classification needs a "
                                   f"model with 'few_shot' in its modes; its modes are {sorted(info.modes)}")
@@ -647,7 +652,8 @@ def validate_for_model(request: JobRequest, info: ModelInfo, *, max_job_bytes: i
     if isinstance(request.condition, Likelihood):
         captions = request.condition.captions
         if captioned and captions is None:
-            raise InvalidJobError(f"model {info.id!r} scores an image under a caption: send `captions`")
+            raise InvalidJobError(f"model {info.id!r} scores an image under a caption: send `caption` (one for every "
+                                  "image) or `captions` (one per image)")
         if not captioned and captions is not None:
             raise InvalidJobError(f"model {info.id!r} ({info.kind}) takes no captions")
     if captions is not None:

@@ -89,7 +89,8 @@ def describe(model_id: str, ckpt: Checkpoint) -> ModelInfo:
     images = m.data != "texts"  # a text family has no image size (and the API scores images, not sentences)
     modes = dict(m.modes) | ({"likelihood": "scores"} if m.likelihood and images else {})
     return ModelInfo(
-        id=model_id, kind=m.kind, modes=modes, steps=m.steps, pixels=getattr(m, "pixels", "binary"),
+        id=model_id, kind=m.kind, modes=modes, steps=m.steps,
+        pixels=getattr(m, "pixels", "binary") if images else None,  # a text family reads no images
         **({"height": cfg.height, "width": cfg.width, "channels": cfg.channels} if images else {}),
         vocabulary=ckpt.vocab.typeable() if ckpt.vocab is not None else None,
         max_caption_tokens=ckpt.vocab.max_length if ckpt.vocab is not None else None,

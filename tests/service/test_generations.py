@@ -144,6 +144,7 @@ def test_models(client):
     assert r.status_code == 200
     models = {m["id"]: m for m in r.json()["models"]}
     assert set(models) == {"tiny-align", "tiny-draw", "tiny-stat", "tiny-text"}
+    assert models["tiny-text"]["pixels"] is None and models["tiny-draw"]["pixels"] == "binary"  # text reads none
     m = models["tiny-align"]
     assert m["kind"] == "aligndraw" and m["steps"] == 5 and m["height"] == 16 and "digit" in m["vocabulary"]
     assert m["default"] is True and m["held_out_captions"] == []

@@ -137,7 +137,7 @@ def test_bad_text_requests_are_422s_that_say_what_is_wrong(client):
         ({"interpolate": {"from": FROM}}, "to"),
         ({"interpolate": {"from": FROM, "to": TO, "via": TO}}, "via"),
         ({"interpolate": {"from": FROM, "to": TO}, "caption": FROM}, "one of"),
-        ({"caption": FROM}, "send no captions"),
+        ({"caption": FROM}, "writes sentences: send `n` for samples, or `interpolate` with two sentences"),
         ({"walk": {"seeds": [1, 2]}}, "takes no 'walk'"),
         ({"images": [png64(drawings(1, seed=0)[0])]}, "reads and writes text, not images"),
         ({"n": 17}, "n"),

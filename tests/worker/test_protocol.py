@@ -241,14 +241,14 @@ def test_validate_for_model_checks_the_condition_against_the_models_modes():
         check(JobRequest(model="d", condition=Images(inputs=one)), DRAW)
     with pytest.raises(InvalidJobError, match="takes no 'walk' condition"):
         check(JobRequest(model="d", condition=Walk()), DRAW)
-    with pytest.raises(InvalidJobError, match="scores an image under a caption"):
+    with pytest.raises(InvalidJobError, match="scores an image under a caption: send `caption`"):
         check(JobRequest(model="a", condition=Likelihood(inputs=one)), ALIGN)
     with pytest.raises(InvalidJobError, match="takes no captions"):
         check(JobRequest(model="i", condition=Likelihood(inputs=one, captions=["the digit 3"])), IWAE)
     with pytest.raises(InvalidJobError, match="unknown words"):
         check(JobRequest(model="a", condition=Likelihood(inputs=one, captions=["the zebra"])), ALIGN)
     no_encoder = IWAE.model_copy(update={"modes": {"none": "images"}})
-    with pytest.raises(InvalidJobError, match="no encoder"):
+    with pytest.raises(InvalidJobError, match=r"gives no likelihood of a single image; its modes are \['none'\]"):
         check(JobRequest(model="i", condition=Likelihood(inputs=one)), no_encoder)
     # Scores travel inline: a likelihood job's bound is small; a walk's grows with its points.
     small = job_bytes_bound(JobRequest(model="i", condition=Likelihood(inputs=one)).with_seeds(), IWAE)
