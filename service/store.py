@@ -129,6 +129,12 @@ def expired(base: str, job_id: str) -> Generation:
     return Generation(id=job_id, status="expired", links=links(base, job_id))
 
 
+def in_collection(view: JobView, collection: str) -> bool:
+    """Whether the job lives under /v1/{collection} (route); a job whose request cannot be read is anywhere."""
+    request = _request(view)
+    return request is None or route(request.condition.kind) == collection
+
+
 def _request(view: JobView) -> JobRequest | None:
     try:
         return JobRequest.model_validate(view.request) if view.request is not None else None

@@ -59,8 +59,9 @@ def test_polls_of_own_jobs_do_not_use_up_the_rate_limit(make_client, live_worker
     done = wait_status(c, jid, {"succeeded"}, headers=bearer("poller"))
     out = done["outputs"][0]
     for url in (out["image"], out["frames"][0], out["animation_gif"], out["attention"], out["alignment"],
-                f"/v1/likelihoods/{jid}", done["links"]["events"]):
+                done["links"]["events"]):
         assert c.get(url, headers=bearer("poller")).status_code == 200, url
+    assert c.get(f"/v1/likelihoods/{jid}", headers=bearer("poller")).status_code == 404  # another collection's job
     r = c.post("/v1/generations", json={"caption": CAPTION}, headers=bearer("poller"))
     assert r.status_code == 429 and r.json()["type"].endswith("rate-limited")
     assert c.delete(f"/v1/generations/{posts[2].json()['id']}", headers=bearer("poller")).status_code == 429

@@ -227,6 +227,10 @@ def test_likelihoods_are_models_bounds_on_the_binarised_upload(api, served, mode
         assert out["nll"] <= -out["elbo"]  # L_k ≥ the mean log-weight, on the same samples
     events = client.get(f"/v1/likelihoods/{body['id']}/events").text
     assert "event: done" in events and "event: step" not in events and '"nll"' in events
+    for elsewhere in ("generations", "classifications"):  # a job lives under its own collection only
+        for method, tail in (("GET", ""), ("GET", "/events"), ("DELETE", "")):
+            r = client.request(method, f"/v1/{elsewhere}/{body['id']}{tail}")
+            assert r.status_code == 404 and r.json()["type"].endswith("/unknown-job"), (elsewhere, method, tail)
 
 
 def test_likelihoods_of_the_draw_family(api):

@@ -286,8 +286,8 @@ def _authorize(conn, settings, caller, job_id: str) -> str | None:
 
 def _unknown(job_id: str) -> Problem:
     shown = job_id if len(job_id) <= 64 else job_id[:64] + "…"  # the URL may be long: echo no more than an id
-    return Problem(404, "unknown-job", f"no generation {shown!r} (never created, or deleted after its TTL)",
-                   title="Unknown generation")
+    return Problem(404, "unknown-job", f"no job {shown!r} here (never created, gone after its TTL, or another "
+                   "collection's)", title="Unknown job")
 
 
 ResponseFormat = Annotated[Literal["url", "b64_json"], Query(
@@ -331,7 +331,8 @@ def matches(if_none_match: str | None, tag: str) -> bool:
 
 
 async def read_job(job_id: str, request: Request, settings, conn, caller, metrics, wait: float,
-                   if_none_match: str | None, response_format: str = "url") -> Response:
+                   if_none_match: str | None, response_format: str = "url", collection: str = "generations"
+                   ) -> Response:
     """The job's body with its ETag; 304 when it still matches `If-None-Match`. With `wait`, hold the request until
     the body changes (or, without `If-None-Match`, until the job ends), waking on the worker's announcements.
 
@@ -358,6 +359,8 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
         expired job from an id never used (404). With API keys off it is read only for an expired job."""
         _authorize(conn, settings, caller, job_id)  # with API keys: 404 unless the caller's (its owner record)
         first = read()
+        if first[0].condition is not None and store.route(first[0].condition) != collection:
+            raise _unknown(job_id)  # another collection's job: its links name where it lives
         created = (bool(settings.api_keys) or first[0].status != "expired"
                    or store.load_owner(conn, settings, job_id) is not None)
         return created, first
@@ -396,9 +399,13 @@ async def read_generation(job_id: JobId, request: Request, settings: SettingsDep
 @router.delete("/{job_id}", status_code=202, response_model=Generation, responses=ERRORS, summary="Cancel")
 def cancel_generation(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep,
                       caller: CallerDep) -> Generation:
+    return cancel_job(job_id, request, settings, conn, caller, "generations")
+
+
+def cancel_job(job_id: str, request: Request, settings, conn, caller, collection: str) -> Generation:
     _authorize(conn, settings, caller, job_id)
     view = get_view(conn, job_id, settings)
-    if view is None:
+    if view is None or not store.in_collection(view, collection):
         raise _unknown(job_id)
     if view.status in TERMINAL:
         raise Problem(409, "already-ended", f"job {job_id} has already {view.status}", title="Already ended",
@@ -488,8 +495,14 @@ def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> str:
                                             "`Last-Event-ID`."}, 404: PROBLEM})
 async def events(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
                  last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+    return await job_events(job_id, request, settings, conn, caller, last_event_id, "generations")
+
+
+async def job_events(job_id: str, request: Request, settings, conn, caller, last_event_id: str | None,
+                     collection: str) -> StreamingResponse:
     await anyio.to_thread.run_sync(_authorize, conn, settings, caller, job_id)
-    if await anyio.to_thread.run_sync(get_view, conn, job_id, settings) is None:
+    view = await anyio.to_thread.run_sync(get_view, conn, job_id, settings)
+    if view is None or not store.in_collection(view, collection):
         raise _unknown(job_id)
     base = _base(request)
     start = event_cursor(last_event_id)
@@ -581,23 +594,27 @@ def add_job_routes(collection: APIRouter, noun: str, carries: str) -> None:
     /v1/likelihoods and /v1/classifications are generation jobs under another name (`noun`), whose outputs carry
     `carries` (the scores, the labels)."""
 
+    where = f"{noun}s"  # the collection's path under /v1: a job of another is a 404 here
+
     async def read(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
                    metrics: MetricsDep, wait: Wait = 0.0, response_format: ResponseFormat = "url",
                    if_none_match: Annotated[str | None, Header()] = None) -> Response:
-        return await read_job(job_id, request, settings, conn, caller, metrics, wait, if_none_match, response_format)
+        return await read_job(job_id, request, settings, conn, caller, metrics, wait, if_none_match, response_format,
+                              where)
 
-    def cancel_job(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep,
-                   caller: CallerDep) -> Generation:
-        return cancel_generation(job_id, request, settings, conn, caller)
+    def cancel_here(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep,
+                    caller: CallerDep) -> Generation:
+        return cancel_job(job_id, request, settings, conn, caller, where)
 
     async def stream(job_id: JobId, request: Request, settings: SettingsDep, conn: ConnDep, caller: CallerDep,
                      last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
-        return await events(job_id, request, settings, conn, caller, last_event_id)
+        return await job_events(job_id, request, settings, conn, caller, last_event_id, where)
 
     collection.add_api_route("/{job_id}", read, methods=["GET"], response_model=Generation, name=f"read_{noun}",
                              responses=STATUS_RESPONSES,
                              summary=f"Status, progress and {carries} (ETag; `wait` long-polls)")
-    collection.add_api_route("/{job_id}", cancel_job, methods=["DELETE"], status_code=202, response_model=Generation,
+    collection.add_api_route("/{job_id}", cancel_here, methods=["DELETE"], status_code=202,
+                             response_model=Generation,
                              name=f"cancel_{noun}", responses=ERRORS, summary="Cancel")
     collection.add_api_route(
         "/{job_id}/events", stream, methods=["GET"], response_class=StreamingResponse, name=f"{noun}_events",
