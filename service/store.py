@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from service.config import ApiSettings
 from service.schemas import Generation, ImageOutput, Links, Progress
-from worker.protocol import TERMINAL, JobRequest, JobResult, Keys, Output, image_name
+from worker.protocol import TERMINAL, JobRequest, JobResult, Keys, Likelihood, Output, Score, image_name
 from worker.queue import JobView, make_queue
 from worker.redis_conn import as_bytes, text
 
@@ -143,14 +143,20 @@ def _request(view: JobView) -> JobRequest | None:
 
 
 def _outputs(request: JobRequest, view: JobView) -> list[Output]:
-    """The typed outputs: result.json's once complete; while running, the frame counts the worker keeps in meta."""
+    """The typed outputs: result.json's once complete; while running, what the worker keeps in meta: the frame counts,
+    and a likelihood job's scores so far."""
     if view.result is not None:
         return JobResult.model_validate(view.result).outputs
     counts = view.meta.get("frames") or []
+    scored = view.meta.get("scores") or {}  # image index -> [nll, elbo]
+    k = request.condition.k if isinstance(request.condition, Likelihood) else 0
     captions = request.image_captions()
     seeds = request.output_seeds()
-    return [Output(index=i, caption=captions[i], seed=seeds[i],
-                   frames=int(counts[i]) if i < len(counts) else 0) for i in range(request.images)]
+    inputs = request.output_inputs()
+    return [Output(index=i, caption=captions[i], seed=seeds[i], input=inputs[i],
+                   frames=int(counts[i]) if i < len(counts) else 0,
+                   score=Score(nll=scored[str(i)][0], elbo=scored[str(i)][1], k=k) if str(i) in scored else None)
+            for i in range(request.images)]
 
 
 def _image_output(out: Output, request: JobRequest, me: str) -> ImageOutput:

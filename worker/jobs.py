@@ -658,7 +658,8 @@ def _score(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, job: Likel
         lk, mean = importance_weighted(lm.model, batch, job.k, generator=generator)
         e.scores[j] = Score(nll=-float(lk[0]), elbo=float(mean[0]), k=job.k)
         e.steps_done = j + 1
-        _save_meta(e.job, e.meta, step=j + 1, progress=round((j + 1) / len(job.inputs), 4))
+        _save_meta(e.job, e.meta, step=j + 1, progress=round((j + 1) / len(job.inputs), 4),  # readable as they come
+                   scores={str(i): [s.nll, s.elbo] for i, s in e.scores.items()})
         if guard.stop:
             return True
     return False

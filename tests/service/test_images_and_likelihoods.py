@@ -209,7 +209,7 @@ def test_a_walk_between_two_images_and_its_limits(api):
 
 @pytest.mark.parametrize("model_id", ["tiny-iwae", "tiny-avb"])
 def test_likelihoods_are_models_bounds_on_the_binarised_upload(api, served, model_id):
-    client, _ = api
+    client, s = api
     images = digits(3)
     r = client.post("/v1/likelihoods", json={"model": model_id, "images": [png64(x) for x in images], "k": 40,
                                              "seed": 3})
@@ -225,6 +225,13 @@ def test_likelihoods_are_models_bounds_on_the_binarised_upload(api, served, mode
         assert out["k"] == 40 and out["input"] == j and out["image"] is None
         assert out["nll"] == pytest.approx(-lk.item(), abs=1e-9) and out["elbo"] == pytest.approx(elbo.item(), abs=1e-9)
         assert out["nll"] <= -out["elbo"]  # L_k ≥ the mean log-weight, on the same samples
+    import redis
+
+    from worker.queue import get_view
+
+    with redis.Redis.from_url(s.redis_url) as conn:  # each score was written as it came (what a running job shows)
+        meta = get_view(conn, body["id"], s).meta
+    assert meta["scores"] == {str(j): [o["nll"], o["elbo"]] for j, o in enumerate(body["outputs"])}
     events = client.get(f"/v1/likelihoods/{body['id']}/events").text
     assert "event: done" in events and "event: step" not in events and '"nll"' in events
     for elsewhere in ("generations", "classifications"):  # a job lives under its own collection only
@@ -302,3 +309,20 @@ def test_only_bodies_with_images_get_the_larger_limit(api):
     r = client.post("/v1/likelihoods", json={"model": "tiny-iwae", "images": many, "k": 1})
     assert r.status_code == 202, r.text  # well over 64 KiB with its images
     assert len(r.request.content) > s.max_body_bytes
+
+
+def test_a_running_likelihood_job_shows_the_scores_so_far():
+    """The worker writes each image's score into the job's meta as it is scored; the status shows them at once, not
+    only at the end (the API review saw every nll null until `succeeded`)."""
+    from service import store
+    from service.config import ApiSettings
+    from worker.protocol import JobRequest, Likelihood
+    from worker.queue import JobView
+
+    request = JobRequest(model="m", condition=Likelihood(inputs=["inputs/0.png", "inputs/1.png"], k=40), seeds=[3])
+    view = JobView(id="j", status="running", step=1, steps=2, attempt=1, seeds=[3],
+                   request=request.model_dump(mode="json"), meta={"scores": {"0": [81.5, -83.25]}})
+    gen = store.build(None, ApiSettings(redis_url="redis://127.0.0.1:1/0"), view, "http://x")  # type: ignore[arg-type]
+    first, second = gen.outputs
+    assert (first.nll, first.elbo, first.k, first.input) == (81.5, -83.25, 40, 0)
+    assert (second.nll, second.elbo, second.k, second.input) == (None, None, None, 1)
