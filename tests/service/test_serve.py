@@ -43,6 +43,18 @@ def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+def stop(p: subprocess.Popen) -> None:
+    """After a failed assertion: Ctrl-C first, so serve stops its API, workers and Redis (a SIGKILL would orphan
+    them, still running after the suite), then SIGKILL if it hangs."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
 def test_serve_starts_everything_and_stops_on_ctrl_c(checkpoints: Path, tmp_path: Path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_") and k != "REDIS_URL"}
@@ -76,9 +88,7 @@ def test_serve_starts_everything_and_stops_on_ctrl_c(checkpoints: Path, tmp_path
         with pytest.raises(redis.ConnectionError):  # the embedded server went with it
             redis.Redis.from_url(redis_url).ping()
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
+        stop(p)
 
 
 def test_serve_restarts_a_killed_worker_and_the_job_is_redrawn(checkpoints: Path, tmp_path: Path):
@@ -89,7 +99,7 @@ def test_serve_restarts_a_killed_worker_and_the_job_is_redrawn(checkpoints: Path
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLIMPSE_CHECKPOINTS=str(checkpoints),
                GLIMPSE_REDIS_DIR=str(tmp_path / "redis"), GLIMPSE_DEFAULT_MODEL="tiny-align",
                GLIMPSE_HEARTBEAT_INTERVAL="0.3", GLIMPSE_HEARTBEAT_TTL="1.5", GLIMPSE_SHUTDOWN_GRACE="2",
-               GLIMPSE_STEP_DELAY="0.4")
+               GLIMPSE_STEP_DELAY="1.0")  # a 5-step job of 5 s: the SIGKILL lands mid-job even on a loaded machine
     log = tmp_path / "serve.log"
     p = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port), "--workers", "1"], cwd=ROOT,
                          env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -113,9 +123,7 @@ def test_serve_restarts_a_killed_worker_and_the_job_is_redrawn(checkpoints: Path
         p.send_signal(signal.SIGINT)
         assert p.wait(30) == 0, log.read_text()
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
+        stop(p)
 
 
 def test_make_serve_takes_port_host_and_workers():
