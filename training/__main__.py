@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 from typing import Any
 
-from training.config import DATASETS, MODELS, TrainConfig
+from training.config import DATASETS, MODELS, ConfigError, TrainConfig, check_overrides
 from training.device import flush_denormals
 
 
@@ -23,6 +23,19 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; what a user got wrong (missing data, no checkpoint there, a --set the run cannot take) is
+    an error line and exit status 2, not a traceback."""
+    from models.checkpoint import CheckpointError
+    from training.data.mnist import DatasetError
+
+    try:
+        return _main(argv)
+    except (ConfigError, CheckpointError, DatasetError) as e:
+        print(f"python -m training: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -89,9 +102,17 @@ def main(argv: list[str] | None = None) -> int:
             del overrides["model_overrides"]
         try:
             config = TrainConfig.from_sources(args.config, overrides)
+            check_overrides(config.model, config.model_overrides)
         except (ValueError, TypeError) as e:
-            parser.error(str(e))
-        train(config)
+            tr.error(str(e))
+        if config.run_dir.exists() and not config.run_dir.is_dir():
+            tr.error(f"--out {config.run_dir} is a file, not a run directory")
+        try:
+            train(config)
+        except KeyboardInterrupt:
+            print(f"interrupted: {config.run_dir / 'last'} keeps the last finished epoch; the same command resumes "
+                  "from it", file=sys.stderr)
+            return 130
         return 0
     if args.command == "compact":
         import shlex

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,29 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys in {file}: {sorted(unknown)}")
         return cls(**(values | overrides))
+
+
+class ConfigError(ValueError):
+    """A training command that asks for something it cannot have (a --set the family lacks, another model than the
+    run it resumes): `python -m training` prints it as an error line, without a traceback."""
+
+
+def check_overrides(model: str, overrides: dict[str, Any]) -> None:
+    """--set fields: each a field of the family's Config, of its default's type (an int may stand for a float, a
+    list for a tuple), so a typo or a wrong type is refused here, not by a traceback once data has loaded."""
+    known = {f.name: f for f in fields(family(model).Config)}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ConfigError(f"--set {key}: {model} has no such field; it has {', '.join(sorted(known))}")
+        f = known[key]
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else None)
+        if default is None:
+            continue  # optional: any JSON value the family's own checks accept
+        kinds: tuple[type, ...] = {float: (float, int), tuple: (tuple, list)}.get(type(default), (type(default),))
+        if not isinstance(value, kinds) or (isinstance(value, bool) and not isinstance(default, bool)):
+            raise ConfigError(f"--set {key}={json.dumps(value)}: expected {type(default).__name__} (default "
+                              f"{json.dumps(default)})")
 
 
 def stages(spec: str) -> list[tuple[int, float]]:

@@ -13,13 +13,15 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint
 from training.device import resolve_device
 from training.likelihood import elbo_terms, nll_k, subset
 
 
 def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, 0)
+    if (Path(args.checkpoint) / "last").is_dir() and not (Path(args.checkpoint) / "checkpoint.json").exists():
+        raise CheckpointError(f"{args.checkpoint} is a training run: evaluate its best/ or last/")
     ckpt = load_checkpoint(args.checkpoint, device=device)
     model = ckpt.model.eval()
     results: dict[str, Any] = {"checkpoint": str(Path(args.checkpoint).resolve()), "k": args.k}

@@ -7,6 +7,7 @@ A run directory keeps `last/` (every epoch) and `best/`; starting the same comma
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shlex
@@ -28,7 +29,7 @@ from models.family import Losses, family, param_groups
 from models.sampling import draw_noise, sample, seed_walks
 from training import artefacts
 from training.batching import Batch, batches, epoch_seed, trim_padding
-from training.config import DEFAULT_LR, TrainConfig, stage_lr
+from training.config import DEFAULT_LR, ConfigError, TrainConfig, stage_lr
 from training.device import evaluating, machine, resolve_device
 from training.likelihood import on_device, validate
 from training.state import Progress, load_progress, restore_optimizers, save_run_state, warm_start
@@ -262,6 +263,15 @@ def train(config: TrainConfig) -> Progress:
     if (last / "checkpoint.json").exists():
         resumed = load_checkpoint(last, device=device)
         model = resumed.model.train()
+        if config.model_overrides:  # a --set that differs from the run's model would be silently ignored: refuse
+            wanted = task.model_config()
+            changed = {k: (getattr(model.config, k), getattr(wanted, k)) for k in config.model_overrides
+                       if json.dumps(getattr(model.config, k)) != json.dumps(getattr(wanted, k))}
+            if changed:
+                raise ConfigError(f"{run} holds a model with " + ", ".join(
+                    f"{k}={json.dumps(old)}" for k, (old, _) in changed.items()) + "; the --set " + ", ".join(
+                    f"{k}={json.dumps(new)}" for k, (_, new) in changed.items()) + " would build another: give "
+                    "another --out, or resume without it")
         earlier = invocations(resumed.training)
         scales = lr_scales(model)
         optimizers = make_optimizers(model, config)
@@ -308,6 +318,9 @@ def train(config: TrainConfig) -> Progress:
     assert patience is not None, "TrainConfig sets it from the family's defaults"
     stopped = progress.epochs_without_improvement >= patience
     first_epoch, last_epoch_seconds, wall_before = progress.epoch + 1, 0.0, progress.wall_seconds
+    if progress.epoch >= config.epochs and rank == 0:
+        print(f"nothing to do: {run} has run {progress.epoch} epochs, --epochs is {config.epochs} (raise it to go on)",
+              file=sys.stderr)
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         staged = stage_lr(config.lr_stages, epoch) if config.lr_stages else None
         if stopped or (config.lr_stages and staged is None):  # early stopping, or the schedule's end

@@ -540,3 +540,31 @@ def test_compact_halves_the_weights_and_they_load_back_as_float32(tmp_path):
     loaded = load_checkpoint(tmp_path / "m").model  # the sha256 of the rewritten file is checked here
     for (name, p), q in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert q.dtype == p.dtype and torch.equal(q, p.half().to(p.dtype)), name
+
+
+def test_the_command_line_refuses_what_a_run_cannot_take_in_one_line(tmp_path, shared_data, capsys):
+    """A --set the family lacks or of the wrong type, --out on a file, a resume whose --set would build another
+    model (it was ignored, and recorded as if applied), a run directory given to evaluate: each an error line and
+    status 2 before any work, never a traceback."""
+    for bad, says in [("nosuch=3", "iwae has no such field"), ("k=2.5", "--set k=2.5: expected int"),
+                      ("k=true", "expected int"), ("hidden=16", "expected tuple")]:
+        with pytest.raises(SystemExit) as stop:
+            _train_iwae(tmp_path / "never", shared_data, "--set", bad, "--epochs", "1")
+        assert stop.value.code == 2 and says in capsys.readouterr().err, bad
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit):
+        _train_iwae(tmp_path / "a-file", shared_data, "--epochs", "1")
+    assert "is a file, not a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+    run = tmp_path / "run"
+    assert _train_iwae(run, shared_data, "--epochs", "1", "--max-batches", "2") == 0
+    before = json.loads((run / "last" / "checkpoint.json").read_text())
+    assert _train_iwae(run, shared_data, "--epochs", "2", "--max-batches", "2", "--set", "k=1") == 2
+    err = capsys.readouterr().err
+    assert "holds a model with k=3; the --set k=1 would build another" in err and "Traceback" not in err
+    assert json.loads((run / "last" / "checkpoint.json").read_text()) == before  # untouched
+    assert _train_iwae(run, shared_data, "--epochs", "1", "--max-batches", "2") == 0
+    assert "nothing to do: " in capsys.readouterr().err
+    assert cli(["evaluate", str(run), "--data-dir", str(shared_data)]) == 2
+    assert "is a training run: evaluate its best/ or last/" in capsys.readouterr().err
