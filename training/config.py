@@ -135,7 +135,10 @@ def stages(spec: str) -> list[tuple[int, float]]:
     if not spec:
         return []
     if spec.startswith("burda:"):
-        scale = float(spec.removeprefix("burda:"))
+        try:
+            scale = float(spec.removeprefix("burda:"))
+        except ValueError:
+            raise ValueError(f"--lr-stages {spec!r}: 'burda:S' takes a number S > 0") from None
         if not scale > 0:
             raise ValueError(f"--lr-stages {spec!r}: the scale must be > 0")
         return [(max(1, round(scale * 3**i)), 1e-3 * 10 ** (-i / 7)) for i in range(8)]
