@@ -20,4 +20,4 @@ COPY checkpoints ./checkpoints
 RUN useradd --create-home --uid 10001 glimpse
 USER glimpse
 EXPOSE 8000
-CMD ["uvicorn", "--factory", "service.main:create_app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "--factory", "service.main:create_app", "--http", "service.framing:ProblemHttpToolsProtocol", "--host", "0.0.0.0", "--port", "8000"]

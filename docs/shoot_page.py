@@ -37,7 +37,8 @@ def main() -> None:
         page.wait_for_selector("#player:not([hidden])", timeout=120_000)
         page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.naturalWidth > 0)")
         page.eval_on_selector("#scrub", f"e => {{ e.value = '{args.step}'; e.dispatchEvent(new Event('input')); }}")
-        page.wait_for_function("document.querySelector('#frame').naturalWidth > 0")
+        page.wait_for_function(f"(f => f.src.endsWith('/frames/{args.step}.png') && f.complete && f.naturalWidth > 0)"
+                               "(document.querySelector('#frame'))")
         page.screenshot(path=str(args.out))
         browser.close()
     print(f"wrote {args.out}")

@@ -432,7 +432,7 @@ def _start(e: Entry, rt: Runtime, steps: int, chunks: int, batch_jobs: int, lm: 
     # (it resets started_at after writing it), which changed a finished job's body and ETag a millisecond later.
     _save_meta(e.job, e.meta, pipeline, state="running", step=0, steps=steps, attempt=e.attempt, worker=rt.worker_name,
                chunk=1, chunks=chunks, progress=0.0, batch_jobs=batch_jobs, returns=e.returns(lm),
-               started_at=now_iso(), **frames)
+               started_at=now_iso(), scores={}, **frames)  # scores: a requeued job's are of its cut attempt
 
 
 def _canceled(conn: redis.Redis, keys: Keys, e: Entry) -> bool:

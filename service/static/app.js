@@ -573,15 +573,19 @@ function leaveJob() {
   if (state.stream) state.stream.abort();
   state.stream = null;
   if (state.job && !state.ended) api(state.job.links.self, { method: "DELETE" }).catch(() => {});
-  state.job = null;
+  Object.assign(state, { job: null, result: null, frames: [], inputs: [], attention: null });
+  $("reuse").disabled = true;  // its seed was the left job's
   $("job").hidden = true;
 }
 
 async function cancelJob() {
-  if (!state.job || state.ended) return;
+  const job = state.job;
+  if (!job || state.ended) return;
   $("cancel").disabled = true;
+  state.canceling = true;
   $("status").textContent = "canceling…";
-  const res = await api(state.job.links.self, { method: "DELETE" });
+  const res = await api(job.links.self, { method: "DELETE" });
+  if (state.job !== job) return;  // the page moved on meanwhile: nothing to say about that job
   if (!res.ok && res.status !== 409 && res.status !== 401) showError(await problemOf(res));  // 409: it had ended
 }
 
@@ -593,7 +597,8 @@ function ended() {
 function startJob(job, inputs = []) {
   leaveJob();
   forgetImages();
-  Object.assign(state, { job, inputs, result: null, selected: 0, frames: [], attention: null, ended: false });
+  Object.assign(state, { job, inputs, result: null, selected: 0, frames: [], attention: null, ended: false,
+    canceling: false });
   $("job").hidden = false;
   $("cancel").hidden = false;
   $("cancel").disabled = false;
@@ -613,12 +618,14 @@ function startJob(job, inputs = []) {
   const on = {
     step(d) {
       setProgress(d.step / d.steps);
-      $("status").textContent = `${unit() === "point" ? "walking" : "drawing"}: ${unit()} ${d.step} of ${d.steps}`;
+      if (!state.canceling) {  // "canceling…" stays until the job says it ended
+        $("status").textContent = `${unit() === "point" ? "walking" : "drawing"}: ${unit()} ${d.step} of ${d.steps}`;
+      }
       if (d.frames.length) setImage($("frame"), d.frames[0]);
       if (d.live) showLive(d.live);
     },
     done: finish,
-    error: showError,
+    error: (problem) => { ended(); showError(problem); },  // the stream was refused: the page follows it no more
   };
   for (const end of ["failed", "canceled", "expired"]) {
     on[end] = (d) => {
@@ -629,7 +636,8 @@ function startJob(job, inputs = []) {
         return;
       }
       $("status").textContent = end;
-      showError({ title: `Generation ${end}`, detail: d.error || "" });
+      const what = job.condition === "likelihood" ? "Scoring" : "Generation";
+      showError({ title: `${what} ${end}`, detail: d.error || "" });
     };
   }
   state.stream = new AbortController();

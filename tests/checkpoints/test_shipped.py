@@ -278,6 +278,7 @@ def _bound_under_two_draws(model, batch, order=None, block: int = 250) -> tuple[
     from training.likelihood import on_device
 
     n = len(batch["x"])
+    text = order is not None  # text comes in blocks of similar length, each trimmed to its longest sentence
     order = torch.arange(n) if order is None else order
     first = torch.empty(n, dtype=torch.float64)
     differences = []
@@ -285,7 +286,7 @@ def _bound_under_two_draws(model, batch, order=None, block: int = 250) -> tuple[
     with torch.no_grad():
         for b, rows in enumerate(order.split(block)):
             part = on_device({k: v[rows] for k, v in batch.items()}, torch.device("cpu"))
-            if "lengths" in part:
+            if text:  # (alignDRAW's batches have `lengths` too: its captions', not x's)
                 part["x"] = part["x"][:, : int(part["lengths"].max())]
             for d in range(1 if b % 4 else 2):
                 noise = torch.randn(len(rows), *model.loss_noise_shape(), generator=generator)

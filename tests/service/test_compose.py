@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
@@ -73,4 +74,5 @@ def test_dockerfile_builds_what_compose_runs():
             for src in shlex.split(ln)[1:-1]:
                 assert (ROOT / src).exists(), f"COPY source {src} missing"
     cmd = next(ln for ln in lines if ln.startswith("CMD "))
-    assert "service.main:create_app" in cmd
+    assert json.loads(cmd.removeprefix("CMD "))[:5] == ["uvicorn", "--factory", "service.main:create_app", "--http",
+                                                        HTTP_ARG]  # the problem protocol, as compose and serve run

@@ -545,7 +545,7 @@ def test_compact_halves_the_weights_and_they_load_back_as_float32(tmp_path):
 def test_the_command_line_refuses_what_a_run_cannot_take_in_one_line(tmp_path, shared_data, capsys):
     """A --set the family lacks or of the wrong type, --out on a file, a resume whose --set would build another
     model (it was ignored, and recorded as if applied), a run directory given to evaluate: each an error line and
-    status 2 before any work, never a traceback."""
+    status 2 before any training step, never a traceback."""
     for bad, says in [("nosuch=3", "iwae has no such field"), ("k=2.5", "--set k=2.5: expected int"),
                       ("k=true", "expected int"), ("hidden=16", "expected tuple")]:
         with pytest.raises(SystemExit) as stop:

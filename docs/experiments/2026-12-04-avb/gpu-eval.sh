@@ -8,7 +8,9 @@
 # Before `run` (repository root): move every other checkpoint aside so the tree stays under 64 MiB, copy MNIST:
 #   mkdir -p /work/ckpt-hold gpu/data && for d in checkpoints/*; do case $d in checkpoints/avb-mnist|\
 #     checkpoints/avb-mnist-vae) ;; *) mv "$d" /work/ckpt-hold/;; esac; done && cp -r ../shared/data/mnist gpu/data/
-#   run: command "bash docs/experiments/2026-12-04-avb/gpu-eval.sh cuda", carry ["gpu"], timeout_s 300
+#   run: command "bash docs/experiments/2026-12-04-avb/gpu-eval.sh cuda", carry ["gpu"], timeout_s 540
+# Each evaluation is cut at 240 s (GPU speed unmeasured: 50 M decoder passes a model); a cut or failed one is said
+# so, and the paired difference is taken only when both finished.
 #   then: mv /work/ckpt-hold/* checkpoints/
 # Arguments: device, test images (--limit; default all), L_k images (--lk-images; default all), k (default 5000).
 set -uo pipefail
@@ -20,11 +22,18 @@ DATA=gpu/data; [ -d "$DATA/mnist" ] || DATA=../shared/data
 START=$(date +%s)
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/versions.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/versions.txt" 2>/dev/null
+ok=1
 for m in avb-mnist avb-mnist-vae; do
-  timeout 130 $PY -m training evaluate checkpoints/$m --k "$K" --chunk 20000 --data-dir $DATA --device "$DEV" \
+  timeout 240 $PY -m training evaluate checkpoints/$m --k "$K" --chunk 20000 --data-dir $DATA --device "$DEV" \
       ${LIMIT:+--limit $LIMIT} ${LK:+--lk-images $LK} --per-image "$OUT/$m-per-image.csv" --json "$OUT/$m.json" \
       > "$OUT/$m.log" 2>&1
-  echo "$m: rc $?, $(( $(date +%s) - START )) s"; tail -n 4 "$OUT/$m.log"
+  rc=$?
+  echo "$m: rc $rc, $(( $(date +%s) - START )) s"; tail -n 4 "$OUT/$m.log"
+  [ $rc -eq 0 ] || ok=0
 done
-$PY -m training paired "$OUT/avb-mnist-vae-per-image.csv" "$OUT/avb-mnist-per-image.csv" | tee "$OUT/paired.txt"
+if [ $ok -eq 1 ]; then
+  $PY -m training paired "$OUT/avb-mnist-vae-per-image.csv" "$OUT/avb-mnist-per-image.csv" | tee "$OUT/paired.txt"
+else
+  echo "an evaluation did not finish: no paired difference"
+fi
 echo "total $(( $(date +%s) - START )) s"

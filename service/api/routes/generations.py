@@ -465,15 +465,20 @@ def animation(job_id: JobId, index: Index, fmt: Literal["gif", "webp"], settings
             responses={200: {"content": {"application/json": {}}}, 404: PROBLEM},
             summary="Write windows (T × [x0, y0, x1, y1] px) and the alignment")
 def attention(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> Response:
+    return _attention(conn, settings, caller, job_id, index, f"images/{index}/attention.json")
+
+
+def _attention(conn, settings, caller, job_id: str, index: int, path: str) -> Response:
     return _file(conn, settings, caller, job_id, attention_name(index),
-                 lambda: outputs.attention(conn, settings, job_id, index), path=f"images/{index}/attention.json")
+                 lambda: outputs.attention(conn, settings, job_id, index), path=path)
 
 
 @router.get("/{job_id}/images/{index}/alignment.json", response_class=JSONResponse,
             responses={200: {"content": {"application/json": {}}}, 404: PROBLEM},
             summary="Alignment over caption words: T rows × words, with the words")
 def alignment(job_id: JobId, index: Index, settings: SettingsDep, conn: ConnDep, caller: CallerDep) -> JSONResponse:
-    att = json.loads(bytes(attention(job_id, index, settings, conn, caller).body))
+    att = json.loads(bytes(_attention(conn, settings, caller, job_id, index,
+                                      f"images/{index}/alignment.json").body))  # a 404 names the URL asked
     if att.get("alignment") is None:
         raise Problem(404, "no-alignment", "this image was drawn without a caption: it has no alignment",
                       title="No alignment")
