@@ -129,10 +129,15 @@ def expired(base: str, job_id: str) -> Generation:
     return Generation(id=job_id, status="expired", links=links(base, job_id))
 
 
+def lives_under(condition: str | None, collection: str) -> bool:
+    """Whether a job of this condition lives under /v1/{collection} (route); one whose condition is unknown (its
+    request unreadable, or expired) is anywhere."""
+    return condition is None or route(condition) == collection
+
+
 def in_collection(view: JobView, collection: str) -> bool:
-    """Whether the job lives under /v1/{collection} (route); a job whose request cannot be read is anywhere."""
     request = _request(view)
-    return request is None or route(request.condition.kind) == collection
+    return lives_under(request.condition.kind if request else None, collection)
 
 
 def _request(view: JobView) -> JobRequest | None:

@@ -67,6 +67,19 @@ def offered_without_worker(url: str, checkpoints: Path, name: str) -> Iterator[A
         conn.close()
 
 
+def stop_process(p: subprocess.Popen, sig: int, grace: float = 30) -> None:
+    """Ask a service process to stop with `sig` (it stops what it started: serve its API, workers and Redis), then
+    SIGKILL it if it has not exited within `grace` seconds."""
+    if p.poll() is not None:
+        return
+    p.send_signal(sig)
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(10)
+
+
 @contextmanager
 def running_worker(settings: ApiSettings, name: str, log_dir: Path, timeout: float = 60) -> Iterator[subprocess.Popen]:
     """A real `python -m worker` with these settings, up once its heartbeat is in Redis; SIGTERM at the end."""
@@ -80,12 +93,7 @@ def running_worker(settings: ApiSettings, name: str, log_dir: Path, timeout: flo
         assert p.poll() is None, f"worker exited: {Path(log.name).read_text()}"
         yield p
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+        stop_process(p, signal.SIGTERM)
         conn.close()
 
 
@@ -114,12 +122,7 @@ def running_api(settings: ApiSettings, log_dir: Path, timeout: float = 60) -> It
         assert p.poll() is None, f"uvicorn exited: {Path(log.name).read_text()}"
         yield base
     finally:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+        stop_process(p, signal.SIGTERM, grace=10)
 
 
 @pytest.fixture(scope="session")

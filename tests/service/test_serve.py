@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.service.conftest import stop_process
 from tests.service.test_http_edges import assert_malformed_problem
 from tests.worker.conftest import ROOT, wait_for
 
@@ -41,18 +42,6 @@ def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
-
-
-def stop(p: subprocess.Popen) -> None:
-    """After a failed assertion: Ctrl-C first, so serve stops its API, workers and Redis (a SIGKILL would orphan
-    them, still running after the suite), then SIGKILL if it hangs."""
-    if p.poll() is None:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
 
 
 def test_serve_starts_everything_and_stops_on_ctrl_c(checkpoints: Path, tmp_path: Path):
@@ -88,7 +77,7 @@ def test_serve_starts_everything_and_stops_on_ctrl_c(checkpoints: Path, tmp_path
         with pytest.raises(redis.ConnectionError):  # the embedded server went with it
             redis.Redis.from_url(redis_url).ping()
     finally:
-        stop(p)
+        stop_process(p, signal.SIGINT)  # Ctrl-C: a SIGKILL would orphan serve's API, workers and Redis
 
 
 def test_serve_restarts_a_killed_worker_and_the_job_is_redrawn(checkpoints: Path, tmp_path: Path):
@@ -123,7 +112,7 @@ def test_serve_restarts_a_killed_worker_and_the_job_is_redrawn(checkpoints: Path
         p.send_signal(signal.SIGINT)
         assert p.wait(30) == 0, log.read_text()
     finally:
-        stop(p)
+        stop_process(p, signal.SIGINT)  # Ctrl-C: a SIGKILL would orphan serve's API, workers and Redis
 
 
 def test_make_serve_takes_port_host_and_workers():

@@ -622,15 +622,20 @@ def test_a_narrow_window_keeps_every_control_in_reach(browser, server):
     page.close()
 
 
-def test_a_running_job_is_canceled_by_its_button_or_by_the_next_job(browser, server):
+def _drawing(browser, server: str):
+    """A page whose default model (tiny-align, 0.25 s a step) is drawing one image: the page and the job's id."""
     page = browser.new_page(viewport={"width": 1000, "height": 900})
     page.goto(server)
-    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    page.wait_for_function("document.querySelectorAll('#model option').length > 2")
     page.fill("#caption", "the digit 3 is at the top left of the image .")
     page.fill("#n", "1")
     page.click("#submit")
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('drawing')", timeout=60_000)
-    first = page.evaluate("state.job.id")
+    return page, page.evaluate("state.job.id")
+
+
+def test_a_running_job_is_canceled_by_its_button_or_by_the_next_job(browser, server):
+    page, first = _drawing(browser, server)
     page.click("#cancel")
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('canceled')", timeout=30_000)
     assert _job_status(server, first) == "canceled" and not page.is_visible("#cancel")
@@ -666,14 +671,7 @@ def test_the_keyboard_reaches_examples_and_samples(browser, server):
 
 
 def test_switching_model_clears_the_last_models_error_and_job(browser, server):
-    page = browser.new_page(viewport={"width": 1000, "height": 900})
-    page.goto(server)
-    page.wait_for_function("document.querySelectorAll('#model option').length > 2")
-    page.fill("#caption", "the digit 3 is at the top left of the image .")
-    page.fill("#n", "1")
-    page.click("#submit")  # a running job, then another model: its panel goes, and the job is canceled
-    page.wait_for_function("document.querySelector('#status').textContent.startsWith('drawing')", timeout=60_000)
-    running = page.evaluate("state.job.id")
+    page, running = _drawing(browser, server)  # a running job, then another model: its panel goes, it is canceled
     page.select_option("#model", "tiny-draw")
     assert not page.is_visible("#job") and page.is_disabled("#reuse")
     _wait_status(server, running, "canceled")

@@ -359,7 +359,7 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
         expired job from an id never used (404). With API keys off it is read only for an expired job."""
         _authorize(conn, settings, caller, job_id)  # with API keys: 404 unless the caller's (its owner record)
         first = read()
-        if first[0].condition is not None and store.route(first[0].condition) != collection:
+        if not store.lives_under(first[0].condition, collection):
             raise _unknown(job_id)  # another collection's job: its links name where it lives
         created = (bool(settings.api_keys) or first[0].status != "expired"
                    or store.load_owner(conn, settings, job_id) is not None)
