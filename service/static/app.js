@@ -7,13 +7,15 @@ const KEY_STORE = "glimpse-api-key";
 const TERMINAL = ["done", "failed", "canceled", "expired"];
 const state = { models: [], model: null, mode: "caption", job: null, result: null, selected: 0, frames: [],
   attention: null, inputs: [], timer: null, stream: null, pen: null, ink: false, examples: [],
-  key: sessionStorage.getItem(KEY_STORE) || "", textModels: [], captionModels: [], path: { timer: null, busy: false } };
+  key: sessionStorage.getItem(KEY_STORE) || "", textModels: [], captionModels: [], path: { timer: null, busy: false },
+  classes: [], queries: [] };
 // What a request carries (a model's `modes`, GET /v1/models) -> the submit button's label. Caption models have one.
 const MODES = { caption: "Draw", none: "Draw", images: "Reconstruct", walk: "Walk", image_set: "Draw new samples",
-  likelihood: "Score" };
-// What a model offers beyond the page's modes (GET /v1/models `modes`), named in a note with the API call for it.
-const API_ONLY = { few_shot: "few-shot classification (POST /v1/classifications)" };
-const MAX_EXAMPLES = 20;  // an image_set job's examples (worker/protocol.py MAX_SET)
+  likelihood: "Score", few_shot: "Classify" };
+const MAX_EXAMPLES = 20;  // an image_set job's examples, and a class's (worker/protocol.py MAX_SET)
+const MAX_CLASSES = 20;  // a classification's classes (worker/protocol.py, docs/api.md)
+const MAX_QUERIES = 32;  // a classification's query images
+const MAX_CLASSIFY_IMAGES = 200;  // a classification's uploads, support and query together
 const PAD_SIDE = 196;  // the drawing box's side on screen, in CSS pixels (7 × 28 for an MNIST-sized model)
 const INK_WIDTH = 2.5;  // stroke width in model pixels, about an MNIST pen's
 const blobs = new Map();  // API URL -> promise of its blob: URL (images of the current job, when a key is set)
@@ -222,10 +224,6 @@ function chooseModel(id) {
   $("upload").value = "";
   const conditional = captioned();
   $("tagline").textContent = tagline();
-  const extra = Object.keys(API_ONLY).filter(offers).map((m) => API_ONLY[m]);
-  $("api-only").hidden = !extra.length;
-  $("api-only").textContent = extra.length ? `This model also does ${extra.join(", ")}: see the API docs at /docs.`
-    : "";
   $("caption-field").hidden = !conditional;
   $("caption").required = conditional;
   $("marked").hidden = !conditional;
@@ -234,9 +232,10 @@ function chooseModel(id) {
   fillList($("heldout"), state.model ? state.model.held_out_captions || [] : []);
   markCaption();
   showModes(conditional);
-  if (offers("images") || offers("image_set") || offers("likelihood")) sizePad();
-  state.examples = [];
+  if (PAD_MODES.some(offers)) sizePad();
+  Object.assign(state, { examples: [], classes: [], queries: [] });
   showExamples();
+  showClasses();
 }
 
 // The header's line for the chosen model, from what it offers: caption models paint a caption over T steps.
@@ -245,20 +244,24 @@ function tagline() {
   if (!m) return "";
   if (captioned()) return "Type a caption; watch alignDRAW paint it, one glimpse at a time.";
   const does = [["none", "samples"], ["images", "reconstructions"], ["walk", "latent walks"],
-    ["image_set", "new drawings from a few examples"], ["likelihood", "likelihood scores"]]
+    ["image_set", "new drawings from a few examples"], ["likelihood", "likelihood scores"],
+    ["few_shot", "few-shot classification"]]
     .filter(([mode]) => offers(mode)).map(([, what]) => what);
   const how = m.steps > 1 ? `, each drawn over ${m.steps} glimpses` : "";
   return `${m.id}: ${does.join(", ")}${how}.`;
 }
 
 // Generation modes beyond captions (IWAE, VAE/GAN): sample, reconstruct an image, walk between two seeds, score an
-// image's likelihood; set models (the Neural Statistician): new samples of the symbol a few drawn examples show.
+// image's likelihood; set models (the Neural Statistician): new samples of the symbol a few drawn examples show,
+// and which of a few labelled classes each drawn query belongs to.
+const PAD_MODES = ["images", "image_set", "likelihood", "few_shot"];  // the modes that read the drawing box
+
 function offers(mode) {
   return !!(state.model && state.model.modes && mode in state.model.modes);
 }
 
 function showModes(conditional) {
-  const choices = ["none", "images", "walk", "image_set", "likelihood"].filter(offers);
+  const choices = ["none", "images", "walk", "image_set", "likelihood", "few_shot"].filter(offers);
   const several = !conditional && choices.length > 1;
   $("modes").hidden = !several;
   document.querySelectorAll("input[name=mode]").forEach((r) => { r.closest("label").hidden = !offers(r.value); });
@@ -270,15 +273,16 @@ function showModes(conditional) {
 
 function chooseMode(mode) {
   state.mode = mode;
-  const pad = mode === "images" || mode === "image_set" || mode === "likelihood";
+  const pad = PAD_MODES.includes(mode);
   const panels = [["reconstruct", pad], ["walk", mode === "walk"], ["score-options", mode === "likelihood"]];
   for (const [id, shown] of panels) {
     $(id).hidden = !shown;
     $(id).disabled = !shown;  // a hidden panel's fields take no part in the form's validation
   }
   $("set-row").hidden = mode !== "image_set";
-  $("pad-legend").textContent = { image_set: "Examples of one symbol", likelihood: "The image to score" }[mode]
-    || "Reconstruct an image";
+  $("classes-row").hidden = mode !== "few_shot";
+  $("pad-legend").textContent = { image_set: "Examples of one symbol", likelihood: "The image to score",
+    few_shot: "Labelled examples and the drawings to classify" }[mode] || "Reconstruct an image";
   const sampling = mode === "caption" || mode === "none" || mode === "image_set";
   for (const id of ["n-field", "seed-field", "reuse"]) $(id).hidden = !sampling;
   $("unconditional").hidden = mode !== "none";
@@ -482,6 +486,66 @@ function showExamples() {
   $("set-count").textContent = `${examples.length} example${examples.length === 1 ? "" : "s"}`;
 }
 
+// A classification's support: the drawing box's content added to the class named in the label field (a new name
+// makes a new class), and its queries, added one at a time. A click on a drawing removes it.
+function addShot() {
+  const label = $("class-label").value.trim();
+  if (!label) return padNote("Name the class first.");
+  if (!state.ink) return padNote("Draw an example in the box first.");
+  let cls = state.classes.find((c) => c.label === label);
+  if (!cls && state.classes.length >= MAX_CLASSES) return padNote(`At most ${MAX_CLASSES} classes.`);
+  if (cls && cls.images.length >= MAX_EXAMPLES) return padNote(`At most ${MAX_EXAMPLES} examples a class.`);
+  if (classifyImages() >= MAX_CLASSIFY_IMAGES) return padNote(`At most ${MAX_CLASSIFY_IMAGES} drawings in all.`);
+  if (!cls) state.classes.push(cls = { label, images: [] });
+  cls.images.push(padImage());
+  clearPad();
+  showClasses();
+  return true;
+}
+
+function addQuery() {
+  if (!state.ink) return padNote("Draw a drawing to classify in the box first.");
+  if (state.queries.length >= MAX_QUERIES) return padNote(`At most ${MAX_QUERIES} queries.`);
+  if (classifyImages() >= MAX_CLASSIFY_IMAGES) return padNote(`At most ${MAX_CLASSIFY_IMAGES} drawings in all.`);
+  state.queries.push(padImage());
+  clearPad();
+  showClasses();
+  return true;
+}
+
+function padNote(text) {
+  $("pad-note").textContent = text;
+  return false;
+}
+
+function classifyImages() {
+  return state.queries.length + state.classes.reduce((sum, c) => sum + c.images.length, 0);
+}
+
+function thumbnails(images, what, remove) {
+  return images.map((src, i) => activate(el("img", { src, alt: `${what} ${i + 1} (remove)`, title: "remove",
+    "data-index": i }), () => remove(i)));
+}
+
+function showClasses() {
+  $("classes").replaceChildren(...state.classes.map((c, n) => {
+    const row = el("div", { class: "class-row", "data-label": c.label });
+    const set = el("div", { class: "set" });
+    set.replaceChildren(...thumbnails(c.images, `${c.label}, example`, (i) => {
+      c.images.splice(i, 1);
+      if (!c.images.length) state.classes.splice(n, 1);
+      showClasses();
+    }));
+    row.replaceChildren(el("span", { class: "class-label" }, c.label), set);
+    return row;
+  }));
+  $("queries").replaceChildren(...thumbnails(state.queries, "query", (i) => {
+    state.queries.splice(i, 1);
+    showClasses();
+  }));
+  $("query-count").textContent = `${state.queries.length} quer${state.queries.length === 1 ? "y" : "ies"}`;
+}
+
 // Both ends of a walk: the seeds given, or random ones written into their fields (to see and keep).
 function walkSeeds() {
   return ["walk-from", "walk-to"].map((id) => {
@@ -515,6 +579,10 @@ function request() {
   if (state.mode === "likelihood") {
     return ["/v1/likelihoods", { model: $("model").value, images: [padImage()], k: Number($("k").value) || 1000 }];
   }
+  if (state.mode === "few_shot") {
+    const support = state.classes.map((c) => ({ label: c.label, images: [...c.images] }));
+    return ["/v1/classifications", { model: $("model").value, support, query: [...state.queries] }];
+  }
   return ["/v1/generations", requestBody()];
 }
 
@@ -544,6 +612,15 @@ async function submit(event) {
       return showError({ title: "No examples", detail: "draw 1–20 examples of one symbol, adding each, first." });
     }
   }
+  if (state.mode === "few_shot") {
+    if (state.ink && !addQuery()) return showError({ title: "Too many drawings", detail: $("pad-note").textContent });
+    if (state.classes.length < 2) {
+      return showError({ title: "Too few classes", detail: "add examples of at least two classes, each named." });
+    }
+    if (!state.queries.length) {
+      return showError({ title: "Nothing to classify", detail: "draw a drawing to classify and add it as a query." });
+    }
+  }
   const [collection, body] = request();
   $("curl").textContent = `curl -s -X POST ${location.origin}${collection} \\\n` +
     "  -H 'Content-Type: application/json' \\\n" +
@@ -553,7 +630,7 @@ async function submit(event) {
     body: JSON.stringify(body) });
   const data = await res.json().catch(() => ({ title: `HTTP ${res.status}` }));
   if (!res.ok) return res.status === 401 ? undefined : showError(data);
-  startJob(data, body.images || []);
+  startJob(data, body.images || body.query || []);
 }
 
 // A walk's frames are the points of its path; every other job's, the steps of its drawing.
@@ -603,6 +680,7 @@ function startJob(job, inputs = []) {
   $("cancel").hidden = false;
   $("cancel").disabled = false;
   $("score").hidden = true;
+  $("labels").hidden = true;
   $("canvas-wrap").hidden = false;
   $("player").hidden = true;
   $("input-figure").hidden = true;
@@ -636,7 +714,7 @@ function startJob(job, inputs = []) {
         return;
       }
       $("status").textContent = end;
-      const what = job.condition === "likelihood" ? "Scoring" : "Generation";
+      const what = { likelihood: "Scoring", few_shot: "Classification" }[job.condition] || "Generation";
       showError({ title: `${what} ${end}`, detail: d.error || "" });
     };
   }
@@ -659,10 +737,12 @@ function doneText(result) {
 
 function finish(job, canceled = false) {
   ended();
-  const result = { ...job, outputs: job.outputs.filter((o) => o.image || job.condition === "likelihood") };
+  const scored = job.condition === "likelihood" || job.condition === "few_shot";  // outputs without an image
+  const result = { ...job, outputs: job.outputs.filter((o) => o.image || scored) };
   state.result = result;
   setProgress(1);
   if (result.condition === "likelihood") return showScore(result);
+  if (result.condition === "few_shot") return showLabels(result);
   $("status").textContent = canceled ? `canceled: the ${result.outputs.length} image(s) it had finished`
     : doneText(result);
   $("grid").replaceChildren(...result.outputs.map((o, i) => {
@@ -683,6 +763,24 @@ function showScore(result) {
   $("canvas-wrap").hidden = true;  // a score draws nothing: the input alone, beside its number
   $("input-figure").hidden = !state.inputs[0];
   if (state.inputs[0]) $("input-shown").src = state.inputs[0];
+}
+
+// A classification: each query beside its label and every class's score, the nearest first.
+function showLabels(result) {
+  const n = result.outputs.length;
+  $("status").textContent = `done: ${n} quer${n === 1 ? "y" : "ies"} classified`;
+  $("canvas-wrap").hidden = true;  // nothing is drawn: the queries, each with its label
+  $("labels").replaceChildren(...result.outputs.map((o) => {
+    const li = el("li", { class: "labelled", "data-label": o.label });
+    const img = el("img", { alt: `query ${o.input + 1}` });
+    img.src = state.inputs[o.input];
+    const ranked = Object.entries(o.scores).sort(([, a], [, b]) => b - a);
+    const scores = el("span", { class: "hint" }, "−KL in nats: " +
+      ranked.map(([label, s]) => `${label} ${s.toFixed(2).replace("-", "−")}`).join(", "));
+    li.replaceChildren(img, el("strong", {}, o.label), scores);
+    return li;
+  }));
+  $("labels").hidden = false;
 }
 
 async function select(i) {
@@ -979,6 +1077,8 @@ $("clear").addEventListener("click", clearPad);
 $("invert").addEventListener("click", invertPad);
 $("upload").addEventListener("change", loadFile);
 $("add-example").addEventListener("click", addExample);
+$("add-shot").addEventListener("click", addShot);
+$("add-query").addEventListener("click", addQuery);
 $("path-form").addEventListener("submit", drawPath);
 activate($("path-anim"), () => (state.path.timer ? stopPath() : playPath()));
 for (const id of ["path-from", "path-to", "path-text-model"]) $(id).addEventListener("input", () => markPath());

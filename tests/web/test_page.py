@@ -445,7 +445,7 @@ def test_examples_drawn_one_by_one_give_new_samples_of_that_symbol(browser, serv
     page.wait_for_function("document.querySelectorAll('#model option').length > 2")
     page.select_option("#model", "tiny-stat28")
     labels = page.eval_on_selector_all("#modes label:not([hidden])", "ls => ls.map(l => l.textContent.trim())")
-    assert labels == ["Sample", "From examples"]
+    assert labels == ["Sample", "From examples", "Classify"]
     page.check("input[name=mode][value=image_set]")
     assert page.is_visible("#pad") and page.is_visible("#set-row") and page.is_visible("#n")
     assert page.inner_text("#submit") == "Draw new samples"
@@ -686,7 +686,7 @@ def test_switching_model_clears_the_last_models_error_and_job(browser, server):
     assert not page.is_visible("#error") and not page.is_visible("#job")
     assert "glimpses" in page.inner_text("#tagline") and "caption" not in page.inner_text("#tagline")
     page.select_option("#model", "tiny-stat28")
-    assert "/v1/classifications" in page.inner_text("#api-only")  # what the page does not do, and where it is
+    assert "few-shot classification" in page.inner_text("#tagline")
     page.close()
 
 
@@ -712,4 +712,59 @@ def test_a_drawing_is_scored_by_its_likelihood(browser, server):
                                          "from the same samples")
     assert page.is_visible("#input-figure") and not page.is_visible("#player") and not page.is_visible("#frame")
     page.screenshot(path=str(SHOTS / "scored.png"))
+    page.close()
+
+
+def test_drawn_classes_and_queries_are_classified(browser, server):
+    """Few-shot classification on the page: two named classes of one drawing each, two queries that are those very
+    drawings; each query's label is its own class, whose score is exactly 0 (the same posterior over c), the other's
+    below (POST /v1/classifications with `support` and `query`)."""
+    page = browser.new_page(viewport={"width": 1000, "height": 1000})
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 2")
+    page.select_option("#model", "tiny-stat28")
+    page.check("input[name=mode][value=few_shot]")
+    assert page.is_visible("#classes-row") and not page.is_visible("#set-row") and not page.is_visible("#n")
+    assert page.inner_text("#submit") == "Classify"
+    page.click("#submit")  # nothing given: said so, nothing sent
+    page.wait_for_selector("#error:not([hidden])")
+    assert "Too few classes" in page.inner_text("#error")
+
+    bar = [(40 + 10 * j, 50) for j in range(12)]  # class "bar": a stroke across
+    post = [(98, 30 + 12 * j) for j in range(12)]  # class "post": a stroke down
+    _stroke(page, bar, "mouse")
+    page.click("#add-shot")
+    assert page.inner_text("#pad-note") == "Name the class first."
+    for label, points in (("bar", bar), ("post", post)):
+        page.fill("#class-label", label)
+        if label == "post":
+            _stroke(page, points, "pen")
+        page.click("#add-shot")
+    assert page.eval_on_selector_all(".class-row", "rs => rs.map(r => [r.dataset.label, r.querySelectorAll('img')"
+                                                   ".length])") == [["bar", 1], ["post", 1]]
+    _stroke(page, post, "mouse")
+    page.click("#add-query")
+    assert page.inner_text("#query-count") == "1 query"
+    _stroke(page, bar, "touch")  # left in the box: sent as one more query
+    with page.expect_request("**/v1/classifications") as posted:
+        page.click("#submit")
+    body = json.loads(posted.value.post_data)
+    assert set(body) == {"model", "support", "query"} and body["model"] == "tiny-stat28"
+    assert [c["label"] for c in body["support"]] == ["bar", "post"]
+    assert body["query"] == [body["support"][1]["images"][0], body["support"][0]["images"][0]]
+    assert _png_pixels(body["query"][1])[7, 5:15].all()  # the across stroke: row 50 / 7 px
+    page.wait_for_selector("#labels:not([hidden])", timeout=60_000)
+    assert page.inner_text("#status") == "done: 2 queries classified"
+    assert page.eval_on_selector_all("#labels li", "ls => ls.map(l => l.dataset.label)") == ["post", "bar"]
+    outputs = page.evaluate("state.result.outputs")
+    assert [o["scores"][o["label"]] for o in outputs] == [0.0, 0.0]
+    assert outputs[0]["scores"]["bar"] < 0 and outputs[1]["scores"]["post"] < 0
+    assert page.inner_text("#labels li:first-child").startswith("post")
+    assert page.eval_on_selector_all("#labels li img", "is => is.map(i => i.src)") == body["query"]  # each its own
+    assert not page.is_visible("#canvas-wrap")
+    page.click("#queries img[data-index='0']")  # a click removes a drawing
+    assert page.inner_text("#query-count") == "1 query"
+    page.click(".class-row[data-label='bar'] img")  # a class's last drawing: the class goes with it
+    assert page.eval_on_selector_all(".class-row", "rs => rs.map(r => r.dataset.label)") == ["post"]
+    page.screenshot(path=str(SHOTS / "classified.png"))
     page.close()
