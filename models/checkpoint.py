@@ -96,6 +96,21 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def amend_manifest(directory: str | Path, **sections: dict[str, Any]) -> None:
+    """Merge keys into the manifest's `training`, `metrics` or `extra` (records made after training: example sets,
+    a compaction's command), written as save_checkpoint writes it; the weights and their digest are untouched."""
+    unknown = set(sections) - {"training", "metrics", "extra"}
+    if unknown:
+        raise ValueError(f"a manifest section to amend is one of training, metrics, extra; got {sorted(unknown)}")
+    manifest = read_manifest(directory)
+    for name, values in sections.items():
+        manifest[name] = {**manifest.get(name, {}), **values}
+    path = Path(directory) / MANIFEST
+    tmp = path.with_name(MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
 def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
     directory = Path(directory)
     manifest = read_manifest(directory)

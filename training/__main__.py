@@ -81,6 +81,14 @@ def _main(argv: list[str] | None = None) -> int:
     sub.add_parser("card", help="write (or --check) the README.md card beside checkpoints", add_help=False)
     co = sub.add_parser("compact", help="rewrite a checkpoint's weights at half precision (float16), in place")
     co.add_argument("checkpoint")
+    ex = sub.add_parser("examples", help="a set model's example sets (test characters it never read) into its "
+                                         "checkpoint, for the page and clients to pick")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--data-dir")
+    ex.add_argument("--count", type=int, default=12, help="characters")
+    ex.add_argument("--size", type=int, default=6, help="drawings of each (the page uses all but the last as "
+                    "examples and the last as a query)")
+    ex.add_argument("--seed", type=int, default=0)
     pa = sub.add_parser("paired", help="B − A over the same test examples from two --per-image / --per-sentence "
                                        "files: the mean difference of their NLL and its paired standard error")
     pa.add_argument("a")
@@ -125,6 +133,12 @@ def _main(argv: list[str] | None = None) -> int:
         ckpt.training["compacted"] = shlex.join(["python", "-m", "training", *argv])
         save_checkpoint(args.checkpoint, ckpt, weights_dtype=torch.float16)
         return 0
+    if args.command == "examples":
+        if not (1 <= args.count <= 100 and 1 <= args.size <= 20):
+            ex.error("--count is 1..100 characters and --size 1..20 drawings")
+        from training.examples import main as examples_main
+
+        return examples_main(args, argv)
     if args.command == "paired":
         from training.likelihood import paired, read_per_example
 

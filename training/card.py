@@ -232,7 +232,10 @@ def render(directory: str | Path) -> str:
              f"| config | {_config_rows(cls, config)} |",
              *([f"| weights | {manifest['weights_dtype']}, by `{training.get('compacted', '?')}` (loaded into "
                 f"float32 parameters){'; ' + training['compacted_check'] if training.get('compacted_check') else ''}"
-                " |"] if manifest.get("weights_dtype") else []), ""]
+                " |"] if manifest.get("weights_dtype") else []),
+             *([f"| example sets | {len(extra['example_sets']['sets'])} characters of "
+                f"{extra['example_sets']['split']} (never read in training), by `{training.get('examples', '?')}` |"]
+               if extra.get("example_sets") else []), ""]
     splits = {name: v for name, v in evaluation.items() if isinstance(v, dict) and "nll_bound" in v}
     if splits:
         k = evaluation.get("k", 0)

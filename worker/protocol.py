@@ -356,6 +356,15 @@ class JobRequest(BaseModel):
         return [None] * self.images
 
 
+class ExampleSet(BaseModel):
+    """Drawings of one concept a client may send as a set (a test character the model never read in training)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str  # what it is, e.g. "Gurmukhi/character42"; short enough to be a classification label
+    images: list[str]  # base64 PNGs at the model's size, as uploads are sent
+
+
 class ModelInfo(BaseModel):
     """The one description of a served model: published in the worker's heartbeat, validated against by the API
     without torch, and shown by GET /v1/models."""
@@ -376,6 +385,7 @@ class ModelInfo(BaseModel):
     max_caption_tokens: int | None = None  # words in a caption (a text family: in a sentence it reads)
     example_captions: list[str] = []  # from the checkpoint (training records a few validation captions)
     held_out_captions: list[str] = []  # captions whose combination training never showed
+    example_sets: list[ExampleSet] = []  # set models: sets of drawings to pick (`python -m training examples`)
 
     @cached_property
     def caption_vocab(self) -> Vocabulary:

@@ -96,4 +96,5 @@ def describe(model_id: str, ckpt: Checkpoint) -> ModelInfo:
         max_caption_tokens=ckpt.vocab.max_length if ckpt.vocab is not None else None,
         example_captions=list(dict.fromkeys(ckpt.extra.get("example_captions", []))),  # a caption once, in order
         held_out_captions=list(ckpt.extra.get("held_out_captions", [])),
+        example_sets=ckpt.extra.get("example_sets", {}).get("sets", []),
     )

@@ -281,6 +281,7 @@ function chooseMode(mode) {
   }
   $("set-row").hidden = mode !== "image_set";
   $("classes-row").hidden = mode !== "few_shot";
+  showPicks();
   $("pad-legend").textContent = { image_set: "Examples of one symbol", likelihood: "The image to score",
     few_shot: "Labelled examples and the drawings to classify" }[mode] || "Reconstruct an image";
   const sampling = mode === "caption" || mode === "none" || mode === "image_set";
@@ -544,6 +545,41 @@ function showClasses() {
     showClasses();
   }));
   $("query-count").textContent = `${state.queries.length} quer${state.queries.length === 1 ? "y" : "ies"}`;
+}
+
+// The model's example sets (GET /v1/models `example_sets`: characters it never read in training), to pick instead
+// of drawing: all of a set's drawings but the last become the examples, or a class whose query is that last one.
+function showPicks() {
+  const sets = (state.model && state.model.example_sets) || [];
+  const shown = sets.length > 0 && (state.mode === "image_set" || state.mode === "few_shot");
+  $("picks").hidden = !shown;
+  if (!shown) return;
+  $("picks-what").textContent = state.mode === "image_set" ? "its drawings but one become the examples."
+    : "its drawings but one become a class named after it, and the last one a query.";
+  $("pick-list").replaceChildren(...sets.map((set, i) => activate(el("img", { src: dataUrl(set.images[0]),
+    alt: `${set.name} (pick)`, title: set.name, "data-index": i }), () => pick(set))));
+}
+
+function dataUrl(png) {
+  return `data:image/png;base64,${png}`;
+}
+
+function pick(set) {
+  const images = set.images.map(dataUrl);
+  const examples = images.length > 1 ? images.slice(0, -1) : images;
+  if (state.mode === "image_set") {
+    state.examples = examples.slice(0, MAX_EXAMPLES);
+    return showExamples();
+  }
+  if (state.classes.some((c) => c.label === set.name)) return padNote(`${set.name} is a class already.`);
+  if (state.classes.length >= MAX_CLASSES) return padNote(`At most ${MAX_CLASSES} classes.`);
+  const query = images.length > 1 && state.queries.length < MAX_QUERIES ? [images[images.length - 1]] : [];
+  if (classifyImages() + examples.length + query.length > MAX_CLASSIFY_IMAGES) {
+    return padNote(`At most ${MAX_CLASSIFY_IMAGES} drawings in all.`);
+  }
+  state.classes.push({ label: set.name, images: examples.slice(0, MAX_EXAMPLES) });
+  state.queries.push(...query);
+  return showClasses();
 }
 
 // Both ends of a walk: the seeds given, or random ones written into their fields (to see and keep).

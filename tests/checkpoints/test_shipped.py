@@ -1,11 +1,13 @@
 """The checkpoints the repository ships: intact, paper-config (or a deviation their command names), small enough,
 documented, and able to draw."""
 
+import base64
 import json
 import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,8 +103,8 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
         assert few["classes"] == 423 * 4 and evaluation["test sets"]["sets"] == 423 * 4 * 4
         assert ckpt.extra["split"] == "vinyals" and ckpt.extra["train_classes"] == 1028 * 4
         assert all((directory / name).exists() for name in ("test-samples.png", "mnist-samples.png"))
-        examples = (torch.rand(2, 5, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.2).float()
-        out = sample(ckpt.model.eval(), seeds=[0, 1], sets=examples)
+        examples = _example_sets(ckpt.extra["example_sets"])  # test characters, for the page and clients to pick
+        out = sample(ckpt.model.eval(), seeds=[0, 1], sets=examples[:2, :5])
     elif manifest["kind"] == "avb":
         test = evaluation["test"]  # the bound through T (approximate for AVB) on all, L_5000 with r_α on a subset
         assert evaluation["k"] == 5000 and test["images"] == 10_000 and test["images_L5000"] >= 100
@@ -175,6 +177,25 @@ def _check_ptb_model(ckpt, text) -> None:
 
 
 CLASSIFIERS = [ROOT / "checkpoints" / f"{data}-classifier" for data in ("mnist", "fashion")]
+
+
+def _example_sets(examples: dict) -> torch.Tensor:
+    """A set model's example sets (`python -m training examples`): upright characters of the test split, which
+    training never reads, as (sets, drawings, 1, 28, 28) binary pixels the way the worker reads them."""
+    from tests.training.conftest import shared_data_dir
+    from training.data import omniglot as om
+    from worker import inputs
+
+    assert examples["split"] == "vinyals/test" and examples["split_sha256"] == om.SPLIT_SHA256["test"]
+    names = [s["name"] for s in examples["sets"]]
+    assert len(set(names)) == len(names) == 12 and all(len(s["images"]) == 6 for s in examples["sets"])
+    data = shared_data_dir()
+    if data is not None and (data / "omniglot").is_dir():  # the split files themselves, where the data is here
+        assert {f"{n}/rot000" for n in names} <= set(om.read_split("test", root=data).names)
+        assert not set(names) & {om.character_of(n) for n in om.read_split("trainval", root=data).names}
+    return torch.tensor(np.stack([[inputs.binary(inputs.decode(base64.b64decode(x), height=28, width=28,
+                                                                channels=1)) for x in s["images"]]
+                                  for s in examples["sets"]]))
 
 
 @pytest.mark.parametrize("directory", [*SHIPPED, *CLASSIFIERS], ids=lambda d: d.name)

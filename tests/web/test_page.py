@@ -71,6 +71,21 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> 
     pytest.fail(f"{url} never became ready: " + log.read_text()[-2000:])
 
 
+def _glyph(rows: slice, cols: slice) -> str:
+    """A 28×28 1-bit PNG, ink on rows × cols, base64 (as `python -m training examples` writes)."""
+    from training.examples import png
+
+    x = np.zeros((28, 28))
+    x[rows, cols] = 1
+    return png(x, "binary")
+
+
+# two characters of three drawings each, every drawing of one alike (a query alike its class's examples is the
+# class's own set under mean pooling: score exactly 0 even in an untrained model)
+EXAMPLE_SETS = [{"name": "Bar/character01", "images": [_glyph(slice(12, 15), slice(4, 24))] * 3},
+                {"name": "Post/character02", "images": [_glyph(slice(4, 24), slice(12, 15))] * 3}]
+
+
 @pytest.fixture(scope="module")
 def served(checkpoints, tmp_path_factory) -> Path:  # noqa: F811
     """The suite's tiny checkpoints, tiny-iwae, an IWAE at MNIST's 28×28 (so the drawing box is 196×196 on screen)
@@ -94,7 +109,8 @@ def served(checkpoints, tmp_path_factory) -> Path:  # noqa: F811
     vaegan = VAEGAN(VAEGANConfig(z_size=4, base=4))  # a grey model: uploads go as grey levels, not thresholded
     save_checkpoint(d / "tiny-vaegan", Checkpoint(vaegan.eval(), extra={"dataset": "fashion-mnist"}))
     stat = Statistician(StatisticianConfig(widths=(4, 4, 4), convs=1, hidden=16, layers=1, c_dim=8, z_dim=4))
-    save_checkpoint(d / "tiny-stat28", Checkpoint(stat.eval(), extra={"dataset": "omniglot"}))  # set model, 28×28
+    save_checkpoint(d / "tiny-stat28", Checkpoint(stat.eval(), extra={"dataset": "omniglot", "example_sets": {
+        "split": "vinyals/test", "sets": EXAMPLE_SETS}}))  # a set model, 28×28, with sets to pick
     # a text model of another language (as textvae-ptb beside textvae-captions), listed before tiny-text
     news = Vocabulary([*SPECIALS, "the", "market", "fell", "shares", "of", "n", "cents", "a", "share"], max_length=12)
     prose = TextVAE(TextVAEConfig(vocab_size=len(news), max_length=13, embed=8, hidden=8, z_dim=3, preset="tiny"))
@@ -767,4 +783,43 @@ def test_drawn_classes_and_queries_are_classified(browser, server):
     page.click(".class-row[data-label='bar'] img")  # a class's last drawing: the class goes with it
     assert page.eval_on_selector_all(".class-row", "rs => rs.map(r => r.dataset.label)") == ["post"]
     page.screenshot(path=str(SHOTS / "classified.png"))
+    page.close()
+
+
+def test_characters_never_seen_in_training_are_picked_as_examples_or_classes(browser, server):
+    """A set model's example sets (GET /v1/models `example_sets`) as pickable thumbnails: in From examples a pick
+    becomes the examples (all its drawings but the last); in Classify a class named after it, its last drawing a
+    query; each query comes back labelled with its own character."""
+    page = browser.new_page(viewport={"width": 1000, "height": 1000})
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 2")
+    page.select_option("#model", "tiny-stat28")
+    assert not page.is_visible("#picks")  # Sample mode reads no drawings
+    page.check("input[name=mode][value=image_set]")
+    titles = page.eval_on_selector_all("#pick-list img", "is => is.map(i => i.title)")
+    assert titles == ["Bar/character01", "Post/character02"]
+    page.click("#pick-list img[data-index='1']")
+    assert page.inner_text("#set-count") == "2 examples"
+    assert page.eval_on_selector_all("#set img", "is => is.map(i => i.src)") == [
+        "data:image/png;base64," + EXAMPLE_SETS[1]["images"][0]] * 2
+
+    page.check("input[name=mode][value=few_shot]")
+    page.click("#pick-list img[data-index='0']")
+    page.click("#pick-list img[data-index='1']")
+    page.click("#pick-list img[data-index='1']")  # twice: said so, not added again
+    assert page.inner_text("#pad-note") == "Post/character02 is a class already."
+    assert page.eval_on_selector_all(".class-row", "rs => rs.map(r => [r.dataset.label, r.querySelectorAll('img')"
+                                                   ".length])") == [["Bar/character01", 2], ["Post/character02", 2]]
+    assert page.inner_text("#query-count") == "2 queries"
+    with page.expect_request("**/v1/classifications") as posted:
+        page.click("#submit")
+    body = json.loads(posted.value.post_data)
+    url = [["data:image/png;base64," + x for x in s["images"]] for s in EXAMPLE_SETS]
+    assert body["support"] == [{"label": s["name"], "images": url[i][:2]} for i, s in enumerate(EXAMPLE_SETS)]
+    assert body["query"] == [url[0][2], url[1][2]]
+    page.wait_for_selector("#labels:not([hidden])", timeout=60_000)
+    assert page.eval_on_selector_all("#labels li", "ls => ls.map(l => l.dataset.label)") == [
+        "Bar/character01", "Post/character02"]
+    assert [o["scores"][o["label"]] for o in page.evaluate("state.result.outputs")] == [0.0, 0.0]
+    page.screenshot(path=str(SHOTS / "picked.png"))
     page.close()
