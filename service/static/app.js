@@ -8,7 +8,7 @@ const TERMINAL = ["done", "failed", "canceled", "expired"];
 const state = { models: [], model: null, mode: "caption", job: null, result: null, selected: 0, frames: [],
   attention: null, inputs: [], timer: null, stream: null, pen: null, ink: false, examples: [],
   key: sessionStorage.getItem(KEY_STORE) || "", textModels: [], captionModels: [], path: { timer: null, busy: false },
-  classes: [], queries: [] };
+  classes: [], queries: [], querySources: [], jobSources: [] };
 // What a request carries (a model's `modes`, GET /v1/models) -> the submit button's label. Caption models have one.
 const MODES = { caption: "Draw", none: "Draw", images: "Reconstruct", walk: "Walk", image_set: "Draw new samples",
   likelihood: "Score", few_shot: "Classify" };
@@ -233,7 +233,7 @@ function chooseModel(id) {
   markCaption();
   showModes(conditional);
   if (PAD_MODES.some(offers)) sizePad();
-  Object.assign(state, { examples: [], classes: [], queries: [] });
+  Object.assign(state, { examples: [], classes: [], queries: [], querySources: [] });
   showExamples();
   showClasses();
 }
@@ -272,6 +272,7 @@ function showModes(conditional) {
 }
 
 function chooseMode(mode) {
+  if (mode !== state.mode) leaveJob();  // the last mode's result does not answer this one's form
   state.mode = mode;
   const pad = PAD_MODES.includes(mode);
   const panels = [["reconstruct", pad], ["walk", mode === "walk"], ["score-options", mode === "likelihood"]];
@@ -482,7 +483,11 @@ function showExamples() {
   const examples = state.examples || [];
   $("set").replaceChildren(...examples.map((src, i) => {
     const img = el("img", { src, alt: `example ${i + 1} (remove)`, title: "remove", "data-index": i });
-    return activate(img, () => { state.examples.splice(i, 1); showExamples(); });
+    return activate(img, () => {
+      state.examples.splice(i, 1);
+      showExamples();
+      refocus($("set"), i, $("add-example"));
+    });
   }));
   $("set-count").textContent = `${examples.length} example${examples.length === 1 ? "" : "s"}`;
 }
@@ -509,6 +514,7 @@ function addQuery() {
   if (state.queries.length >= MAX_QUERIES) return padNote(`At most ${MAX_QUERIES} queries.`);
   if (classifyImages() >= MAX_CLASSIFY_IMAGES) return padNote(`At most ${MAX_CLASSIFY_IMAGES} drawings in all.`);
   state.queries.push(padImage());
+  state.querySources.push(null);  // drawn here: no known class
   clearPad();
   showClasses();
   return true;
@@ -528,6 +534,13 @@ function thumbnails(images, what, remove) {
     "data-index": i }), () => remove(i)));
 }
 
+// After a click removed a drawing from a list the page rebuilt: the keyboard stays there, on the drawing that took
+// its place (or the one before), else on `fallback`.
+function refocus(list, i, fallback) {
+  const items = list.querySelectorAll("img");
+  (items[Math.min(i, items.length - 1)] || fallback).focus();
+}
+
 function showClasses() {
   $("classes").replaceChildren(...state.classes.map((c, n) => {
     const row = el("div", { class: "class-row", "data-label": c.label });
@@ -536,13 +549,17 @@ function showClasses() {
       c.images.splice(i, 1);
       if (!c.images.length) state.classes.splice(n, 1);
       showClasses();
+      const row = $("classes").children[c.images.length ? n : Math.min(n, state.classes.length - 1)];
+      refocus(row || $("classes"), c.images.length ? i : 0, $("class-label"));
     }));
     row.replaceChildren(el("span", { class: "class-label" }, c.label), set);
     return row;
   }));
   $("queries").replaceChildren(...thumbnails(state.queries, "query", (i) => {
     state.queries.splice(i, 1);
+    state.querySources.splice(i, 1);
     showClasses();
+    refocus($("queries"), i, $("add-query"));
   }));
   $("query-count").textContent = `${state.queries.length} quer${state.queries.length === 1 ? "y" : "ies"}`;
 }
@@ -554,22 +571,24 @@ function showPicks() {
   const shown = sets.length > 0 && (state.mode === "image_set" || state.mode === "few_shot");
   $("picks").hidden = !shown;
   if (!shown) return;
-  $("picks-what").textContent = state.mode === "image_set" ? "its drawings but one become the examples."
-    : "its drawings but one become a class named after it, and the last one a query.";
+  $("picks-what").textContent = state.mode === "image_set" ? "all but one of its drawings become the examples."
+    : "all but one of its drawings become a class named after it, and the last one a query.";
   $("pick-list").replaceChildren(...sets.map((set, i) => activate(el("img", { src: dataUrl(set.images[0]),
-    alt: `${set.name} (pick)`, title: set.name, "data-index": i }), () => pick(set))));
+    alt: `${set.name} (pick)`, title: set.name, "data-index": i }), () => pick(set, i))));
 }
 
 function dataUrl(png) {
   return `data:image/png;base64,${png}`;
 }
 
-function pick(set) {
+function pick(set, i) {
   const images = set.images.map(dataUrl);
-  const examples = images.length > 1 ? images.slice(0, -1) : images;
+  const examples = (images.length > 1 ? images.slice(0, -1) : images).slice(0, MAX_EXAMPLES);
   if (state.mode === "image_set") {
-    state.examples = examples.slice(0, MAX_EXAMPLES);
-    return showExamples();
+    const replaced = state.examples.length ? ` (in place of the ${state.examples.length} before)` : "";
+    state.examples = examples;
+    showExamples();
+    return picked(i, `The examples are ${examples.length} drawings of ${set.name}${replaced}.`);
   }
   if (state.classes.some((c) => c.label === set.name)) return padNote(`${set.name} is a class already.`);
   if (state.classes.length >= MAX_CLASSES) return padNote(`At most ${MAX_CLASSES} classes.`);
@@ -577,9 +596,18 @@ function pick(set) {
   if (classifyImages() + examples.length + query.length > MAX_CLASSIFY_IMAGES) {
     return padNote(`At most ${MAX_CLASSIFY_IMAGES} drawings in all.`);
   }
-  state.classes.push({ label: set.name, images: examples.slice(0, MAX_EXAMPLES) });
+  state.classes.push({ label: set.name, images: examples });
   state.queries.push(...query);
-  return showClasses();
+  state.querySources.push(...query.map(() => set.name));  // its own class: the result can say whether it is right
+  showClasses();
+  const without = images.length > 1 && !query.length ? ` (no query: at most ${MAX_QUERIES})` : " and a query";
+  return picked(i, `Added the class ${set.name} (${examples.length} drawings)${without}.`);
+}
+
+function picked(i, note) {
+  [...$("pick-list").children].forEach((img, j) => img.classList.toggle("picked", j === i));
+  padNote(note);
+  return true;
 }
 
 // Both ends of a walk: the seeds given, or random ones written into their fields (to see and keep).
@@ -649,9 +677,12 @@ async function submit(event) {
     }
   }
   if (state.mode === "few_shot") {
-    if (state.ink && !addQuery()) return showError({ title: "Too many drawings", detail: $("pad-note").textContent });
-    if (state.classes.length < 2) {
+    if (state.classes.length < 2) {  // checked first: a drawing left in the box may be a class's, not yet added
       return showError({ title: "Too few classes", detail: "add examples of at least two classes, each named." });
+    }
+    if (state.ink && !addQuery()) {  // what is in the box counts as one more query
+      return showError({ title: "The drawing in the box is one too many",
+        detail: `${$("pad-note").textContent} Clear the box, or remove a drawing, first.` });
     }
     if (!state.queries.length) {
       return showError({ title: "Nothing to classify", detail: "draw a drawing to classify and add it as a query." });
@@ -666,6 +697,7 @@ async function submit(event) {
     body: JSON.stringify(body) });
   const data = await res.json().catch(() => ({ title: `HTTP ${res.status}` }));
   if (!res.ok) return res.status === 401 ? undefined : showError(data);
+  state.jobSources = state.mode === "few_shot" ? [...state.querySources] : [];
   startJob(data, body.images || body.query || []);
 }
 
@@ -716,7 +748,7 @@ function startJob(job, inputs = []) {
   $("cancel").hidden = false;
   $("cancel").disabled = false;
   $("score").hidden = true;
-  $("labels").hidden = true;
+  $("labels-wrap").hidden = true;
   $("canvas-wrap").hidden = false;
   $("player").hidden = true;
   $("input-figure").hidden = true;
@@ -746,7 +778,7 @@ function startJob(job, inputs = []) {
       ended();
       if (end === "canceled") {  // what it had finished stays: the images whose every step was drawn
         $("status").textContent = "canceled";
-        if (d && d.outputs && d.outputs.some((o) => o.image)) finish(d, true);
+        if (d && d.outputs && d.outputs.some((o) => o.image || o.label)) finish(d, true);
         return;
       }
       $("status").textContent = end;
@@ -774,11 +806,11 @@ function doneText(result) {
 function finish(job, canceled = false) {
   ended();
   const scored = job.condition === "likelihood" || job.condition === "few_shot";  // outputs without an image
-  const result = { ...job, outputs: job.outputs.filter((o) => o.image || scored) };
+  const result = { ...job, outputs: job.outputs.filter((o) => o.image || (scored && (o.label || !canceled))) };
   state.result = result;
   setProgress(1);
   if (result.condition === "likelihood") return showScore(result);
-  if (result.condition === "few_shot") return showLabels(result);
+  if (result.condition === "few_shot") return showLabels(result, canceled);
   $("status").textContent = canceled ? `canceled: the ${result.outputs.length} image(s) it had finished`
     : doneText(result);
   $("grid").replaceChildren(...result.outputs.map((o, i) => {
@@ -801,22 +833,32 @@ function showScore(result) {
   if (state.inputs[0]) $("input-shown").src = state.inputs[0];
 }
 
-// A classification: each query beside its label and every class's score, the nearest first.
-function showLabels(result) {
+// A classification: each query beside its label and every class's score, the nearest first; a query picked from
+// a character's drawings says whether its label is that character.
+function showLabels(result, canceled = false) {
   const n = result.outputs.length;
-  $("status").textContent = `done: ${n} quer${n === 1 ? "y" : "ies"} classified`;
+  const known = result.outputs.filter((o) => state.jobSources[o.input]);
+  const right = known.filter((o) => o.label === state.jobSources[o.input]).length;
+  $("status").textContent = `${canceled ? "canceled" : "done"}: ${n} quer${n === 1 ? "y" : "ies"} classified` +
+    (known.length ? `; ${right} of the ${known.length} picked ones labelled with their own character` : "");
   $("canvas-wrap").hidden = true;  // nothing is drawn: the queries, each with its label
   $("labels").replaceChildren(...result.outputs.map((o) => {
     const li = el("li", { class: "labelled", "data-label": o.label });
     const img = el("img", { alt: `query ${o.input + 1}` });
     img.src = state.inputs[o.input];
+    const source = state.jobSources[o.input];
+    const head = el("div", { class: "label-head" });
+    head.replaceChildren(el("strong", {}, o.label), ...(source ? [el("span", { class: source === o.label ? "right"
+      : "wrong" }, source === o.label ? "✓ its own character" : `✗ it is ${source}`)] : []));
     const ranked = Object.entries(o.scores).sort(([, a], [, b]) => b - a);
-    const scores = el("span", { class: "hint" }, "−KL in nats: " +
-      ranked.map(([label, s]) => `${label} ${s.toFixed(2).replace("-", "−")}`).join(", "));
-    li.replaceChildren(img, el("strong", {}, o.label), scores);
+    const scores = el("ol", { class: "scores", "aria-label": "score of each class, nearest first" });
+    scores.replaceChildren(...ranked.map(([label, s]) => el("li", {}, `${label} ${s.toFixed(2).replace("-", "−")}`)));
+    const side = el("div", { class: "label-side" });
+    side.replaceChildren(head, scores);
+    li.replaceChildren(img, side);
     return li;
   }));
-  $("labels").hidden = false;
+  $("labels-wrap").hidden = false;
 }
 
 async function select(i) {
@@ -1115,6 +1157,7 @@ $("upload").addEventListener("change", loadFile);
 $("add-example").addEventListener("click", addExample);
 $("add-shot").addEventListener("click", addShot);
 $("add-query").addEventListener("click", addQuery);
+$("class-label").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); addShot(); } });
 $("path-form").addEventListener("submit", drawPath);
 activate($("path-anim"), () => (state.path.timer ? stopPath() : playPath()));
 for (const id of ["path-from", "path-to", "path-text-model"]) $(id).addEventListener("input", () => markPath());

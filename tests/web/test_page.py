@@ -83,7 +83,8 @@ def _glyph(rows: slice, cols: slice) -> str:
 # two characters of three drawings each, every drawing of one alike (a query alike its class's examples is the
 # class's own set under mean pooling: score exactly 0 even in an untrained model)
 EXAMPLE_SETS = [{"name": "Bar/character01", "images": [_glyph(slice(12, 15), slice(4, 24))] * 3},
-                {"name": "Post/character02", "images": [_glyph(slice(4, 24), slice(12, 15))] * 3}]
+                {"name": "Old_Church_Slavonic_(Cyrillic)/character30",  # a long name: the layout must wrap it
+                 "images": [_glyph(slice(4, 24), slice(12, 15))] * 3}]
 
 
 @pytest.fixture(scope="module")
@@ -626,6 +627,9 @@ def test_a_narrow_window_keeps_every_control_in_reach(browser, server):
     page.click("#submit")
     page.wait_for_selector("#player:not([hidden])", timeout=60_000)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    # a shipped model's long id (a select is as wide as its widest option) does not widen the page either
+    page.evaluate("document.querySelector('#model').add(new Option('aligndraw-mnist-captions-blind-keys (aligndraw)'))")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
     for selector in ["#model", "#caption", "#submit", "#play", "#scrub", "#downloads a", "#grid img"]:
         reached = page.eval_on_selector(selector, """e => {
             e.scrollIntoView({ block: "center" });
@@ -751,11 +755,14 @@ def test_drawn_classes_and_queries_are_classified(browser, server):
     _stroke(page, bar, "mouse")
     page.click("#add-shot")
     assert page.inner_text("#pad-note") == "Name the class first."
-    for label, points in (("bar", bar), ("post", post)):
-        page.fill("#class-label", label)
-        if label == "post":
-            _stroke(page, points, "pen")
-        page.click("#add-shot")
+    page.fill("#class-label", "bar")
+    page.click("#add-shot")
+    page.fill("#class-label", "post")
+    _stroke(page, post, "pen")
+    page.click("#submit")  # one class so far: said so, and the box's drawing (the next class's) stays in the box
+    page.wait_for_selector("#error:not([hidden])")
+    assert "Too few classes" in page.inner_text("#error") and page.inner_text("#query-count") == "0 queries"
+    page.press("#class-label", "Enter")  # Enter in the name adds the box's drawing to that class
     assert page.eval_on_selector_all(".class-row", "rs => rs.map(r => [r.dataset.label, r.querySelectorAll('img')"
                                                    ".length])") == [["bar", 1], ["post", 1]]
     _stroke(page, post, "mouse")
@@ -769,17 +776,19 @@ def test_drawn_classes_and_queries_are_classified(browser, server):
     assert [c["label"] for c in body["support"]] == ["bar", "post"]
     assert body["query"] == [body["support"][1]["images"][0], body["support"][0]["images"][0]]
     assert _png_pixels(body["query"][1])[7, 5:15].all()  # the across stroke: row 50 / 7 px
-    page.wait_for_selector("#labels:not([hidden])", timeout=60_000)
+    page.wait_for_selector("#labels-wrap:not([hidden])", timeout=60_000)
     assert page.inner_text("#status") == "done: 2 queries classified"
-    assert page.eval_on_selector_all("#labels li", "ls => ls.map(l => l.dataset.label)") == ["post", "bar"]
+    assert page.eval_on_selector_all("#labels > li", "ls => ls.map(l => l.dataset.label)") == ["post", "bar"]
     outputs = page.evaluate("state.result.outputs")
     assert [o["scores"][o["label"]] for o in outputs] == [0.0, 0.0]
     assert outputs[0]["scores"]["bar"] < 0 and outputs[1]["scores"]["post"] < 0
-    assert page.inner_text("#labels li:first-child").startswith("post")
-    assert page.eval_on_selector_all("#labels li img", "is => is.map(i => i.src)") == body["query"]  # each its own
+    assert page.inner_text("#labels > li:first-child").startswith("post")
+    assert page.eval_on_selector_all("#labels > li > img", "is => is.map(i => i.src)") == body["query"]  # each its own
     assert not page.is_visible("#canvas-wrap")
-    page.click("#queries img[data-index='0']")  # a click removes a drawing
+    page.focus("#queries img[data-index='0']")
+    page.keyboard.press("Enter")  # the keyboard removes a drawing, and stays on the one that took its place
     assert page.inner_text("#query-count") == "1 query"
+    assert page.evaluate("document.activeElement.closest('#queries') !== null")
     page.click(".class-row[data-label='bar'] img")  # a class's last drawing: the class goes with it
     assert page.eval_on_selector_all(".class-row", "rs => rs.map(r => r.dataset.label)") == ["post"]
     page.screenshot(path=str(SHOTS / "classified.png"))
@@ -797,9 +806,10 @@ def test_characters_never_seen_in_training_are_picked_as_examples_or_classes(bro
     assert not page.is_visible("#picks")  # Sample mode reads no drawings
     page.check("input[name=mode][value=image_set]")
     titles = page.eval_on_selector_all("#pick-list img", "is => is.map(i => i.title)")
-    assert titles == ["Bar/character01", "Post/character02"]
+    assert titles == [s["name"] for s in EXAMPLE_SETS]
     page.click("#pick-list img[data-index='1']")
     assert page.inner_text("#set-count") == "2 examples"
+    assert page.inner_text("#pad-note") == f"The examples are 2 drawings of {EXAMPLE_SETS[1]['name']}."
     assert page.eval_on_selector_all("#set img", "is => is.map(i => i.src)") == [
         "data:image/png;base64," + EXAMPLE_SETS[1]["images"][0]] * 2
 
@@ -807,9 +817,9 @@ def test_characters_never_seen_in_training_are_picked_as_examples_or_classes(bro
     page.click("#pick-list img[data-index='0']")
     page.click("#pick-list img[data-index='1']")
     page.click("#pick-list img[data-index='1']")  # twice: said so, not added again
-    assert page.inner_text("#pad-note") == "Post/character02 is a class already."
+    assert page.inner_text("#pad-note") == f"{EXAMPLE_SETS[1]['name']} is a class already."
     assert page.eval_on_selector_all(".class-row", "rs => rs.map(r => [r.dataset.label, r.querySelectorAll('img')"
-                                                   ".length])") == [["Bar/character01", 2], ["Post/character02", 2]]
+                                                   ".length])") == [[s["name"], 2] for s in EXAMPLE_SETS]
     assert page.inner_text("#query-count") == "2 queries"
     with page.expect_request("**/v1/classifications") as posted:
         page.click("#submit")
@@ -817,9 +827,17 @@ def test_characters_never_seen_in_training_are_picked_as_examples_or_classes(bro
     url = [["data:image/png;base64," + x for x in s["images"]] for s in EXAMPLE_SETS]
     assert body["support"] == [{"label": s["name"], "images": url[i][:2]} for i, s in enumerate(EXAMPLE_SETS)]
     assert body["query"] == [url[0][2], url[1][2]]
-    page.wait_for_selector("#labels:not([hidden])", timeout=60_000)
-    assert page.eval_on_selector_all("#labels li", "ls => ls.map(l => l.dataset.label)") == [
-        "Bar/character01", "Post/character02"]
+    page.wait_for_selector("#labels-wrap:not([hidden])", timeout=60_000)
+    assert page.eval_on_selector_all("#labels > li", "ls => ls.map(l => l.dataset.label)") == [
+        s["name"] for s in EXAMPLE_SETS]
     assert [o["scores"][o["label"]] for o in page.evaluate("state.result.outputs")] == [0.0, 0.0]
+    assert page.inner_text("#status") == ("done: 2 queries classified; 2 of the 2 picked ones labelled with their "
+                                          "own character")
+    assert page.locator("#labels .right").count() == 2
     page.screenshot(path=str(SHOTS / "picked.png"))
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: long names wrap, nothing scrolls sideways
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(SHOTS / "picked-narrow.png"), full_page=True)
+    page.check("input[name=mode][value=image_set]")  # another mode: the classification's result goes
+    assert not page.is_visible("#job")
     page.close()
