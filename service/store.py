@@ -149,18 +149,21 @@ def _request(view: JobView) -> JobRequest | None:
 
 def _outputs(request: JobRequest, view: JobView) -> list[Output]:
     """The typed outputs: result.json's once complete; while running, what the worker keeps in meta: the frame counts,
-    and a likelihood job's scores so far."""
+    a likelihood job's scores so far, and a classification's labels so far."""
     if view.result is not None:
         return JobResult.model_validate(view.result).outputs
     counts = view.meta.get("frames") or []
     scored = view.meta.get("scores") or {}  # image index -> [nll, elbo]
+    labelled = view.meta.get("labels") or {}  # query index -> [label, {label: score}]
     k = request.condition.k if isinstance(request.condition, Likelihood) else 0
     captions = request.image_captions()
     seeds = request.output_seeds()
     inputs = request.output_inputs()
     return [Output(index=i, caption=captions[i], seed=seeds[i], input=inputs[i],
                    frames=int(counts[i]) if i < len(counts) else 0,
-                   score=Score(nll=scored[str(i)][0], elbo=scored[str(i)][1], k=k) if str(i) in scored else None)
+                   score=Score(nll=scored[str(i)][0], elbo=scored[str(i)][1], k=k) if str(i) in scored else None,
+                   label=labelled[str(i)][0] if str(i) in labelled else None,
+                   scores=labelled[str(i)][1] if str(i) in labelled else None)
             for i in range(request.images)]
 
 

@@ -730,7 +730,8 @@ def _classify(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, job: Fe
             best = max(range(len(labels)), key=row.__getitem__)  # the first of equal scores
             e.predictions[lo + j] = labels[best], dict(zip(labels, map(float, row), strict=True))
         e.steps_done = hi
-        _save_meta(e.job, e.meta, step=hi, progress=round(hi / len(job.query), 4))
+        _save_meta(e.job, e.meta, step=hi, progress=round(hi / len(job.query), 4),  # readable as they come
+                   labels={str(i): [label, row] for i, (label, row) in e.predictions.items()})
         if guard.stop:
             return True
     return False

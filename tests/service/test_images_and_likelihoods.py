@@ -326,3 +326,22 @@ def test_a_running_likelihood_job_shows_the_scores_so_far():
     first, second = gen.outputs
     assert (first.nll, first.elbo, first.k, first.input) == (81.5, -83.25, 40, 0)
     assert (second.nll, second.elbo, second.k, second.input) == (None, None, None, 1)
+
+
+def test_a_running_classification_shows_the_labels_so_far():
+    """As for scores: each classified query's label and scores are in the status while the job runs."""
+    from service import store
+    from service.config import ApiSettings
+    from worker.protocol import FewShot, FewShotClass, JobRequest
+    from worker.queue import JobView
+
+    condition = FewShot(classes=[FewShotClass(label="a", inputs=["inputs/0.png"]),
+                                 FewShotClass(label="b", inputs=["inputs/1.png"])],
+                        query=["inputs/2.png", "inputs/3.png"])
+    request = JobRequest(model="m", condition=condition)
+    view = JobView(id="j", status="running", step=1, steps=2, attempt=1, seeds=[],
+                   request=request.model_dump(mode="json"), meta={"labels": {"1": ["b", {"a": -3.5, "b": -0.25}]}})
+    gen = store.build(None, ApiSettings(redis_url="redis://127.0.0.1:1/0"), view, "http://x")  # type: ignore[arg-type]
+    first, second = gen.outputs
+    assert (first.label, first.scores, first.input) == (None, None, 0)
+    assert (second.label, second.scores, second.input) == ("b", {"a": -3.5, "b": -0.25}, 1)

@@ -95,6 +95,14 @@ def test_copies_of_the_support_drawings_are_their_own_class_at_score_zero(client
         assert set(out["scores"]) == set(labels)
         assert out["scores"][right] == pytest.approx(0, abs=1e-4)
         assert all(out["scores"][k] < out["scores"][right] for k in labels if k != right)
+    import redis
+
+    from worker.queue import get_view
+
+    s = client.app.state.settings
+    with redis.Redis.from_url(s.redis_url) as conn:  # each label was written as it came (what a running job shows)
+        meta = get_view(conn, job_id, s).meta
+    assert meta["labels"] == {str(j): [o["label"], o["scores"]] for j, o in enumerate(body["outputs"])}
     events = client.get(f"/v1/classifications/{job_id}/events").text
     assert "event: done" in events and "event: step" not in events and '"label":"gamma"' in events
     r = client.delete(f"/v1/classifications/{job_id}")
