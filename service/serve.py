@@ -138,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"glimpse: {e}", flush=True)
                 rc = 1
                 break
+            if embedded and not redis_conn.embedded_alive(settings.redis_dir):
+                # no restart here: clients hold its socket path, which a new server would not have. Its log keeps
+                # the jobs it accepted, and the next start takes them up again.
+                print(f"glimpse: the embedded Redis died; stopping. Its data is in {settings.redis_dir}: start "
+                      "again to take up the jobs it held", flush=True)
+                rc = 1
+                break
             if not announced:
                 if _ready(base):
                     print(f"glimpse: ready at {base} with {args.workers} worker(s)  (API docs: {base}/docs) - "

@@ -21,7 +21,7 @@ from rq.exceptions import StopRequested
 from worker import malloc, redis_conn
 from worker.heartbeat import Heartbeat
 from worker.protocol import Keys
-from worker.queue import SERIALIZER, make_queue, owner_record, requeue_own
+from worker.queue import SERIALIZER, make_queue, owner_record, requeue_orphans, requeue_own
 from worker.settings import Settings
 
 log = logging.getLogger("worker")
@@ -91,6 +91,14 @@ class Worker(SimpleWorker):
             self.pubsub.unsubscribe()
         self.pubsub_thread.join(timeout=5)
         self.pubsub.close()
+
+    def clean_registries(self) -> None:
+        """Free this stack's orphaned jobs before RQ's own cleanup: a job whose worker died long enough ago that its
+        started-registry deadline passed (a stack down for minutes) would otherwise be failed by RQ as "abandoned"
+        on its first attempt, where glimpse requeues it and counts the attempt (docs/worker.md)."""
+        for job_id, outcome in requeue_orphans(self.connection, self.settings):
+            log.warning("job %s of a dead worker: %s", job_id, outcome)
+        super().clean_registries()
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):  # type: ignore[no-untyped-def]
         result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)

@@ -48,6 +48,8 @@ class Heartbeat(threading.Thread):
                     log.warning("job %s of a dead worker: %s", job_id, outcome)
             except redis.RedisError as e:
                 log.warning("heartbeat: %s", e)
+            except Exception:  # noqa: BLE001  a thread that died here would leave a live worker that no API sees
+                log.exception("heartbeat: a pass failed; beating on")
             self._stop_event.wait(self.settings.heartbeat_interval)
 
     def stop(self) -> None:

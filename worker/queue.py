@@ -10,6 +10,7 @@ short by SIGTERM requeues itself (RQ `Retry` returned by the job). Both count to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -349,7 +350,8 @@ def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str) -> 
         return "skipped"
     queue = make_queue(conn, job.origin)
     if status == JobStatus.STARTED:
-        StartedJobRegistry(queue=queue).remove_executions(job)
+        with contextlib.suppress(ValueError):  # RQ's own registry cleanup may have removed the execution first
+            StartedJobRegistry(queue=queue).remove_executions(job)
     elif conn.lpos(queue.key, job_id) is not None:
         return "skipped"
     meta = job.get_meta(refresh=True)

