@@ -3,7 +3,8 @@
     python -m service.serve [--host 127.0.0.1] [--port 8000] [--workers 1]     (make serve PORT=8100 WORKERS=2)
 
 A child that exits (a worker killed by the OOM killer, say) is started again at once, or after a backoff when it
-keeps dying young; the job it held is requeued by a live worker (worker.heartbeat) and redrawn from its seeds.
+keeps dying young; the job it held is requeued by a live worker (worker.heartbeat) and redrawn from its seeds. A
+worker whose heartbeat stops while its process lives (hung) is killed, and so restarted.
 Children run in their own sessions, so a terminal's Ctrl-C reaches only this launcher, which then stops each
 child once and in order: the API (no new jobs), the workers (SIGTERM: finish or requeue the current job within
 `shutdown_grace`), then the embedded Redis (saved to disk). Torch-free: the workers import it, not this process.
@@ -27,6 +28,7 @@ import redis
 from service.config import ApiSettings
 from service.framing import HTTP_ARG
 from worker import redis_conn
+from worker.queue import live_workers
 
 
 def _ready(url: str) -> bool:
@@ -46,13 +48,14 @@ class Child:
     cmd: list[str]
     env: dict[str, str]
     proc: subprocess.Popen | None = None
+    beating: bool = False  # a worker whose heartbeat this launcher has seen (cleared when it restarts)
     started: float = 0.0
     backoff: float = 1.0
     due: float = 0.0  # when a dead child may start again
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.cmd, env=self.env, start_new_session=True)
-        self.started = time.monotonic()
+        self.started, self.beating = time.monotonic(), False
         print(f"glimpse: {self.name} pid {self.proc.pid}", flush=True)
 
     def check(self) -> None:
@@ -77,6 +80,25 @@ FATAL = 2  # exit status of a child that cannot work as configured (argparse, no
 
 class ChildFailed(Exception):
     pass
+
+
+def kill_hung(workers: list[Child], conn: redis.Redis, settings: ApiSettings) -> None:
+    """SIGKILL a worker whose heartbeat has stopped while its process lives (hung, or stopped by a signal): with no
+    other worker, nothing would requeue its jobs. Its restart requeues them (a new worker's first sweep)."""
+    try:
+        beating = {b.get("pid") for b in live_workers(conn, settings)}
+    except redis.RedisError:
+        return  # no heartbeat can be read while Redis is away: that says nothing about the workers
+    for c in workers:
+        if c.proc is None or c.proc.poll() is not None:
+            continue
+        if c.proc.pid in beating:
+            c.beating = True
+        elif c.beating:
+            print(f"glimpse: {c.name} (pid {c.proc.pid}) stopped sending heartbeats while running; killing it",
+                  flush=True)
+            c.proc.kill()
+            c.beating = False
 
 
 def _stop(children: list[Child], grace: float) -> None:
@@ -130,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             c.start()
         deadline = time.monotonic() + args.ready_timeout
         announced = False
+        conn = redis.Redis.from_url(url, socket_timeout=2)
+        next_watch = 0.0
         while not stop["signal"]:
             try:
                 for c in children:
@@ -138,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"glimpse: {e}", flush=True)
                 rc = 1
                 break
+            if time.monotonic() >= next_watch:
+                kill_hung(workers, conn, settings)
+                next_watch = time.monotonic() + settings.heartbeat_interval
             if embedded and not redis_conn.embedded_alive(settings.redis_dir):
                 # no restart here: clients hold its socket path, which a new server would not have. Its log keeps
                 # the jobs it accepted, and the next start takes them up again.

@@ -367,7 +367,7 @@ def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str) -> 
                                                exc_string=message, pipeline=p)
             p.execute()
         return "failed"
-    meta.update(state="queued", step=0, requeued=reason, updated_at=now_iso())
+    meta.update(state="queued", step=0, progress=0.0, requeued=reason, updated_at=now_iso())
     job.meta = meta
     job.save_meta()
     queue.enqueue_job(job, at_front=True)

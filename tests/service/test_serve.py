@@ -115,6 +115,40 @@ def test_serve_restarts_a_killed_worker_and_the_job_is_redrawn(checkpoints: Path
         stop_process(p, signal.SIGINT)  # Ctrl-C: a SIGKILL would orphan serve's API, workers and Redis
 
 
+def test_serve_kills_and_restarts_a_worker_whose_heartbeat_stopped(checkpoints: Path, tmp_path: Path):
+    """A worker stopped (SIGSTOP) mid-job lives on without a heartbeat; with no other worker nothing requeued its
+    job, which read `running` for ever (the chaos review). serve kills it; the restart draws the job again."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_") and k != "REDIS_URL"}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLIMPSE_CHECKPOINTS=str(checkpoints),
+               GLIMPSE_REDIS_DIR=str(tmp_path / "redis"), GLIMPSE_DEFAULT_MODEL="tiny-align",
+               GLIMPSE_HEARTBEAT_INTERVAL="0.3", GLIMPSE_HEARTBEAT_TTL="1.5", GLIMPSE_SHUTDOWN_GRACE="2",
+               GLIMPSE_STEP_DELAY="1.0")
+    log = tmp_path / "serve.log"
+    p = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port)], cwd=ROOT, env=env,
+                         stdout=log.open("w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    worker_pid = 0
+    try:
+        wait_for(lambda: "ready at" in log.read_text() or p.poll() is not None, 90, interval=0.2, what="serve ready")
+        worker_pid = int(re.search(r"worker-0 pid (\d+)", log.read_text()).group(1))
+        status, job = http("POST", f"{base}/v1/generations", {"caption": "the digit 2 is at the top", "seed": 5})
+        assert status == 202, job
+        wait_for(lambda: http("GET", f"{base}/v1/generations/{job['id']}")[1]["status"] == "running", 30,
+                 interval=0.05, what="the job to run")
+        os.kill(worker_pid, signal.SIGSTOP)
+        wait_for(lambda: "stopped sending heartbeats while running; killing it" in log.read_text(), 15, interval=0.1,
+                 what="serve to see the hung worker")
+        done = wait_for(lambda: (lambda b: b if b["status"] in ("succeeded", "failed") else None)(
+            http("GET", f"{base}/v1/generations/{job['id']}")[1]), 60, interval=0.2, what="job end")
+        assert done["status"] == "succeeded" and done["attempt"] == 2, done
+        assert gone(worker_pid) and len(re.findall(r"worker-0 pid (\d+)", log.read_text())) == 2
+    finally:
+        if worker_pid and not gone(worker_pid):
+            os.kill(worker_pid, signal.SIGCONT)
+        stop_process(p, signal.SIGINT)
+
+
 def test_make_serve_takes_port_host_and_workers():
     make = (ROOT / "Makefile").read_text()
     assert "--host $(HOST) --port $(PORT) --workers $(WORKERS)" in make

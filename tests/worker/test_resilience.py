@@ -229,7 +229,7 @@ def _started_by_a_dead_worker(conn, settings) -> tuple[str, object]:
     gone.prepare_execution(job)
     gone.prepare_job_execution(job)
     conn.hset(Keys(settings.key_prefix).running, job_id, q.owner_record("gone", 1))
-    job.meta.update(state="running", attempt=1, worker="gone")  # what the job function writes as it starts
+    job.meta.update(state="running", attempt=1, worker="gone", step=2, progress=0.25)  # as the job function wrote
     job.save_meta()
     registry = StartedJobRegistry(queue=queue)
     conn.zadd(registry.key, dict.fromkeys(conn.zrange(registry.key, 0, -1), 1))  # deadline: 1970
@@ -248,6 +248,7 @@ def test_a_worker_that_starts_after_a_long_outage_requeues_the_dead_workers_job(
     fresh.clean_registries()
     view = q.get_view(conn, job_id, settings)
     assert view.status == "queued" and "gone stopped sending heartbeats" in view.meta["requeued"], view
+    assert view.step == 0 and view.meta["progress"] == 0  # the cut attempt's progress goes with it
     assert conn.lrange(queue.key, 0, -1) == [job_id.encode()] and not conn.hexists(Keys().running, job_id)
     run_burst(settings)  # and it then runs, as attempt 2
     done = q.get_view(conn, job_id, settings)
