@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,10 +25,13 @@ import urllib.request
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.config import ApiSettings
 from service.framing import HTTP_ARG
 from worker import redis_conn
+from worker.protocol import Keys
 from worker.queue import live_workers
 
 
@@ -49,13 +53,14 @@ class Child:
     env: dict[str, str]
     proc: subprocess.Popen | None = None
     beating: bool = False  # a worker whose heartbeat this launcher has seen (cleared when it restarts)
+    missing_since: float | None = None  # when its beat was first missing from a read, while Redis took writes
     started: float = 0.0
     backoff: float = 1.0
     due: float = 0.0  # when a dead child may start again
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.cmd, env=self.env, start_new_session=True)
-        self.started, self.beating = time.monotonic(), False
+        self.started, self.beating, self.missing_since = time.monotonic(), False, None
         print(f"glimpse: {self.name} pid {self.proc.pid}", flush=True)
 
     def check(self) -> None:
@@ -84,21 +89,32 @@ class ChildFailed(Exception):
 
 def kill_hung(workers: list[Child], conn: redis.Redis, settings: ApiSettings) -> None:
     """SIGKILL a worker whose heartbeat has stopped while its process lives (hung, or stopped by a signal): with no
-    other worker, nothing would requeue its jobs. Its restart requeues them (a new worker's first sweep)."""
+    other worker, nothing would requeue its jobs. Its restart requeues them (a new worker's first sweep).
+
+    Judged only while Redis takes writes (a full Redis refuses the worker's beat, which then waits, as it should),
+    and only after the beat has been missing from every read for longer than a beat's TTL and interval: a worker
+    whose Redis just came back, or that is exiting, has not lost its beat to a hang."""
+    now = time.monotonic()
     try:
-        beating = {b.get("pid") for b in live_workers(conn, settings)}
+        conn.set(Keys(settings.key_prefix).serve_probe, b"1", px=int(settings.heartbeat_ttl * 1000))
+        beating = {(b.get("host"), b.get("pid")) for b in live_workers(conn, settings)}
     except redis.RedisError:
-        return  # no heartbeat can be read while Redis is away: that says nothing about the workers
+        for c in workers:
+            c.missing_since = None  # what was missing before the outage proves nothing after it
+        return
+    here = socket.gethostname()
     for c in workers:
         if c.proc is None or c.proc.poll() is not None:
             continue
-        if c.proc.pid in beating:
-            c.beating = True
-        elif c.beating:
+        if (here, c.proc.pid) in beating:
+            c.beating, c.missing_since = True, None
+        elif c.beating and c.missing_since is None:
+            c.missing_since = now
+        elif c.missing_since is not None and now - c.missing_since > settings.recovery_bound:
             print(f"glimpse: {c.name} (pid {c.proc.pid}) stopped sending heartbeats while running; killing it",
                   flush=True)
             c.proc.kill()
-            c.beating = False
+            c.beating, c.missing_since = False, None
 
 
 def _stop(children: list[Child], grace: float) -> None:
@@ -152,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             c.start()
         deadline = time.monotonic() + args.ready_timeout
         announced = False
-        conn = redis.Redis.from_url(url, socket_timeout=2)
+        conn = redis.Redis.from_url(url, socket_timeout=2, retry=Retry(NoBackoff(), 0))  # never stalls the loop
         next_watch = 0.0
         while not stop["signal"]:
             try:

@@ -19,7 +19,7 @@ from rq import SimpleWorker
 from rq.exceptions import StopRequested
 
 from worker import malloc, redis_conn
-from worker.heartbeat import Heartbeat
+from worker.heartbeat import SWEEP, Heartbeat
 from worker.protocol import Keys
 from worker.queue import SERIALIZER, make_queue, owner_record, requeue_orphans, requeue_own
 from worker.settings import Settings
@@ -95,10 +95,13 @@ class Worker(SimpleWorker):
     def clean_registries(self) -> None:
         """Free this stack's orphaned jobs before RQ's own cleanup: a job whose worker died long enough ago that its
         started-registry deadline passed (a stack down for minutes) would otherwise be failed by RQ as "abandoned"
-        on its first attempt, where glimpse requeues it and counts the attempt (docs/worker.md)."""
-        for job_id, outcome in requeue_orphans(self.connection, self.settings):
-            log.warning("job %s of a dead worker: %s", job_id, outcome)
-        super().clean_registries()
+        on its first attempt, where glimpse requeues it and counts the attempt (docs/worker.md). The lock keeps
+        this process's heartbeat sweep out of the middle; another process's sweep can still meet it, for the
+        milliseconds between taking a job's owner record and requeueing it."""
+        with SWEEP:
+            for job_id, outcome in requeue_orphans(self.connection, self.settings):
+                log.warning("job %s of a dead worker: %s", job_id, outcome)
+            super().clean_registries()
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):  # type: ignore[no-untyped-def]
         result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)

@@ -25,6 +25,11 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# Held by a sweep and by RQ's registry cleanup (worker.__main__.Worker.clean_registries): in one process a sweep
+# that has taken a job's owner record but not yet requeued it must not meet RQ's cleanup, which would fail the job.
+SWEEP = threading.Lock()
+
+
 class Heartbeat(threading.Thread):
     def __init__(self, conn: redis.Redis, settings: Settings, name: str, describe: Callable[[], dict[str, Any]]):
         super().__init__(name=f"heartbeat-{name}", daemon=True)
@@ -44,7 +49,9 @@ class Heartbeat(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 self.beat()
-                for job_id, outcome in requeue_orphans(self.conn, self.settings):
+                with SWEEP:
+                    freed = requeue_orphans(self.conn, self.settings)
+                for job_id, outcome in freed:
                     log.warning("job %s of a dead worker: %s", job_id, outcome)
             except redis.RedisError as e:
                 log.warning("heartbeat: %s", e)

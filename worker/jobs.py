@@ -316,7 +316,7 @@ def _requeue_all(conn: redis.Redis, rt: Runtime, entries: list[Entry], reason: s
     for other in entries[1:]:
         _release(conn, rt, other)
     leader = entries[0]
-    _save_meta(leader.job, leader.meta, state="queued", step=0, requeued=reason)
+    _save_meta(leader.job, leader.meta, state="queued", step=0, progress=0.0, scores={}, labels={}, requeued=reason)
     conn.hdel(Keys(rt.settings.key_prefix).running, leader.job.id)
 
 
@@ -404,7 +404,7 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
 
 def _release(conn: redis.Redis, rt: Runtime, entry: Entry) -> None:
     """Give a claimed job back to the queue, untouched (its own attempt will redraw it from step 1)."""
-    _save_meta(entry.job, entry.meta, state="queued", step=0)
+    _save_meta(entry.job, entry.meta, state="queued", step=0, progress=0.0, scores={}, labels={})
     conn.lpush(make_queue(conn, entry.job.origin).key, entry.job.id)
     conn.hdel(Keys(rt.settings.key_prefix).running, entry.job.id)
 
@@ -432,7 +432,7 @@ def _start(e: Entry, rt: Runtime, steps: int, chunks: int, batch_jobs: int, lm: 
     # (it resets started_at after writing it), which changed a finished job's body and ETag a millisecond later.
     _save_meta(e.job, e.meta, pipeline, state="running", step=0, steps=steps, attempt=e.attempt, worker=rt.worker_name,
                chunk=1, chunks=chunks, progress=0.0, batch_jobs=batch_jobs, returns=e.returns(lm),
-               started_at=now_iso(), scores={}, **frames)  # scores: a requeued job's are of its cut attempt
+               started_at=now_iso(), scores={}, labels={}, **frames)  # scores: a requeued job's are of its cut attempt
 
 
 def _canceled(conn: redis.Redis, keys: Keys, e: Entry) -> bool:

