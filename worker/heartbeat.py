@@ -1,6 +1,7 @@
 """The worker's heartbeat thread: publishes liveness (and the models served) and requeues orphaned jobs.
 
-Every `heartbeat_interval` s it rewrites `{p}:worker:{name}` with a TTL of `heartbeat_ttl` s, then runs
+Every `heartbeat_interval` s it rewrites `{p}:worker:{name}` with a TTL of `heartbeat_ttl` s (its models apart, in
+`{p}:worker:{name}:models`, written when they change and their TTL renewed each beat), then runs
 `worker.queue.requeue_orphans`. A worker killed with SIGKILL stops beating; its key is gone ≤ heartbeat_ttl s
 after its last beat, and the next pass of any live worker (≤ heartbeat_interval s later) puts its jobs back at the
 front of their queue: `Settings.recovery_bound` = heartbeat_ttl + heartbeat_interval (6 s by default).

@@ -543,6 +543,11 @@ class Keys:
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
 
+    def worker_models(self, name: str) -> str:
+        """The worker's models (a list of ModelInfo as JSON), apart from its beat: written when they change, their
+        TTL renewed each beat, so the beat a Redis log records each second stays small (the models are ~150 KB)."""
+        return f"{self.prefix}:worker:{name}:models"
+
     @property
     def workers(self) -> str:
         return f"{self.prefix}:workers"

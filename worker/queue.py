@@ -225,26 +225,28 @@ def list_files(conn: redis.Redis, job_id: str, settings: Settings) -> list[str]:
 
 # --- heartbeats -------------------------------------------------------------------------------------------------
 
-def _beats(conn: redis.Redis, settings: Settings) -> list[bytes]:
-    """The raw heartbeats of live workers; prunes the names whose beat has expired."""
+def _beats(conn: redis.Redis, settings: Settings) -> list[tuple[bytes, bytes]]:
+    """The raw heartbeats of live workers, each with its models' JSON (b"[]" when gone); prunes the names whose beat
+    has expired."""
     keys = Keys(settings.key_prefix)
     names = sorted(text(n) for n in conn.smembers(keys.workers))
     if not names:
         return []
-    beats = conn.mget([keys.worker(n) for n in names])
+    raw = conn.mget([k for n in names for k in (keys.worker(n), keys.worker_models(n))])
+    beats, models = raw[::2], raw[1::2]
     dead = [n for n, b in zip(names, beats, strict=True) if b is None]
     if dead:
         conn.srem(keys.workers, *dead)
-    return [b for b in map(as_bytes, beats) if b is not None]
+    return [(b, as_bytes(m) or b"[]") for b, m in zip(map(as_bytes, beats), models, strict=True) if b is not None]
 
 
 def live_workers(conn: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
     """Heartbeats of live workers (readiness: at least one, serving the model wanted). Prunes dead names."""
-    return [json.loads(b) for b in _beats(conn, settings)]
+    return [json.loads(beat) | {"models": json.loads(models)} for beat, models in _beats(conn, settings)]
 
 
-# A beat's models, parsed, by the beat's bytes: a worker rewrites its beat once a heartbeat_interval, and the API
-# looks the catalog up on every POST (parsing 13 models' JSON took 0.6 ms). Holds only the beats last seen.
+# A worker's models, parsed, by their bytes: the API looks the catalog up on every POST (parsing 13 models' JSON
+# took 0.6 ms). Holds only the model lists last seen.
 _parsed_beats: dict[bytes, list[ModelInfo]] = {}
 
 
@@ -252,7 +254,7 @@ def _beat_models(raw: bytes) -> list[ModelInfo]:
     from pydantic import ValidationError
 
     infos = []
-    for info in json.loads(raw).get("models", []):
+    for info in json.loads(raw):
         try:
             infos.append(ModelInfo.model_validate(info))
         except (ValidationError, KeyError, TypeError):
@@ -263,31 +265,48 @@ def _beat_models(raw: bytes) -> list[ModelInfo]:
 def model_catalog(conn: redis.Redis, settings: Settings) -> dict[str, ModelInfo]:
     """Models some live worker serves, by id (shared, frozen objects: not to be changed)."""
     global _parsed_beats
-    beats = _beats(conn, settings)
+    lists = [models for _, models in _beats(conn, settings)]
     memo = _parsed_beats
-    seen = {raw: memo[raw] if raw in memo else _beat_models(raw) for raw in beats}
+    seen = {raw: memo[raw] if raw in memo else _beat_models(raw) for raw in lists}
     _parsed_beats = seen  # one dict swap: safe beside other request threads
     catalog: dict[str, ModelInfo] = {}
-    for raw in beats:
+    for raw in lists:
         for info in seen[raw]:
             catalog.setdefault(info.id, info)
     return catalog
 
 
+_written_models: dict[str, bytes] = {}  # worker name -> the models JSON last written under Keys.worker_models
+
+
 def write_heartbeat(conn: redis.Redis, settings: Settings, name: str, payload: dict[str, Any]) -> None:
+    """The beat (`payload` less its "models") each time; the models only when they differ from the last written,
+    else their TTL renewed (written again if that finds them gone: a Redis restarted without them)."""
     keys = Keys(settings.key_prefix)
+    ttl = int(settings.heartbeat_ttl * 1000)
+    beat = {k: v for k, v in payload.items() if k != "models"}
+    models = json.dumps(payload.get("models", [])).encode()
+    fresh = _written_models.get(name) != models
     with conn.pipeline() as p:
-        p.set(keys.worker(name), json.dumps(payload), px=int(settings.heartbeat_ttl * 1000))
+        p.set(keys.worker(name), json.dumps(beat), px=ttl)
+        if fresh:
+            p.set(keys.worker_models(name), models, px=ttl)
+        else:
+            p.pexpire(keys.worker_models(name), ttl)
         p.sadd(keys.workers, name)
-        p.execute()
+        renewed = p.execute()[1]
+    if not fresh and not renewed:
+        conn.set(keys.worker_models(name), models, px=ttl)
+    _written_models[name] = models
 
 
 def clear_heartbeat(conn: redis.Redis, settings: Settings, name: str) -> None:
     keys = Keys(settings.key_prefix)
     with conn.pipeline() as p:
-        p.delete(keys.worker(name))
+        p.delete(keys.worker(name), keys.worker_models(name))
         p.srem(keys.workers, name)
         p.execute()
+    _written_models.pop(name, None)
 
 
 # --- ownership and recovery -------------------------------------------------------------------------------------

@@ -299,6 +299,28 @@ def test_heartbeats_list_live_workers_and_their_models(conn, settings):
     assert conn.smembers(Keys().workers) == set()  # pruned
 
 
+def test_a_beat_is_small_and_the_models_are_written_only_when_they_change(conn, settings):
+    """A Redis with its append-only log records every write: the ~150 KB model list once, then each second a beat
+    of a few hundred bytes and a TTL renewal (a log of the whole list each beat grew ~13 GB a day a worker)."""
+    keys = Keys(settings.key_prefix)
+    model = {"id": "m", "kind": "draw", "modes": {"none": "frames"}, "height": 2, "width": 2, "channels": 1,
+             "steps": 3}
+    q.write_heartbeat(conn, settings, "w5", {"name": "w5", "models": [model]})
+    assert "models" not in json.loads(conn.get(keys.worker("w5")))
+    assert set(q.model_catalog(conn, settings)) == {"m"} and q.live_workers(conn, settings)[0]["models"] == [model]
+    conn.set(keys.worker_models("w5"), b"[]", keepttl=True)  # a marker: the next beat must not write the list
+    q.write_heartbeat(conn, settings, "w5", {"name": "w5", "models": [model]})
+    assert conn.get(keys.worker_models("w5")) == b"[]" and conn.pttl(keys.worker_models("w5")) > 0  # renewed only
+    conn.delete(keys.worker_models("w5"))  # gone (a Redis restarted without it): written again
+    q.write_heartbeat(conn, settings, "w5", {"name": "w5", "models": [model]})
+    assert json.loads(conn.get(keys.worker_models("w5"))) == [model]
+    changed = model | {"steps": 4}
+    q.write_heartbeat(conn, settings, "w5", {"name": "w5", "models": [changed]})
+    assert json.loads(conn.get(keys.worker_models("w5"))) == [changed]
+    q.clear_heartbeat(conn, settings, "w5")
+    assert not conn.exists(keys.worker("w5"), keys.worker_models("w5"))
+
+
 def test_a_text_model_writes_its_training_datas_spelling(conn, redis_url, tmp_path, run_burst):
     """Penn Treebank writes numbers as "N" and the vocabulary reads them as "n" (models/vocab.py normalises): the
     sentences a job returns are spelled as the data spelled them, with the checkpoint's `spelling`, every time."""
