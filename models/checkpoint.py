@@ -73,11 +73,17 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint, *, weights_dtype: t
     }
     if weights_dtype is not None:
         manifest["weights_dtype"] = str(weights_dtype).removeprefix("torch.")
-    tmp_manifest = directory / (MANIFEST + ".tmp")
-    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp_manifest = _write_manifest_tmp(directory, manifest)
     tmp_weights.replace(directory / WEIGHTS)
     tmp_manifest.replace(directory / MANIFEST)
     return directory
+
+
+def _write_manifest_tmp(directory: Path, manifest: dict[str, Any]) -> Path:
+    """The manifest as JSON under a temporary name beside it, for the caller to rename over the real one."""
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return tmp
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -104,11 +110,8 @@ def amend_manifest(directory: str | Path, **sections: dict[str, Any]) -> None:
         raise ValueError(f"a manifest section to amend is one of training, metrics, extra; got {sorted(unknown)}")
     manifest = read_manifest(directory)
     for name, values in sections.items():
-        manifest[name] = {**manifest.get(name, {}), **values}
-    path = Path(directory) / MANIFEST
-    tmp = path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+        manifest[name] = {**(manifest.get(name) or {}), **values}
+    _write_manifest_tmp(Path(directory), manifest).replace(Path(directory) / MANIFEST)
 
 
 def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:

@@ -361,7 +361,7 @@ class ExampleSet(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str  # what it is, e.g. "Gurmukhi/character42"; short enough to be a classification label
+    name: Label  # what it is, e.g. "Gurmukhi/character42": the page sends it as a classification label
     images: list[str]  # base64 PNGs at the model's size, as uploads are sent
 
 
