@@ -92,13 +92,15 @@ def save_alignment_map(path: Path, alignments: Tensor, captions: list[str], colu
 UNITS = {"texts": "nats per sentence", "image_sets": "nats per set"}  # a family's `data` -> its bound's unit
 
 
-def save_loss_curves(path: Path, history: list[dict[str, Any]], unit: str = "nats per image") -> None:
+def save_loss_curves(path: Path, history: list[dict[str, Any]], unit: str = "nats per image",
+                     bound: str = "−ELBO") -> None:
+    """`bound`: what the family trains on (models' `bound_name`; IWAE's is −L_k, not an ELBO)."""
     plt = _pyplot()
 
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(epochs, [h["train_nll_bound"] for h in history], label="train −ELBO")
-    ax.plot(epochs, [h["val_nll_bound"] for h in history], label="validation −ELBO")
+    ax.plot(epochs, [h["train_nll_bound"] for h in history], label=f"train {bound}")
+    ax.plot(epochs, [h["val_nll_bound"] for h in history], label=f"validation {bound}")
     ax.plot(epochs, [h["val_kl"] for h in history], label="validation KL", linestyle="--")
     ax.set_xlabel("epoch")
     ax.set_ylabel(unit)

@@ -373,13 +373,14 @@ def train(config: TrainConfig) -> Progress:
                 save_run_state(best, ckpt, optimizers, progress)
             save_run_state(last, ckpt, optimizers, progress)
             artefacts.append_jsonl(run / "metrics.jsonl", row)
+            fields_: Any = getattr(model, "config", None)  # the family's Config names its bound (IWAE: −L_{k})
+            bound = getattr(model, "bound_name", "−ELBO").format(**(fields_.to_dict() if fields_ is not None else {}))
             if epoch % config.preview_every == 0 or stopped:
                 with evaluating(model):  # after the save: in train mode a resumed run would differ (tested)
                     write_previews(model, task, run, epoch)
                 artefacts.save_loss_curves(run / "loss-curves.png", progress.history,
-                                           artefacts.UNITS.get(getattr(model, "data", ""), "nats per image"))
-            fields_: Any = getattr(model, "config", None)  # the family's Config names its bound (IWAE: −L_{k})
-            bound = getattr(model, "bound_name", "−ELBO").format(**(fields_.to_dict() if fields_ is not None else {}))
+                                           artefacts.UNITS.get(getattr(model, "data", ""), "nats per image"),
+                                           bound.split(" (")[0])  # a legend holds the name, not its gloss
             print(f"epoch {epoch}: train {bound} {row['train_nll_bound']:.2f}, val {bound} {row['val_nll_bound']:.2f} "
                   f"(KL {row.get('val_kl', float('nan')):.2f}), {row['images_per_s']:.0f} img/s"
                   + "".join(f", {k.removeprefix('val_')} {v:.1%}" for k, v in row.items()
