@@ -49,7 +49,7 @@ class _QueueCollector:
         try:
             for q in self.settings.queues:
                 depth.add_metric([q], self.conn.llen(make_queue(self.conn, q).key))
-            workers.add_metric([], len(live_workers(self.conn, self.settings)))
+            workers.add_metric([], len(live_workers(self.conn, self.settings, models=False)))
         except redis.RedisError:
             return  # scrape without these rather than fail the whole scrape
         yield depth

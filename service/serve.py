@@ -97,7 +97,7 @@ def kill_hung(workers: list[Child], conn: redis.Redis, settings: ApiSettings) ->
     now = time.monotonic()
     try:
         conn.set(Keys(settings.key_prefix).serve_probe, b"1", px=int(settings.heartbeat_ttl * 1000))
-        beating = {(b.get("host"), b.get("pid")) for b in live_workers(conn, settings)}
+        beating = {(b.get("host"), b.get("pid")) for b in live_workers(conn, settings, models=False)}
     except redis.RedisError:
         for c in workers:
             c.missing_since = None  # what was missing before the outage proves nothing after it

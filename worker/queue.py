@@ -225,24 +225,27 @@ def list_files(conn: redis.Redis, job_id: str, settings: Settings) -> list[str]:
 
 # --- heartbeats -------------------------------------------------------------------------------------------------
 
-def _beats(conn: redis.Redis, settings: Settings) -> list[tuple[bytes, bytes]]:
-    """The raw heartbeats of live workers, each with its models' JSON (b"[]" when gone); prunes the names whose beat
-    has expired."""
+def _beats(conn: redis.Redis, settings: Settings, models: bool = True) -> list[tuple[bytes, bytes]]:
+    """The raw heartbeats of live workers, each with its models' JSON (b"[]" when gone, or not asked for: then not
+    read at all); prunes the names whose beat has expired."""
     keys = Keys(settings.key_prefix)
     names = sorted(text(n) for n in conn.smembers(keys.workers))
     if not names:
         return []
-    raw = conn.mget([k for n in names for k in (keys.worker(n), keys.worker_models(n))])
-    beats, models = raw[::2], raw[1::2]
+    per = 2 if models else 1
+    raw = conn.mget([k for n in names for k in (keys.worker(n), keys.worker_models(n))[:per]])
+    beats, listed = raw[::per], (raw[1::2] if models else [None] * len(names))
     dead = [n for n, b in zip(names, beats, strict=True) if b is None]
     if dead:
         conn.srem(keys.workers, *dead)
-    return [(b, as_bytes(m) or b"[]") for b, m in zip(map(as_bytes, beats), models, strict=True) if b is not None]
+    return [(b, as_bytes(m) or b"[]") for b, m in zip(map(as_bytes, beats), listed, strict=True) if b is not None]
 
 
-def live_workers(conn: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
-    """Heartbeats of live workers (readiness: at least one, serving the model wanted). Prunes dead names."""
-    return [json.loads(beat) | {"models": json.loads(models)} for beat, models in _beats(conn, settings)]
+def live_workers(conn: redis.Redis, settings: Settings, *, models: bool = True) -> list[dict[str, Any]]:
+    """Heartbeats of live workers (readiness: at least one, serving the model wanted). Prunes dead names. Without
+    `models` the ~150 KB model lists are neither read nor parsed (a count or the pids need only the beats)."""
+    return [json.loads(beat) | ({"models": json.loads(listed)} if models else {})
+            for beat, listed in _beats(conn, settings, models)]
 
 
 # A worker's models, parsed, by their bytes: the API looks the catalog up on every POST (parsing 13 models' JSON

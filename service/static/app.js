@@ -466,14 +466,8 @@ function showSent() {
 
 // The examples of an image_set job: the drawing box's content as the model reads it, added one at a time.
 function addExample() {
-  if (!state.ink) {
-    $("pad-note").textContent = "Draw an example in the box first.";
-    return false;
-  }
-  if (state.examples.length >= MAX_EXAMPLES) {
-    $("pad-note").textContent = `At most ${MAX_EXAMPLES} examples.`;
-    return false;
-  }
+  if (!state.ink) return padNote("Draw an example in the box first.");
+  if (state.examples.length >= MAX_EXAMPLES) return padNote(`At most ${MAX_EXAMPLES} examples.`);
   state.examples.push(padImage());
   clearPad();
   showExamples();
@@ -482,13 +476,10 @@ function addExample() {
 
 function showExamples() {
   const examples = state.examples || [];
-  $("set").replaceChildren(...examples.map((src, i) => {
-    const img = el("img", { src, alt: `example ${i + 1} (remove)`, title: "remove", "data-index": i });
-    return activate(img, () => {
-      state.examples.splice(i, 1);
-      showExamples();
-      refocus($("set"), i, $("add-example"));
-    });
+  $("set").replaceChildren(...thumbnails(examples, "example", (i) => {
+    state.examples.splice(i, 1);
+    showExamples();
+    refocus($("set"), i, $("add-example"));
   }));
   $("set-count").textContent = `${examples.length} example${examples.length === 1 ? "" : "s"}`;
 }

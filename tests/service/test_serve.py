@@ -44,27 +44,52 @@ def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def test_serve_starts_everything_and_stops_on_ctrl_c(checkpoints: Path, tmp_path: Path):
-    port = free_port()
+def serve_env(checkpoints: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A launcher's environment: the suite's tiny checkpoints, an embedded Redis of its own under tmp_path, beats
+    fast enough for a test; `extra` adds settings (GLIMPSE_STEP_DELAY, say)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_") and k != "REDIS_URL"}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLIMPSE_CHECKPOINTS=str(checkpoints),
                GLIMPSE_REDIS_DIR=str(tmp_path / "redis"), GLIMPSE_DEFAULT_MODEL="tiny-align",
-               GLIMPSE_HEARTBEAT_INTERVAL="0.3", GLIMPSE_HEARTBEAT_TTL="1.5", GLIMPSE_SHUTDOWN_GRACE="2")
-    log = tmp_path / "serve.log"
-    p = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port)], cwd=ROOT, env=env,
+               GLIMPSE_HEARTBEAT_INTERVAL="0.3", GLIMPSE_HEARTBEAT_TTL="1.5", GLIMPSE_SHUTDOWN_GRACE="2", **extra)
+    return env
+
+
+def start_serve(env: dict[str, str], log: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`python -m service.serve` on a free port, logging to `log`, once it says it is ready (or has exited); its
+    base URL. Stopped with Ctrl-C if the wait fails, so nothing it started is orphaned."""
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port), *args], cwd=ROOT, env=env,
                          stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: "ready at" in log.read_text() or p.poll() is not None, 90, interval=0.2,
-                 what="serve ready")
+        wait_for(lambda: "ready at" in log.read_text() or p.poll() is not None, 90, interval=0.2, what="serve ready")
+    except BaseException:
+        stop_process(p, signal.SIGINT)
+        raise
+    return p, f"http://127.0.0.1:{port}"
+
+
+def running(base: str, job_id: str) -> None:
+    wait_for(lambda: http("GET", f"{base}/v1/generations/{job_id}")[1]["status"] == "running", 30, interval=0.05,
+             what="the job to run")
+
+
+def ended(base: str, job_id: str, timeout: float = 60) -> dict:
+    """The job's body once it has succeeded or failed (a 404's problem body has no status: not yet)."""
+    return wait_for(lambda: (lambda b: b if b.get("status") in ("succeeded", "failed") else None)(
+        http("GET", f"{base}/v1/generations/{job_id}")[1]), timeout, interval=0.2, what="the job to end")
+
+
+def test_serve_starts_everything_and_stops_on_ctrl_c(checkpoints: Path, tmp_path: Path):
+    log = tmp_path / "serve.log"
+    p, base = start_serve(serve_env(checkpoints, tmp_path), log)
+    try:
         out = log.read_text()
-        assert f"ready at http://127.0.0.1:{port}" in out, out
+        assert f"ready at {base}" in out, out
         pids = [int(x) for x in re.findall(r"pid (\d+)", out)]
         assert len(pids) == 2
-        base = f"http://127.0.0.1:{port}"
         status, job = http("POST", f"{base}/v1/generations", {"caption": "the digit 2 is at the top"})
         assert status == 202, job
-        done = wait_for(lambda: (lambda b: b if b["status"] in ("succeeded", "failed") else None)(
-            http("GET", f"{base}/v1/generations/{job['id']}")[1]), 30, interval=0.1, what="job end")
+        done = ended(base, job["id"], 30)
         assert done["status"] == "succeeded"
         assert_malformed_problem(base)  # serve runs uvicorn with the problem protocol
         redis_url = re.search(r"glimpse: redis (\S+)", out).group(1)
@@ -83,30 +108,20 @@ def test_serve_starts_everything_and_stops_on_ctrl_c(checkpoints: Path, tmp_path
 def test_serve_restarts_a_killed_worker_and_the_job_is_redrawn(checkpoints: Path, tmp_path: Path):
     """`make serve` once stopped everything when its one worker died. Now: SIGKILL the worker mid-job; the API stays
     up, the launcher starts a new worker, and that worker redraws the job (attempt 2)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_") and k != "REDIS_URL"}
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLIMPSE_CHECKPOINTS=str(checkpoints),
-               GLIMPSE_REDIS_DIR=str(tmp_path / "redis"), GLIMPSE_DEFAULT_MODEL="tiny-align",
-               GLIMPSE_HEARTBEAT_INTERVAL="0.3", GLIMPSE_HEARTBEAT_TTL="1.5", GLIMPSE_SHUTDOWN_GRACE="2",
-               GLIMPSE_STEP_DELAY="1.0")  # a 5-step job of 5 s: the SIGKILL lands mid-job even on a loaded machine
     log = tmp_path / "serve.log"
-    p = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port), "--workers", "1"], cwd=ROOT,
-                         env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    # a 5-step job of 5 s: the SIGKILL lands mid-job even on a loaded machine
+    p, base = start_serve(serve_env(checkpoints, tmp_path, GLIMPSE_STEP_DELAY="1.0"), log, "--workers", "1")
     try:
-        wait_for(lambda: "ready at" in log.read_text() or p.poll() is not None, 90, interval=0.2, what="serve ready")
         assert "with 1 worker(s)" in log.read_text(), log.read_text()
         worker_pid = int(re.search(r"worker-0 pid (\d+)", log.read_text()).group(1))
         status, job = http("POST", f"{base}/v1/generations", {"caption": "the digit 2 is at the top", "seed": 5})
         assert status == 202, job
-        wait_for(lambda: http("GET", f"{base}/v1/generations/{job['id']}")[1]["status"] == "running", 30,
-                 interval=0.05, what="the job to run")
+        running(base, job["id"])
         os.kill(worker_pid, signal.SIGKILL)
         wait_for(lambda: len(re.findall(r"worker-0 pid (\d+)", log.read_text())) == 2, 30, interval=0.1,
                  what="a new worker")
         assert http("GET", f"{base}/healthz")[0] == 200 and p.poll() is None
-        done = wait_for(lambda: (lambda b: b if b["status"] in ("succeeded", "failed") else None)(
-            http("GET", f"{base}/v1/generations/{job['id']}")[1]), 60, interval=0.2, what="job end")
+        done = ended(base, job["id"])
         assert done["status"] == "succeeded" and done["attempt"] == 2, done
         assert "worker-0 (pid" in log.read_text() and "exited with status -9" in log.read_text()
         p.send_signal(signal.SIGINT)
@@ -118,29 +133,18 @@ def test_serve_restarts_a_killed_worker_and_the_job_is_redrawn(checkpoints: Path
 def test_serve_kills_and_restarts_a_worker_whose_heartbeat_stopped(checkpoints: Path, tmp_path: Path):
     """A worker stopped (SIGSTOP) mid-job lives on without a heartbeat; with no other worker nothing requeued its
     job, which read `running` for ever (the chaos review). serve kills it; the restart draws the job again."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_") and k != "REDIS_URL"}
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLIMPSE_CHECKPOINTS=str(checkpoints),
-               GLIMPSE_REDIS_DIR=str(tmp_path / "redis"), GLIMPSE_DEFAULT_MODEL="tiny-align",
-               GLIMPSE_HEARTBEAT_INTERVAL="0.3", GLIMPSE_HEARTBEAT_TTL="1.5", GLIMPSE_SHUTDOWN_GRACE="2",
-               GLIMPSE_STEP_DELAY="1.0")
     log = tmp_path / "serve.log"
-    p = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port)], cwd=ROOT, env=env,
-                         stdout=log.open("w"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    p, base = start_serve(serve_env(checkpoints, tmp_path, GLIMPSE_STEP_DELAY="1.0"), log)
     worker_pid = 0
     try:
-        wait_for(lambda: "ready at" in log.read_text() or p.poll() is not None, 90, interval=0.2, what="serve ready")
         worker_pid = int(re.search(r"worker-0 pid (\d+)", log.read_text()).group(1))
         status, job = http("POST", f"{base}/v1/generations", {"caption": "the digit 2 is at the top", "seed": 5})
         assert status == 202, job
-        wait_for(lambda: http("GET", f"{base}/v1/generations/{job['id']}")[1]["status"] == "running", 30,
-                 interval=0.05, what="the job to run")
+        running(base, job["id"])
         os.kill(worker_pid, signal.SIGSTOP)
         wait_for(lambda: "stopped sending heartbeats while running; killing it" in log.read_text(), 15, interval=0.1,
                  what="serve to see the hung worker")
-        done = wait_for(lambda: (lambda b: b if b["status"] in ("succeeded", "failed") else None)(
-            http("GET", f"{base}/v1/generations/{job['id']}")[1]), 60, interval=0.2, what="job end")
+        done = ended(base, job["id"])
         assert done["status"] == "succeeded" and done["attempt"] == 2, done
         assert gone(worker_pid) and len(re.findall(r"worker-0 pid (\d+)", log.read_text())) == 2
     finally:
@@ -160,36 +164,23 @@ def test_a_dead_embedded_redis_stops_serve_and_the_next_start_has_its_jobs(check
     """The embedded Redis killed: serve stops, saying why, instead of answering 503 for ever; its append-only log
     kept the job it had accepted (snapshots alone lost every job since the last), and the next start on the same
     directory draws it (the chaos review lost six accepted jobs this way)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_") and k != "REDIS_URL"}
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLIMPSE_CHECKPOINTS=str(checkpoints),
-               GLIMPSE_REDIS_DIR=str(tmp_path / "redis"), GLIMPSE_DEFAULT_MODEL="tiny-align",
-               GLIMPSE_HEARTBEAT_INTERVAL="0.3", GLIMPSE_HEARTBEAT_TTL="1.5", GLIMPSE_SHUTDOWN_GRACE="2",
-               GLIMPSE_STEP_DELAY="1.0")  # a 5-step job of 5 s: Redis dies while it runs
-
-    def start(log: Path) -> tuple[subprocess.Popen, str]:
-        port = free_port()
-        p = subprocess.Popen([sys.executable, "-m", "service.serve", "--port", str(port)], cwd=ROOT, env=env,
-                             stdout=log.open("w"), stderr=subprocess.STDOUT)
-        wait_for(lambda: "ready at" in log.read_text() or p.poll() is not None, 90, interval=0.2, what="serve ready")
-        assert "ready at" in log.read_text(), log.read_text()
-        return p, f"http://127.0.0.1:{port}"
-
-    first, base = start(tmp_path / "first.log")
+    env = serve_env(checkpoints, tmp_path, GLIMPSE_STEP_DELAY="1.0")  # a 5-step job of 5 s: Redis dies while it runs
+    first, base = start_serve(env, tmp_path / "first.log")
     try:
+        assert "ready at" in (tmp_path / "first.log").read_text(), (tmp_path / "first.log").read_text()
         status, job = http("POST", f"{base}/v1/generations", {"caption": "the digit 2 is at the top", "seed": 5})
         assert status == 202, job
-        wait_for(lambda: http("GET", f"{base}/v1/generations/{job['id']}")[1]["status"] == "running", 30,
-                 interval=0.05, what="the job to run")
+        running(base, job["id"])
         url = re.search(r"glimpse: redis (\S+)", (tmp_path / "first.log").read_text()).group(1)
-        os.kill(redis.Redis.from_url(url).info()["process_id"], signal.SIGKILL)  # after appendfsync's 1 s
+        os.kill(redis.Redis.from_url(url).info()["process_id"], signal.SIGKILL)  # the job is in the log already
         assert first.wait(60) == 1
         assert "the embedded Redis died; stopping" in (tmp_path / "first.log").read_text()
     finally:
         stop_process(first, signal.SIGINT)
-    second, base = start(tmp_path / "second.log")
+    second, base = start_serve(env, tmp_path / "second.log")
     try:
-        done = wait_for(lambda: (lambda b: b if b.get("status") in ("succeeded", "failed") else None)(
-            http("GET", f"{base}/v1/generations/{job['id']}")[1]), 60, interval=0.2, what="the job to end")
+        assert "ready at" in (tmp_path / "second.log").read_text(), (tmp_path / "second.log").read_text()
+        done = ended(base, job["id"])
         assert done["status"] == "succeeded" and done["attempt"] == 2, done
     finally:
         stop_process(second, signal.SIGINT)

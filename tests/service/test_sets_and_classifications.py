@@ -100,7 +100,7 @@ def test_copies_of_the_support_drawings_are_their_own_class_at_score_zero(client
     from worker.queue import get_view
 
     s = client.app.state.settings
-    with redis.Redis.from_url(s.redis_url) as conn:  # each label was written as it came (what a running job shows)
+    with redis.Redis.from_url(s.redis_url) as conn:  # in meta, where a running job's status reads them
         meta = get_view(conn, job_id, s).meta
     assert meta["labels"] == {str(j): [o["label"], o["scores"]] for j, o in enumerate(body["outputs"])}
     events = client.get(f"/v1/classifications/{job_id}/events").text
