@@ -157,9 +157,17 @@ def _joined(errors: Any, *, skip: int = 0, default: str = "") -> str:
     with "body", "query" or "path"), else `default`; a message alone where there is neither."""
     parts = []
     for e in errors:
-        where = ".".join(str(p) for p in tuple(e.get("loc", ()))[skip:]) or default
+        where = _where(tuple(e.get("loc", ()))[skip:]) or default
         parts.append(f"{where}: {_message(e)}" if where else _message(e))
     return "; ".join(parts)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    """A pydantic location as the problems our own checks write: ("support", 0, "images", 2) -> support[0].images[2]."""
+    where = ""
+    for part in loc:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+    return where
 
 
 def validation_detail(exc: ValidationError) -> str:

@@ -64,6 +64,13 @@ def test_a_seed_beside_a_walks_seeds_is_refused(client):
     assert "a walk takes its seeds in `walk.seeds`, not `seed`" in body["detail"], body  # it would change nothing
 
 
+def test_a_list_items_error_is_named_as_our_own_checks_name_it(client):
+    # pydantic locates it as ("body", "captions", 1); our own checks write captions[1], support[0].images[2]
+    body = problem(client.post("/v1/generations", json={"captions": [CAPTION, 7]}), 422, "invalid-request")
+    assert body["detail"].startswith("captions[1]: "), body
+    assert body["errors"][0]["loc"] == ["body", "captions", 1], body  # the machine-readable form stays pydantic's
+
+
 def test_empty_caption_after_tokenising(client):
     problem(client.post("/v1/generations", json={"caption": "   "}), 422, "empty-caption")
 
