@@ -149,8 +149,10 @@ def test_every_bad_classification_is_a_422_that_says_what(client):
     problem(classify(client, support(("a", good[:1] * 21), ("b", good[1:2])), good[:1]))  # 21 shots
     many = support(*((f"c{k}", drawings(20, seed=k)) for k in range(10)))  # 200 images, and one query
     assert "201 images in all" in problem(classify(client, many, good[:1]))["detail"]
-    for label in ("", "x" * 65, "tab\there"):
+    for label in ("", " ", "x" * 65, "tab\there"):
         problem(classify(client, support((label, good[:1]), ("b", good[1:2])), good[:1]))
+    # blanks at either end are dropped: "a " is the class "a", so it clashes with "a"
+    assert "'a'" in problem(classify(client, support(("a", good[:1]), (" a ", good[1:2])), good[:1]))["detail"]
     p = problem(classify(client, support(("a", good[:1]), ("b", good[1:2])), [np.zeros((12, 10))], model="tiny-draw"))
     assert "cannot classify" in p["detail"] and "'few_shot'" in p["detail"] and "['tiny-stat']" in p["detail"]
     problem(classify(client, support(("a", good[:1]), ("b", good[1:2])), good[:1], model="nope"), "unknown-model")
