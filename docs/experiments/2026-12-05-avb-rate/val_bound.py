@@ -1,0 +1,79 @@
+"""Selection on validation (2026-12-05, a fifteenth session): AVB checkpoints' −L_k with r_α as the proposal (a valid
+bound whatever T learned) on a seeded random subset of the validation digits the trainer holds out, paired image by
+image, and how far each q(z | x) has collapsed (log det of its exact covariance against the diagonal's).
+
+    .venv/bin/python docs/experiments/2026-12-05-avb-rate/val_bound.py checkpoints/avb-mnist runs/X/last \
+        [--images 100] [--k 500] [--data-dir ../shared/data] [--threads 1]
+
+The validation digits are the trainer's own: the last 5,000 MNIST training digits, binarised once with its seed
+(training/tasks.py ImagesTask); never the test set. The first checkpoint is the reference of the paired differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from models.checkpoint import load_checkpoint  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.likelihood import nll_k, subset  # noqa: E402
+from training.tasks import ImagesTask  # noqa: E402
+
+
+def validation(data_dir: str) -> torch.Tensor:
+    """The validation digits of an AVB run on dynamic MNIST (its --val-holdout 5000), binarised as the trainer does."""
+    config = TrainConfig(model="avb", dataset="mnist", data_dir=data_dir, val_holdout=5000)
+    return ImagesTask(config).val_data()["x"]
+
+
+def collapse(model, x: torch.Tensor) -> tuple[float, float]:
+    """Mean over images of log det Σ(x), q(z | x)'s exact covariance, and of log det of its diagonal."""
+    enc, c = model.encoder, model.config
+    z0, a = enc.coefficients(x)
+    _, var = enc.moments(z0, a)
+    v = enc.basis(enc.basis_nodes)  # (n, S, Z): the fixed basis draws behind r_α's moments
+    centred = v - v.mean(1, keepdim=True)
+    cov_v = torch.einsum("nsz,nsw->nzw", centred, centred) / (v.shape[1] - 1)
+    sigma = torch.einsum("bnz,bnw,nzw->bzw", a, a, cov_v) + c.var_floor * torch.eye(c.z_size)
+    full = torch.linalg.slogdet(sigma.double())[1]
+    diag = torch.log(var.double() + c.var_floor).sum(1)
+    return full.mean().item(), diag.mean().item()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--images", type=int, default=100)
+    ap.add_argument("--k", type=int, default=500)
+    ap.add_argument("--data-dir", default="../shared/data")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    x = validation(args.data_dir)
+    x = x[subset(len(x), args.images)]
+    print(f"{len(x)} seeded validation digits of {args.images}, k = {args.k}")
+    ref = None
+    for path in args.checkpoints:
+        model = load_checkpoint(path).model.eval()
+        per: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            r = nll_k(model, {"x": x}, args.k, seed=0, progress=False, per_example=per)
+            full, diag = collapse(model, x)
+        line = (f"{path}: −L_{args.k} {r[f'nll_L{args.k}']:.2f} ± {r[f'nll_L{args.k}_stderr']:.2f}, "
+                f"−ELBO same samples {r[f'neg_elbo_L{args.k}_samples']:.2f}; log det Σ {full:.1f}, diagonal {diag:.1f}")
+        if ref is None:
+            ref = per["lk"]
+        else:
+            d = -(per["lk"] - ref)
+            line += f"; minus the first: {d.mean():+.2f} ± {d.std() / math.sqrt(len(d)):.2f} (paired)"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
