@@ -8,7 +8,7 @@ towards log p(x) as k grows (Burda Theorem 1).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -23,13 +23,20 @@ def log_mean_exp(log_w: Tensor, dim: int = 0) -> Tensor:
     return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
 
 
+class Interrupted(Exception):
+    """`log_weights` was told to stop between two passes (its `stop` returned True)."""
+
+
 @torch.no_grad()
 def log_weights(model, batch: Mapping[str, Tensor], k: int, *, chunk: int = 500,
-                generator: torch.Generator | None = None, device: torch.device | None = None) -> Tensor:
+                generator: torch.Generator | None = None, device: torch.device | None = None,
+                stop: Callable[[], bool] | None = None) -> Tensor:
     """k log-weights per example, (B, k) float64 on the CPU, from z_i ~ q(z | x) with ε drawn on the CPU.
 
     A pass holds at most `chunk` rows: whole examples × k when k ≤ chunk, else `chunk` samples of one example, so
     k = 5000 needs no more memory than one chunk. `batch` holds `x` and the model's conditions, one row each.
+    `stop` is asked before every pass after the first; when it says True, Interrupted is raised (a caller that can be
+    cancelled waits one pass, not one example's k samples).
     """
     device = device or next(model.parameters()).device
     n = batch["x"].shape[0]
@@ -41,6 +48,8 @@ def log_weights(model, batch: Mapping[str, Tensor], k: int, *, chunk: int = 500,
         rows = range(lo, min(n, lo + per))
         done = 0
         while done < k:
+            if stop is not None and (lo or done) and stop():
+                raise Interrupted
             m = min(k - done, chunk)
             part = {key: v[rows.start : rows.stop].to(device) for key, v in batch.items()}
             noise = torch.randn(len(rows) * m, *shape, generator=generator).to(device)  # row r's m samples together
@@ -54,11 +63,12 @@ def log_weights(model, batch: Mapping[str, Tensor], k: int, *, chunk: int = 500,
 
 
 def importance_weighted(model, batch: Mapping[str, Tensor], k: int, *, chunk: int = 500,
-                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                        generator: torch.Generator | None = None,
+                        stop: Callable[[], bool] | None = None) -> tuple[Tensor, Tensor]:
     """(L_k, mean log-weight) per example, both (B,) float64, from the same k samples.
 
     The mean log-weight is a k-sample ELBO estimate, so L_k minus it is the bound gap with little noise (never
     negative: a log-mean-exp is at least the mean).
     """
-    log_w = log_weights(model, batch, k, chunk=chunk, generator=generator)
+    log_w = log_weights(model, batch, k, chunk=chunk, generator=generator, stop=stop)
     return log_mean_exp(log_w, dim=1), log_w.mean(1)

@@ -46,7 +46,7 @@ from rq import Retry, get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from models.bounds import importance_weighted
+from models.bounds import Interrupted, importance_weighted
 from models.sampling import Step, draw_noise, lerp, sample
 from worker import conditions, render
 from worker.protocol import (
@@ -336,6 +336,7 @@ def public_error(e: BaseException, limit: int = 300) -> str:
     return printable(f"{type(e).__name__}: {e}", limit)
 
 
+CANCEL_POLL = 0.25  # seconds between a likelihood job's reads of its cancel flag within one image
 BATCHED = ("none", "caption", "images", "image_set")  # conditions whose rows share sampler calls across jobs
 
 
@@ -651,11 +652,29 @@ def _score(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, job: Likel
                                     lm.info.max_caption_tokens or lm.vocab.max_length)
     _start(e, rt, len(job.inputs), 1, 1, lm)
     generator = torch.Generator().manual_seed((e.request.seeds or [0])[0])
+    asked = time.monotonic()
+
+    def stopping() -> bool:
+        """Between two passes of one image's k samples (k = 5000 is ten passes, seconds for a conv net on a CPU):
+        the shutdown grace is over, or a client cancelled (Redis read at most every CANCEL_POLL seconds)."""
+        nonlocal asked
+        if guard.stop:
+            return True
+        if time.monotonic() - asked < CANCEL_POLL:
+            return False
+        asked = time.monotonic()
+        return _canceled(conn, keys, e)
+
     for j in range(len(job.inputs)):
         if _canceled(conn, keys, e):
             break
         batch = {"x": x[j : j + 1], **{name: v[j : j + 1] for name, v in given.items()}}
-        lk, mean = importance_weighted(lm.model, batch, job.k, generator=generator)
+        try:
+            lk, mean = importance_weighted(lm.model, batch, job.k, generator=generator, stop=stopping)
+        except Interrupted:  # this image's score is dropped: a requeued job starts again, a cancelled one ends here
+            if guard.stop:
+                return True
+            break
         e.scores[j] = Score(nll=-float(lk[0]), elbo=float(mean[0]), k=job.k)
         e.steps_done = j + 1
         _save_meta(e.job, e.meta, step=j + 1, progress=round((j + 1) / len(job.inputs), 4),  # readable as they come

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.bounds import importance_weighted, log_mean_exp, log_weights
+from models.bounds import Interrupted, importance_weighted, log_mean_exp, log_weights
 from models.draw import DRAW
 from tests.models.conftest import TINY_DRAW, block_images
 
@@ -54,3 +54,32 @@ def test_one_sample_is_the_elbo_estimate(draw):
     x = block_images(2, 12, 10)
     lk, mean = importance_weighted(draw, {"x": x}, 1, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(lk, mean, rtol=0, atol=1e-12)
+
+
+def test_stop_is_asked_between_passes_and_interrupts_there(draw):
+    x = block_images(2, 12, 10)  # k = 12 in passes of 5: 3 passes an image, 6 in all
+    asked: list[int] = []
+
+    def never() -> bool:
+        asked.append(1)
+        return False
+
+    free = log_weights(draw, {"x": x}, 12, chunk=5, generator=torch.Generator().manual_seed(9))
+    asked_along = log_weights(draw, {"x": x}, 12, chunk=5, generator=torch.Generator().manual_seed(9), stop=never)
+    assert torch.equal(free, asked_along) and len(asked) == 5  # before every pass but the first
+
+    passes = 0
+    real = draw.log_weight
+
+    def counted(*args, **kwargs):
+        nonlocal passes
+        passes += 1
+        return real(*args, **kwargs)
+
+    draw.log_weight = counted
+    try:
+        with pytest.raises(Interrupted):
+            log_weights(draw, {"x": x}, 12, chunk=5, stop=lambda: passes >= 4)
+    finally:
+        del draw.log_weight
+    assert passes == 4  # it stopped at the first pass boundary after the stop said so

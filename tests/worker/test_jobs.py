@@ -201,6 +201,39 @@ def test_cancel_a_running_job_stops_within_one_step(conn, settings, run_burst):
     assert q.cancel(conn, job_id, slow) is False  # already over
 
 
+def test_cancel_reaches_a_likelihood_job_inside_one_images_k_samples(conn, settings, run_burst, loaded_models,
+                                                                    monkeypatch):
+    """k = 5000 is ten passes of 500 samples an image (seconds each for a conv net on a CPU): a cancel is read between
+    passes, not only between images. Each pass here takes ≥ 0.1 s and the cancel comes during the first, so the
+    worker's first read of the flag (CANCEL_POLL = 0.25 s after the image began) falls by the third pass."""
+    from worker.jobs import CANCEL_POLL
+    from worker.protocol import Likelihood, input_name
+
+    assert CANCEL_POLL <= 0.25
+    model = loaded_models["tiny-draw"].model
+    real, passes = model.log_weight, []
+    job_id = q.new_job_id()
+
+    def slow(*args, **kwargs):
+        passes.append(time.monotonic())
+        if len(passes) == 1:
+            assert q.cancel(conn, job_id, settings)  # a client's DELETE while the first pass runs
+        time.sleep(0.1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "log_weight", slow)
+    png = io.BytesIO()
+    Image.new("L", (10, 12), 255).save(png, format="PNG")  # tiny-draw's 12 × 10
+    conn.hset(Keys(settings.key_prefix).files(job_id), mapping={input_name(j): png.getvalue() for j in range(2)})
+    job = request(model="tiny-draw", captions=None, condition=Likelihood(inputs=[input_name(0), input_name(1)], k=5000))
+    q.enqueue_view(conn, job, settings, job_id=job_id)
+    run_burst(settings)
+    view = q.get_view(conn, job_id, settings)
+    assert view.status == "canceled" and view.result["steps_done"] == 0, view.result
+    assert [o["score"] for o in view.result["outputs"]] == [None, None]  # the cut image's score is not half a one
+    assert len(passes) <= 3, len(passes)  # of the first image's ten
+
+
 def test_cancel_a_waiting_job(conn, settings, run_burst):
     job_id, _ = q.enqueue_generation(conn, request(), settings)
     other, _ = q.enqueue_generation(conn, request(), settings)
