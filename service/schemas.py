@@ -165,7 +165,7 @@ class LikelihoodCreate(BaseModel):
 class SupportClass(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    label: Label = Field(description=f"1..{MAX_LABEL_CHARS} printable characters once blanks at either end are "
+    label: Label = Field(description=f"1..{MAX_LABEL_CHARS} printable characters once whitespace at either end is "
                                      "dropped, distinct across classes")
     images: Annotated[list[ImageData], Field(min_length=1, max_length=MAX_SHOTS, description=IMAGES_DOC)]
 

@@ -671,10 +671,10 @@ def _score(conn: redis.Redis, rt: Runtime, lm: LoadedModel, e: Entry, job: Likel
         batch = {"x": x[j : j + 1], **{name: v[j : j + 1] for name, v in given.items()}}
         try:
             lk, mean = importance_weighted(lm.model, batch, job.k, generator=generator, stop=stopping)
-        except Interrupted:  # this image's score is dropped: a requeued job starts again, a cancelled one ends here
-            if guard.stop:
-                return True
-            break
+        except Interrupted:  # this image's score is dropped: a cancelled job ends here, a shut-down one is requeued
+            if e.canceled:
+                break
+            return True
         e.scores[j] = Score(nll=-float(lk[0]), elbo=float(mean[0]), k=job.k)
         e.steps_done = j + 1
         _save_meta(e.job, e.meta, step=j + 1, progress=round((j + 1) / len(job.inputs), 4),  # readable as they come

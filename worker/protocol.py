@@ -74,7 +74,7 @@ def _printable(label: str) -> str:
     return label
 
 
-# leading and trailing blanks are dropped, so "a " and "a" are one class, not two that read the same
+# whitespace at either end is dropped (str.strip), so "a " and "a" are one class, not two that read the same
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_LABEL_CHARS),
                   AfterValidator(_printable)]
 

@@ -56,7 +56,7 @@ def test_one_sample_is_the_elbo_estimate(draw):
     torch.testing.assert_close(lk, mean, rtol=0, atol=1e-12)
 
 
-def test_stop_is_asked_between_passes_and_interrupts_there(draw):
+def test_stop_is_asked_between_passes_and_interrupts_there(draw, monkeypatch):
     x = block_images(2, 12, 10)  # k = 12 in passes of 5: 3 passes an image, 6 in all
     asked: list[int] = []
 
@@ -76,10 +76,7 @@ def test_stop_is_asked_between_passes_and_interrupts_there(draw):
         passes += 1
         return real(*args, **kwargs)
 
-    draw.log_weight = counted
-    try:
-        with pytest.raises(Interrupted):
-            log_weights(draw, {"x": x}, 12, chunk=5, stop=lambda: passes >= 4)
-    finally:
-        del draw.log_weight
+    monkeypatch.setattr(draw, "log_weight", counted)
+    with pytest.raises(Interrupted):
+        log_weights(draw, {"x": x}, 12, chunk=5, stop=lambda: passes >= 4)
     assert passes == 4  # it stopped at the first pass boundary after the stop said so

@@ -151,8 +151,8 @@ def test_every_bad_classification_is_a_422_that_says_what(client):
     assert "201 images in all" in problem(classify(client, many, good[:1]))["detail"]
     for label in ("", " ", "x" * 65, "tab\there"):
         problem(classify(client, support((label, good[:1]), ("b", good[1:2])), good[:1]))
-    # blanks at either end are dropped: "a " is the class "a", so it clashes with "a"
-    assert "'a'" in problem(classify(client, support(("a", good[:1]), (" a ", good[1:2])), good[:1]))["detail"]
+    # whitespace at either end is dropped: " a\t" is the class "a", so it clashes with "a"
+    assert "'a'" in problem(classify(client, support(("a", good[:1]), (" a\t", good[1:2])), good[:1]))["detail"]
     p = problem(classify(client, support(("a", good[:1]), ("b", good[1:2])), [np.zeros((12, 10))], model="tiny-draw"))
     assert "cannot classify" in p["detail"] and "'few_shot'" in p["detail"] and "['tiny-stat']" in p["detail"]
     problem(classify(client, support(("a", good[:1]), ("b", good[1:2])), good[:1], model="nope"), "unknown-model")

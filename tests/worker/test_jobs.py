@@ -207,7 +207,6 @@ def test_cancel_reaches_a_likelihood_job_inside_one_images_k_samples(conn, setti
     passes, not only between images. Each pass here takes ≥ 0.1 s and the cancel comes during the first, so the
     worker's first read of the flag (CANCEL_POLL = 0.25 s after the image began) falls by the third pass."""
     from worker.jobs import CANCEL_POLL
-    from worker.protocol import Likelihood, input_name
 
     assert CANCEL_POLL <= 0.25
     model = loaded_models["tiny-draw"].model
@@ -222,16 +221,64 @@ def test_cancel_reaches_a_likelihood_job_inside_one_images_k_samples(conn, setti
         return real(*args, **kwargs)
 
     monkeypatch.setattr(model, "log_weight", slow)
-    png = io.BytesIO()
-    Image.new("L", (10, 12), 255).save(png, format="PNG")  # tiny-draw's 12 × 10
-    conn.hset(Keys(settings.key_prefix).files(job_id), mapping={input_name(j): png.getvalue() for j in range(2)})
-    job = request(model="tiny-draw", captions=None, condition=Likelihood(inputs=[input_name(0), input_name(1)], k=5000))
-    q.enqueue_view(conn, job, settings, job_id=job_id)
+    q.enqueue_view(conn, _likelihood_job(conn, settings, job_id, k=5000), settings, job_id=job_id)
     run_burst(settings)
     view = q.get_view(conn, job_id, settings)
     assert view.status == "canceled" and view.result["steps_done"] == 0, view.result
     assert [o["score"] for o in view.result["outputs"]] == [None, None]  # the cut image's score is not half a one
     assert len(passes) <= 3, len(passes)  # of the first image's ten
+
+
+def test_a_shutdown_inside_one_images_samples_requeues_the_likelihood_job_which_reruns_to_the_same_scores(
+        conn, settings, run_burst, loaded_models, monkeypatch):
+    """The shutdown grace ends during the first image's first pass (of two at k = 1000): the job goes back on the
+    queue with no scores, and its rerun, drawing its samples from the job's seed again, scores as one that was never
+    cut short."""
+    from worker import jobs
+
+    model = loaded_models["tiny-draw"].model
+    real, passes = model.log_weight, []
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "log_weight", counted)
+    whole = q.new_job_id()
+    q.enqueue_view(conn, _likelihood_job(conn, settings, whole, k=1000), settings, job_id=whole)
+    run_burst(settings)
+    assert len(passes) == 4
+    cut = q.new_job_id()
+    q.enqueue_view(conn, _likelihood_job(conn, settings, cut, k=1000, seed=q.get_view(conn, whole, settings).seeds[0]),
+                   settings, job_id=cut)
+    monkeypatch.setattr(jobs.ShutdownGuard, "stop", property(lambda guard: len(passes) == 5))  # the first attempt's
+    requeued: list[dict] = []
+    real_save = jobs._save_meta
+
+    def watched(job, meta, *pipeline, **update):
+        real_save(job, meta, *pipeline, **update)
+        if update.get("requeued"):
+            requeued.append(dict(meta))
+
+    monkeypatch.setattr(jobs, "_save_meta", watched)
+    run_burst(settings)
+    assert len(passes) == 4 + 1 + 4  # one pass of the cut attempt, then the whole rerun
+    assert requeued and requeued[0]["scores"] == {} and requeued[0]["state"] == "queued", requeued
+    rerun, once = (q.get_view(conn, j, settings) for j in (cut, whole))
+    assert rerun.status == "succeeded" and rerun.result["attempt"] == 2, rerun.result
+    assert [o["score"] for o in rerun.result["outputs"]] == [o["score"] for o in once.result["outputs"]]
+
+
+def _likelihood_job(conn, settings, job_id: str, *, k: int, seed: int | None = None):
+    """A likelihood job of two blank 12 × 10 uploads for tiny-draw, its inputs stored as the API stores them."""
+    from worker.protocol import Likelihood, input_name
+
+    png = io.BytesIO()
+    Image.new("L", (10, 12), 255).save(png, format="PNG")
+    conn.hset(Keys(settings.key_prefix).files(job_id), mapping={input_name(j): png.getvalue() for j in range(2)})
+    job = request(model="tiny-draw", captions=None, condition=Likelihood(inputs=[input_name(0), input_name(1)], k=k),
+                  **({"seeds": [seed]} if seed is not None else {}))
+    return job
 
 
 def test_cancel_a_waiting_job(conn, settings, run_burst):

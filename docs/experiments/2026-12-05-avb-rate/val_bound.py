@@ -56,8 +56,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     x = validation(args.data_dir)
-    x = x[subset(len(x), args.images)]
-    print(f"{len(x)} seeded validation digits of {args.images}, k = {args.k}")
+    held = len(x)
+    x = x[subset(held, args.images)]
+    print(f"{len(x)} seeded validation digits of the {held}, k = {args.k}")
     ref = None
     for path in args.checkpoints:
         model = load_checkpoint(path).model.eval()
