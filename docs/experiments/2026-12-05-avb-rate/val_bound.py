@@ -32,18 +32,31 @@ def validation(data_dir: str) -> torch.Tensor:
     return ImagesTask(config).val_data()["x"]
 
 
-def collapse(model, x: torch.Tensor) -> tuple[float, float]:
-    """Mean over images of log det Σ(x), q(z | x)'s exact covariance, and of log det of its diagonal."""
+def collapse(model, x: torch.Tensor) -> tuple[float, float, float]:
+    """Means over images of log det Σ(x), q(z | x)'s exact covariance (plus r_α's variance floor), of log det of its
+    diagonal, and of KL(N(μ, Σ) ‖ N(0, I)) without the floor: a lower bound on KL(q(z | x) ‖ p(z)), since E_q log p(z)
+    depends on q's first two moments only and no density with them has more entropy than the Gaussian."""
     enc, c = model.encoder, model.config
     z0, a = enc.coefficients(x)
-    _, var = enc.moments(z0, a)
+    mean, var = enc.moments(z0, a)
     v = enc.basis(enc.basis_nodes)  # (n, S, Z): the fixed basis draws behind r_α's moments
-    centred = v - v.mean(1, keepdim=True)
+    centred = (v - v.mean(1, keepdim=True)).double()
     cov_v = torch.einsum("nsz,nsw->nzw", centred, centred) / (v.shape[1] - 1)
-    sigma = torch.einsum("bnz,bnw,nzw->bzw", a, a, cov_v) + c.var_floor * torch.eye(c.z_size)
-    full = torch.linalg.slogdet(sigma.double())[1]
+    exact = torch.einsum("bnz,bnw,nzw->bzw", a.double(), a.double(), cov_v)
+    eye = torch.eye(c.z_size, dtype=torch.float64)
+    full = torch.linalg.slogdet(exact + c.var_floor * eye)[1]
     diag = torch.log(var.double() + c.var_floor).sum(1)
-    return full.mean().item(), diag.mean().item()
+    kl_floor = 0.5 * (torch.diagonal(exact, dim1=1, dim2=2).sum(1) + mean.double().pow(2).sum(1) - c.z_size
+                      - torch.linalg.slogdet(exact)[1])
+    return full.mean().item(), diag.mean().item(), kl_floor.mean().item()
+
+
+def kl_through_t(model, x: torch.Tensor, samples: int) -> float:
+    """The KL term the encoder is charged in training, T(x, z̄) + log r_α(z | x) − log p(z), averaged over `samples`
+    draws of z per image and over the images: the adversary's estimate of KL(q(z | x) ‖ p(z))."""
+    rows = x.repeat_interleave(samples, 0)
+    noise = torch.randn(len(rows), *model.loss_noise_shape(), generator=torch.Generator().manual_seed(1))
+    return model.loss({"x": rows}, noise).terms["kl"].mean().item()
 
 
 def main() -> None:
@@ -65,9 +78,11 @@ def main() -> None:
         per: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             r = nll_k(model, {"x": x}, args.k, seed=0, progress=False, per_example=per)
-            full, diag = collapse(model, x)
+            full, diag, kl_floor = collapse(model, x)
+            kl_t = kl_through_t(model, x, 64)
         line = (f"{path}: −L_{args.k} {r[f'nll_L{args.k}']:.2f} ± {r[f'nll_L{args.k}_stderr']:.2f}, "
-                f"−ELBO same samples {r[f'neg_elbo_L{args.k}_samples']:.2f}; log det Σ {full:.1f}, diagonal {diag:.1f}")
+                f"−ELBO same samples {r[f'neg_elbo_L{args.k}_samples']:.2f}; log det Σ {full:.1f}, "
+                f"diagonal {diag:.1f}; KL through T {kl_t:.1f}, at least {kl_floor:.1f} (moment-matched Gaussian)")
         if ref is None:
             ref = per["lk"]
         else:
