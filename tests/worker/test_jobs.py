@@ -266,6 +266,7 @@ def test_a_shutdown_inside_one_images_samples_requeues_the_likelihood_job_which_
     assert requeued and requeued[0]["scores"] == {} and requeued[0]["state"] == "queued", requeued
     rerun, once = (q.get_view(conn, j, settings) for j in (cut, whole))
     assert rerun.status == "succeeded" and rerun.result["attempt"] == 2, rerun.result
+    assert all(o["score"] for o in once.result["outputs"])  # two real scores, not two Nones
     assert [o["score"] for o in rerun.result["outputs"]] == [o["score"] for o in once.result["outputs"]]
 
 
@@ -276,9 +277,8 @@ def _likelihood_job(conn, settings, job_id: str, *, k: int, seed: int | None = N
     png = io.BytesIO()
     Image.new("L", (10, 12), 255).save(png, format="PNG")
     conn.hset(Keys(settings.key_prefix).files(job_id), mapping={input_name(j): png.getvalue() for j in range(2)})
-    job = request(model="tiny-draw", captions=None, condition=Likelihood(inputs=[input_name(0), input_name(1)], k=k),
-                  **({"seeds": [seed]} if seed is not None else {}))
-    return job
+    return request(model="tiny-draw", captions=None, condition=Likelihood(inputs=[input_name(0), input_name(1)], k=k),
+                   **({"seeds": [seed]} if seed is not None else {}))
 
 
 def test_cancel_a_waiting_job(conn, settings, run_burst):
