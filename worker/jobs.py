@@ -83,6 +83,7 @@ from worker.queue import (
     now_iso,
     owner_record,
     printable,
+    queued_again,
 )
 from worker.redis_conn import text
 from worker.registry import LoadedModel, load_models, pick_device
@@ -316,7 +317,7 @@ def _requeue_all(conn: redis.Redis, rt: Runtime, entries: list[Entry], reason: s
     for other in entries[1:]:
         _release(conn, rt, other)
     leader = entries[0]
-    _save_meta(leader.job, leader.meta, state="queued", step=0, progress=0.0, scores={}, labels={}, requeued=reason)
+    _save_meta(leader.job, leader.meta, **queued_again(), requeued=reason)
     conn.hdel(Keys(rt.settings.key_prefix).running, leader.job.id)
 
 
@@ -405,7 +406,7 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
 
 def _release(conn: redis.Redis, rt: Runtime, entry: Entry) -> None:
     """Give a claimed job back to the queue, untouched (its own attempt will redraw it from step 1)."""
-    _save_meta(entry.job, entry.meta, state="queued", step=0, progress=0.0, scores={}, labels={})
+    _save_meta(entry.job, entry.meta, **queued_again())
     conn.lpush(make_queue(conn, entry.job.origin).key, entry.job.id)
     conn.hdel(Keys(rt.settings.key_prefix).running, entry.job.id)
 

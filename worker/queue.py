@@ -356,6 +356,12 @@ def owner_record(worker: str, attempt: int) -> str:
     return json.dumps({"worker": worker, "attempt": attempt, "since": now_iso()})
 
 
+def queued_again() -> dict[str, Any]:
+    """The meta fields of a job put back on the queue: nothing of the cut attempt's progress, scores or labels
+    shows (new dicts each call, as meta is updated in place)."""
+    return {"state": "queued", "step": 0, "progress": 0.0, "scores": {}, "labels": {}}
+
+
 def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str) -> str:
     """Put a job whose run was cut short back at the front of its queue, or fail it after max_attempts.
 
@@ -391,7 +397,7 @@ def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str) -> 
                                                exc_string=message, pipeline=p)
             p.execute()
         return "failed"
-    meta.update(state="queued", step=0, progress=0.0, scores={}, labels={}, requeued=reason, updated_at=now_iso())
+    meta.update(queued_again(), requeued=reason, updated_at=now_iso())
     job.meta = meta
     job.save_meta()
     queue.enqueue_job(job, at_front=True)
