@@ -229,6 +229,16 @@ class ImplicitEncoder(nn.Module):
         z0, a = z0.detach(), a.detach()
         return z0 + torch.einsum("bnz,nz->bz", a, mean_v), torch.einsum("bnz,nz->bz", a * a, var_v)
 
+    @torch.no_grad()
+    def covariance(self, a: Tensor) -> Tensor:
+        """Cov[z | x] (B, Z, Z) in float64: Σ_i diag(a_i) Cov[v_i] diag(a_i), Cov[v_i] over the same fixed basis draws
+        as `basis_moments`, so its diagonal is `moments`' variance. For diagnostics: r_α keeps the diagonal only."""
+        v = self.basis(self.basis_nodes).double()  # (n, S, Z)
+        centred = v - v.mean(1, keepdim=True)
+        cov_v = torch.einsum("nsz,nsw->nzw", centred, centred) / (v.shape[1] - 1)
+        a = a.double()
+        return torch.einsum("bnz,bnw,nzw->bzw", a, a, cov_v)
+
 
 class GaussianEncoder(nn.Module):
     """The baseline's q(z | x) = N(μ, σ²): the same trunk, then linear heads μ and log σ (the official VAE conv0)."""

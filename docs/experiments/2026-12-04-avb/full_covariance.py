@@ -45,10 +45,7 @@ def main() -> None:
     with torch.no_grad():
         z0, a = enc.coefficients(x)
         mean, var = enc.moments(z0, a)
-        v = enc.basis(enc.basis_nodes)  # (n, S, Z): the fixed basis draws
-        centred = v - v.mean(1, keepdim=True)
-        cov_v = torch.einsum("nsz,nsw->nzw", centred, centred) / (v.shape[1] - 1)
-        sigma = torch.einsum("bnz,bnw,nzw->bzw", a, a, cov_v) + c.var_floor * torch.eye(c.z_size)
+        sigma = enc.covariance(a).float() + c.var_floor * torch.eye(c.z_size)  # from the fixed basis draws
         assert torch.allclose(torch.diagonal(sigma, dim1=1, dim2=2), var + c.var_floor, rtol=1e-4, atol=1e-6)
         chol = torch.linalg.cholesky(sigma)
         sd = torch.diagonal(sigma, dim1=1, dim2=2).sqrt()

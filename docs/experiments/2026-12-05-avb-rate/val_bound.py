@@ -39,10 +39,7 @@ def collapse(model, x: torch.Tensor) -> tuple[float, float, float]:
     enc, c = model.encoder, model.config
     z0, a = enc.coefficients(x)
     mean, var = enc.moments(z0, a)
-    v = enc.basis(enc.basis_nodes)  # (n, S, Z): the fixed basis draws behind r_α's moments
-    centred = (v - v.mean(1, keepdim=True)).double()
-    cov_v = torch.einsum("nsz,nsw->nzw", centred, centred) / (v.shape[1] - 1)
-    exact = torch.einsum("bnz,bnw,nzw->bzw", a.double(), a.double(), cov_v)
+    exact = enc.covariance(a)
     eye = torch.eye(c.z_size, dtype=torch.float64)
     full = torch.linalg.slogdet(exact + c.var_floor * eye)[1]
     diag = torch.log(var.double() + c.var_floor).sum(1)
