@@ -14,6 +14,12 @@ stop-gradient) the KL term is the official code's `KL = Td + logr − logz`:
 
     log q(z | x) − log p(z) = [log q(z̄ | x) − log N(z̄; 0, I)] + log r_α(z | x) − log p(z),   T(x, z̄) ≈ the bracket.
 
+`contrast="full"` (not in the paper) takes r_α = N(μ, Σ(x)) with the encoder's exact covariance Σ(x) (below) instead
+of its diagonal, and z̄ = L⁻¹(z − μ) with L Lᵀ = Σ(x): the identity holds for any Gaussian r, and with this one
+log r_α charges a q(z | x) squeezed onto a thin subspace for its small determinant, where the diagonal charges
+only the per-dimension variances and leaves T to find the rest (the collapse measured in
+docs/experiments/2026-12-05-avb-rate.md: T underestimated the KL there by 55 nats or more).
+
 T is an MLP's output f(x, z) plus ½‖z‖², as the official code adds to T ("adds log p(z)" in the notes: it is
 −log p(z) up to a constant, the sign that makes T* = log q − log p), so f itself only has to learn log q. Its x
 arrives through the adversary's own conv trunk and joins z in the MLP's first layer (the official avb_mnist_32_ac
@@ -25,7 +31,8 @@ Encoder (official `conv0_ac`): conv trunk → z₀(x) and a_i(x) = elu(linear �
 ε_i ~ N(0, I_eps), each through its own ELU MLP to v_i; z = z₀ + Σ_i a_i ⊙ v_i. The v_i do not depend on x and are
 independent of one another, so the moments of z given x are exact in x:
 
-    E[z | x] = z₀(x) + Σ_i a_i(x) ⊙ E[v_i],      Var[z | x] = Σ_i a_i(x)² ⊙ Var[v_i].
+    E[z | x] = z₀(x) + Σ_i a_i(x) ⊙ E[v_i],      Var[z | x] = Σ_i a_i(x)² ⊙ Var[v_i],
+    Cov[z | x] = Σ_i diag(a_i(x)) Cov[v_i] diag(a_i(x)).
 
 E[v_i] and Var[v_i] are Monte Carlo estimates, as in the official code, which takes `tf.nn.moments` of v_i over the
 training batch's own 128 draws of ε_i (fresh each step, so its r_α changes with the batch). Here they come from a
@@ -37,10 +44,10 @@ which is what makes log_weight a valid importance weight.
 The estimate's error only moves r_α; the AC identity above holds for any Gaussian r, T absorbs the difference.
 σ² = Var[z | x] + `var_floor` everywhere (the official standardises with √(Var + 1e-4) but takes log r with Var).
 
-Bound (the CPU protocol of papers.md §5.3): log_weight is log p(x, z) − log r_α(z | x) at z ~ r_α, so
-models.bounds' L_k with r_α as the proposal is a valid lower bound on log p(x) whatever T learned; `Losses.bound` is
-the approximate −ELBO through T (reconstruction + KL term), which validation and early stopping use and which is no
-bound.
+Bound (the CPU protocol of papers.md §5.3): log_weight is log p(x, z) − log r_α(z | x) at z ~ r_α (diagonal or full,
+as the model trained), so models.bounds' L_k with r_α as the proposal is a valid lower bound on log p(x) whatever T
+learned; `Losses.bound` is the approximate −ELBO through T (reconstruction + KL term), which validation and early
+stopping use and which is no bound.
 
 `objective="vae"` is the issue's baseline: the same trunk with a Gaussian head (μ, log σ), analytic KL, one optimiser
 group, no adversary, the same decoder.
@@ -71,6 +78,7 @@ from models.family import Losses, Step
 from models.gaussian import kl_standard_normal, log_density, log_standard_density, reparameterise
 
 _OBJECTIVES = ("avb", "vae")
+_CONTRASTS = ("diagonal", "full")
 _NODES_SEED = 20170301  # the fixed basis-noise draws behind E[v_i], Var[v_i]: any seed, but always the same one
 _A_SHIFT = 5.0  # a_i = elu(linear − 5) + 1: starts near e^−5, so q starts nearly deterministic (conv0_ac)
 _LEAK = 0.2  # the official adversary's leaky ReLU
@@ -89,6 +97,7 @@ class AVBConfig:
     basis_hidden: tuple[int, ...] = (128, 128, 128)  # each ε_i -> v_i ELU MLP (conv0_ac's three 128s)
     basis_samples: int = 1024  # fixed draws of each ε_i estimating E[v_i], Var[v_i] (official: the batch's 128)
     adaptive_contrast: bool = True  # T sees z̄ against N(0, I), KL adds log r_α − log p; False: T sees z, KL = T
+    contrast: str = "diagonal"  # r_α's covariance: the paper's "diagonal", or "full" (Cov[z | x] exact, module doc)
     objective: str = "avb"  # "avb", or "vae": the Gaussian-encoder baseline (analytic KL, no adversary)
     conv: tuple[int, ...] = (64, 128, 256, 512)  # encoder trunk channels, 5×5, df_dim × (1, 2, 4, 8)
     deconv: tuple[int, ...] = (512, 256, 128, 64)  # decoder channels before the output conv, gf_dim × (8, 4, 2, 1)
@@ -99,6 +108,11 @@ class AVBConfig:
     def __post_init__(self) -> None:
         if self.objective not in _OBJECTIVES:
             raise ValueError(f"objective must be one of {_OBJECTIVES}, got {self.objective!r}")
+        if self.contrast not in _CONTRASTS:
+            raise ValueError(f"contrast must be one of {_CONTRASTS}, got {self.contrast!r}")
+        if self.contrast == "full" and not (self.adaptive_contrast and self.objective == "avb"):
+            raise ValueError("contrast='full' is a kind of adaptive contrast: it needs objective 'avb' and "
+                             "adaptive_contrast")
         for name in ("conv", "deconv", "basis_hidden", "adversary_conv", "adversary_hidden"):
             # JSON hands back lists; a tuple keeps the config hashable and ==
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
@@ -133,6 +147,51 @@ def _init(module: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+@dataclass(frozen=True)
+class GaussianProposal:
+    """N(mean, Σ) over z, one per row: Σ = diag(σ²) from `log_sigma` (r_α's diagonal contrast, the VAE's q), or
+    Σ = L Lᵀ from the lower-triangular `scale_tril` L (the full contrast); exactly one of the two is set. mean (B, Z),
+    log_sigma (B, Z), scale_tril (B, Z, Z); z and ε are (B, Z), or (B, m, Z) for m draws of each row."""
+
+    mean: Tensor
+    log_sigma: Tensor | None = None
+    scale_tril: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.log_sigma is None) == (self.scale_tril is None):
+            raise ValueError("a GaussianProposal takes exactly one of log_sigma and scale_tril")
+
+    def _rows(self, t: Tensor, like: Tensor) -> Tensor:
+        """A per-row tensor (B, ...) lined up with z or ε of (B, m, Z): (B, 1, ...); unchanged for (B, Z)."""
+        return t.unsqueeze(1) if like.dim() == self.mean.dim() + 1 else t
+
+    def sample(self, eps: Tensor) -> Tensor:
+        """ε ~ N(0, I) -> z = μ + σ ⊙ ε, or μ + L ε."""
+        mean = self._rows(self.mean, eps)
+        if self.log_sigma is not None:
+            return reparameterise(mean, self._rows(self.log_sigma, eps), eps)
+        assert self.scale_tril is not None
+        return mean + (self._rows(self.scale_tril, eps) @ eps.unsqueeze(-1)).squeeze(-1)
+
+    def whiten(self, z: Tensor) -> Tensor:
+        """z -> z̄ = (z − μ) / σ, or L⁻¹(z − μ): N(0, I) when z ~ N(μ, Σ), and zero-mean with identity covariance
+        whenever z has mean μ and covariance Σ (AC's standardisation)."""
+        centred = z - self._rows(self.mean, z)
+        if self.log_sigma is not None:
+            return centred * torch.exp(-self._rows(self.log_sigma, z))
+        assert self.scale_tril is not None
+        tril = self._rows(self.scale_tril, z).expand(*centred.shape, centred.shape[-1])
+        return torch.linalg.solve_triangular(tril, centred.unsqueeze(-1), upper=False).squeeze(-1)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log N(z; μ, Σ): (B, [m,] Z) -> (B, [m])."""
+        if self.log_sigma is not None:
+            return log_density(z, self._rows(self.mean, z), self._rows(self.log_sigma, z))
+        assert self.scale_tril is not None
+        half_log_det = torch.log(torch.diagonal(self.scale_tril, dim1=-2, dim2=-1)).sum(-1)  # ½ log det Σ
+        return log_standard_density(self.whiten(z)) - self._rows(half_log_det, z)
 
 
 class Trunk(nn.Module):
@@ -197,8 +256,8 @@ class ImplicitEncoder(nn.Module):
         nn.init.uniform_(self.a.weight, -bound, bound)
         nodes = torch.randn(c.n_basis, c.basis_samples, c.eps_dim, generator=torch.Generator().manual_seed(_NODES_SEED))
         self.register_buffer("basis_nodes", nodes, persistent=False)  # derived from the seed, so not saved
-        self._moments_key: tuple | None = None
-        self._moments: tuple[Tensor, Tensor] | None = None
+        self._statistics_key: tuple | None = None
+        self._statistics: tuple[tuple[Tensor, Tensor], Tensor] | None = None
 
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, C, H, W) -> z₀ (B, Z), a (B, n, Z)."""
@@ -206,17 +265,23 @@ class ImplicitEncoder(nn.Module):
         a = F.elu(self.a(h) - _A_SHIFT) + 1
         return self.z0(h), a.view(x.shape[0], self.config.n_basis, self.config.z_size)
 
-    def basis_moments(self) -> tuple[Tensor, Tensor]:
-        """E[v_i], Var[v_i] (n, Z) each: mean and unbiased variance over the fixed `basis_nodes`, no gradient.
+    def _basis_statistics(self) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """(E[v_i], Var[v_i]) (n, Z) each and Cov[v_i] (n, Z, Z) in float64 over the fixed `basis_nodes`, no gradient.
 
         Kept until a basis weight or the nodes change (in place: their version counters; moved or cast: their
         storage): n × basis_samples MLP passes, which every L_k chunk and worker call would otherwise repeat."""
         key = tuple((t.data_ptr(), t._version) for t in (*self.basis.parameters(), self.basis_nodes))
-        if self._moments is None or self._moments_key != key:
+        if self._statistics is None or self._statistics_key != key:
             with torch.no_grad():
                 v = self.basis(self.basis_nodes)
-            self._moments, self._moments_key = (v.mean(1), v.var(1)), key
-        return self._moments
+                centred = v.double() - v.double().mean(1, keepdim=True)
+                cov = torch.einsum("nsz,nsw->nzw", centred, centred) / (v.shape[1] - 1)
+            self._statistics, self._statistics_key = ((v.mean(1), v.var(1)), cov), key
+        return self._statistics
+
+    def basis_moments(self) -> tuple[Tensor, Tensor]:
+        """E[v_i], Var[v_i] (n, Z) each: mean and unbiased variance over the fixed `basis_nodes`, no gradient."""
+        return self._basis_statistics()[0]
 
     def sample(self, z0: Tensor, a: Tensor, eps: Tensor) -> Tensor:
         """z₀ (B, Z), a (B, n, Z), ε (B, n, eps_dim) -> z (B, Z) = z₀ + Σ_i a_i ⊙ v_i(ε_i)."""
@@ -232,12 +297,16 @@ class ImplicitEncoder(nn.Module):
     @torch.no_grad()
     def covariance(self, a: Tensor) -> Tensor:
         """Cov[z | x] (B, Z, Z) in float64: Σ_i diag(a_i) Cov[v_i] diag(a_i), Cov[v_i] over the same fixed basis draws
-        as `basis_moments`, so its diagonal is `moments`' variance. For diagnostics: r_α keeps the diagonal only."""
-        v = self.basis(self.basis_nodes).double()  # (n, S, Z)
-        centred = v - v.mean(1, keepdim=True)
-        cov_v = torch.einsum("nsz,nsw->nzw", centred, centred) / (v.shape[1] - 1)
+        as `basis_moments`, so its diagonal is `moments`' variance; detached (stop-gradient)."""
         a = a.double()
-        return torch.einsum("bnz,bnw,nzw->bzw", a, a, cov_v)
+        return torch.einsum("bnz,bnw,nzw->bzw", a, a, self._basis_statistics()[1])
+
+    def scale_tril(self, a: Tensor) -> Tensor:
+        """L (B, Z, Z), lower-triangular with L Lᵀ = Cov[z | x] + var_floor · I (the full contrast's Σ): a Cholesky
+        in float64, since a collapsed q makes Σ ill-conditioned; detached, in a's dtype."""
+        cov = self.covariance(a)
+        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        return torch.linalg.cholesky(cov + self.config.var_floor * eye).to(a.dtype)
 
 
 class GaussianEncoder(nn.Module):
@@ -321,6 +390,7 @@ class AVB(nn.Module):
     modes = {"none": "images", "images": "images", "walk": "frames"}  # models/family.py: condition -> output
     data = "images"
     likelihood = True  # log_weight under the Gaussian r_α: L_k and scoring
+    log_weight_broadcasts = True  # models/family.py: r_α once a row for all of its L_k samples
     bound_name = "−ELBO ({objective}; for avb approximate: its KL is the adversary's estimate)"
     # The official avb_mnist_32_ac: Adam β1 = 0.5, lr 5e-5 for encoder and decoder and 1e-4 for the adversary (the
     # trainer multiplies the run's lr by lr_scale per group); 55k / 5k of MNIST's training digits, dynamically
@@ -376,21 +446,35 @@ class AVB(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def proposal(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (B, C, H, W) -> μ, log σ (B, Z) of the Gaussian proposal: r_α(z | x) for AVB (the encoder's exact moments,
-        variance floored, detached), q(z | x) itself for the baseline."""
+    def contrast(self, z0: Tensor, a: Tensor) -> GaussianProposal:
+        """r_α(z | x) from the encoder's coefficients: the Gaussian with its exact mean and its variance (the paper's
+        diagonal) or covariance (`contrast="full"`), floored by var_floor; detached (stop-gradient)."""
+        assert isinstance(self.encoder, ImplicitEncoder)
+        mean, var = self.encoder.moments(z0, a)
+        if self.config.contrast == "full":
+            return GaussianProposal(mean, scale_tril=self.encoder.scale_tril(a))
+        return GaussianProposal(mean, log_sigma=0.5 * torch.log(var + self.config.var_floor))
+
+    def proposal(self, x: Tensor) -> GaussianProposal:
+        """x (B, C, H, W) -> the Gaussian proposal of L_k: r_α(z | x) for AVB, q(z | x) itself for the baseline."""
         if isinstance(self.encoder, GaussianEncoder):
-            return self.encoder(x)
-        mean, var = self.encoder.moments(*self.encoder.coefficients(x))
-        return mean, 0.5 * torch.log(var + self.config.var_floor)
+            mu, log_sigma = self.encoder(x)
+            return GaussianProposal(mu, log_sigma=log_sigma)
+        return self.contrast(*self.encoder.coefficients(x))
 
     def log_weight(self, batch: Mapping[str, Tensor], noise: Tensor) -> Tensor:
-        """log p(x, z) − log r(z | x) at z = μ + σ ⊙ ε ~ r (r_α for AVB, q for the baseline): batch["x"]
-        (B, C, H, W) in {0, 1}, noise ε (B, Z) -> (B,). A valid importance weight, so L_k ≤ log p(x)."""
+        """log p(x, z) − log r(z | x) at z = sample(ε) ~ r (r_α for AVB, q for the baseline): batch["x"]
+        (B, C, H, W) in {0, 1}, noise ε (B, Z) -> (B,), or (B, m, Z) -> (B, m) (log_weight_broadcasts: the encoder
+        runs once a row). A valid importance weight, so L_k ≤ log p(x)."""
         x = batch["x"]
-        mu, log_sigma = self.proposal(x)
-        z = reparameterise(mu, log_sigma, noise.to(x.device))
-        return -bernoulli_nll(self.decoder(z), x) + log_standard_density(z) - log_density(z, mu, log_sigma)
+        r = self.proposal(x)
+        z = r.sample(noise.to(x.device))
+        if z.dim() == 3:  # m draws a row: the decoder sees B·m rows, x lined up with them without a copy
+            b, m = z.shape[:2]
+            pixels = x.unsqueeze(1).expand(b, m, *x.shape[1:]).reshape(b * m, *x.shape[1:])
+            return (-bernoulli_nll(self.decoder(z.reshape(b * m, -1)), pixels).view(b, m)
+                    + log_standard_density(z) - r.log_prob(z))
+        return -bernoulli_nll(self.decoder(z), x) + log_standard_density(z) - r.log_prob(z)
 
     def loss(self, batch: Mapping[str, Tensor], noise: Tensor, *, kl_weight: float = 1.0) -> Losses:
         """batch["x"] (B, C, H, W), noise (B, *loss_noise_shape) -> the objective's groups (module doc).
@@ -411,10 +495,9 @@ class AVB(nn.Module):
         z = self.encoder.sample(z0, a, eps)
         log_p = log_standard_density(z)
         if c.adaptive_contrast:
-            mean, var = self.encoder.moments(z0, a)
-            log_sigma = 0.5 * torch.log(var + c.var_floor)
-            seen = (z - mean) * torch.exp(-log_sigma)  # z̄, against N(0, I)
-            log_r = log_density(z, mean, log_sigma)  # log r_α(z | x)
+            r = self.contrast(z0, a)
+            seen = r.whiten(z)  # z̄, against N(0, I)
+            log_r = r.log_prob(z)  # log r_α(z | x)
         else:
             seen, log_r = z, log_p  # T alone is the KL term
         features = self.adversary.features(x)
@@ -428,7 +511,8 @@ class AVB(nn.Module):
                              "adversary_cost": cost.detach()})
 
     def _vae(self, x: Tensor, eps: Tensor, kl_weight: float) -> Losses:
-        mu, log_sigma = self.proposal(x)
+        assert isinstance(self.encoder, GaussianEncoder)
+        mu, log_sigma = self.encoder(x)
         z = reparameterise(mu, log_sigma, eps)
         kl = kl_standard_normal(mu, log_sigma)
         reconstruction = bernoulli_nll(self.decoder(z), x)
@@ -439,7 +523,7 @@ class AVB(nn.Module):
 
     def encode_noise(self, x: Tensor) -> Tensor:
         """x (B, C, H, W) -> E[z | x] (B, Z): the decoder maps z itself, so a walk between images runs between means."""
-        return self.proposal(x.to(self._device()))[0]
+        return self.proposal(x.to(self._device())).mean
 
     def generate(self, noise: Tensor, **conditions: Tensor) -> Iterator[Step]:
         """One Step with logits (B, C, H, W): the decoder at z = noise (B, Z) ~ N(0, I), or with `images` (B, C, H, W)

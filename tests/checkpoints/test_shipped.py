@@ -63,7 +63,7 @@ def test_a_shipped_generator_is_intact_documented_and_draws(directory):
     for name in ("base", "objective", "margin", "recon_fakes", "upsample", "leak", "feature_layer", "gamma",
                  "feature_scale", "widths", "convs", "c_dim", "embed", "hidden", "preset", "free_bits", "dropout_out",
                  "tie_weights", "conv",
-                 "deconv", "adversary_conv", "adversary_hidden"):
+                 "deconv", "adversary_conv", "adversary_hidden", "contrast"):
         value = getattr(ckpt.model.config, name, None)
         if value is not None and value != getattr(paper, name):
             named = json.dumps(list(value), separators=(",", ":")) if isinstance(value, tuple) else value

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from models.avb import AVB, AVBConfig, ImplicitEncoder, adversary_cost
+from models.avb import AVB, AVBConfig, GaussianProposal, ImplicitEncoder, adversary_cost
 from models.bounds import importance_weighted, log_mean_exp, log_weights
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.family import build, param_groups
@@ -134,13 +134,27 @@ def test_a_trained_adversary_recovers_log_q_minus_log_p_on_a_toy_problem():
             assert error.max() < 0.15, (k, error)
 
 
-@pytest.mark.parametrize("adaptive_contrast", [True, False])
-def test_each_group_gets_only_its_own_loss_gradient(adaptive_contrast):
+def covariance_by_hand(model: AVB, a: torch.Tensor) -> torch.Tensor:
+    """Cov[z | x] + floor · I, (B, Z, Z) float64: Σ_i diag(a_i) Cov[v_i] diag(a_i), each Cov[v_i] by torch.cov over
+    the model's fixed basis draws."""
+    c = model.config
+    a = a.detach().double()
+    cov = c.var_floor * torch.eye(c.z_size, dtype=torch.float64).expand(a.shape[0], -1, -1).clone()
+    for i in range(c.n_basis):
+        cov_i = torch.cov(basis_by_hand(model, model.encoder.basis_nodes[i], i).detach().double().T)
+        cov += a[:, i, :, None] * cov_i * a[:, i, None, :]
+    return cov
+
+
+@pytest.mark.parametrize("contrast", ["diagonal", "full", None])
+def test_each_group_gets_only_its_own_loss_gradient(contrast):
     """Trainer `step` on the two groups: encoder and decoder get ∇ of mean(−log p(x | z) + KL term), the KL term
-    T(x, z̄) + log r_α(z | x) − log p(z) (T(x, z) without AC), and the adversary ∇ of its logistic loss, all written
+    T(x, z̄) + log r_α(z | x) − log p(z) (T(x, z) without AC; with the full contrast z̄ = L⁻¹(z − μ) and r_α the
+    Gaussian with q's covariance, by torch.distributions), and the adversary ∇ of its logistic loss, all written
     out here; what routing prevents is checked to be nonzero: the model loss reaches the adversary (through T) and
     the adversary's loss reaches the encoder (through z)."""
-    config = AVBConfig(**{**TINY.to_dict(), "adaptive_contrast": adaptive_contrast})
+    config = AVBConfig(**{**TINY.to_dict(), "adaptive_contrast": contrast is not None,
+                          "contrast": contrast or "diagonal"})
     model = tiny(config).train()
     c = config
     x = binary(6, config)
@@ -154,12 +168,19 @@ def test_each_group_gets_only_its_own_loss_gradient(adaptive_contrast):
     z0, a = coefficients_by_hand(model, x)
     z = z0 + sum(a[:, i] * basis_by_hand(model, eps[:, i], i) for i in range(c.n_basis))
     log_p = (-0.5 * z**2 - 0.5 * LOG_2PI).sum(1)
-    if adaptive_contrast:
+    if contrast == "diagonal":
         mean, var = moments_by_hand(model, z0, a)
         z_bar = (z - mean) / var.sqrt()
         log_r = (-0.5 * z_bar**2 - 0.5 * torch.log(var) - 0.5 * LOG_2PI).sum(1)
         t_q = model.adversary(x, z_bar)
         kl = t_q + log_r - log_p
+    elif contrast == "full":
+        mean = moments_by_hand(model, z0, a)[0].double()
+        sigma = covariance_by_hand(model, a)
+        z_bar = (torch.linalg.inv(torch.linalg.cholesky(sigma)) @ (z.double() - mean)[:, :, None])[:, :, 0]
+        log_r = torch.distributions.MultivariateNormal(mean, covariance_matrix=sigma).log_prob(z.double())
+        t_q = model.adversary(x, z_bar.float())
+        kl = t_q + log_r.float() - log_p
     else:
         t_q = model.adversary(x, z)
         kl = t_q
@@ -216,6 +237,94 @@ def test_log_weight_is_the_importance_weight_under_r_alpha_and_l1_is_its_elbo():
     torch.testing.assert_close(mean, elbo, rtol=1e-5, atol=2e-3)
 
 
+FULL = AVBConfig(**{**TINY.to_dict(), "contrast": "full"})
+
+
+@pytest.mark.parametrize("contrast", ["diagonal", "full"])
+def test_log_weight_of_m_draws_a_row_equals_one_draw_a_row(contrast):
+    """log_weight_broadcasts: noise (B, m, Z) gives the (B, m) weights of each row repeated m times."""
+    model = tiny(AVBConfig(**{**TINY.to_dict(), "contrast": contrast})).eval()
+    x = binary(3)
+    eps = torch.randn(3, 4, TINY.z_size, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        together = model.log_weight({"x": x}, eps)
+        apart = model.log_weight({"x": x.repeat_interleave(4, 0)}, eps.reshape(12, -1))
+    assert together.shape == (3, 4)
+    torch.testing.assert_close(together, apart.view(3, 4), rtol=1e-6, atol=1e-4)
+
+
+def test_full_contrast_log_weight_is_the_importance_weight_under_n_mu_sigma_and_l1_is_its_elbo():
+    """With contrast="full", r_α = N(μ, Σ) with q's exact covariance: log_weight against float64 torch.distributions
+    at z = μ + L ε (L Σ's Cholesky factor), and L_1 = that ELBO at the bound's first draw. The diagonal r_α's weight at
+    the same ε differs (the covariance here has real correlations), so a proposal that dropped them fails."""
+    model = tiny(FULL).eval()
+    x = binary(5)
+
+    def by_hand(eps: torch.Tensor) -> torch.Tensor:
+        m = copy.deepcopy(model).double()
+        with torch.no_grad():
+            z0, a = coefficients_by_hand(m, x.double())
+            mean, sigma = moments_by_hand(m, z0, a)[0], covariance_by_hand(m, a)
+            z = mean + (torch.linalg.cholesky(sigma) @ eps.double()[:, :, None])[:, :, 0]
+            logits = m.decoder(z)
+            log_bernoulli = (x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).flatten(1).sum(1)
+            log_prior = (-0.5 * z**2 - 0.5 * LOG_2PI).sum(1)
+            log_r = torch.distributions.MultivariateNormal(mean, covariance_matrix=sigma).log_prob(z)
+        return log_bernoulli + log_prior - log_r
+
+    eps = torch.randn(5, TINY.z_size, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got = model.log_weight({"x": x}, eps)
+        assert (_as_diagonal(model).log_weight({"x": x}, eps) - got).abs().max() > 0.05
+    torch.testing.assert_close(got.double(), by_hand(eps), rtol=1e-5, atol=2e-3)
+    l1, mean = importance_weighted(model, {"x": x}, 1, generator=torch.Generator().manual_seed(7))
+    elbo = by_hand(torch.randn(5, TINY.z_size, generator=torch.Generator().manual_seed(7)))
+    torch.testing.assert_close(l1, elbo, rtol=1e-5, atol=2e-3)
+    torch.testing.assert_close(mean, elbo, rtol=1e-5, atol=2e-3)
+
+
+def test_the_full_contrast_whitens_q_where_the_diagonal_does_not():
+    """z̄ = L⁻¹(z − μ) of 40,000 encoder draws z ~ q(z | x) has mean 0 and identity covariance within Monte Carlo
+    error, whatever q's correlations; the diagonal contrast's z̄ = (z − μ) / σ keeps them (off-diagonal > 0.1)."""
+    config = AVBConfig(**{**FULL.to_dict(), "basis_samples": 40_000})
+    model = tiny(config).eval()
+    n = 40_000
+    x = binary(2, config)
+    with torch.no_grad():
+        z0, a = model.encoder.coefficients(x)
+        full, diagonal = model.contrast(z0, a), _as_diagonal(model).contrast(z0, a)
+        for row in range(2):
+            eps = torch.randn(n, config.n_basis, config.eps_dim, generator=torch.Generator().manual_seed(row))
+            z = model.encoder.sample(z0[row].expand(n, -1), a[row].expand(n, -1, -1), eps)
+            eye = torch.eye(config.z_size, dtype=torch.float64)
+            for r, whitened in ((full, True), (diagonal, False)):
+                z_bar = _row(r, row).whiten(z[None])[0].double()  # (1, n, Z): the m-draws-a-row path
+                assert z_bar.mean(0).abs().max() < 0.03
+                off = (torch.cov(z_bar.T) - eye).abs().max()
+                assert off < 0.04 if whitened else off > 0.1, (whitened, off)
+
+
+def _row(r: GaussianProposal, row: int) -> GaussianProposal:
+    return GaussianProposal(r.mean[row : row + 1],
+                            log_sigma=None if r.log_sigma is None else r.log_sigma[row : row + 1],
+                            scale_tril=None if r.scale_tril is None else r.scale_tril[row : row + 1])
+
+
+def _as_diagonal(model: AVB) -> AVB:
+    twin = copy.deepcopy(model)
+    twin.config = AVBConfig(**{**model.config.to_dict(), "contrast": "diagonal"})
+    return twin
+
+
+def test_the_full_contrast_needs_adaptive_contrast_and_avb():
+    with pytest.raises(ValueError, match="contrast"):
+        AVBConfig(contrast="full", adaptive_contrast=False)
+    with pytest.raises(ValueError, match="contrast"):
+        AVBConfig(contrast="full", objective="vae")
+    with pytest.raises(ValueError, match="contrast"):
+        AVBConfig(contrast="block")
+
+
 def test_l_k_under_r_alpha_closes_on_log_p_x_by_quadrature():
     """1-d latent: log p(x) = log ∫ p(x | z) N(z; 0, 1) dz on a fine grid. With r_α as the proposal the mean
     log-weight (an ELBO) lies below it and L_2000 within 4 standard errors of it (delta method, each < 0.06 nats
@@ -232,7 +341,7 @@ def test_l_k_under_r_alpha_closes_on_log_p_x_by_quadrature():
             log_joint = -F.binary_cross_entropy_with_logits(m.decoder(grid), target, reduction="none").flatten(1).sum(1)
             log_joint = log_joint - 0.5 * grid[:, 0] ** 2 - 0.5 * LOG_2PI
             log_p.append(torch.logsumexp(log_joint, 0) + math.log(float(grid[1, 0] - grid[0, 0])))
-        sigma = model.proposal(x)[1].exp()
+        sigma = model.proposal(x).log_sigma.exp()
     log_px = torch.stack(log_p)
     assert (sigma > 0.3).all()  # a proposal of real width: the test sees its density, not a point mass
     k = 2000
@@ -293,7 +402,7 @@ def test_generation_reconstruction_walk_and_the_registry(objective, tmp_path):
         [recon] = list(model.generate(torch.zeros(4, 3), images=x))
         encoded = model.encode_noise(x)
         assert encoded.shape == (4, 3)
-        torch.testing.assert_close(encoded, model.proposal(x)[0])
+        torch.testing.assert_close(encoded, model.proposal(x).mean)
         torch.testing.assert_close(recon.logits, model.decoder(encoded))
         [one] = list(model.generate(z[:1]))  # batch independence in eval mode
         torch.testing.assert_close(one.logits, prior.logits[:1])
