@@ -149,7 +149,7 @@ def _init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GaussianProposal:
     """N(mean, Σ) over z, one per row: Σ = diag(σ²) from `log_sigma` (r_α's diagonal contrast, the VAE's q), or
     Σ = L Lᵀ from the lower-triangular `scale_tril` L (the full contrast); exactly one of the two is set. mean (B, Z),
@@ -173,7 +173,9 @@ class GaussianProposal:
         if self.log_sigma is not None:
             return reparameterise(mean, self._rows(self.log_sigma, eps), eps)
         assert self.scale_tril is not None
-        return mean + (self._rows(self.scale_tril, eps) @ eps.unsqueeze(-1)).squeeze(-1)
+        if eps.dim() == 3:  # (B, m, Z): one (Z, Z) @ (Z, m) product a row
+            return mean + (self.scale_tril @ eps.mT).mT
+        return mean + (self.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
 
     def whiten(self, z: Tensor) -> Tensor:
         """z -> z̄ = (z − μ) / σ, or L⁻¹(z − μ): N(0, I) when z ~ N(μ, Σ), and zero-mean with identity covariance
@@ -182,16 +184,24 @@ class GaussianProposal:
         if self.log_sigma is not None:
             return centred * torch.exp(-self._rows(self.log_sigma, z))
         assert self.scale_tril is not None
-        tril = self._rows(self.scale_tril, z).expand(*centred.shape, centred.shape[-1])
-        return torch.linalg.solve_triangular(tril, centred.unsqueeze(-1), upper=False).squeeze(-1)
+        if z.dim() == 3:  # (B, m, Z): one solve a row with m right-hand sides
+            return torch.linalg.solve_triangular(self.scale_tril, centred.mT, upper=False).mT
+        return torch.linalg.solve_triangular(self.scale_tril, centred.unsqueeze(-1), upper=False).squeeze(-1)
+
+    def whiten_and_log_prob(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """z (B, [m,] Z) -> z̄ (B, [m,] Z) and log N(z; μ, Σ) (B, [m]), the full covariance's from one solve."""
+        z_bar = self.whiten(z)
+        if self.log_sigma is not None:
+            return z_bar, log_density(z, self._rows(self.mean, z), self._rows(self.log_sigma, z))
+        assert self.scale_tril is not None
+        half_log_det = torch.log(torch.diagonal(self.scale_tril, dim1=-2, dim2=-1)).sum(-1)  # ½ log det Σ
+        return z_bar, log_standard_density(z_bar) - self._rows(half_log_det, z)
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log N(z; μ, Σ): (B, [m,] Z) -> (B, [m])."""
-        if self.log_sigma is not None:
+        if self.log_sigma is not None:  # without whitening: the same arithmetic as before the full contrast existed
             return log_density(z, self._rows(self.mean, z), self._rows(self.log_sigma, z))
-        assert self.scale_tril is not None
-        half_log_det = torch.log(torch.diagonal(self.scale_tril, dim1=-2, dim2=-1)).sum(-1)  # ½ log det Σ
-        return log_standard_density(self.whiten(z)) - self._rows(half_log_det, z)
+        return self.whiten_and_log_prob(z)[1]
 
 
 class Trunk(nn.Module):
@@ -238,6 +248,16 @@ class BasisNets(nn.Module):
         return h
 
 
+@dataclass(eq=False)
+class _BasisDraws:
+    """What ImplicitEncoder keeps for one set of basis weights: v (n, S, Z) at the fixed nodes, and what it has
+    derived from them so far."""
+
+    v: Tensor
+    moments: tuple[Tensor, Tensor] | None = None  # E[v_i], Var[v_i] (n, Z) each
+    covariances: Tensor | None = None  # Cov[v_i] (n, Z, Z), float64
+
+
 class ImplicitEncoder(nn.Module):
     """conv0_ac: z = z₀(x) + Σ_i a_i(x) ⊙ v_i(ε_i), with its exact moments given x (module doc)."""
 
@@ -256,8 +276,8 @@ class ImplicitEncoder(nn.Module):
         nn.init.uniform_(self.a.weight, -bound, bound)
         nodes = torch.randn(c.n_basis, c.basis_samples, c.eps_dim, generator=torch.Generator().manual_seed(_NODES_SEED))
         self.register_buffer("basis_nodes", nodes, persistent=False)  # derived from the seed, so not saved
-        self._statistics_key: tuple | None = None
-        self._statistics: tuple[tuple[Tensor, Tensor], Tensor] | None = None
+        self._draws_key: tuple | None = None
+        self._draws: _BasisDraws | None = None
 
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, C, H, W) -> z₀ (B, Z), a (B, n, Z)."""
@@ -265,23 +285,34 @@ class ImplicitEncoder(nn.Module):
         a = F.elu(self.a(h) - _A_SHIFT) + 1
         return self.z0(h), a.view(x.shape[0], self.config.n_basis, self.config.z_size)
 
-    def _basis_statistics(self) -> tuple[tuple[Tensor, Tensor], Tensor]:
-        """(E[v_i], Var[v_i]) (n, Z) each and Cov[v_i] (n, Z, Z) in float64 over the fixed `basis_nodes`, no gradient.
+    def _basis_draws(self) -> _BasisDraws:
+        """v_i at the fixed `basis_nodes` and the statistics computed from them so far, no gradient.
 
         Kept until a basis weight or the nodes change (in place: their version counters; moved or cast: their
         storage): n × basis_samples MLP passes, which every L_k chunk and worker call would otherwise repeat."""
         key = tuple((t.data_ptr(), t._version) for t in (*self.basis.parameters(), self.basis_nodes))
-        if self._statistics is None or self._statistics_key != key:
+        if self._draws is None or self._draws_key != key:
             with torch.no_grad():
-                v = self.basis(self.basis_nodes)
-                centred = v.double() - v.double().mean(1, keepdim=True)
-                cov = torch.einsum("nsz,nsw->nzw", centred, centred) / (v.shape[1] - 1)
-            self._statistics, self._statistics_key = ((v.mean(1), v.var(1)), cov), key
-        return self._statistics
+                self._draws = _BasisDraws(self.basis(self.basis_nodes))
+            self._draws_key = key
+        return self._draws
 
     def basis_moments(self) -> tuple[Tensor, Tensor]:
         """E[v_i], Var[v_i] (n, Z) each: mean and unbiased variance over the fixed `basis_nodes`, no gradient."""
-        return self._basis_statistics()[0]
+        draws = self._basis_draws()
+        if draws.moments is None:
+            draws.moments = draws.v.mean(1), draws.v.var(1)
+        return draws.moments
+
+    def basis_covariances(self) -> Tensor:
+        """Cov[v_i] (n, Z, Z) in float64 over the same draws, no gradient: only when asked (the diagonal contrast's
+        training steps never need it)."""
+        draws = self._basis_draws()
+        if draws.covariances is None:
+            centred = draws.v.double()
+            centred -= centred.mean(1, keepdim=True)
+            draws.covariances = torch.einsum("nsz,nsw->nzw", centred, centred) / (draws.v.shape[1] - 1)
+        return draws.covariances
 
     def sample(self, z0: Tensor, a: Tensor, eps: Tensor) -> Tensor:
         """z₀ (B, Z), a (B, n, Z), ε (B, n, eps_dim) -> z (B, Z) = z₀ + Σ_i a_i ⊙ v_i(ε_i)."""
@@ -299,7 +330,7 @@ class ImplicitEncoder(nn.Module):
         """Cov[z | x] (B, Z, Z) in float64: Σ_i diag(a_i) Cov[v_i] diag(a_i), Cov[v_i] over the same fixed basis draws
         as `basis_moments`, so its diagonal is `moments`' variance; detached (stop-gradient)."""
         a = a.double()
-        return torch.einsum("bnz,bnw,nzw->bzw", a, a, self._basis_statistics()[1])
+        return torch.einsum("bnz,bnw,nzw->bzw", a, a, self.basis_covariances())
 
     def scale_tril(self, a: Tensor) -> Tensor:
         """L (B, Z, Z), lower-triangular with L Lᵀ = Cov[z | x] + var_floor · I (the full contrast's Σ): a Cholesky
@@ -469,7 +500,7 @@ class AVB(nn.Module):
         x = batch["x"]
         r = self.proposal(x)
         z = r.sample(noise.to(x.device))
-        if z.dim() == 3:  # m draws a row: the decoder sees B·m rows, x lined up with them without a copy
+        if z.dim() == 3:  # m draws a row: the decoder sees B·m rows, x repeated to line up with them
             b, m = z.shape[:2]
             pixels = x.unsqueeze(1).expand(b, m, *x.shape[1:]).reshape(b * m, *x.shape[1:])
             return (-bernoulli_nll(self.decoder(z.reshape(b * m, -1)), pixels).view(b, m)
@@ -495,9 +526,7 @@ class AVB(nn.Module):
         z = self.encoder.sample(z0, a, eps)
         log_p = log_standard_density(z)
         if c.adaptive_contrast:
-            r = self.contrast(z0, a)
-            seen = r.whiten(z)  # z̄, against N(0, I)
-            log_r = r.log_prob(z)  # log r_α(z | x)
+            seen, log_r = self.contrast(z0, a).whiten_and_log_prob(z)  # z̄ (against N(0, I)), log r_α(z | x)
         else:
             seen, log_r = z, log_p  # T alone is the KL term
         features = self.adversary.features(x)

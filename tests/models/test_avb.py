@@ -256,8 +256,9 @@ def test_log_weight_of_m_draws_a_row_equals_one_draw_a_row(contrast):
 def test_full_contrast_log_weight_is_the_importance_weight_under_n_mu_sigma_and_l1_is_its_elbo():
     """With contrast="full", r_α = N(μ, Σ) with q's exact covariance: log_weight against float64 torch.distributions
     at z = μ + L ε (L Σ's Cholesky factor), and L_1 = that ELBO at the bound's first draw. The diagonal r_α's weight at
-    the same ε differs (the covariance here has real correlations), so a proposal that dropped them fails."""
-    model = tiny(FULL).eval()
+    the same ε differs (the covariance here has real correlations), so a proposal that dropped them fails; the
+    variance floor is raised to 0.05 so that one left out of Σ shows too."""
+    model = tiny(AVBConfig(**{**FULL.to_dict(), "var_floor": 0.05})).eval()
     x = binary(5)
 
     def by_hand(eps: torch.Tensor) -> torch.Tensor:
@@ -480,7 +481,8 @@ def test_the_exact_covariance_of_z_given_x_matches_monte_carlo_and_the_moments()
 
 
 def test_the_kept_basis_moments_follow_the_weights():
-    """basis_moments is computed once per set of basis weights: a step, a cast or a reload gives fresh moments."""
+    """basis_moments is computed once per set of basis weights: a step, a cast or a reload gives fresh moments; the
+    covariances (asked for separately) follow the same weights."""
     from models.avb import ImplicitEncoder
 
     encoder = ImplicitEncoder(TINY)
@@ -493,4 +495,6 @@ def test_the_kept_basis_moments_follow_the_weights():
     v = encoder.basis(encoder.basis_nodes)
     torch.testing.assert_close(second[0], v.mean(1))
     torch.testing.assert_close(second[1], v.var(1))
+    torch.testing.assert_close(encoder.basis_covariances()[1], torch.cov(v[1].T.double()), rtol=1e-5, atol=1e-8)
+    assert encoder.basis_moments() is second  # the covariances' pass did not redo the moments
     assert encoder.double().basis_moments()[0].dtype == torch.float64  # a cast is new storage: recomputed
