@@ -1,6 +1,7 @@
 """AVB (models/avb.py): the basis encoder's exact moments against Monte Carlo, the adversary recovering an analytic
-log q − log p, gradient routing on real parameter gradients, log_weight and L_k under the proposal r_α against
-float64 recomputations and a quadrature, the VAE baseline's bound, generation and the registry."""
+log q − log p, gradient routing on real parameter gradients, log_weight and L_k under the proposal r_α (the paper's
+diagonal and the full-covariance contrast) against float64 recomputations and a quadrature, the full contrast's
+whitening, the VAE baseline's bound, generation and the registry."""
 
 import copy
 import hashlib
