@@ -32,7 +32,8 @@ SIDE = 8  # tiny-iwae is 8×8
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, checkpoints: Path) -> Path:
-    """tiny-iwae, tiny-avb and tiny-vaegan beside copies of the suite's tiny-draw and tiny-align."""
+    """tiny-iwae, tiny-avb (and its full-contrast twin) and tiny-vaegan beside copies of the suite's tiny-draw and
+    tiny-align."""
     d = tmp_path_factory.mktemp("served")
     torch.manual_seed(0)
     iwae = IWAE(IWAEConfig(height=SIDE, width=SIDE, layers=2, k=5, hidden=(16, 8), latent=(4, 3)))
@@ -40,6 +41,8 @@ def served(tmp_path_factory, checkpoints: Path) -> Path:
     avb = AVB(AVBConfig(height=SIDE, width=SIDE, z_size=3, eps_dim=4, n_basis=3, basis_hidden=(8,), basis_samples=64,
                         conv=(4, 4), deconv=(4, 4), adversary_conv=(), adversary_hidden=(8,)))
     save_checkpoint(d / "tiny-avb", Checkpoint(avb.eval(), extra={"dataset": "mnist"}))
+    full = AVB(AVBConfig(**{**avb.config.to_dict(), "contrast": "full"}))  # r_α with the encoder's full covariance
+    save_checkpoint(d / "tiny-avb-full", Checkpoint(full.eval(), extra={"dataset": "mnist"}))
     vaegan = VAEGAN(VAEGANConfig(height=SIDE, width=SIDE, z_size=3, base=4))
     with torch.no_grad():  # off the N(0, 0.02) start, so the reconstruction depends visibly on the grey levels
         for p in vaegan.parameters():
@@ -155,7 +158,7 @@ def test_unconditional_samples_are_the_samplers_pixels(api, served, model_id):
         assert np.array_equal(pixels_of(client, out["image"]), expected)
 
 
-@pytest.mark.parametrize("model_id", ["tiny-iwae", "tiny-avb"])
+@pytest.mark.parametrize("model_id", ["tiny-iwae", "tiny-avb", "tiny-avb-full"])
 def test_uploaded_images_are_reconstructed_through_the_posterior_means(api, served, model_id):
     client, s = api
     images = digits(2)
@@ -207,7 +210,7 @@ def test_a_walk_between_two_images_and_its_limits(api):
     assert r.status_code == 422 and "takes no 'walk'" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("model_id", ["tiny-iwae", "tiny-avb"])
+@pytest.mark.parametrize("model_id", ["tiny-iwae", "tiny-avb", "tiny-avb-full"])
 def test_likelihoods_are_models_bounds_on_the_binarised_upload(api, served, model_id):
     client, s = api
     images = digits(3)
