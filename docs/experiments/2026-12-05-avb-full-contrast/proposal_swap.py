@@ -9,9 +9,7 @@ bound is lost to its proposal rather than to the model. It selects nothing.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import math
 import sys
 from pathlib import Path
 
@@ -20,23 +18,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT), str(ROOT / "docs/experiments/2026-12-05-avb-rate")]
 
-from val_bound import validation  # noqa: E402
+from val_bound import arguments, chosen_digits, paired  # noqa: E402
 
 from models.checkpoint import load_checkpoint  # noqa: E402
-from training.likelihood import nll_k, subset  # noqa: E402
+from training.likelihood import nll_k  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("checkpoints", nargs="+")
-    ap.add_argument("--images", type=int, default=100)
-    ap.add_argument("--k", type=int, default=500)
-    ap.add_argument("--data-dir", default="../shared/data")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    x = validation(args.data_dir)
-    x = x[subset(len(x), args.images)]
+    args = arguments()
+    x, _ = chosen_digits(args)
     print(f"{len(x)} seeded validation digits, k = {args.k}")
     for path in args.checkpoints:
         model = load_checkpoint(path).model.eval()
@@ -50,8 +40,8 @@ def main() -> None:
             print(f"{path} (trained with {trained}), proposal {contrast}: −L_{args.k} {r[f'nll_L{args.k}']:.2f} ± "
                   f"{r[f'nll_L{args.k}_stderr']:.2f}, −ELBO same samples {r[f'neg_elbo_L{args.k}_samples']:.2f}",
                   flush=True)
-        d = -(per["full"]["lk"] - per["diagonal"]["lk"])
-        print(f"  full minus diagonal: {d.mean():+.2f} ± {d.std() / math.sqrt(len(d)):.2f} nats (paired)", flush=True)
+        gain = -(per["full"]["lk"] - per["diagonal"]["lk"])
+        print(f"  full minus diagonal: {paired(gain)} nats (paired)", flush=True)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,31 @@ def validation(data_dir: str) -> torch.Tensor:
     return ImagesTask(config).val_data()["x"]
 
 
+def arguments() -> argparse.Namespace:
+    """The command line of this script (module doc), also taken by the scripts that score the same digits; sets the
+    torch threads."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--images", type=int, default=100)
+    ap.add_argument("--k", type=int, default=500)
+    ap.add_argument("--data-dir", default="../shared/data")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def chosen_digits(args: argparse.Namespace) -> tuple[torch.Tensor, int]:
+    """The seeded `--images` of the validation digits, and how many validation digits there are."""
+    x = validation(args.data_dir)
+    return x[subset(len(x), args.images)], len(x)
+
+
+def paired(d: torch.Tensor) -> str:
+    """A paired difference per image as "mean ± standard error"."""
+    return f"{d.mean():+.2f} ± {d.std() / math.sqrt(len(d)):.2f}"
+
+
 def collapse(model, x: torch.Tensor) -> tuple[float, float, float]:
     """Means over images of log det Σ(x), q(z | x)'s exact covariance (plus r_α's variance floor), of log det of its
     diagonal, and of KL(N(μ, Σ) ‖ N(0, I)) without the floor: a lower bound on KL(q(z | x) ‖ p(z)), since E_q log p(z)
@@ -57,17 +82,8 @@ def kl_through_t(model, x: torch.Tensor, samples: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("checkpoints", nargs="+")
-    ap.add_argument("--images", type=int, default=100)
-    ap.add_argument("--k", type=int, default=500)
-    ap.add_argument("--data-dir", default="../shared/data")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    x = validation(args.data_dir)
-    held = len(x)
-    x = x[subset(held, args.images)]
+    args = arguments()
+    x, held = chosen_digits(args)
     print(f"{len(x)} seeded validation digits of the {held}, k = {args.k}")
     ref = None
     for path in args.checkpoints:
@@ -83,8 +99,7 @@ def main() -> None:
         if ref is None:
             ref = per["lk"]
         else:
-            d = -(per["lk"] - ref)
-            line += f"; minus the first: {d.mean():+.2f} ± {d.std() / math.sqrt(len(d)):.2f} (paired)"
+            line += f"; minus the first: {paired(-(per['lk'] - ref))} (paired)"
         print(line, flush=True)
 
 
