@@ -40,6 +40,22 @@ def binary(n: int, config: AVBConfig = TINY, seed: int = 0) -> torch.Tensor:
     return (torch.rand(n, config.channels, config.height, config.width, generator=g) > 0.5).float()
 
 
+MANY = 40_000  # the Monte Carlo tests: draws of z an image, and the basis draws behind the exact moments
+
+
+def many_draws(config: AVBConfig = TINY) -> tuple[AVB, torch.Tensor]:
+    """A tiny model whose exact moments come from MANY basis draws (so they are tight), and two images."""
+    config = AVBConfig(**{**config.to_dict(), "basis_samples": MANY})
+    return tiny(config).eval(), binary(2, config)
+
+
+def draws_of_q(model: AVB, z0: torch.Tensor, a: torch.Tensor, row: int) -> torch.Tensor:
+    """MANY fresh z ~ q(z | x) of image `row` (its z₀, a), (MANY, Z), seeded by the row."""
+    c = model.config
+    eps = torch.randn(MANY, c.n_basis, c.eps_dim, generator=torch.Generator().manual_seed(row))
+    return model.encoder.sample(z0[row].expand(MANY, -1), a[row].expand(MANY, -1, -1), eps)
+
+
 def grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
     return [g if g is not None else torch.zeros_like(p)
             for g, p in zip(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True), params,
@@ -78,20 +94,16 @@ def test_the_exact_moments_of_z_given_x_match_monte_carlo():
     """E[z | x] = z₀ + Σ a_i E[v_i] and Var[z | x] = Σ a_i² Var[v_i] against the sample mean and variance of z over
     40,000 fresh ε per image, within 5 standard errors of both estimates (the moments' own basis draws are an MC
     estimate too: they are made many here so the comparison is tight)."""
-    config = AVBConfig(**{**TINY.to_dict(), "basis_samples": 40_000})
-    model = tiny(config).eval()
-    n = 40_000
-    x = binary(2, config)
+    model, x = many_draws()
     with torch.no_grad():
         z0, a = model.encoder.coefficients(x)
         mean, var = model.encoder.moments(z0, a)
         assert a.min() < 0.5 and a.max() > 2  # a² and a differ, so a variance that took a would show
         for row in range(2):
-            eps = torch.randn(n, config.n_basis, config.eps_dim, generator=torch.Generator().manual_seed(row))
-            z = model.encoder.sample(z0[row].expand(n, -1), a[row].expand(n, -1, -1), eps).double()
+            z = draws_of_q(model, z0, a, row).double()
             mc_mean, mc_var = z.mean(0), z.var(0)
             fourth = ((z - mc_mean) ** 4).mean(0)
-            scale = math.sqrt(1 / n + 1 / config.basis_samples)
+            scale = math.sqrt(2 / MANY)  # the draws' and the basis draws' errors
             assert ((mc_mean - mean[row]).abs() < 5 * mc_var.sqrt() * scale).all(), (mc_mean, mean[row])
             assert ((mc_var - var[row]).abs() < 5 * (fourth - mc_var**2).sqrt() * scale).all(), (mc_var, var[row])
             assert var[row].max() > 1  # a spread worth comparing
@@ -288,17 +300,13 @@ def test_full_contrast_log_weight_is_the_importance_weight_under_n_mu_sigma_and_
 def test_the_full_contrast_whitens_q_where_the_diagonal_does_not():
     """z̄ = L⁻¹(z − μ) of 40,000 encoder draws z ~ q(z | x) has mean 0 and identity covariance within Monte Carlo
     error, whatever q's correlations; the diagonal contrast's z̄ = (z − μ) / σ keeps them (off-diagonal > 0.1)."""
-    config = AVBConfig(**{**FULL.to_dict(), "basis_samples": 40_000})
-    model = tiny(config).eval()
-    n = 40_000
-    x = binary(2, config)
+    model, x = many_draws(FULL)
     with torch.no_grad():
         z0, a = model.encoder.coefficients(x)
         full, diagonal = model.contrast(z0, a), _as_diagonal(model).contrast(z0, a)
         for row in range(2):
-            eps = torch.randn(n, config.n_basis, config.eps_dim, generator=torch.Generator().manual_seed(row))
-            z = model.encoder.sample(z0[row].expand(n, -1), a[row].expand(n, -1, -1), eps)
-            eye = torch.eye(config.z_size, dtype=torch.float64)
+            z = draws_of_q(model, z0, a, row)
+            eye = torch.eye(FULL.z_size, dtype=torch.float64)
             for r, whitened in ((full, True), (diagonal, False)):
                 z_bar = _row(r, row).whiten(z[None])[0].double()  # (1, n, Z): the m-draws-a-row path
                 assert z_bar.mean(0).abs().max() < 0.03
@@ -459,22 +467,18 @@ def test_the_exact_covariance_of_z_given_x_matches_monte_carlo_and_the_moments()
     """Cov[z | x] = Σ_i diag(a_i) Cov[v_i] diag(a_i): its diagonal is moments' variance, and it matches the sample
     covariance of z over 40,000 fresh ε within 5 standard errors entry by entry (Var of a product's mean ≈ E[(u v −
     c)²] / n)."""
-    config = AVBConfig(**{**TINY.to_dict(), "basis_samples": 40_000})
-    model = tiny(config).eval()
-    n = 40_000
-    x = binary(2, config)
+    model, x = many_draws()
     with torch.no_grad():
         z0, a = model.encoder.coefficients(x)
         cov = model.encoder.covariance(a)
         torch.testing.assert_close(torch.diagonal(cov, dim1=1, dim2=2), model.encoder.moments(z0, a)[1].double(),
                                    rtol=1e-5, atol=1e-7)
         for row in range(2):
-            eps = torch.randn(n, config.n_basis, config.eps_dim, generator=torch.Generator().manual_seed(row))
-            z = model.encoder.sample(z0[row].expand(n, -1), a[row].expand(n, -1, -1), eps).double()
+            z = draws_of_q(model, z0, a, row).double()
             u = z - z.mean(0)
-            mc = u.T @ u / (n - 1)
+            mc = u.T @ u / (MANY - 1)
             spread = ((u[:, :, None] * u[:, None, :] - mc) ** 2).mean(0).sqrt()
-            scale = math.sqrt(1 / n + 1 / config.basis_samples)
+            scale = math.sqrt(2 / MANY)  # the draws' and the basis draws' errors
             assert ((mc - cov[row]).abs() < 5 * spread * scale + 1e-9).all(), (mc, cov[row])
             sd = torch.diagonal(cov[row]).sqrt()
             corr = cov[row] / sd[:, None] / sd[None, :] - torch.eye(len(sd), dtype=torch.float64)
