@@ -110,10 +110,14 @@ class Worker(SimpleWorker):
 
     def execute_job(self, job, queue):  # type: ignore[no-untyped-def]
         self.started += 1
-        # Own the job before RQ marks it started: a worker killed after a client saw "running" but before the job
-        # function wrote this record left a job no sweep would free (the flaky serve test caught it).
-        attempt = int(job.meta.get("attempt") or 0) + 1
-        self.connection.hset(Keys(self.settings.key_prefix).running, job.id, owner_record(self.name, attempt))
+        # Own the job and count its attempt before RQ marks it started, in one transaction: a worker killed after a
+        # client saw "running" but before the job function ran left a job no sweep would free (the flaky serve
+        # test caught it), and, had the count waited for the job function, a redraw that never spent an attempt.
+        job.meta["attempt"] = int(job.meta.get("attempt") or 0) + 1
+        with self.connection.pipeline() as p:
+            p.hset(Keys(self.settings.key_prefix).running, job.id, owner_record(self.name, job.meta["attempt"]))
+            p.hset(job.key, "meta", job.serializer.dumps(job.meta))
+            p.execute()
         return super().execute_job(job, queue)
 
 

@@ -277,7 +277,10 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
         conn.hdel(keys.running, job.id)  # the worker's loop wrote an owner record before it ran this
         raise
     meta = _set_meta(job, stored_meta)
-    leader = Entry(job, request, claimed=False, attempt=int(meta.get("attempt") or 0) + 1, meta=meta)
+    attempt = int(meta.get("attempt") or 0)  # counted when the worker took the job (worker.__main__.Worker)
+    if attempt < 1:
+        raise RuntimeError("worker.jobs.generate runs inside glimpse's worker, which counts each job's attempts")
+    leader = Entry(job, request, claimed=False, attempt=attempt, meta=meta)
     conn.hset(keys.running, job.id, owner_record(rt.worker_name, leader.attempt))
     entries = [leader, *_claim_batch(conn, rt, leader, lm)]
     rt.current.update(e.job.id for e in entries)
@@ -390,10 +393,11 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
         for (job, request), canceled, meta in zip(chosen, looked[::2], looked[1::2], strict=True):
             if canceled:
                 continue
-            attempt = int(_set_meta(job, meta).get("attempt") or 0) + 1
-            claim(keys=[queue_key, keys.running, job.key], args=[job.id, owner_record(rt.worker_name, attempt)],
-                  client=p)
-            claimed.append(Entry(job, request, claimed=True, attempt=attempt, meta=job.meta))
+            counted = _set_meta(job, meta)
+            counted["attempt"] = attempt = int(counted.get("attempt") or 0) + 1  # spent by the claim, as by a take
+            claim(keys=[queue_key, keys.running, job.key],
+                  args=[job.id, owner_record(rt.worker_name, attempt), job.serializer.dumps(counted)], client=p)
+            claimed.append(Entry(job, request, claimed=True, attempt=attempt, meta=counted))
         won = p.execute() if claimed else []
     started = datetime.now(UTC)  # kept by finish_claimed, as RQ keeps a dequeued job's start
     out = [e for e, ok in zip(claimed, won, strict=True) if ok == 1]

@@ -314,12 +314,14 @@ def clear_heartbeat(conn: redis.Redis, settings: Settings, name: str) -> None:
 
 # --- ownership and recovery -------------------------------------------------------------------------------------
 
-# Take a waiting job out of RQ's list and record its owner in one step: only one worker can win it, and a crash
-# between the two cannot lose it. KEYS: queue list, running hash, the job's hash, whose queued TTL goes (as RQ's
-# prepare_job_execution does for a job it dequeues), so a job claimed near its queued_ttl cannot expire mid-run.
+# Take a waiting job out of RQ's list, record its owner and count its attempt in one step: only one worker can win
+# it, and a crash between them can neither lose it nor leave the attempt unspent. KEYS: queue list, running hash,
+# the job's hash, whose queued TTL goes (as RQ's prepare_job_execution does for a job it dequeues), so a job claimed
+# near its queued_ttl cannot expire mid-run. ARGV: job id, owner record, the job's meta with the attempt counted.
 CLAIM_LUA = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[3], 'meta', ARGV[3])
   redis.call('PERSIST', KEYS[3])
   return 1
 end

@@ -69,8 +69,7 @@ def start_serve(env: dict[str, str], log: Path, *args: str) -> tuple[subprocess.
 
 
 def running(base: str, job_id: str) -> None:
-    """Wait until a worker runs the job and has recorded its attempt: RQ shows a job as started a moment before the
-    worker writes the attempt, and a worker killed in that moment leaves the redraw at attempt 1."""
+    """Wait until a worker runs the job, its attempt counted (the worker counts it before RQ shows it running)."""
     wait_for(lambda: (lambda b: b["status"] == "running" and (b.get("attempt") or 0) >= 1)(
         http("GET", f"{base}/v1/generations/{job_id}")[1]), 30, interval=0.05, what="the job to run")
 

@@ -161,3 +161,23 @@ def test_a_batch_takes_jobs_from_past_the_first_page_it_reads(conn, settings, ru
     assert view.status == "succeeded" and view.result["batch"]["jobs"] == 3
     assert {q.get_view(conn, b, batched).result["batch"]["leader"] for b in behind} == {leader}
     assert all(q.get_view(conn, o, batched).status == "succeeded" for o in others)
+
+
+def test_a_job_claimed_into_a_batch_has_its_attempt_counted_by_the_claim(conn, settings, run_burst, monkeypatch):
+    """A worker killed between claiming waiting jobs and drawing them must still have spent their attempts: the
+    count is in each job's record from the claim on, not from the first step's write."""
+    from worker import jobs
+
+    run = jobs._run
+    stored: dict[str, int] = {}
+
+    def looked_before_drawing(conn_, rt, lm, entries, guard):
+        stored.update({e.job.id: q.fetch_job(conn, e.job.id).meta["attempt"] for e in entries})
+        return run(conn_, rt, lm, entries, guard)
+
+    monkeypatch.setattr(jobs, "_run", looked_before_drawing)
+    batched = make_settings(settings.redis_url, settings.checkpoints, batch_jobs=4)
+    ids = [q.enqueue_generation(conn, request(captions=[c]), batched)[0] for c in CAPTIONS[:4]]
+    run_burst(batched)
+    assert stored == dict.fromkeys(ids, 1)
+    assert all(q.get_view(conn, j, batched).result["attempt"] == 1 for j in ids)

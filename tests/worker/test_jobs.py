@@ -343,10 +343,13 @@ def test_orphaned_jobs_are_requeued_and_given_up_after_max_attempts(conn, settin
     job_key = q.fetch_job(conn, job_id).key
     assert conn.ttl(job_key) > 0  # queued_ttl: a job left waiting too long is dropped
     claim = conn.register_script(q.CLAIM_LUA)
-    assert claim(keys=[queue_key, keys.running, job_key], args=[job_id, q.owner_record("dead", 1)]) == 1
-    assert claim(keys=[queue_key, keys.running, job_key], args=[job_id, q.owner_record("other", 1)]) == 0  # one
+    job = q.fetch_job(conn, job_id)
+    counted = [json.dumps({**job.meta, "attempt": 1, "by": who}) for who in ("dead", "other")]
+    assert claim(keys=[queue_key, keys.running, job_key], args=[job_id, q.owner_record("dead", 1), counted[0]]) == 1
+    assert claim(keys=[queue_key, keys.running, job_key], args=[job_id, q.owner_record("other", 1), counted[1]]) == 0
     assert conn.llen(queue_key) == 0 and conn.ttl(job_key) == -1  # a claimed job no longer expires as if waiting
     assert b'"dead"' in conn.hget(keys.running, job_id)  # the winner's owner record stays
+    assert q.fetch_job(conn, job_id).meta == {**job.meta, "attempt": 1, "by": "dead"}  # and its count: one claim wins
     q.write_heartbeat(conn, settings, "alive", {"name": "alive"})
     conn.hset(keys.running, "held-by-alive", q.owner_record("alive", 1))
     assert q.requeue_orphans(conn, settings) == [(job_id, "requeued")]

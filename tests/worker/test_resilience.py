@@ -165,15 +165,43 @@ def test_a_job_is_owned_before_its_status_reads_running(conn, settings, monkeypa
 
     def look(payload):
         job = get_current_job()
-        seen.append((job.get_status(refresh=True), conn.hget(keys.running, job.id)))
+        seen.append((job.get_status(refresh=True), conn.hget(keys.running, job.id), q.fetch_job(conn, job.id).meta))
         return {}
 
     monkeypatch.setattr(worker.jobs, "generate", look)
     assert worker_main.serve(conn, settings, "w3", burst=True) == 0
     assert len(seen) == 1
-    status, owner = seen[0]
+    status, owner, meta = seen[0]
     assert status == "started" and owner is not None, seen
     assert json.loads(owner)["worker"] == "w3" and json.loads(owner)["attempt"] == 1
+    assert meta["attempt"] == 1, "the attempt is counted in the job's record before the job function runs"
+
+
+def test_a_job_whose_workers_die_before_its_function_runs_fails_after_max_attempts(conn, settings, monkeypatch):
+    """Each take of a job spends an attempt, even when the worker is killed between RQ marking it started and the
+    job function's first write: a job that kills its workers there is failed, not redrawn forever."""
+    from rq import SimpleWorker
+
+    queue = q.make_queue(conn, settings.queues[0])
+    job_id, _ = q.enqueue_generation(conn, request(), settings)
+
+    def killed_once_started(self, job, queue):  # RQ's bookkeeping up to the job function, then SIGKILL
+        self.prepare_execution(job)
+        self.prepare_job_execution(job)
+
+    monkeypatch.setattr(SimpleWorker, "execute_job", killed_once_started)
+    outcomes = []
+    for n in range(1, settings.max_attempts + 1):
+        assert conn.lrem(queue.key, 1, job_id) == 1  # RQ's dequeue
+        taker = worker_main.Worker([queue], connection=conn, serializer=q.SERIALIZER, name=f"dies-{n}")
+        taker.settings = settings
+        taker.execute_job(q.fetch_job(conn, job_id), queue)
+        view = q.get_view(conn, job_id, settings)
+        assert (view.status, view.attempt) == ("running", n)
+        outcomes += q.requeue_orphans(conn, settings)  # no heartbeat ever named dies-{n}
+    assert outcomes == [(job_id, "requeued")] * (settings.max_attempts - 1) + [(job_id, "failed")]
+    view = q.get_view(conn, job_id, settings)
+    assert view.status == "failed" and f"gave up after {settings.max_attempts} attempts" in view.error
 
 
 def test_a_requeued_job_that_was_already_drawn_reads_as_its_result_says(conn, settings, run_burst):
