@@ -71,7 +71,12 @@ def _main(argv: list[str] | None = None) -> int:
     ev.add_argument("--mi-batch", type=int, default=500, help="text models: sentences over which I_q's aggregate "
                     "posterior is taken (the estimate is at most the log of it)")
     ev.add_argument("--per-sentence", help="ptb: write each test sentence's tokens, NLL and ELBO here (CSV)")
-    ev.add_argument("--per-image", help="MNIST models: write each L_k image's test index, −L_k and ELBO here (CSV)")
+    ev.add_argument("--per-image", help="MNIST models: write each L_k image's test index, −L_k and ELBO here (CSV), "
+                    "as each is measured, with the state to resume from beside it (FILE.state.json)")
+    ev.add_argument("--resume", action="store_true", help="MNIST models: go on from the images --per-image already "
+                    "holds (the same checkpoint, k, --chunk and images), to the same numbers as one run through")
+    ev.add_argument("--time-limit", type=float, help="MNIST models: stop L_k between two passes after this many "
+                    "minutes; the figures cover the images measured so far (partial_L<k>), --resume goes on")
     ev.add_argument("--pictures", help="grey-image generators: write samples / reconstructions / walk PNGs here")
     ev.add_argument("--episodes", type=int, default=1000, help="set models: seeded few-shot episodes per task")
     ev.add_argument("--data-dir")

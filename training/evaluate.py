@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint
 from training.device import resolve_device
-from training.likelihood import elbo_terms, nll_k, subset
+from training.likelihood import Journal, elbo_terms, nll_k, subset
 
 
 def main(args: argparse.Namespace) -> int:
@@ -26,6 +28,8 @@ def main(args: argparse.Namespace) -> int:
     model = ckpt.model.eval()
     results: dict[str, Any] = {"checkpoint": str(Path(args.checkpoint).resolve()), "k": args.k}
     dataset = ckpt.extra.get("dataset")
+    if (args.resume or args.time_limit is not None) and dataset not in ("binarized-mnist", "mnist"):
+        raise SystemExit(f"--resume and --time-limit are for MNIST models' L_k; {args.checkpoint} is of {dataset}")
     if dataset in ("binarized-mnist", "mnist"):
         from training.data.binarized import dynamic_binarize, load_binarized_mnist
         from training.data.mnist import load_mnist
@@ -38,14 +42,24 @@ def main(args: argparse.Namespace) -> int:
         data = {"x": x[: args.limit] if args.limit else x}
         test = elbo_terms(model, data)
         chosen = subset(len(data["x"]), args.lk_images)
-        per: dict[str, torch.Tensor] = {}
-        lk = nll_k(model, {"x": data["x"][chosen]}, args.k, chunk=args.chunk, per_example=per)
-        if args.per_image:  # test-set indices: two models' files pair up image by image (`python -m training paired`)
-            rows_ = ["index,nll,neg_elbo_k_samples"] + [
-                f"{int(i)},{-a!r},{-b!r}" for i, a, b in zip(chosen.tolist(), per["lk"].tolist(),
-                                                          per["mean_log_weight"].tolist(), strict=True)]
-            Path(args.per_image).write_text("\n".join(rows_) + "\n")
-        if lk[f"images_L{args.k}"] < test["images"] and not getattr(model, "bound_is_approximate", False):
+        # test-set indices in --per-image: two models' files pair up image by image (`python -m training paired`)
+        journal = None
+        if args.per_image:
+            weights = json.loads((Path(args.checkpoint) / "checkpoint.json").read_text())["weights_sha256"]
+            journal = Journal(args.per_image, chosen.tolist(), k=args.k, seed=0, chunk=args.chunk, source=weights)
+            if not args.resume:
+                Path(journal.state).unlink(missing_ok=True)
+        elif args.resume or args.time_limit is not None:
+            raise SystemExit("--resume and --time-limit need --per-image: the file the images measured are kept in")
+        deadline = None if args.time_limit is None else time.monotonic() + 60 * args.time_limit
+        lk = nll_k(model, {"x": data["x"][chosen]}, args.k, chunk=args.chunk, journal=journal,
+                   stop=None if deadline is None else lambda: time.monotonic() > deadline)
+        partial = f"partial_L{args.k}" in lk  # the first images of a sorted set, not a random subset: nothing carries
+        if partial:
+            print(f"--time-limit {args.time_limit:g} min: L_{args.k} stopped after {lk[f'partial_L{args.k}']}; the "
+                  "same command with --resume goes on", file=sys.stderr)
+        if (lk[f"images_L{args.k}"] < test["images"] and not partial
+                and not getattr(model, "bound_is_approximate", False)):
             # L_k on every image costs k passes each; the paired gap from a random subset carries it to all of them
             # (not from an approximate bound such as AVB's through T: nothing carries from it)
             lk[f"nll_L{args.k}_estimate_all"] = test["nll_bound"] - lk[f"gap_L{args.k}"]

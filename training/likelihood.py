@@ -5,8 +5,12 @@ fidelity report all import it, and it imports none of them.
 
 from __future__ import annotations
 
+import base64
 import csv
+import json
 import math
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,30 +58,101 @@ def elbo_terms(model: Any, data: Batch, *, batch_size: int = 100, seed: int = 0)
     return {key.removeprefix("val_"): value for key, value in terms.items()}
 
 
+PER_IMAGE_HEADER = "index,nll,neg_elbo_k_samples"
+
+
+def per_image_row(index: int, lk: float, mean_log_weight: float) -> str:
+    """One --per-image CSV row: the test index, −L_k and the −ELBO from the same k samples (repr: exact floats)."""
+    return f"{index},{-lk!r},{-mean_log_weight!r}"
+
+
+class Journal:
+    """−L_k per example written as it is measured, with the random stream's state after each pass, so an evaluation
+    cut short (a session's end, `--time-limit`, a lent GPU's budget) resumes where it stopped and ends with the same
+    numbers, byte for byte in its CSV, as one that ran through (ε is drawn on the CPU, so a CPU run may be resumed
+    on a GPU and the other way round). `path` is the --per-image CSV; its state lives beside it in `path.state.json`.
+    The CSV row is written before the state: a crash between them leaves a row the state does not count, and a
+    resume drops it."""
+
+    def __init__(self, path: str | Path, indices: list[int], *, k: int, seed: int, chunk: int, source: str):
+        self.path, self.state = Path(path), Path(f"{path}.state.json")
+        self.indices = indices
+        self.run = {"k": k, "seed": seed, "chunk": chunk, "source": source, "indices": indices}
+
+    def restore(self, generator: torch.Generator, lk: Tensor, mean: Tensor) -> int:
+        """Fill the rows measured so far into lk and mean (as L_k and mean log-weight), set the generator to where
+        they left it, and return how many there are; 0 (and a fresh CSV) when there is no state to resume."""
+        if not self.state.exists():
+            self.path.write_text(PER_IMAGE_HEADER + "\n")
+            return 0
+        saved = json.loads(self.state.read_text())
+        differs = [key for key, value in self.run.items() if saved.get(key) != value]
+        if differs:
+            raise ValueError(f"{self.state} is of another evaluation (its {', '.join(differs)} differ): remove it "
+                             f"and {self.path}, or run the same command as the one that wrote them")
+        done = int(saved["done"])
+        lines = self.path.read_text().splitlines()
+        if lines[:1] != [PER_IMAGE_HEADER] or len(lines) < done + 1:
+            raise ValueError(f"{self.path} holds {len(lines) - 1} rows where its state counts {done}")
+        rows = [line.split(",") for line in lines[1 : done + 1]]
+        if [int(r[0]) for r in rows] != self.indices[:done]:
+            raise ValueError(f"{self.path}: its rows are not the first {done} of this evaluation's images")
+        self.path.write_text("\n".join(lines[: done + 1]) + "\n")  # drops a row written after the last state
+        lk[:done] = torch.tensor([-float(r[1]) for r in rows], dtype=torch.float64)
+        mean[:done] = torch.tensor([-float(r[2]) for r in rows], dtype=torch.float64)
+        generator.set_state(torch.frombuffer(bytearray(base64.b64decode(saved["generator"])), dtype=torch.uint8))
+        return done
+
+    def record(self, start: int, stop: int, lk: Tensor, mean: Tensor, generator: torch.Generator) -> None:
+        """Append rows start..stop−1, then the state that counts them (replaced atomically)."""
+        with self.path.open("a") as f:
+            f.writelines(per_image_row(self.indices[i], lk[i].item(), mean[i].item()) + "\n"
+                         for i in range(start, stop))
+        stream = base64.b64encode(generator.get_state().numpy().tobytes()).decode()
+        state = self.run | {"done": stop, "generator": stream}
+        tmp = self.state.with_name(self.state.name + ".tmp")
+        tmp.write_text(json.dumps(state) + "\n")
+        os.replace(tmp, self.state)
+
+
 def nll_k(model: Any, data: Batch, k: int, *, seed: int = 0, progress: bool = True, chunk: int = 500,
-          per_example: dict[str, Tensor] | None = None) -> dict[str, float]:
+          per_example: dict[str, Tensor] | None = None, journal: Journal | None = None,
+          stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """−L_k over `data` with its standard error, and the gap L_k − ELBO measured on the same samples. A dict given
-    as `per_example` receives each example's L_k ("lk") and mean log-weight ("mean_log_weight"), (N,) float64."""
+    as `per_example` receives each example's L_k ("lk") and mean log-weight ("mean_log_weight"), (N,) float64.
+
+    With a `journal` each pass's examples are written as they are measured and the work resumes from it. `stop`
+    is asked before each pass after the first this call runs; when it says True the figures cover the examples
+    measured so far, and `partial_L<k>` says how many of how many."""
     g = torch.Generator().manual_seed(seed)
     n = data["x"].shape[0]
     per = max(1, chunk // k)  # examples whose k samples share one pass
     lk, mean = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
-    for i in tqdm(range(0, n, per), desc=f"L_{k}", disable=not progress, leave=False):
+    start = done = journal.restore(g, lk, mean) if journal is not None else 0
+    for i in tqdm(range(start, n, per), desc=f"L_{k}", disable=not progress, leave=False, initial=start // per,
+                  total=math.ceil(n / per)):
+        if stop is not None and i > start and stop():
+            break
         # Written into buffers made up front: 10,000 small result tensors kept alive between each pass's large
         # temporaries pinned glibc's heap (measured: ~2 MB of RSS an image, 23 GB and an OOM kill at 9,412 images).
         lk[i : i + per], mean[i : i + per] = importance_weighted(
             model, {key: v[i : i + per] for key, v in data.items()}, k, chunk=chunk, generator=g)
+        done = min(n, i + per)
+        if journal is not None:
+            journal.record(i, done, lk, mean, g)
+    lk, mean = lk[:done], mean[:done]
     gap = lk - mean
     if per_example is not None:
         per_example |= {"lk": lk, "mean_log_weight": mean}
 
     def stderr(v: Tensor) -> float:
-        return (v.std() / math.sqrt(n)).item() if n > 1 else 0.0
+        return (v.std() / math.sqrt(done)).item() if done > 1 else 0.0
 
     elbo = lk - gap  # the mean log-weight: a k-sample ELBO estimate from the same samples
-    return {f"nll_L{k}": -lk.mean().item(), f"nll_L{k}_stderr": stderr(lk), f"images_L{k}": n,
+    partial = {f"partial_L{k}": f"{done} of {n} examples"} if done < n else {}
+    return {f"nll_L{k}": -lk.mean().item(), f"nll_L{k}_stderr": stderr(lk), f"images_L{k}": done,
             f"gap_L{k}": gap.mean().item(), f"gap_L{k}_stderr": stderr(gap),
-            f"neg_elbo_L{k}_samples": -elbo.mean().item(), f"neg_elbo_L{k}_samples_stderr": stderr(elbo)}
+            f"neg_elbo_L{k}_samples": -elbo.mean().item(), f"neg_elbo_L{k}_samples_stderr": stderr(elbo)} | partial
 
 
 def subset(n: int, size: int | None, seed: int = 0) -> Tensor:

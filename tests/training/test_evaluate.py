@@ -12,7 +12,7 @@ from tests.conftest import absent
 from tests.models.conftest import TINY_DRAW, block_images
 from training.classifier import accuracy, load_classifier
 from training.fidelity import CLASSIFIER, attention_shares, by_place, judge
-from training.likelihood import subset
+from training.likelihood import Journal, nll_k, subset
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,49 @@ def test_lk_chunking_does_not_change_the_estimate(trained_draw):
     a = importance_weighted(model, {"x": x[:2]}, 300, chunk=300, generator=torch.Generator().manual_seed(5))
     b = importance_weighted(model, {"x": x[:2]}, 300, chunk=7, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)  # L_k and the mean log-weight alike
+
+
+def _journal(path, x, k=6, chunk=12, source="tiny"):
+    return Journal(path, [10 + 3 * i for i in range(len(x))], k=k, seed=0, chunk=chunk, source=source)
+
+
+def test_an_lk_run_cut_short_and_resumed_ends_as_one_that_ran_through(trained_draw, tmp_path):
+    """Stopped after two passes (two images each), then after one more, then run to the end: the same per-image
+    file, byte for byte, and the same figures as a run that was never stopped; a row written after the last state
+    (a crash between the two writes) is dropped and measured again."""
+    model, x = trained_draw
+    x = x[:7]
+    through = nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "through.csv", x))
+    passes = []
+
+    def after(n):  # stop when asked for the (n+1)-th time: asked before each pass but a call's first
+        return lambda: passes.append(1) or len(passes) > n
+
+    cut = _journal(tmp_path / "cut.csv", x)
+    first = nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=cut, stop=after(1))
+    assert first["images_L6"] == 4 and first["partial_L6"] == "4 of 7 examples"
+    assert len((tmp_path / "cut.csv").read_text().splitlines()) == 1 + 4
+    with (tmp_path / "cut.csv").open("a") as f:
+        f.write("22,1.0,2.0\n")  # a row its state does not count
+    passes.clear()
+    second = nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "cut.csv", x),
+                   stop=after(0))
+    assert second["partial_L6"] == "6 of 7 examples"
+    last = nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "cut.csv", x))
+    assert (tmp_path / "cut.csv").read_bytes() == (tmp_path / "through.csv").read_bytes()
+    assert last == through and "partial_L6" not in last
+    rows = (tmp_path / "through.csv").read_text().splitlines()
+    assert rows[0] == "index,nll,neg_elbo_k_samples" and [int(r.split(",")[0]) for r in rows[1:]] == list(
+        range(10, 31, 3))
+
+
+def test_an_lk_resume_refuses_another_evaluations_state(trained_draw, tmp_path):
+    model, x = trained_draw
+    x = x[:4]
+    nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "a.csv", x), stop=lambda: True)
+    for other in (dict(k=5), dict(chunk=6), dict(source="another checkpoint")):
+        with pytest.raises(ValueError, match="another evaluation"):
+            nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "a.csv", x, **other))
 
 
 def test_the_bound_gap_is_measured_on_the_same_samples_and_never_negative(trained_draw):

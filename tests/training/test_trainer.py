@@ -215,9 +215,9 @@ def test_caption_runs_judge_fidelity_each_epoch_on_seen_and_held_out_captions(tm
 def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_a_few(tmp_path, shared_data):
     _train(tmp_path / "run", shared_data, "--epochs", "1")
     out = tmp_path / "eval.json"
-    cli(["evaluate", str(tmp_path / "run" / "last"), "--data-dir", str(shared_data), "--limit", "30",
-         "--lk-images", "3", "--k", "20", "--device", "cpu", "--json", str(out),
-         "--per-image", str(tmp_path / "images.csv")])
+    command = ["evaluate", str(tmp_path / "run" / "last"), "--data-dir", str(shared_data), "--limit", "30",
+               "--lk-images", "3", "--k", "20", "--chunk", "20", "--device", "cpu"]  # one image a pass
+    cli([*command, "--json", str(out), "--per-image", str(tmp_path / "images.csv")])
     test = json.loads(out.read_text())["test"]
     assert test["images"] == 30 and test["images_L20"] == 3
     rows = [r.split(",") for r in (tmp_path / "images.csv").read_text().splitlines()[1:]]  # index, −L_k, −ELBO_k
@@ -231,6 +231,15 @@ def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_a_few(tmp_path, s
     assert test["neg_elbo_L20_samples"] - test["nll_L20"] == pytest.approx(test["gap_L20"])
     assert 300 < test["nll_L20"] < 28 * 28 * math.log(2) + 50
     assert test["gap_L20"] >= 0 and test["nll_L20_estimate_all"] == test["nll_bound"] - test["gap_L20"]
+    # cut short by --time-limit 0 (after its first pass), then resumed: the same file and figures as one run
+    cut = tmp_path / "cut.csv"
+    cli([*command, "--json", str(tmp_path / "cut.json"), "--per-image", str(cut), "--time-limit", "0"])
+    partial = json.loads((tmp_path / "cut.json").read_text())["test"]
+    assert partial["images_L20"] == 1 and partial["partial_L20"] == "1 of 3 examples"
+    assert "nll_L20_estimate_all" not in partial  # the first images of a sorted set carry nothing to all
+    cli([*command, "--json", str(tmp_path / "resumed.json"), "--per-image", str(cut), "--resume"])
+    assert cut.read_bytes() == (tmp_path / "images.csv").read_bytes()
+    assert json.loads((tmp_path / "resumed.json").read_text())["test"] == test
 
 
 def test_init_from_copies_matching_weights_and_their_optimizer_averages(tmp_path):
