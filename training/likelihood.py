@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import json
 import math
 import os
@@ -77,7 +78,8 @@ class Journal:
     def __init__(self, path: str | Path, indices: list[int], *, k: int, seed: int, chunk: int, source: str):
         self.path, self.state = Path(path), Path(f"{path}.state.json")
         self.indices = indices
-        self.run = {"k": k, "seed": seed, "chunk": chunk, "source": source, "indices": indices}
+        images = hashlib.sha256(",".join(map(str, indices)).encode()).hexdigest()  # the state is rewritten each pass
+        self.run = {"k": k, "seed": seed, "chunk": chunk, "source": source, "images": images}
 
     def restore(self, generator: torch.Generator, lk: Tensor, mean: Tensor) -> int:
         """Fill the rows measured so far into lk and mean (as L_k and mean log-weight), set the generator to where
@@ -91,7 +93,7 @@ class Journal:
             raise ValueError(f"{self.state} is of another evaluation (its {', '.join(differs)} differ): remove it "
                              f"and {self.path}, or run the same command as the one that wrote them")
         done = int(saved["done"])
-        lines = self.path.read_text().splitlines()
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
         if lines[:1] != [PER_IMAGE_HEADER] or len(lines) < done + 1:
             raise ValueError(f"{self.path} holds {len(lines) - 1} rows where its state counts {done}")
         rows = [line.split(",") for line in lines[1 : done + 1]]

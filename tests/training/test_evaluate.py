@@ -98,6 +98,9 @@ def test_an_lk_resume_refuses_another_evaluations_state(trained_draw, tmp_path):
     for other in (dict(k=5), dict(chunk=6), dict(source="another checkpoint")):
         with pytest.raises(ValueError, match="another evaluation"):
             nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "a.csv", x, **other))
+    elsewhere = Journal(tmp_path / "a.csv", [11, 13, 16, 19], k=6, seed=0, chunk=12, source="tiny")
+    with pytest.raises(ValueError, match="its images differ"):
+        nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=elsewhere)
 
 
 def test_the_bound_gap_is_measured_on_the_same_samples_and_never_negative(trained_draw):
