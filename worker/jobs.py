@@ -396,7 +396,8 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
             counted = _set_meta(job, meta)
             counted["attempt"] = attempt = int(counted.get("attempt") or 0) + 1  # spent by the claim, as by a take
             claim(keys=[queue_key, keys.running, job.key],
-                  args=[job.id, owner_record(rt.worker_name, attempt), job.serializer.dumps(counted)], client=p)
+                  args=[job.id, owner_record(rt.worker_name, attempt), job.serializer.dumps(counted), meta or b""],
+                  client=p)
             claimed.append(Entry(job, request, claimed=True, attempt=attempt, meta=counted))
         won = p.execute() if claimed else []
     started = datetime.now(UTC)  # kept by finish_claimed, as RQ keeps a dequeued job's start
@@ -409,7 +410,8 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
 
 
 def _release(conn: redis.Redis, rt: Runtime, entry: Entry) -> None:
-    """Give a claimed job back to the queue, untouched (its own attempt will redraw it from step 1)."""
+    """Give a claimed job back to the queue, its progress reset (its next attempt redraws it from step 1; the
+    claim's attempt stays spent, as a take's does)."""
     _save_meta(entry.job, entry.meta, **queued_again())
     conn.lpush(make_queue(conn, entry.job.origin).key, entry.job.id)
     conn.hdel(Keys(rt.settings.key_prefix).running, entry.job.id)

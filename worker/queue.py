@@ -317,8 +317,12 @@ def clear_heartbeat(conn: redis.Redis, settings: Settings, name: str) -> None:
 # Take a waiting job out of RQ's list, record its owner and count its attempt in one step: only one worker can win
 # it, and a crash between them can neither lose it nor leave the attempt unspent. KEYS: queue list, running hash,
 # the job's hash, whose queued TTL goes (as RQ's prepare_job_execution does for a job it dequeues), so a job claimed
-# near its queued_ttl cannot expire mid-run. ARGV: job id, owner record, the job's meta with the attempt counted.
+# near its queued_ttl cannot expire mid-run. ARGV: job id, owner record, the job's meta with the attempt counted,
+# the meta as read when it was counted: a job another worker took and gave back meanwhile is left (its count moved).
 CLAIM_LUA = """
+if (redis.call('HGET', KEYS[3], 'meta') or '') ~= ARGV[4] then
+  return 0
+end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
   redis.call('HSET', KEYS[3], 'meta', ARGV[3])

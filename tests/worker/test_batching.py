@@ -180,4 +180,5 @@ def test_a_job_claimed_into_a_batch_has_its_attempt_counted_by_the_claim(conn, s
     ids = [q.enqueue_generation(conn, request(captions=[c]), batched)[0] for c in CAPTIONS[:4]]
     run_burst(batched)
     assert stored == dict.fromkeys(ids, 1)
-    assert all(q.get_view(conn, j, batched).result["attempt"] == 1 for j in ids)
+    assert all((lambda r: (r["attempt"], r["batch"]["jobs"]))(q.get_view(conn, j, batched).result) == (1, 4)
+               for j in ids), "one call drew all four, three of them claimed"

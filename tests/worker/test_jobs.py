@@ -343,10 +343,17 @@ def test_orphaned_jobs_are_requeued_and_given_up_after_max_attempts(conn, settin
     job_key = q.fetch_job(conn, job_id).key
     assert conn.ttl(job_key) > 0  # queued_ttl: a job left waiting too long is dropped
     claim = conn.register_script(q.CLAIM_LUA)
-    job = q.fetch_job(conn, job_id)
-    counted = [json.dumps({**job.meta, "attempt": 1, "by": who}) for who in ("dead", "other")]
-    assert claim(keys=[queue_key, keys.running, job_key], args=[job_id, q.owner_record("dead", 1), counted[0]]) == 1
-    assert claim(keys=[queue_key, keys.running, job_key], args=[job_id, q.owner_record("other", 1), counted[1]]) == 0
+    job, read = q.fetch_job(conn, job_id), conn.hget(job_key, "meta")
+    counted = [json.dumps({**job.meta, "attempt": 1, "by": who}) for who in ("moved", "dead", "other")]
+    # a count made from a meta that changed since (another worker took the job and gave it back) claims nothing
+    moved = read.replace(b'"attempt": 0', b'"attempt": 1')
+    assert moved != read and claim(keys=[queue_key, keys.running, job_key],
+                                   args=[job_id, q.owner_record("moved", 1), counted[0], moved]) == 0
+    assert conn.llen(queue_key) == 1
+    assert claim(keys=[queue_key, keys.running, job_key],
+                 args=[job_id, q.owner_record("dead", 1), counted[1], read]) == 1
+    assert claim(keys=[queue_key, keys.running, job_key],
+                 args=[job_id, q.owner_record("other", 1), counted[2], read]) == 0
     assert conn.llen(queue_key) == 0 and conn.ttl(job_key) == -1  # a claimed job no longer expires as if waiting
     assert b'"dead"' in conn.hget(keys.running, job_id)  # the winner's owner record stays
     assert q.fetch_job(conn, job_id).meta == {**job.meta, "attempt": 1, "by": "dead"}  # and its count: one claim wins
