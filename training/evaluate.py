@@ -30,6 +30,8 @@ def main(args: argparse.Namespace) -> int:
     dataset = ckpt.extra.get("dataset")
     if (args.resume or args.time_limit is not None) and dataset not in ("binarized-mnist", "mnist"):
         raise SystemExit(f"--resume and --time-limit are for MNIST models' L_k; {args.checkpoint} is of {dataset}")
+    if (args.resume or args.time_limit is not None) and not args.per_image:
+        raise SystemExit("--resume and --time-limit need --per-image: the file the images measured are kept in")
     if dataset in ("binarized-mnist", "mnist"):
         from training.data.binarized import dynamic_binarize, load_binarized_mnist
         from training.data.mnist import load_mnist
@@ -46,11 +48,8 @@ def main(args: argparse.Namespace) -> int:
         journal = None
         if args.per_image:
             weights = json.loads((Path(args.checkpoint) / "checkpoint.json").read_text())["weights_sha256"]
-            journal = Journal(args.per_image, chosen.tolist(), k=args.k, seed=0, chunk=args.chunk, source=weights)
-            if not args.resume:
-                Path(journal.state).unlink(missing_ok=True)
-        elif args.resume or args.time_limit is not None:
-            raise SystemExit("--resume and --time-limit need --per-image: the file the images measured are kept in")
+            journal = Journal(args.per_image, chosen.tolist(), k=args.k, seed=0, chunk=args.chunk, source=weights,
+                              resume=args.resume)
         deadline = None if args.time_limit is None else time.monotonic() + 60 * args.time_limit
         lk = nll_k(model, {"x": data["x"][chosen]}, args.k, chunk=args.chunk, journal=journal,
                    stop=None if deadline is None else lambda: time.monotonic() > deadline)

@@ -70,22 +70,28 @@ def per_image_row(index: int, lk: float, mean_log_weight: float) -> str:
 class Journal:
     """−L_k per example written as it is measured, with the random stream's state after each pass, so an evaluation
     cut short (a session's end, `--time-limit`, a lent GPU's budget) resumes where it stopped and ends with the same
-    numbers, byte for byte in its CSV, as one that ran through (ε is drawn on the CPU, so a CPU run may be resumed
-    on a GPU and the other way round). `path` is the --per-image CSV; its state lives beside it in `path.state.json`.
-    The CSV row is written before the state: a crash between them leaves a row the state does not count, and a
-    resume drops it."""
+    numbers as one that ran through: the same bytes in its CSV on the same device; ε is drawn on the CPU, so a run
+    may also go on on another device, with the same samples but its own last float bits. `path` is the --per-image
+    CSV; its state lives beside it in `path.state.json`. The CSV row is written before the state: a crash between
+    them leaves a row the state does not count, and a resume drops it. Without `resume`, both start afresh."""
 
-    def __init__(self, path: str | Path, indices: list[int], *, k: int, seed: int, chunk: int, source: str):
+    def __init__(self, path: str | Path, indices: list[int], *, k: int, seed: int, chunk: int, source: str,
+                 resume: bool = True):
         self.path, self.state = Path(path), Path(f"{path}.state.json")
-        self.indices = indices
+        self.indices, self.resume = indices, resume
         images = hashlib.sha256(",".join(map(str, indices)).encode()).hexdigest()  # the state is rewritten each pass
         self.run = {"k": k, "seed": seed, "chunk": chunk, "source": source, "images": images}
 
     def restore(self, generator: torch.Generator, lk: Tensor, mean: Tensor) -> int:
         """Fill the rows measured so far into lk and mean (as L_k and mean log-weight), set the generator to where
-        they left it, and return how many there are; 0 (and a fresh CSV) when there is no state to resume."""
-        if not self.state.exists():
-            self.path.write_text(PER_IMAGE_HEADER + "\n")
+        they left it, and return how many there are; 0 (and a fresh CSV) when there is nothing to resume."""
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        if not self.resume or not self.state.exists():
+            if self.resume and len(lines) > 1:
+                raise ValueError(f"{self.path} holds {len(lines) - 1} rows but no state to resume them from "
+                                 f"({self.state}): run without --resume to start afresh")
+            self.state.unlink(missing_ok=True)
+            _replace(self.path, PER_IMAGE_HEADER + "\n")
             return 0
         saved = json.loads(self.state.read_text())
         differs = [key for key, value in self.run.items() if saved.get(key) != value]
@@ -93,13 +99,12 @@ class Journal:
             raise ValueError(f"{self.state} is of another evaluation (its {', '.join(differs)} differ): remove it "
                              f"and {self.path}, or run the same command as the one that wrote them")
         done = int(saved["done"])
-        lines = self.path.read_text().splitlines() if self.path.exists() else []
         if lines[:1] != [PER_IMAGE_HEADER] or len(lines) < done + 1:
             raise ValueError(f"{self.path} holds {len(lines) - 1} rows where its state counts {done}")
         rows = [line.split(",") for line in lines[1 : done + 1]]
         if [int(r[0]) for r in rows] != self.indices[:done]:
             raise ValueError(f"{self.path}: its rows are not the first {done} of this evaluation's images")
-        self.path.write_text("\n".join(lines[: done + 1]) + "\n")  # drops a row written after the last state
+        _replace(self.path, "\n".join(lines[: done + 1]) + "\n")  # drops a row written after the last state
         lk[:done] = torch.tensor([-float(r[1]) for r in rows], dtype=torch.float64)
         mean[:done] = torch.tensor([-float(r[2]) for r in rows], dtype=torch.float64)
         generator.set_state(torch.frombuffer(bytearray(base64.b64decode(saved["generator"])), dtype=torch.uint8))
@@ -111,10 +116,14 @@ class Journal:
             f.writelines(per_image_row(self.indices[i], lk[i].item(), mean[i].item()) + "\n"
                          for i in range(start, stop))
         stream = base64.b64encode(generator.get_state().numpy().tobytes()).decode()
-        state = self.run | {"done": stop, "generator": stream}
-        tmp = self.state.with_name(self.state.name + ".tmp")
-        tmp.write_text(json.dumps(state) + "\n")
-        os.replace(tmp, self.state)
+        _replace(self.state, json.dumps(self.run | {"done": stop, "generator": stream}) + "\n")
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write a file whole or not at all (a kill mid-write leaves the old one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def nll_k(model: Any, data: Batch, k: int, *, seed: int = 0, progress: bool = True, chunk: int = 500,
@@ -130,6 +139,8 @@ def nll_k(model: Any, data: Batch, k: int, *, seed: int = 0, progress: bool = Tr
     n = data["x"].shape[0]
     per = max(1, chunk // k)  # examples whose k samples share one pass
     lk, mean = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
+    if journal is not None and journal.run["seed"] != seed:
+        raise ValueError(f"the journal is of seed {journal.run['seed']}, this evaluation of seed {seed}")
     start = done = journal.restore(g, lk, mean) if journal is not None else 0
     for i in tqdm(range(start, n, per), desc=f"L_{k}", disable=not progress, leave=False, initial=start // per,
                   total=math.ceil(n / per)):

@@ -101,6 +101,14 @@ def test_an_lk_resume_refuses_another_evaluations_state(trained_draw, tmp_path):
     elsewhere = Journal(tmp_path / "a.csv", [11, 13, 16, 19], k=6, seed=0, chunk=12, source="tiny")
     with pytest.raises(ValueError, match="its images differ"):
         nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=elsewhere)
+    with pytest.raises(ValueError, match="seed"):
+        nll_k(model, {"x": x}, 6, chunk=12, seed=1, progress=False, journal=_journal(tmp_path / "a.csv", x))
+    (tmp_path / "a.csv.state.json").unlink()  # rows without their state: a resume refuses, a fresh run starts over
+    with pytest.raises(ValueError, match="no state"):
+        nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "a.csv", x))
+    fresh = Journal(tmp_path / "a.csv", [10, 13, 16, 19], k=6, seed=0, chunk=12, source="tiny", resume=False)
+    assert nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=fresh)["images_L6"] == 4
+    assert len((tmp_path / "a.csv").read_text().splitlines()) == 1 + 4
 
 
 def test_the_bound_gap_is_measured_on_the_same_samples_and_never_negative(trained_draw):

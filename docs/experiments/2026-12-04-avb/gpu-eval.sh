@@ -9,8 +9,15 @@
 #   mkdir -p /work/ckpt-hold gpu/data && for d in checkpoints/*; do case $d in checkpoints/avb-mnist|\
 #     checkpoints/avb-mnist-vae) ;; *) mv "$d" /work/ckpt-hold/;; esac; done && cp -r ../shared/data/mnist gpu/data/
 #   run: command "bash docs/experiments/2026-12-04-avb/gpu-eval.sh cuda", carry ["gpu"], timeout_s 540
-# Each evaluation is cut at 240 s (GPU speed unmeasured: 50 M decoder passes a model); a cut or failed one is said
-# so, and the paired difference is taken only when both finished.
+# Each evaluation stops itself after 3.5 minutes (--time-limit; GPU speed unmeasured: 50 M decoder passes a model)
+# and keeps every image it measured, with the random stream's state, in $OUT; the paired difference is taken only
+# when both finished. A cut one goes on from those files with --resume, on the CPU or the next GPU, to the same
+# samples (the same --chunk 5000 on both: the journal refuses another; each device's own last float bits), e.g.:
+#   mkdir -p docs/experiments/2026-12-04-avb/all && cp OUT/avb-mnist-per-image.csv* docs/experiments/2026-12-04-avb/all/
+#   .venv/bin/python -m training evaluate \
+#     checkpoints/avb-mnist --k 5000 --chunk 5000 --data-dir ../shared/data --resume --time-limit 100 \
+#     --per-image docs/experiments/2026-12-04-avb/all/avb-mnist-per-image.csv
+# A $RESUME folder holding such files (carried with the tree) is copied into $OUT first, so the GPU goes on from them.
 #   then: mv /work/ckpt-hold/* checkpoints/
 # Arguments: device, test images (--limit; default all), L_k images (--lk-images; default all), k (default 5000).
 set -uo pipefail
@@ -22,14 +29,16 @@ DATA=gpu/data; [ -d "$DATA/mnist" ] || DATA=../shared/data
 START=$(date +%s)
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/versions.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/versions.txt" 2>/dev/null
+RESUME=${RESUME:-docs/experiments/2026-12-04-avb/all}
+[ -d "$RESUME" ] && cp "$RESUME"/*per-image.csv* "$OUT"/ 2>/dev/null
 ok=1
 for m in avb-mnist avb-mnist-vae; do
-  timeout 240 $PY -m training evaluate checkpoints/$m --k "$K" --chunk 20000 --data-dir $DATA --device "$DEV" \
-      ${LIMIT:+--limit $LIMIT} ${LK:+--lk-images $LK} --per-image "$OUT/$m-per-image.csv" --json "$OUT/$m.json" \
-      > "$OUT/$m.log" 2>&1
+  $PY -m training evaluate checkpoints/$m --k "$K" --chunk 5000 --data-dir $DATA --device "$DEV" --time-limit 3.5 \
+      ${LIMIT:+--limit $LIMIT} ${LK:+--lk-images $LK} --per-image "$OUT/$m-per-image.csv" --resume \
+      --json "$OUT/$m.json" > "$OUT/$m.log" 2>&1
   rc=$?
   echo "$m: rc $rc, $(( $(date +%s) - START )) s"; tail -n 4 "$OUT/$m.log"
-  [ $rc -eq 0 ] || ok=0
+  [ $rc -eq 0 ] && ! grep -q '"partial_L' "$OUT/$m.json" || ok=0
 done
 if [ $ok -eq 1 ]; then
   $PY -m training paired "$OUT/avb-mnist-vae-per-image.csv" "$OUT/avb-mnist-per-image.csv" | tee "$OUT/paired.txt"
