@@ -260,6 +260,7 @@ def train(config: TrainConfig) -> Progress:
     task = make_task(config)
 
     earlier: list[dict[str, Any]] = []  # the invocations that made the run so far (a resume goes on from them)
+    origin = None  # for a run begun with --init-from: where its weights began (`initialised_from`)
     if (last / "checkpoint.json").exists():
         resumed = load_checkpoint(last, device=device)
         model = resumed.model.train()
@@ -273,6 +274,10 @@ def train(config: TrainConfig) -> Progress:
                     f"{k}={json.dumps(new)}" for k, (_, new) in changed.items()) + " would build another: give "
                     "another --out, or resume without it")
         earlier = invocations(resumed.training)
+        # as read when the run began; a run begun before records kept it reads its --init-from now, if still there
+        origin = resumed.training.get("initialised_from")
+        if origin is None and config.init_from and (Path(config.init_from) / "checkpoint.json").exists():
+            origin = initialised_from(config.init_from)
         scales = lr_scales(model)
         optimizers = make_optimizers(model, config)
         restore_optimizers(optimizers, last)
@@ -300,6 +305,7 @@ def train(config: TrainConfig) -> Progress:
         optimizers = make_optimizers(model, config)
         progress = Progress()
         if config.init_from:
+            origin = initialised_from(config.init_from)
             fresh = warm_start(model, optimizers, Path(config.init_from), device)
             if rank == 0:
                 print(f"initialised from {config.init_from}; fresh: {', '.join(fresh) or 'none'}", file=sys.stderr)
@@ -364,8 +370,8 @@ def train(config: TrainConfig) -> Progress:
         if rank == 0:
             with evaluating(model):  # as the worker draws; in train mode sampling moved batch norm's statistics
                 row |= task.epoch_metrics(model)
-            ckpt = Checkpoint(model, vocab=task.vocab, training=training_record(config, progress, earlier, first_epoch,
-                                                                                 wall_before),
+            record = training_record(config, progress, earlier, first_epoch, wall_before, origin)
+            ckpt = Checkpoint(model, vocab=task.vocab, training=record,
                               metrics={"best_val_nll_bound": progress.best_val, "best_epoch": progress.best_epoch,
                                        "last": row},
                               extra=task.extra)
@@ -417,10 +423,21 @@ def invocations(training: dict[str, Any]) -> list[dict[str, Any]]:
              "torch": training.get("torch"), "world_size": training.get("world_size", 1)}]
 
 
+def initialised_from(directory: str | Path) -> dict[str, Any]:
+    """What a run's --init-from checkpoint was: its path, weights digest, epochs and the commands that trained it, kept
+    in the new run's record so its card still says where its weights began once that checkpoint is replaced."""
+    manifest = json.loads((Path(directory) / "checkpoint.json").read_text())
+    training = manifest.get("training", {})
+    return {"checkpoint": str(directory), "weights_sha256": manifest.get("weights_sha256"),
+            "epochs": training.get("epochs"), "invocations": invocations(training)}
+
+
 def training_record(config: TrainConfig, progress: Progress, earlier: list[dict[str, Any]] | None = None,
-                    first_epoch: int = 1, wall_before: float = 0.0) -> dict[str, Any]:
-    """The checkpoint's `training`: this command (quoted as a shell reads it), its config, machine and epochs, and
-    `invocations`: every command that trained the run, with its epoch range, machine and wall time."""
+                    first_epoch: int = 1, wall_before: float = 0.0,
+                    origin: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint's `training`: this command (quoted as a shell reads it), its config, machine and epochs,
+    `invocations`: every command that trained the run, with its epoch range, machine and wall time, and for a run
+    begun with --init-from, `initialised_from` (see `initialised_from`)."""
     argv = sys.argv[1:] if sys.argv[0].endswith("__main__.py") else sys.argv
     command = ("python -m training " if sys.argv[0].endswith("__main__.py") else "") + shlex.join(argv)
     this = {"command": command, "epochs": [first_epoch, progress.epoch],
@@ -435,4 +452,4 @@ def training_record(config: TrainConfig, progress: Progress, earlier: list[dict[
         "world_size": this["world_size"],
         "torch": this["torch"],
         "invocations": [*(earlier or []), this],
-    }
+    } | ({"initialised_from": origin} if origin else {})

@@ -242,6 +242,30 @@ def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_a_few(tmp_path, s
     assert json.loads((tmp_path / "resumed.json").read_text())["test"] == test
 
 
+def test_a_run_begun_from_another_checkpoint_keeps_where_its_weights_began(tmp_path, shared_data):
+    """--init-from records the source checkpoint (path, weights digest, epochs, the commands that trained it) in the
+    new run's record, a resume keeps it after the source is gone, and the card shows it before the run's own rows."""
+    import shutil
+
+    from training.card import render
+
+    _train(tmp_path / "source", shared_data, "--epochs", "2")
+    source = json.loads((tmp_path / "source" / "last" / "checkpoint.json").read_text())
+    _train(tmp_path / "warm", shared_data, "--epochs", "1", "--init-from", str(tmp_path / "source" / "last"))
+    shutil.rmtree(tmp_path / "source")  # replaced or gone: the record already holds what it was
+    _train(tmp_path / "warm", shared_data, "--epochs", "2", "--init-from", str(tmp_path / "source" / "last"))
+    training = json.loads((tmp_path / "warm" / "last" / "checkpoint.json").read_text())["training"]
+    origin = training["initialised_from"]
+    assert origin["weights_sha256"] == source["weights_sha256"] and origin["epochs"] == 2
+    assert [r["epochs"] for r in origin["invocations"]] == [[1, 2]]
+    assert origin["invocations"][0]["command"] == source["training"]["command"]
+    assert [r["epochs"] for r in training["invocations"]] == [[1, 1], [2, 2]]
+    card = render(tmp_path / "warm" / "last")
+    assert f"| initialised from | `{tmp_path / 'source' / 'last'}` as it was then (weights sha256 " \
+           f"{source['weights_sha256'][:12]}…, 2 epochs)" in card
+    assert card.index("| before: epochs 1–2 |") < card.index("| epochs 1–1 |") < card.index("| epochs 2–2 |")
+
+
 def test_init_from_copies_matching_weights_and_their_optimizer_averages(tmp_path):
     """A new run warm-started from another model's checkpoint: shared tensors and RMSprop's running averages
     carry over by name; a tensor the source lacks starts fresh and has no optimizer state yet."""
