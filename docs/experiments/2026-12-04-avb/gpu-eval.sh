@@ -3,7 +3,9 @@
 # once, seed 0; the L_k noise from seed 0, as every CPU evaluation) for the shipped avb-mnist and its VAE baseline,
 # each image's value kept, then the paired difference AVB − VAE with its standard error. Two CPU cores need about
 # 8.5 s an image at k = 5,000 (a conv decoder 5,000 times), so all 10,000 is GPU work.
-# Prepared 2026-12-05 and rehearsed on the CPU only (`... gpu-eval.sh cpu 20 4 50`): no GPU was lent.
+# Prepared 2026-12-05 and rehearsed on the CPU only (`... gpu-eval.sh cpu 20 4 50`): no GPU was lent. Rehearsed
+# again in the seventeenth session with the journals: a second run over the same $OUT resumed both finished
+# journals and printed the same paired difference.
 #
 # Before `run` (repository root): move every other checkpoint aside so the tree stays under 64 MiB, copy MNIST:
 #   mkdir -p /work/ckpt-hold gpu/data && for d in checkpoints/*; do case $d in checkpoints/avb-mnist|\
