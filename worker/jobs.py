@@ -297,7 +297,7 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
         log.warning("job %s: job store error (%s); requeueing", job.id, store_error(e))
         with contextlib.suppress(redis.RedisError):
             _requeue_all(conn, rt, entries, reason="job store error")
-        return Retry(max=rt.settings.max_attempts)
+        return _retry_or_give_up(conn, rt, leader, "job store error")
     except BaseException as e:
         # A timeout or a bug fails the leader; jobs it claimed did nothing wrong and go back to the queue.
         for other in entries[1:]:
@@ -310,7 +310,7 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
         rt.current.difference_update(e.job.id for e in entries)
     if stopped:  # shutdown: requeue everything unfinished (RQ requeues the leader because it returns Retry)
         _requeue_all(conn, rt, entries, reason="worker shutdown")
-        return Retry(max=rt.settings.max_attempts)
+        return _retry_or_give_up(conn, rt, leader, "worker shutdown")
     conn.hdel(keys.running, *[e.job.id for e in entries])
     return summaries[job.id]
 
@@ -322,6 +322,23 @@ def _requeue_all(conn: redis.Redis, rt: Runtime, entries: list[Entry], reason: s
     leader = entries[0]
     _save_meta(leader.job, leader.meta, **queued_again(), requeued=reason)
     conn.hdel(Keys(rt.settings.key_prefix).running, leader.job.id)
+
+
+class GaveUp(Exception):
+    """A job cut short on its last allowed attempt: RQ fails it, and its record says why."""
+
+
+def _retry_or_give_up(conn: redis.Redis, rt: Runtime, leader: Entry, reason: str) -> Retry:
+    """RQ's Retry for a leader cut short before its last allowed attempt; on that attempt the job fails as a dead
+    worker's does (worker.queue.requeue): the limit is glimpse's attempt count on every path, not RQ's count of
+    Retry returns, which a crash's requeue never raises (a job could otherwise run past max_attempts)."""
+    attempt, limit = leader.attempt, rt.settings.max_attempts
+    if attempt < limit:
+        return Retry(max=limit)  # its Retry returns so far ≤ attempt − 1 < limit: RQ never fails it first
+    message = f"gave up after {attempt} attempts; last: {reason}"
+    with contextlib.suppress(redis.RedisError):
+        _save_meta(leader.job, leader.meta, state="failed", error={"type": "lost", "message": message})
+    raise GaveUp(message)
 
 
 def store_error(e: redis.RedisError) -> str:

@@ -229,6 +229,31 @@ def test_cancel_reaches_a_likelihood_job_inside_one_images_k_samples(conn, setti
     assert len(passes) <= 3, len(passes)  # of the first image's ten
 
 
+def test_a_job_cut_short_by_shutdown_on_its_last_attempt_fails_saying_so(conn, settings, run_burst, monkeypatch):
+    """The attempt limit is glimpse's count on the shutdown path too: RQ's own count of Retry returns never sees
+    the attempts a crash's requeue spent, so a job two crashes old was drawn a third, fourth... time."""
+    from worker import jobs
+
+    job_id, _ = q.enqueue_generation(conn, request(), settings, steps=5)
+    job = q.fetch_job(conn, job_id)
+    job.meta["attempt"] = settings.max_attempts - 1  # two runs already lost to dead workers
+    job.save_meta()
+    runs: list[int] = []
+    generate = jobs.generate
+
+    def counted(payload):
+        runs.append(1)
+        return generate(payload)
+
+    monkeypatch.setattr(jobs, "generate", counted)
+    monkeypatch.setattr(jobs.ShutdownGuard, "stop", property(lambda guard: True))  # every run is cut short
+    run_burst(settings)
+    view = q.get_view(conn, job_id, settings)
+    assert len(runs) == 1 and view.status == "failed" and view.attempt == settings.max_attempts, (runs, view)
+    assert view.error == f"gave up after {settings.max_attempts} attempts; last: worker shutdown"
+    assert not conn.hexists(Keys(settings.key_prefix).running, job_id)
+
+
 def test_a_shutdown_inside_one_images_samples_requeues_the_likelihood_job_which_reruns_to_the_same_scores(
         conn, settings, run_burst, loaded_models, monkeypatch):
     """The shutdown grace ends during the first image's first pass (of two at k = 1000): the job goes back on the
