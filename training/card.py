@@ -202,8 +202,13 @@ def _command_rows(training: dict[str, Any]) -> list[str]:
     runs = training.get("invocations", [])
     if not _several_commands(training):
         return [f"| command | `{training.get('command', '—')}` |"]
-    return [f"| epochs {r['epochs'][0]}–{r['epochs'][1]} | `{r['command']}` on {r['machine']}, torch {r['torch']}, "
-            f"{r['world_size']} process(es), {(r['wall_seconds'] or 0) / 60:.0f} min |" for r in runs]
+    return [f"| epochs {r['epochs'][0]}–{r['epochs'][1]} | {_invocation(r)} |" for r in runs]
+
+
+def _invocation(r: dict[str, Any]) -> str:
+    """One command that trained a checkpoint, with where and how long."""
+    return (f"`{r['command']}` on {r['machine']}, torch {r['torch']}, {r['world_size']} process(es), "
+            f"{(r['wall_seconds'] or 0) / 60:.0f} min")
 
 
 def _origin_rows(training: dict[str, Any]) -> list[str]:
@@ -215,8 +220,7 @@ def _origin_rows(training: dict[str, Any]) -> list[str]:
     rows = [f"| initialised from | `{origin['checkpoint']}` as it was then (weights sha256 "
             f"{str(origin.get('weights_sha256'))[:12]}…, {origin.get('epochs')} epochs), itself trained by the "
             f"row(s) below; the rows after them train on from its weights |"]
-    return rows + [f"| before: epochs {r['epochs'][0]}–{r['epochs'][1]} | `{r['command']}` on {r['machine']}, torch "
-                   f"{r['torch']}, {r['world_size']} process(es), {(r['wall_seconds'] or 0) / 60:.0f} min |"
+    return rows + [f"| before: epochs {r['epochs'][0]}–{r['epochs'][1]} | {_invocation(r)} |"
                    for r in origin.get("invocations", [])]
 
 

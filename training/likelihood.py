@@ -73,18 +73,21 @@ class Journal:
     numbers as one that ran through: the same bytes in its CSV on the same device; ε is drawn on the CPU, so a run
     may also go on on another device, with the same samples but its own last float bits. `path` is the --per-image
     CSV; its state lives beside it in `path.state.json`. The CSV row is written before the state: a crash between
-    them leaves a row the state does not count, and a resume drops it. Without `resume`, both start afresh."""
+    them leaves a row the state does not count, and a resume drops it. Without `resume`, both start afresh.
+    `source` names the model (evaluate: its weights' sha256); nll_k adds k, chunk and seed to what a state must
+    match."""
 
-    def __init__(self, path: str | Path, indices: list[int], *, k: int, seed: int, chunk: int, source: str,
-                 resume: bool = True):
+    def __init__(self, path: str | Path, indices: list[int], *, source: str, resume: bool = True):
         self.path, self.state = Path(path), Path(f"{path}.state.json")
         self.indices, self.resume = indices, resume
         images = hashlib.sha256(",".join(map(str, indices)).encode()).hexdigest()  # the state is rewritten each pass
-        self.run = {"k": k, "seed": seed, "chunk": chunk, "source": source, "images": images}
+        self.run: dict[str, Any] = {"source": source, "images": images}
 
-    def restore(self, generator: torch.Generator, lk: Tensor, mean: Tensor) -> int:
+    def restore(self, generator: torch.Generator, lk: Tensor, mean: Tensor, **run: Any) -> int:
         """Fill the rows measured so far into lk and mean (as L_k and mean log-weight), set the generator to where
-        they left it, and return how many there are; 0 (and a fresh CSV) when there is nothing to resume."""
+        they left it, and return how many there are; 0 (and a fresh CSV) when there is nothing to resume. `run`:
+        the evaluation's own settings, which a state must match too."""
+        self.run |= run
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         if not self.resume or not self.state.exists():
             if self.resume and len(lines) > 1:
@@ -139,9 +142,7 @@ def nll_k(model: Any, data: Batch, k: int, *, seed: int = 0, progress: bool = Tr
     n = data["x"].shape[0]
     per = max(1, chunk // k)  # examples whose k samples share one pass
     lk, mean = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
-    if journal is not None and journal.run["seed"] != seed:
-        raise ValueError(f"the journal is of seed {journal.run['seed']}, this evaluation of seed {seed}")
-    start = done = journal.restore(g, lk, mean) if journal is not None else 0
+    start = done = journal.restore(g, lk, mean, k=k, chunk=chunk, seed=seed) if journal is not None else 0
     for i in tqdm(range(start, n, per), desc=f"L_{k}", disable=not progress, leave=False, initial=start // per,
                   total=math.ceil(n / per)):
         if stop is not None and i > start and stop():

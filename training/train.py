@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from models.checkpoint import Checkpoint, load_checkpoint
+from models.checkpoint import Checkpoint, load_checkpoint, read_manifest
 from models.family import Losses, family, param_groups
 from models.sampling import draw_noise, sample, seed_walks
 from training import artefacts
@@ -274,10 +274,7 @@ def train(config: TrainConfig) -> Progress:
                     f"{k}={json.dumps(new)}" for k, (_, new) in changed.items()) + " would build another: give "
                     "another --out, or resume without it")
         earlier = invocations(resumed.training)
-        # as read when the run began; a run begun before records kept it reads its --init-from now, if still there
-        origin = resumed.training.get("initialised_from")
-        if origin is None and config.init_from and (Path(config.init_from) / "checkpoint.json").exists():
-            origin = initialised_from(config.init_from)
+        origin = resumed.training.get("initialised_from")  # as read when the run began
         scales = lr_scales(model)
         optimizers = make_optimizers(model, config)
         restore_optimizers(optimizers, last)
@@ -426,7 +423,7 @@ def invocations(training: dict[str, Any]) -> list[dict[str, Any]]:
 def initialised_from(directory: str | Path) -> dict[str, Any]:
     """What a run's --init-from checkpoint was: its path, weights digest, epochs and the commands that trained it, kept
     in the new run's record so its card still says where its weights began once that checkpoint is replaced."""
-    manifest = json.loads((Path(directory) / "checkpoint.json").read_text())
+    manifest = read_manifest(directory)
     training = manifest.get("training", {})
     return {"checkpoint": str(directory), "weights_sha256": manifest.get("weights_sha256"),
             "epochs": training.get("epochs"), "invocations": invocations(training)}

@@ -79,6 +79,7 @@ from worker.queue import (
     SERIALIZER,
     announce,
     finish_claimed,
+    gave_up,
     make_queue,
     now_iso,
     owner_record,
@@ -280,8 +281,7 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
     attempt = int(meta.get("attempt") or 0)  # counted when the worker took the job (worker.__main__.Worker)
     if attempt < 1:
         raise RuntimeError("worker.jobs.generate runs inside glimpse's worker, which counts each job's attempts")
-    leader = Entry(job, request, claimed=False, attempt=attempt, meta=meta)
-    conn.hset(keys.running, job.id, owner_record(rt.worker_name, leader.attempt))
+    leader = Entry(job, request, claimed=False, attempt=attempt, meta=meta)  # owned since the take, too
     entries = [leader, *_claim_batch(conn, rt, leader, lm)]
     rt.current.update(e.job.id for e in entries)
     try:
@@ -297,7 +297,7 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
         log.warning("job %s: job store error (%s); requeueing", job.id, store_error(e))
         with contextlib.suppress(redis.RedisError):
             _requeue_all(conn, rt, entries, reason="job store error")
-        return _retry_or_give_up(conn, rt, leader, "job store error")
+        return _retry_or_give_up(rt, leader, "job store error")
     except BaseException as e:
         # A timeout or a bug fails the leader; jobs it claimed did nothing wrong and go back to the queue.
         for other in entries[1:]:
@@ -310,7 +310,7 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
         rt.current.difference_update(e.job.id for e in entries)
     if stopped:  # shutdown: requeue everything unfinished (RQ requeues the leader because it returns Retry)
         _requeue_all(conn, rt, entries, reason="worker shutdown")
-        return _retry_or_give_up(conn, rt, leader, "worker shutdown")
+        return _retry_or_give_up(rt, leader, "worker shutdown")
     conn.hdel(keys.running, *[e.job.id for e in entries])
     return summaries[job.id]
 
@@ -328,14 +328,14 @@ class GaveUp(Exception):
     """A job cut short on its last allowed attempt: RQ fails it, and its record says why."""
 
 
-def _retry_or_give_up(conn: redis.Redis, rt: Runtime, leader: Entry, reason: str) -> Retry:
+def _retry_or_give_up(rt: Runtime, leader: Entry, reason: str) -> Retry:
     """RQ's Retry for a leader cut short before its last allowed attempt; on that attempt the job fails as a dead
     worker's does (worker.queue.requeue): the limit is glimpse's attempt count on every path, not RQ's count of
     Retry returns, which a crash's requeue never raises (a job could otherwise run past max_attempts)."""
     attempt, limit = leader.attempt, rt.settings.max_attempts
     if attempt < limit:
         return Retry(max=limit)  # its Retry returns so far ≤ attempt − 1 < limit: RQ never fails it first
-    message = f"gave up after {attempt} attempts; last: {reason}"
+    message = gave_up(attempt, reason)
     with contextlib.suppress(redis.RedisError):
         _save_meta(leader.job, leader.meta, state="failed", error={"type": "lost", "message": message})
     raise GaveUp(message)

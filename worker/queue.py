@@ -368,6 +368,11 @@ def queued_again() -> dict[str, Any]:
     return {"state": "queued", "step": 0, "progress": 0.0, "scores": {}, "labels": {}}
 
 
+def gave_up(attempt: int, reason: str) -> str:
+    """The error of a job failed for running out of attempts, whichever path cut its last one short."""
+    return f"gave up after {attempt} attempts; last: {reason}"
+
+
 def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str) -> str:
     """Put a job whose run was cut short back at the front of its queue, or fail it after max_attempts.
 
@@ -393,7 +398,7 @@ def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str) -> 
     meta = job.get_meta(refresh=True)
     attempt = int(meta.get("attempt") or 0)
     if attempt >= settings.max_attempts:
-        message = f"gave up after {attempt} attempts; last: {reason}"
+        message = gave_up(attempt, reason)
         meta.update(state="failed", error={"type": "lost", "message": message}, updated_at=now_iso())
         job.meta = meta
         job.save_meta()

@@ -57,8 +57,8 @@ def test_lk_chunking_does_not_change_the_estimate(trained_draw):
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)  # L_k and the mean log-weight alike
 
 
-def _journal(path, x, k=6, chunk=12, source="tiny"):
-    return Journal(path, [10 + 3 * i for i in range(len(x))], k=k, seed=0, chunk=chunk, source=source)
+def _journal(path, x, source="tiny"):
+    return Journal(path, [10 + 3 * i for i in range(len(x))], source=source)
 
 
 def test_an_lk_run_cut_short_and_resumed_ends_as_one_that_ran_through(trained_draw, tmp_path):
@@ -95,10 +95,11 @@ def test_an_lk_resume_refuses_another_evaluations_state(trained_draw, tmp_path):
     model, x = trained_draw
     x = x[:4]
     nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "a.csv", x), stop=lambda: True)
-    for other in (dict(k=5), dict(chunk=6), dict(source="another checkpoint")):
+    for k, chunk, seed, source in ((5, 12, 0, "tiny"), (6, 6, 0, "tiny"), (6, 12, 0, "another checkpoint")):
         with pytest.raises(ValueError, match="another evaluation"):
-            nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "a.csv", x, **other))
-    elsewhere = Journal(tmp_path / "a.csv", [11, 13, 16, 19], k=6, seed=0, chunk=12, source="tiny")
+            nll_k(model, {"x": x}, k, chunk=chunk, seed=seed, progress=False,
+                  journal=_journal(tmp_path / "a.csv", x, source))
+    elsewhere = Journal(tmp_path / "a.csv", [11, 13, 16, 19], source="tiny")
     with pytest.raises(ValueError, match="its images differ"):
         nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=elsewhere)
     with pytest.raises(ValueError, match="seed"):
@@ -106,7 +107,7 @@ def test_an_lk_resume_refuses_another_evaluations_state(trained_draw, tmp_path):
     (tmp_path / "a.csv.state.json").unlink()  # rows without their state: a resume refuses, a fresh run starts over
     with pytest.raises(ValueError, match="no state"):
         nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "a.csv", x))
-    fresh = Journal(tmp_path / "a.csv", [10, 13, 16, 19], k=6, seed=0, chunk=12, source="tiny", resume=False)
+    fresh = Journal(tmp_path / "a.csv", [10, 13, 16, 19], source="tiny", resume=False)
     assert nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=fresh)["images_L6"] == 4
     assert len((tmp_path / "a.csv").read_text().splitlines()) == 1 + 4
 
