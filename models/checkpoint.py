@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import nn
 
 from models.family import FAMILIES, family
@@ -36,6 +36,7 @@ class Checkpoint:
     training: dict[str, Any] = field(default_factory=dict)  # command, data, epochs, wall time, machine...
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. held-out caption combinations
+    weights_sha256: str | None = None  # set by load_checkpoint: the digest of the very bytes it loaded
 
 
 def _sha256(path: Path) -> str:
@@ -120,12 +121,13 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     weights = directory / WEIGHTS
     if not weights.exists():
         raise CheckpointError(f"{weights} not found")
-    digest = _sha256(weights)
+    data = weights.read_bytes()  # hashed and loaded from one read: a file replaced in between cannot slip past
+    digest = hashlib.sha256(data).hexdigest()
     if digest != manifest["weights_sha256"]:
         raise CheckpointError(f"{weights}: sha256 {digest} does not match {manifest['weights_sha256']}")
     cls = family(manifest["kind"])
     model: nn.Module = cls(cls.Config(**manifest["config"]))
-    model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
+    model.load_state_dict(load(data), strict=True)
     model.to(device).eval()
     vocab = manifest.get("vocabulary")
     extra = manifest.get("extra", {})
@@ -135,4 +137,5 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
         training=manifest.get("training", {}),
         metrics=manifest.get("metrics", {}),
         extra=extra,
+        weights_sha256=digest,
     )

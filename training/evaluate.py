@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import CheckpointError, load_checkpoint, read_manifest
+from models.checkpoint import CheckpointError, load_checkpoint
 from training.device import resolve_device
 from training.likelihood import Journal, elbo_terms, nll_k, subset
 
@@ -47,7 +47,8 @@ def main(args: argparse.Namespace) -> int:
         # test-set indices in --per-image: two models' files pair up image by image (`python -m training paired`)
         journal = None
         if args.per_image:
-            journal = Journal(args.per_image, chosen.tolist(), source=read_manifest(args.checkpoint)["weights_sha256"],
+            assert ckpt.weights_sha256 is not None, "load_checkpoint names the weights it loaded"
+            journal = Journal(args.per_image, chosen.tolist(), source=ckpt.weights_sha256,
                               resume=args.resume)
         deadline = None if args.time_limit is None else time.monotonic() + 60 * args.time_limit
         lk = nll_k(model, {"x": data["x"][chosen]}, args.k, chunk=args.chunk, journal=journal,

@@ -34,6 +34,7 @@ def test_draw_round_trip_rebuilds_the_config(tiny_draw, tmp_path):
     assert manifest["kind"] == "draw" and manifest["config"]["write_n"] == 4
     loaded = load_checkpoint(tmp_path / "d")
     assert loaded.model.config == tiny_draw.config and loaded.vocab is None
+    assert loaded.weights_sha256 == manifest["weights_sha256"]  # what evaluate's journal names the weights by
     a = sample(tiny_draw, batch_size=2, seeds=[4, 5])
     assert torch.equal(a.images, sample(loaded.model, batch_size=2, seeds=[4, 5]).images)
 
