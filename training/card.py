@@ -213,11 +213,11 @@ def _invocation(r: dict[str, Any]) -> str:
 
 def _origin_rows(training: dict[str, Any]) -> list[str]:
     """For a run begun from another checkpoint's weights (--init-from): that checkpoint and the commands that trained
-    it, before this run's own rows (whose epochs count from 1 again)."""
+    it, before this run's own rows (whose epochs count from 1 again); a chain of them oldest first."""
     origin = training.get("initialised_from")
     if not origin:
         return []
-    rows = [f"| initialised from | `{origin['checkpoint']}` as it was then (weights sha256 "
+    rows = _origin_rows(origin) + [f"| initialised from | `{origin['checkpoint']}` as it was then (weights sha256 "
             f"{str(origin.get('weights_sha256'))[:12]}…, {origin.get('epochs')} epochs), itself trained by the "
             f"row(s) below; the rows after them train on from its weights |"]
     return rows + [f"| before: epochs {r['epochs'][0]}–{r['epochs'][1]} | {_invocation(r)} |"

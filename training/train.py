@@ -422,11 +422,14 @@ def invocations(training: dict[str, Any]) -> list[dict[str, Any]]:
 
 def initialised_from(directory: str | Path) -> dict[str, Any]:
     """What a run's --init-from checkpoint was: its path, weights digest, epochs and the commands that trained it, kept
-    in the new run's record so its card still says where its weights began once that checkpoint is replaced."""
+    in the new run's record so its card still says where its weights began once that checkpoint is replaced; and,
+    where that checkpoint was itself begun from another, its own `initialised_from`, so the chain is kept whole."""
     manifest = read_manifest(directory)
     training = manifest.get("training", {})
+    earlier = training.get("initialised_from")
     return {"checkpoint": str(directory), "weights_sha256": manifest.get("weights_sha256"),
-            "epochs": training.get("epochs"), "invocations": invocations(training)}
+            "epochs": training.get("epochs"), "invocations": invocations(training)} | (
+        {"initialised_from": earlier} if earlier else {})
 
 
 def training_record(config: TrainConfig, progress: Progress, earlier: list[dict[str, Any]] | None = None,

@@ -264,6 +264,15 @@ def test_a_run_begun_from_another_checkpoint_keeps_where_its_weights_began(tmp_p
     assert f"| initialised from | `{tmp_path / 'source' / 'last'}` as it was then (weights sha256 " \
            f"{source['weights_sha256'][:12]}…, 2 epochs)" in card
     assert card.index("| before: epochs 1–2 |") < card.index("| epochs 1–1 |") < card.index("| epochs 2–2 |")
+    # begun from a run that was itself begun from another: the whole chain, oldest first
+    warm = json.loads((tmp_path / "warm" / "last" / "checkpoint.json").read_text())
+    _train(tmp_path / "warmer", shared_data, "--epochs", "1", "--init-from", str(tmp_path / "warm" / "last"))
+    chain = json.loads((tmp_path / "warmer" / "last" / "checkpoint.json").read_text())["training"]["initialised_from"]
+    assert chain["weights_sha256"] == warm["weights_sha256"] and chain["initialised_from"] == origin
+    card = render(tmp_path / "warmer" / "last")
+    assert (card.index(f"| initialised from | `{tmp_path / 'source' / 'last'}`") < card.index("| before: epochs 1–2 |")
+            < card.index(f"| initialised from | `{tmp_path / 'warm' / 'last'}`") < card.index("| before: epochs 2–2 |")
+            < card.index("| command |"))
 
 
 def test_init_from_copies_matching_weights_and_their_optimizer_averages(tmp_path):
