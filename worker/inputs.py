@@ -61,6 +61,9 @@ def decode(data: bytes, *, height: int, width: int, channels: int) -> np.ndarray
     except Exception as e:  # Pillow raises many types for a broken file; its messages may name a buffer's address
         reason = _OBJECT_REPR.sub("", str(e))
         raise InputImageError(f"not a readable PNG ({type(e).__name__}: {reason})") from None
+    if image.mode.startswith("I"):  # 16-bit grey ("I;16…", or "I"): convert("L") would clip at 255, not scale
+        wide = np.asarray(image).astype(np.int64).clip(0, 65535)
+        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))  # to 0..255, rounded
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
