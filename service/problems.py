@@ -93,13 +93,19 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Problem):
         return problem_response(request, exc.status_code, kind=exc.kind, title=exc.title, detail=exc.detail,
                                 headers=headers, **exc.extensions)
-    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+    allowed = allowed_methods(request) if exc.status_code == 405 else []
+    if allowed:
         headers["Allow"] = ", ".join(allowed)
     if exc.status_code == 400 and exc.detail == FASTAPI_UNPARSED and exc.__cause__ is not None:
         return problem_response(request, 400, kind="malformed-json", title="Malformed JSON",
                                 detail=f"the body is not valid JSON: {_unparsed(exc.__cause__)}")
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != HTTPStatus(exc.status_code).phrase else None
-    return problem_response(request, exc.status_code, detail=detail, headers=headers)
+    if detail is None and exc.status_code == 404:  # the router's own: no route at this path
+        detail = f"no API path {request.url.path!r}: GET /openapi.json (or /docs) lists them"
+    elif detail is None and exc.status_code == 405:
+        detail = f"{request.method} is not allowed at {request.url.path!r}; it takes {', '.join(allowed) or 'none'}"
+    return problem_response(request, exc.status_code, detail=detail or HTTPStatus(exc.status_code).description,
+                            headers=headers)
 
 
 FASTAPI_UNPARSED = "There was an error parsing the body"  # FastAPI's 400 when json.loads raised, not of syntax

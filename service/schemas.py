@@ -29,7 +29,7 @@ from worker.protocol import (
     OutputOptions,
 )
 
-Caption = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CAPTION_CHARS)]
+Caption = Annotated[str, StringConstraints(max_length=MAX_CAPTION_CHARS)]  # "" as "  ": a 422 empty-caption
 SeedIn = Annotated[int, Field(ge=0, le=SEED_MAX)]
 Status = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
 # base64 of a PNG (a `data:image/png;base64,` prefix is accepted); checked against the model by worker.inputs,

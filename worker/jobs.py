@@ -505,7 +505,9 @@ def _sample(conn: redis.Redis, rt: Runtime, lm: LoadedModel, entries: list[Entry
     for c in range(n_chunks):
         chunk = rows[c * s.batch_rows : (c + 1) * s.batch_rows]
         in_chunk = list(dict.fromkeys(e for e, _ in chunk))
-        seeds = [e.request.seeds[i] for e, i in chunk] + [0] * (s.batch_rows - len(chunk))  # type: ignore[index]
+        # noise seeds, one a row: 0 for a reconstruction's rows and the padding (their noise is drawn but unused)
+        seeds = [e.request.seeds[i] if e.request.seed_count else 0  # type: ignore[index]
+                 for e, i in chunk] + [0] * (s.batch_rows - len(chunk))
         given: dict[str, torch.Tensor] = {}
         if "caption" in info.modes:
             assert lm.vocab is not None

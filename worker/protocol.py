@@ -61,7 +61,8 @@ JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # RQ allows letters, digits, _ an
 JobState = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 
-Caption = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CAPTION_CHARS)]
+# no min_length: "" is checked as "  " is, against the vocabulary (EmptyCaptionError), so both read the same 422
+Caption = Annotated[str, StringConstraints(max_length=MAX_CAPTION_CHARS)]
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 InputName = Annotated[str, StringConstraints(pattern=r"^inputs/[0-9]{1,3}\.png$")]
 # what a mode returns (models/family.py names the same)
@@ -282,12 +283,12 @@ class JobRequest(BaseModel):
     @property
     def seed_count(self) -> int:
         """Seeds the job needs: one per image drawn; a walk's two ends (none between images); one for the
-        importance samples of a likelihood job; reconstructions are deterministic but record one per image;
-        classification and a text path take none."""
+        importance samples of a likelihood job; none where nothing is drawn: reconstructions (through the posterior
+        means), classification and a text path."""
         c = self.condition
         if isinstance(c, Walk):
             return 0 if c.inputs else 2
-        if isinstance(c, FewShot | TextPair):
+        if isinstance(c, FewShot | TextPair | Images):
             return 0
         return 1 if isinstance(c, Likelihood) else self.images
 
@@ -323,7 +324,9 @@ class JobRequest(BaseModel):
             raise ValueError(f"{self.images} images requested; the limit is {MAX_IMAGES} per job")
         if self.n != 1 and self.condition.kind not in ("none", "caption", "image_set"):
             raise ValueError(f"n applies to samples; a {self.condition.kind} job takes n = 1")
-        if self.seeds is not None and len(self.seeds) != self.seed_count:
+        # a reconstruction's record from before they took no seeds (2026-12-06) kept one per image: still readable
+        legacy = isinstance(self.condition, Images) and self.seeds is not None and len(self.seeds) == self.images
+        if self.seeds is not None and len(self.seeds) != self.seed_count and not legacy:
             raise ValueError(f"need {self.seed_count} seed(s) for this job: got {len(self.seeds)}")
         if self.decoding is not None and self.decoding.strategy == "sample" and self.condition.kind != "none":
             raise ValueError("sampled decoding draws each sentence's words from its seed: it applies to samples "
@@ -337,8 +340,8 @@ class JobRequest(BaseModel):
         return self.model_copy(update={"seeds": [secrets.randbelow(SEED_MAX + 1) for _ in range(self.seed_count)]})
 
     def output_seeds(self) -> list[int | None]:
-        """The seed of each output: its own where outputs are drawn one per seed (samples, reconstructions); None
-        for a walk (its two seeds are the path's ends) and a likelihood job (one seed for all the samples)."""
+        """The seed of each output: its own where outputs are drawn one per seed (samples); None for a walk (its two
+        seeds are the path's ends), a likelihood job (one seed for all the samples) and a reconstruction (none)."""
         if self.seeds is None or self.seed_count != self.images:
             return [None] * self.images
         return list[int | None](self.seeds)
@@ -646,6 +649,29 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+def mode_problem(kind: str, info: ModelInfo) -> str | None:
+    """Why the model takes no `kind` condition, in the caller's terms; None when it takes it. The API asks before
+    it decodes any uploaded image (a model that takes none should say so, not judge the image's size)."""
+    if kind in info.modes:
+        return None
+    if kind in ("images", "image_set") and info.height is None:
+        return f"model {info.id!r} ({info.kind}) reads and writes text, not images"
+    if kind == "caption" and "text_pair" in info.modes:  # a text model: captions are what it writes
+        return (f"model {info.id!r} ({info.kind}) writes sentences: send `n` for samples, or `interpolate` with two "
+                "sentences; no captions")
+    if kind == "caption" and "none" in info.modes:
+        return f"model {info.id!r} is unconditional ({info.kind}): send no captions"
+    if "caption" in info.modes and kind == "none":
+        return f"model {info.id!r} draws captions ({info.kind}): send 1..{MAX_CAPTIONS} captions"
+    if kind == "likelihood":
+        return (f"model {info.id!r} ({info.kind}) gives no likelihood of a single image; its modes are "
+                f"{sorted(info.modes)}")
+    if kind == "few_shot":
+        return (f"model {info.id!r} ({info.kind}) cannot classify: few-shot classification needs a model with "
+                f"'few_shot' in its modes; its modes are {sorted(info.modes)}")
+    return f"model {info.id!r} ({info.kind}) takes no {kind!r} condition; it takes {sorted(info.modes)}"
+
+
 def validate_for_model(request: JobRequest, info: ModelInfo, *, max_job_bytes: int) -> None:
     """Checks what needs the model: its modes against the condition, the caption vocabulary, the result size.
     Raises InvalidJobError. Torch-free: the API runs it with the ModelInfo from a worker's heartbeat; the worker
@@ -654,22 +680,9 @@ def validate_for_model(request: JobRequest, info: ModelInfo, *, max_job_bytes: i
 
     kind = request.condition.kind
     captioned = "caption" in info.modes
-    if kind not in info.modes:
-        if kind == "caption" and "text_pair" in info.modes:  # a text model: captions are what it writes
-            raise InvalidJobError(f"model {info.id!r} ({info.kind}) writes sentences: send `n` for samples, or "
-                                  "`interpolate` with two sentences; no captions")
-        if kind == "caption" and "none" in info.modes:
-            raise InvalidJobError(f"model {info.id!r} is unconditional ({info.kind}): send no captions")
-        if captioned and kind == "none":
-            raise InvalidJobError(f"model {info.id!r} draws captions ({info.kind}): send 1..{MAX_CAPTIONS} captions")
-        if kind == "likelihood":
-            raise InvalidJobError(f"model {info.id!r} ({info.kind}) gives no likelihood of a single image; its modes "
-                                  f"are {sorted(info.modes)}")
-        if kind == "few_shot":
-            raise InvalidJobError(f"model {info.id!r} ({info.kind}) cannot classify: few-shot classification needs a "
-                                  f"model with 'few_shot' in its modes; its modes are {sorted(info.modes)}")
-        raise InvalidJobError(f"model {info.id!r} ({info.kind}) takes no {kind!r} condition; it takes "
-                              f"{sorted(info.modes)}")
+    problem = mode_problem(kind, info)
+    if problem is not None:
+        raise InvalidJobError(problem)
     captions = request.captions or request.texts or None
     if isinstance(request.condition, Likelihood):
         captions = request.condition.captions

@@ -32,7 +32,7 @@ def test_unknown_words_name_each_word_and_position(client):
 
 
 @pytest.mark.parametrize(("body", "status", "kind"), [
-    ({"caption": ""}, 422, "invalid-request"),
+    ({"caption": ""}, 422, "empty-caption"),  # as a blank one: api.md says no words is empty-caption
     ({"caption": " ? "}, 422, "unknown-words"),  # punctuation outside the vocabulary
     ({"caption": " ".join(["digit"] * 13)}, 422, "caption-too-long"),
     ({"caption": "x" * 501}, 422, "invalid-request"),
@@ -73,6 +73,9 @@ def test_a_list_items_error_is_named_as_our_own_checks_name_it(client):
 
 def test_empty_caption_after_tokenising(client):
     problem(client.post("/v1/generations", json={"caption": "   "}), 422, "empty-caption")
+    # no characters at all is the same problem, not a schema error of another type
+    assert problem(client.post("/v1/generations", json={"captions": [CAPTION, ""]}), 422,
+                   "empty-caption")["caption"] == 1
 
 
 def test_malformed_json(client):

@@ -131,6 +131,14 @@ def test_405_allows_every_method_of_the_path(make_client, method, path, allow):
     r = make_client(key_prefix="nobody").request(method, path)
     assert r.status_code == 405 and r.headers["content-type"] == PROBLEM
     assert r.headers["allow"] == allow
+    if method != "HEAD":  # every problem says what is wrong, the router's own too
+        assert r.json()["detail"] == f"{method} is not allowed at {path!r}; it takes {allow}"
+
+
+def test_a_path_no_route_serves_is_a_404_problem_saying_so(make_client):
+    r = make_client(key_prefix="nobody").get("/v1/nope")
+    assert r.status_code == 404 and r.headers["content-type"] == PROBLEM
+    assert r.json()["detail"] == "no API path '/v1/nope': GET /openapi.json (or /docs) lists them"
 
 
 # --- favicon ----------------------------------------------------------------------------------------------------

@@ -166,6 +166,10 @@ def test_uploaded_images_are_reconstructed_through_the_posterior_means(api, serv
     assert r.status_code == 202, r.text
     body = finished(client, r.json()["links"]["self"])
     assert body["condition"] == "images" and [o["input"] for o in body["outputs"]] == [0, 1]
+    # deterministic: no seeds, and asking for them is a 422 (a `seed` changes nothing, as for an interpolation)
+    assert body["seeds"] == [] and [o["seed"] for o in body["outputs"]] == [None, None]
+    r = client.post("/v1/generations", json={"model": model_id, "images": [png64(x) for x in images], "seeds": [1, 2]})
+    assert r.status_code == 422 and "reconstructions are deterministic" in r.json()["detail"]
     model = load_checkpoint(served / model_id).model
     x = torch.stack([ink(p) for p in images] + [torch.zeros(1, SIDE, SIDE)] * (s.batch_rows - 2))
     with torch.no_grad():
@@ -296,6 +300,13 @@ def test_every_bad_image_is_a_422_that_names_it_and_why(api):
     assert bad_image_problem(client, [png64(np.zeros((3, 3)))], path="/v1/generations")["image"] == 0
     r = client.post("/v1/generations", json={"model": "tiny-draw", "images": [png64(np.zeros((12, 10)))]})
     assert r.status_code == 422 and "takes no 'images'" in r.json()["detail"]
+    for size in ((3, 3), (12, 10)):  # a captioned model too, before any word on the image's size or a caption
+        r = client.post("/v1/generations", json={"model": "tiny-align", "images": [png64(np.zeros(size))]})
+        assert r.status_code == 422 and "takes no 'images' condition; it takes ['caption'" in r.json()["detail"]
+    r = client.post("/v1/generations", json={"model": "tiny-align", "walk": {"images": [good, good]}})
+    assert r.status_code == 422 and "takes no 'walk' condition" in r.json()["detail"]
+    r = client.post("/v1/likelihoods", json={"model": "tiny-vaegan", "images": [png64(np.zeros((3, 3)))]})
+    assert r.status_code == 422 and "gives no likelihood of a single image" in r.json()["detail"]
 
 
 def test_only_bodies_with_images_get_the_larger_limit(api):

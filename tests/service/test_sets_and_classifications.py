@@ -164,9 +164,9 @@ def test_bad_sets_and_n_with_reconstructions(client):
     assert "a set is 1..20 examples" in problem(r)["detail"]
     r = client.post("/v1/generations", json={"model": MODEL, "images": [png64(good), png64(np.zeros((3, 3)))]})
     assert problem(r, "bad-image")["detail"].startswith("images[1]: ")
-    # A model without `image_set` reads `images` as reconstructions: one each, so n stays 1.
+    # A model that takes neither says so first (n = 1 with reconstructions: tests/service/test_images_and_likelihoods)
     r = client.post("/v1/generations", json={"model": "tiny-draw", "images": [png64(np.zeros((12, 10)))], "n": 2})
-    assert "`n` applies to samples; send n = 1 with `images`, `walk` or `interpolate`" in problem(r)["detail"]
+    assert "takes no 'images' condition" in problem(r)["detail"]
 
 
 def test_classification_bodies_with_images_get_the_larger_limit(client):

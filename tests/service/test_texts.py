@@ -128,8 +128,10 @@ def test_bad_text_requests_are_422s_that_say_what_is_wrong(client):
     assert "interpolate.from has 13 tokens" in r.json()["detail"]
     r = post({"interpolate": {"from": "?!", "to": TO}})
     assert r.status_code == 422 and r.json()["type"].endswith("unknown-words")
-    r = post({"interpolate": {"from": " ", "to": TO}})
-    assert r.status_code == 422 and r.json()["type"].endswith("empty-caption")
+    for empty in (" ", ""):
+        r = post({"interpolate": {"from": FROM, "to": empty}})
+        assert r.status_code == 422 and r.json()["type"].endswith("empty-caption"), r.text
+        assert r.json()["detail"] == "interpolate.to has no words"
     for body, says in [
         ({"interpolate": {"from": FROM, "to": TO}, "n": 2}, "n = 1"),
         ({"interpolate": {"from": FROM, "to": TO, "points": 1}}, "points"),

@@ -53,7 +53,6 @@ def test_settings_read_glimpse_env_and_redis_url(monkeypatch, tmp_path):
     {"model": "m", "captions": ["a"] * 17},  # > 16 captions
     {"model": "m", "captions": ["a"], "n": 17},  # n > 16
     {"model": "m", "captions": ["a"] * 5, "n": 13},  # 65 images > 64
-    {"model": "m", "captions": [""]},  # empty caption
     {"model": "m", "captions": []},  # [] is not "no captions"
     {"model": "m", "captions": ["a"], "n": 2, "seeds": [1]},  # one seed per image
     {"model": "m", "seeds": [2**32]},  # seeds are uint32
@@ -97,6 +96,9 @@ def test_validate_for_model():
     validate_for_model(ok, ALIGN, max_job_bytes=10**9)
     with pytest.raises(InvalidJobError, match=r"caption 0: unknown words: 'zebra' at position 1"):
         validate_for_model(JobRequest(model="a", captions=["the zebra"], seeds=[1]), ALIGN, max_job_bytes=10**9)
+    for empty in ("", "   "):  # the contract takes both; the vocabulary check refuses both, with one message
+        with pytest.raises(InvalidJobError, match="caption 0: caption is empty"):
+            validate_for_model(JobRequest(model="a", captions=[empty], seeds=[1]), ALIGN, max_job_bytes=10**9)
     with pytest.raises(InvalidJobError, match="13 tokens"):
         validate_for_model(JobRequest(model="a", captions=["1 " * 13], seeds=[1]), ALIGN, max_job_bytes=10**9)
     with pytest.raises(InvalidJobError, match="unconditional"):
@@ -204,7 +206,7 @@ def test_each_condition_counts_its_outputs_seeds_and_rows():
     cases = [  # (request, images, seeds needed, model rows)
         (JobRequest(model="m", n=4), 4, 4, 4),
         (JobRequest(model="m", captions=["a", "b"], n=3), 6, 6, 6),
-        (JobRequest(model="m", condition=Images(inputs=inputs)), 3, 3, 3),
+        (JobRequest(model="m", condition=Images(inputs=inputs)), 3, 0, 3),  # through the posterior means
         (JobRequest(model="m", condition=Walk(points=12)), 1, 2, 12),
         (JobRequest(model="m", condition=Walk(inputs=inputs[:2])), 1, 0, 8),
         (JobRequest(model="m", condition=Likelihood(inputs=inputs, k=500)), 3, 1, 1500),
@@ -226,6 +228,12 @@ def test_each_condition_counts_its_outputs_seeds_and_rows():
         Images(inputs=["../etc/passwd"])  # names in the job's own files hash only
     with pytest.raises(ValidationError):
         JobRequest(model="m", condition=Walk(), seeds=[1])  # a walk between seeds needs both
+    # a reconstruction recorded before reconstructions took no seeds (one per image) still reads, seedless outputs
+    legacy = JobRequest.model_validate_json(JobRequest(model="m", condition=Images(inputs=inputs)).model_copy(
+        update={"seeds": [7, 8, 9]}).model_dump_json())
+    assert legacy.seeds == [7, 8, 9] and legacy.output_seeds() == [None, None, None]
+    with pytest.raises(ValidationError):
+        JobRequest(model="m", condition=Images(inputs=inputs), seeds=[7, 8])
 
 
 def test_validate_for_model_checks_the_condition_against_the_models_modes():
@@ -296,3 +304,27 @@ def test_timestamps_read_the_clock_once(monkeypatch):
     monkeypatch.setattr(q, "time", Clock)
     stamp = dt.datetime.fromisoformat(q.now_iso()).timestamp()
     assert stamp == pytest.approx(1000.999, abs=1e-6)
+
+
+def test_sixteen_bit_grey_pngs_are_scaled_to_eight_bits_not_clipped():
+    import io
+
+    from PIL import Image
+
+    from worker import inputs
+
+    levels = np.arange(256, dtype=np.uint16).reshape(16, 16)
+
+    def png(array: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        return buf.getvalue()
+
+    wide = png(levels * 257)  # the same grey levels in 16 bits
+    assert Image.open(io.BytesIO(wide)).mode.startswith("I")
+    for channels in (1, 3):
+        assert np.array_equal(inputs.decode(wide, height=16, width=16, channels=channels),
+                              np.repeat(levels.astype(np.uint8)[..., None], channels, axis=2))
+    # ink is pixel > 127 of 255, so 32768 of 65535 and above (rounded to the nearest level)
+    edge = inputs.decode(png(np.array([[32767, 32768]], np.uint16)), height=1, width=2, channels=1)
+    assert edge.ravel().tolist() == [127, 128] and inputs.binary(edge).ravel().tolist() == [0, 1]

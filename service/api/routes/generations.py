@@ -48,6 +48,7 @@ from worker.protocol import (
     image_name,
     input_name,
     job_bytes_bound,
+    mode_problem,
     validate_for_model,
 )
 from worker.queue import JobView, cancel, enqueue_view, get_file, get_view, job_timeout, model_catalog
@@ -89,6 +90,13 @@ def _caption_problems(captions: list[str], info: ModelInfo, base: str, names: li
         where = ", ".join(f"{u['word']!r} ({called[u['caption']]}, position {u['position']})" for u in unknown)
         raise Problem(422, "unknown-words", f"words the model does not know: {where}", title="Unknown words",
                       unknown_words=unknown, vocabulary=f"{base}/v1/models/{info.id}")
+
+
+def _takes(kind: str, info: ModelInfo) -> None:
+    """A 422 unless the model takes this condition: asked before uploads are decoded and judged against it."""
+    problem = mode_problem(kind, info)
+    if problem is not None:
+        raise Problem(422, "invalid-request", problem, title="Invalid request")
 
 
 def decode_images(images: list[str], info: ModelInfo, field: str = "images") -> list[bytes]:
@@ -209,6 +217,7 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
         if as_set and len(body.images) > MAX_SET_IMAGES:
             raise Problem(422, "invalid-request", f"{len(body.images)} images: a set is 1..{MAX_SET_IMAGES} examples",
                           title="Invalid request")
+        _takes("image_set" if as_set else "images", info)
         if not as_set and body.n != 1:
             raise Problem(422, "invalid-request", N_ONE, title="Invalid request")
         uploads = decode_images(body.images, info)
@@ -216,6 +225,7 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
         condition = ImageSet(inputs=names) if as_set else Images(inputs=names)
     elif body.walk is not None:
         if body.walk.images is not None:
+            _takes("walk", info)
             uploads = decode_images(body.walk.images, info, field="walk.images")
         condition = Walk(inputs=[input_name(j) for j in range(len(uploads))], points=body.walk.points)
     elif body.interpolate is not None:
@@ -245,6 +255,9 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
     elif body.seed is not None and not isinstance(condition, Walk):
         seeds = [body.seed + i for i in range(need)]  # none where the job draws no noise (an interpolation)
     elif body.seeds is not None:
+        if need == 0:  # reconstructions (walks and interpolations refuse `seeds` in the schema)
+            raise Problem(422, "invalid-request", "reconstructions are deterministic (through the posterior means): "
+                          "they take no `seeds`", title="Invalid request")
         if len(body.seeds) != need:
             raise Problem(422, "invalid-request", f"{len(body.seeds)} seeds for {need} outputs: send one per output "
                           "(caption-major), or `seed`", title="Invalid request")
