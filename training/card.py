@@ -108,6 +108,10 @@ def _bounds(split: dict[str, Any], k: int, bound: str, paper: dict[str, str]) ->
         rows.append(("caption fidelity, temperature 1", f"{split['fidelity']:.1%}", ""))
         for t, f in split.get("fidelity_by_temperature", {}).items():
             rows.append((f"caption fidelity, temperature {t}", f"{f:.1%}", ""))
+        by_template = split.get("fidelity_by_template")
+        if by_template:  # where a held-out split's fidelity comes from: its caption templates differ widely
+            rows.append(("caption fidelity by template, temperature 1 (samples)", "; ".join(
+                f"{name} {v['fidelity']:.1%} ({v['samples']})" for name, v in by_template.items()), ""))
     return rows
 
 
@@ -224,6 +228,20 @@ def _origin_rows(training: dict[str, Any]) -> list[str]:
                    for r in origin.get("invocations", [])]
 
 
+def _before(training: dict[str, Any], what: str) -> str:
+    """For a run begun from other checkpoints' weights: the epochs or minutes of this run and of the whole chain."""
+    origin, epochs, seconds = training.get("initialised_from"), 0, 0.0
+    while origin:
+        epochs += origin.get("epochs") or 0
+        seconds += sum(r.get("wall_seconds") or 0 for r in origin.get("invocations", []))
+        origin = origin.get("initialised_from")
+    if not epochs:
+        return ""
+    if what == "epochs":
+        return f" in this run; {training.get('epochs', 0) + epochs} with the {epochs} of the weights it began from"
+    return f" in this run; {(training.get('wall_seconds', 0) + seconds) / 60:.0f} with those it began from"
+
+
 def render(directory: str | Path) -> str:
     directory = Path(directory)
     raw = json.loads((directory / "checkpoint.json").read_text())
@@ -241,9 +259,11 @@ def render(directory: str | Path) -> str:
              f"`{EVALUATION}`; edit those, not this file.", "", "## How it was made", "", "| | |", "|---|---|",
              *_origin_rows(training), *_command_rows(training),
              f"| data | {dataset}" + (f" ({extra['digits_source']})" if extra.get("digits_source") else "") + " |",
-             f"| epochs | {training.get('epochs', '—')} (best validation epoch {manifest['metrics'].get('best_epoch')},"
-             f" bound {_nats(manifest['metrics'].get('best_val_nll_bound'))} nats) |",
-             f"| training time | {training.get('wall_seconds', 0) / 60:.0f} min of training steps |",
+             f"| epochs | {training.get('epochs', '—')}{_before(training, 'epochs')} (best validation epoch "
+             f"{manifest['metrics'].get('best_epoch')}, bound {_nats(manifest['metrics'].get('best_val_nll_bound'))} "
+             "nats) |",
+             f"| training time | {training.get('wall_seconds', 0) / 60:.0f} min of training steps"
+             f"{_before(training, 'minutes')} |",
              *([] if _several_commands(training) else
                [f"| machine | {training.get('machine', '—')}, torch {training.get('torch', '—')}, "
                 f"{training.get('world_size', 1)} process(es) |"]),

@@ -273,6 +273,7 @@ def test_a_run_begun_from_another_checkpoint_keeps_where_its_weights_began(tmp_p
     assert (card.index(f"| initialised from | `{tmp_path / 'source' / 'last'}`") < card.index("| before: epochs 1–2 |")
             < card.index(f"| initialised from | `{tmp_path / 'warm' / 'last'}`") < card.index("| before: epochs 2–2 |")
             < card.index("| command |"))
+    assert "| epochs | 1 in this run; 5 with the 4 of the weights it began from (best validation epoch" in card
 
 
 def test_init_from_copies_matching_weights_and_their_optimizer_averages(tmp_path):
