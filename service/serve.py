@@ -13,7 +13,6 @@ child once and in order: the API (no new jobs), the workers (SIGTERM: finish or 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import socket
@@ -202,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print("glimpse: stopping", flush=True)
         _stop(children, settings.shutdown_grace + 10)
         if embedded:
-            with contextlib.suppress(redis.RedisError):  # SHUTDOWN closes the connection as it succeeds
-                redis.Redis.from_url(url).shutdown(save=True)
+            redis_conn.stop_embedded(settings.redis_dir)
         print("glimpse: stopped", flush=True)
     return rc
 

