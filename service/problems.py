@@ -101,7 +101,7 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
                                 detail=f"the body is not valid JSON: {_unparsed(exc.__cause__)}")
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != HTTPStatus(exc.status_code).phrase else None
     if detail is None and exc.status_code == 404:  # the router's own: no route at this path
-        detail = f"no API path {request.url.path!r}: GET /openapi.json (or /docs) lists them"
+        detail = f"nothing at {request.url.path!r}: GET /openapi.json (or /docs) lists the API's paths"
     elif detail is None and exc.status_code == 405:
         detail = f"{request.method} is not allowed at {request.url.path!r}; it takes {', '.join(allowed) or 'none'}"
     return problem_response(request, exc.status_code, detail=detail or HTTPStatus(exc.status_code).description,

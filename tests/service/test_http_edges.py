@@ -138,7 +138,7 @@ def test_405_allows_every_method_of_the_path(make_client, method, path, allow):
 def test_a_path_no_route_serves_is_a_404_problem_saying_so(make_client):
     r = make_client(key_prefix="nobody").get("/v1/nope")
     assert r.status_code == 404 and r.headers["content-type"] == PROBLEM
-    assert r.json()["detail"] == "no API path '/v1/nope': GET /openapi.json (or /docs) lists them"
+    assert r.json()["detail"] == "nothing at '/v1/nope': GET /openapi.json (or /docs) lists the API's paths"
 
 
 # --- favicon ----------------------------------------------------------------------------------------------------
