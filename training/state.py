@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,19 +86,37 @@ def save_run_state(directory: Path, ckpt: Checkpoint, optimizers: dict[str, torc
             doc.setdefault("optimizers", {})[group] = meta
     (tmp / PROGRESS).write_text(json.dumps(doc, indent=1))
     old = directory.with_name(directory.name + ".old")
+    if old.exists():  # a kill in an earlier save's last step (recover_run_state clears it at start)
+        shutil.rmtree(old)
     if directory.exists():
         directory.rename(old)
     tmp.rename(directory)
     if old.exists():
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+        shutil.rmtree(old)
     # fsync the parent so the rename survives a power cut, not only a killed process
     fd = os.open(directory.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def recover_run_state(directory: Path) -> str | None:
+    """Undo what a kill inside `save_run_state` left, before a run resumes from `directory`: with the directory gone
+    between the two renames, the newer whole state takes its place (`.tmp` is whole once its progress file, written
+    last, is there; else `.old`); leftovers of either are removed. Returns what was done, for the log."""
+    tmp, old = (directory.with_name(directory.name + suffix) for suffix in (".tmp", ".old"))
+    done = None
+    if not directory.exists():
+        for candidate in (tmp, old):
+            if (candidate / PROGRESS).exists():
+                candidate.rename(directory)
+                done = f"{directory} restored from {candidate.name} (a save was cut short)"
+                break
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    return done
 
 
 def load_progress(directory: Path) -> Progress:

@@ -32,7 +32,7 @@ from training.batching import Batch, batches, epoch_seed, trim_padding
 from training.config import DEFAULT_LR, ConfigError, TrainConfig, stage_lr
 from training.device import evaluating, machine, resolve_device
 from training.likelihood import on_device, validate
-from training.state import Progress, load_progress, restore_optimizers, save_run_state, warm_start
+from training.state import Progress, load_progress, recover_run_state, restore_optimizers, save_run_state, warm_start
 from training.tasks import Task, make_task
 
 Optimizers = dict[str, torch.optim.Optimizer]  # one per optimiser group of the family (models/family.py)
@@ -257,6 +257,14 @@ def train(config: TrainConfig) -> Progress:
         raise ValueError(f"batch size {config.batch_size} does not split over {world} processes")
     run = config.run_dir
     last, best = run / "last", run / "best"
+    if rank == 0:
+        for state in (last, best):
+            recovered = recover_run_state(state)
+            if recovered:
+                print(recovered, file=sys.stderr)
+    if distributed:
+        dist.barrier()  # every rank reads last/ as rank 0 left it
+    check_resumable(config, run)
     task = make_task(config)
 
     earlier: list[dict[str, Any]] = []  # the invocations that made the run so far (a resume goes on from them)
@@ -418,6 +426,28 @@ def invocations(training: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"command": training["command"], "epochs": [1, training.get("epochs")],
              "wall_seconds": training.get("wall_seconds"), "machine": training.get("machine"),
              "torch": training.get("torch"), "world_size": training.get("world_size", 1)}]
+
+
+def check_resumable(config: TrainConfig, run: Path) -> None:
+    """Before any data loads: a run folder is resumed only by the command that made it (the same model, dataset and
+    --init-from), and a folder holding a run's results but no last/ to resume from is not overwritten."""
+    last = run / "last"
+    if not (last / "checkpoint.json").exists():
+        if (run / "best").exists() or (run / "metrics.jsonl").exists():
+            raise ConfigError(f"{run} holds a run's best/ or metrics.jsonl but no last/ to resume from: give another "
+                              "--out, or remove it to start again")
+        return
+    training = read_manifest(last).get("training", {})
+    stored = training.get("config", {})
+    changed = [f"--{k} {stored[k]} (this command: {getattr(config, k)})" for k in ("model", "dataset")
+               if stored.get(k) not in (None, getattr(config, k))]
+    if changed:
+        raise ConfigError(f"{run} holds a run of " + ", ".join(changed) + ": resume it with its own, or give another "
+                          "--out")
+    began = (training.get("initialised_from") or {}).get("checkpoint")
+    if config.init_from is not None and str(config.init_from) != began:
+        raise ConfigError(f"{run} holds a run begun from {began or 'scratch'}; --init-from {config.init_from} would be "
+                          "ignored: resume without it, or give another --out")
 
 
 def initialised_from(directory: str | Path) -> dict[str, Any]:

@@ -611,3 +611,36 @@ def test_the_command_line_refuses_what_a_run_cannot_take_in_one_line(tmp_path, s
     assert "nothing to do: " in capsys.readouterr().err
     assert cli(["evaluate", str(run), "--data-dir", str(shared_data)]) == 2
     assert "is a training run: evaluate its best/ or last/" in capsys.readouterr().err
+
+
+def test_a_run_folder_is_resumed_only_as_it_was_made_and_a_cut_save_is_recovered(tmp_path, shared_data, capsys):
+    """Another --model, --dataset or --init-from on a run folder is an error line before any data loads, as is a
+    folder with results but no last/; what a kill inside a save leaves (last/ gone between the renames, a stale
+    last.old) is put right, so the run goes on from its newest whole state instead of failing or starting over."""
+    run = tmp_path / "run"
+    assert _train(run, shared_data, "--epochs", "2") == 0
+    for model, dataset, extra, says in (("iwae", "binarized-mnist", [], "--model draw (this command: iwae)"),
+                                        ("draw", "mnist", TINY, "--dataset binarized-mnist (this command: mnist)"),
+                                        ("draw", "binarized-mnist", [*TINY, "--init-from", str(run / "best")],
+                                         "begun from scratch")):
+        assert cli(["train", "--model", model, "--dataset", dataset, "--out", str(run), "--data-dir",
+                    str(shared_data), "--epochs", "3", *extra]) == 2
+        assert says in capsys.readouterr().err
+    assert json.loads((run / "last" / "progress.json").read_text())["progress"]["epoch"] == 2  # untouched
+
+    # killed between the two renames of a save: last/ gone, the new state whole in last.tmp, the old in last.old
+    (run / "last").rename(run / "last.tmp")
+    shutil.copytree(run / "best", run / "last.old")
+    assert _train(run, shared_data, "--epochs", "3") == 0
+    assert "last restored from last.tmp" in capsys.readouterr().err
+    assert json.loads((run / "last" / "progress.json").read_text())["progress"]["epoch"] == 3
+    assert not (run / "last.tmp").exists() and not (run / "last.old").exists()
+    # killed while the old state was being removed: a stale last.old beside last/ no longer blocks every later save
+    shutil.copytree(run / "best", run / "last.old")
+    assert _train(run, shared_data, "--epochs", "4") == 0
+    assert json.loads((run / "last" / "progress.json").read_text())["progress"]["epoch"] == 4
+    assert not (run / "last.old").exists()
+
+    shutil.rmtree(run / "last")  # results but nothing to resume from: not overwritten by a fresh run
+    assert _train(run, shared_data, "--epochs", "1") == 2
+    assert "no last/ to resume from" in capsys.readouterr().err
