@@ -27,12 +27,27 @@ def main(argv: list[str] | None = None) -> int:
     an error line and exit status 2, not a traceback."""
     from models.checkpoint import CheckpointError
     from training.data.mnist import DatasetError
+    from training.likelihood import JournalError
 
     try:
         return _main(argv)
-    except (ConfigError, CheckpointError, DatasetError) as e:
+    except (ConfigError, CheckpointError, DatasetError, JournalError) as e:
         print(f"python -m training: error: {e}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:  # a path given that is not what it names
+        print(f"python -m training: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+
+
+def _at_least(low: int):
+    """An argparse type: an int ≥ low (0 or a negative count would be read as "all" or crash deep inside)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be ≥ {low}, got {value}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in its message: "invalid int value"
+    return parse
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -57,18 +72,21 @@ def _main(argv: list[str] | None = None) -> int:
 
     ev = sub.add_parser("evaluate", help="test-set ELBO, importance-weighted log-likelihood, caption fidelity")
     ev.add_argument("checkpoint")
-    ev.add_argument("--k", type=int, default=5000, help="importance samples per image (sentence) for L_k")
-    ev.add_argument("--limit", type=int, help="evaluate the first N test images (sentences; captions-text: "
+    ev.add_argument("--k", type=_at_least(1), default=5000, help="importance samples per image (sentence) for L_k")
+    ev.add_argument("--limit", type=_at_least(1), help="evaluate the first N test images (sentences; captions-text: "
                     "validation captions) only")
-    ev.add_argument("--lk-images", type=int, help="L_k on a seeded random N of those only (default: all for DRAW, "
+    ev.add_argument("--lk-images", type=_at_least(1),
+                    help="L_k on a seeded random N of those only (default: all for DRAW, "
                     "100 per caption split): k = 5000 costs 5000 passes an image. With fewer than all, DRAW also "
                     "reports nll_L<k>_estimate_all: the ELBO on all minus the subset's mean L_k - ELBO gap")
     ev.add_argument("--temperatures", type=float, nargs="+", default=[], metavar="T",
                     help="alignDRAW: also the caption fidelity when sampling z_t = mu_t + T sigma_t eps_t at each T")
-    ev.add_argument("--chunk", type=int, default=500, help="rows of one L_k pass (k samples of ≥ 1 image)")
-    ev.add_argument("--samples", type=int, help="prior samples judged: grey-image generators (default 10,000), "
+    ev.add_argument("--chunk", type=_at_least(1), default=500, help="rows of one L_k pass (k samples of ≥ 1 image)")
+    ev.add_argument("--samples", type=_at_least(1),
+                    help="prior samples judged: grey-image generators (default 10,000), "
                     "captions-text models (default 1,000)")
-    ev.add_argument("--mi-batch", type=int, default=500, help="text models: sentences over which I_q's aggregate "
+    ev.add_argument("--mi-batch", type=_at_least(2), default=500,
+                    help="text models: sentences over which I_q's aggregate "
                     "posterior is taken (the estimate is at most the log of it)")
     ev.add_argument("--per-sentence", help="ptb: write each test sentence's tokens, NLL and ELBO here (CSV)")
     ev.add_argument("--per-image", help="MNIST models: write each L_k image's test index, −L_k and ELBO here (CSV), "
@@ -78,7 +96,7 @@ def _main(argv: list[str] | None = None) -> int:
     ev.add_argument("--time-limit", type=float, help="MNIST models: stop L_k between two passes after this many "
                     "minutes; the figures cover the images measured so far (partial_L<k>), --resume goes on")
     ev.add_argument("--pictures", help="grey-image generators: write samples / reconstructions / walk PNGs here")
-    ev.add_argument("--episodes", type=int, default=1000, help="set models: seeded few-shot episodes per task")
+    ev.add_argument("--episodes", type=_at_least(1), default=1000, help="set models: seeded few-shot episodes per task")
     ev.add_argument("--data-dir")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", help="also write the results here")
@@ -90,8 +108,8 @@ def _main(argv: list[str] | None = None) -> int:
                                          "checkpoint, for the page and clients to pick")
     ex.add_argument("checkpoint")
     ex.add_argument("--data-dir")
-    ex.add_argument("--count", type=int, default=12, help="characters")
-    ex.add_argument("--size", type=int, default=6, help="drawings of each (the page uses all but the last as "
+    ex.add_argument("--count", type=_at_least(1), default=12, help="characters")
+    ex.add_argument("--size", type=_at_least(2), default=6, help="drawings of each (the page uses all but the last as "
                     "examples and the last as a query)")
     ex.add_argument("--seed", type=int, default=0)
     pa = sub.add_parser("paired", help="B − A over the same test examples from two --per-image / --per-sentence "

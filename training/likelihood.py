@@ -67,6 +67,10 @@ def per_image_row(index: int, lk: float, mean_log_weight: float) -> str:
     return f"{index},{-lk!r},{-mean_log_weight!r}"
 
 
+class JournalError(ValueError):
+    """A --per-image file and its state that this evaluation cannot go on from, or would overwrite."""
+
+
 class Journal:
     """−L_k per example written as it is measured, with the random stream's state after each pass, so an evaluation
     cut short (a session's end, `--time-limit`, a lent GPU's budget) resumes where it stopped and ends with the same
@@ -91,22 +95,25 @@ class Journal:
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         if not self.resume or not self.state.exists():
             if self.resume and len(lines) > 1:
-                raise ValueError(f"{self.path} holds {len(lines) - 1} rows but no state to resume them from "
-                                 f"({self.state}): run without --resume to start afresh")
+                raise JournalError(f"{self.path} holds {len(lines) - 1} rows but no state to resume them from "
+                                   f"({self.state}): remove it to start afresh")
+            if len(lines) > 1:  # measured rows are not thrown away without a word
+                raise JournalError(f"{self.path} already holds {len(lines) - 1} measured rows: --resume to go on from "
+                                   "them, or remove it (and its .state.json) to measure afresh")
             self.state.unlink(missing_ok=True)
             _replace(self.path, PER_IMAGE_HEADER + "\n")
             return 0
         saved = json.loads(self.state.read_text())
         differs = [key for key, value in self.run.items() if saved.get(key) != value]
         if differs:
-            raise ValueError(f"{self.state} is of another evaluation (its {', '.join(differs)} differ): remove it "
-                             f"and {self.path}, or run the same command as the one that wrote them")
+            raise JournalError(f"{self.state} is of another evaluation (its {', '.join(differs)} differ): remove it "
+                               f"and {self.path}, or run the same command as the one that wrote them")
         done = int(saved["done"])
         if lines[:1] != [PER_IMAGE_HEADER] or len(lines) < done + 1:
-            raise ValueError(f"{self.path} holds {len(lines) - 1} rows where its state counts {done}")
+            raise JournalError(f"{self.path} holds {len(lines) - 1} rows where its state counts {done}")
         rows = [line.split(",") for line in lines[1 : done + 1]]
         if [int(r[0]) for r in rows] != self.indices[:done]:
-            raise ValueError(f"{self.path}: its rows are not the first {done} of this evaluation's images")
+            raise JournalError(f"{self.path}: its rows are not the first {done} of this evaluation's images")
         _replace(self.path, "\n".join(lines[: done + 1]) + "\n")  # drops a row written after the last state
         lk[:done] = torch.tensor([-float(r[1]) for r in rows], dtype=torch.float64)
         mean[:done] = torch.tensor([-float(r[2]) for r in rows], dtype=torch.float64)

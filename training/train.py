@@ -76,8 +76,11 @@ def make_optimizers(model: nn.Module, config: TrainConfig) -> Optimizers:
 
 
 def build_model(task: Task) -> nn.Module:
-    cfg = task.model_config()
-    return family(task.config.model)(cfg)
+    try:  # a --set value of the right type that the family's own checks refuse (k = 0, an unknown preset)
+        cfg = task.model_config()
+        return family(task.config.model)(cfg)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{task.config.model}'s config: {e}") from e
 
 
 class Objective(nn.Module):

@@ -104,10 +104,14 @@ def test_an_lk_resume_refuses_another_evaluations_state(trained_draw, tmp_path):
         nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=elsewhere)
     with pytest.raises(ValueError, match="seed"):
         nll_k(model, {"x": x}, 6, chunk=12, seed=1, progress=False, journal=_journal(tmp_path / "a.csv", x))
-    (tmp_path / "a.csv.state.json").unlink()  # rows without their state: a resume refuses, a fresh run starts over
+    (tmp_path / "a.csv.state.json").unlink()  # rows without their state: a resume refuses
     with pytest.raises(ValueError, match="no state"):
         nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "a.csv", x))
+    # measured rows are not overwritten by a fresh run either: it starts over only once they are removed
     fresh = Journal(tmp_path / "a.csv", [10, 13, 16, 19], source="tiny", resume=False)
+    with pytest.raises(ValueError, match="already holds 2 measured rows"):
+        nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=fresh)
+    (tmp_path / "a.csv").unlink()
     assert nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=fresh)["images_L6"] == 4
     assert len((tmp_path / "a.csv").read_text().splitlines()) == 1 + 4
 

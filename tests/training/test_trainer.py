@@ -644,3 +644,19 @@ def test_a_run_folder_is_resumed_only_as_it_was_made_and_a_cut_save_is_recovered
     shutil.rmtree(run / "last")  # results but nothing to resume from: not overwritten by a fresh run
     assert _train(run, shared_data, "--epochs", "1") == 2
     assert "no last/ to resume from" in capsys.readouterr().err
+
+
+def test_user_mistakes_on_the_command_line_are_error_lines_not_tracebacks(tmp_path, shared_data, capsys):
+    run = tmp_path / "run"
+    assert _train(run, shared_data, "--epochs", "1") == 0
+    ckpt = run / "last"
+    assert cli(["evaluate", str(ckpt / "checkpoint.json"), "--data-dir", str(shared_data)]) == 2  # a file, no folder
+    assert "checkpoint.json" in capsys.readouterr().err
+    for flag in ("--k", "--chunk", "--limit"):  # 0 or less would be read as "all", or fail deep in a pass
+        with pytest.raises(SystemExit) as stop:
+            cli(["evaluate", str(ckpt), "--data-dir", str(shared_data), flag, "0"])
+        assert stop.value.code == 2 and "must be ≥ 1, got 0" in capsys.readouterr().err
+    # a value of the right type that the family's own checks refuse: named, after the data loaded, not a traceback
+    assert cli(["train", "--model", "iwae", "--dataset", "binarized-mnist", "--out", str(tmp_path / "iwae"),
+                "--data-dir", str(shared_data), "--epochs", "1", "--set", "k=0"]) == 2
+    assert "iwae's config: need k >= 1" in capsys.readouterr().err
