@@ -141,8 +141,10 @@ def _main(argv: list[str] | None = None) -> int:
         try:
             train(config)
         except KeyboardInterrupt:
-            print(f"interrupted: {config.run_dir / 'last'} keeps the last finished epoch; the same command resumes "
-                  "from it", file=sys.stderr)
+            last = config.run_dir / "last"
+            print(f"interrupted: {last} keeps the last finished epoch; the same command resumes from it"
+                  if (last / "checkpoint.json").exists() else "interrupted before an epoch finished: nothing was saved",
+                  file=sys.stderr)
             return 130
         return 0
     if args.command == "compact":
@@ -173,7 +175,12 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     from training.evaluate import main as evaluate_main
 
-    return evaluate_main(args)
+    try:
+        return evaluate_main(args)
+    except KeyboardInterrupt:
+        print("interrupted" + (f": {args.per_image} keeps the images measured; the same command with --resume goes on"
+                               if getattr(args, "per_image", None) else ""), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

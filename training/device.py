@@ -25,8 +25,17 @@ def flush_denormals() -> None:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """--device: auto, cpu, cuda or any torch device string; one this machine lacks is a ConfigError (an error line)."""
+    from training.config import ConfigError
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except RuntimeError as e:
+        raise ConfigError(f"--device {name}: not a torch device ({str(e).splitlines()[0]})") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA device; use cpu or auto")
     if name == "cuda":
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)

@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from models.checkpoint import Checkpoint, load_checkpoint, read_manifest
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_manifest
 from models.family import Losses, family, param_groups
 from models.sampling import draw_noise, sample, seed_walks
 from training import artefacts
@@ -288,8 +289,13 @@ def train(config: TrainConfig) -> Progress:
         origin = resumed.training.get("initialised_from")  # as read when the run began
         scales = lr_scales(model)
         optimizers = make_optimizers(model, config)
-        restore_optimizers(optimizers, last)
-        progress = load_progress(last)
+        try:  # the weights were checked by their digest; the optimizer state and progress beside them were not
+            restore_optimizers(optimizers, last)
+            progress = load_progress(last)
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
+            raise CheckpointError(f"{last} cannot be resumed: its optimizer state or progress is damaged "
+                                  f"({type(e).__name__}: {e}); copy best/ over it, or start again in another "
+                                  "--out") from e
         first, opt = next(iter(optimizers.items()))
         saved_lr = opt.param_groups[0]["lr"] / scales[first]  # the run's rate, whatever the first group's scale
         # the command's own --lr, decayed as the run decayed it (--lr-decay-patience), is no new rate

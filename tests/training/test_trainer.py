@@ -660,3 +660,16 @@ def test_user_mistakes_on_the_command_line_are_error_lines_not_tracebacks(tmp_pa
     assert cli(["train", "--model", "iwae", "--dataset", "binarized-mnist", "--out", str(tmp_path / "iwae"),
                 "--data-dir", str(shared_data), "--epochs", "1", "--set", "k=0"]) == 2
     assert "iwae's config: need k >= 1" in capsys.readouterr().err
+
+
+def test_a_damaged_last_and_a_missing_device_are_error_lines(tmp_path, shared_data, capsys):
+    run = tmp_path / "run"
+    assert _train(run, shared_data, "--epochs", "1") == 0
+    (run / "last" / "progress.json").write_text('{"progress": {"epo')  # truncated by a full disk, say
+    assert _train(run, shared_data, "--epochs", "2") == 2
+    assert "cannot be resumed: its optimizer state or progress is damaged" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert _train(tmp_path / "gpu", shared_data, "--epochs", "1", "--device", "cuda") == 2
+        assert "sees no CUDA device" in capsys.readouterr().err
+    assert _train(tmp_path / "odd", shared_data, "--epochs", "1", "--device", "nosuch") == 2
+    assert "--device nosuch: not a torch device" in capsys.readouterr().err
