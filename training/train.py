@@ -321,6 +321,9 @@ def train(config: TrainConfig) -> Progress:
         if config.init_from:
             origin = initialised_from(config.init_from)
             fresh = warm_start(model, optimizers, Path(config.init_from), device)
+            if set(fresh) >= set(model.state_dict()):  # not one tensor matched: a start from scratch, not from it
+                raise ConfigError(f"--init-from {config.init_from}: none of its tensors matches this {config.model} "
+                                  "model's names and shapes; nothing would start from it")
             if rank == 0:
                 print(f"initialised from {config.init_from}; fresh: {', '.join(fresh) or 'none'}", file=sys.stderr)
     if distributed and len(param_groups(model)) > 1:

@@ -673,3 +673,6 @@ def test_a_damaged_last_and_a_missing_device_are_error_lines(tmp_path, shared_da
         assert "sees no CUDA device" in capsys.readouterr().err
     assert _train(tmp_path / "odd", shared_data, "--epochs", "1", "--device", "nosuch") == 2
     assert "--device nosuch: not a torch device" in capsys.readouterr().err
+    # --init-from a checkpoint of which no tensor fits: refused, not a silent start from scratch recorded as its origin
+    assert _train_iwae(tmp_path / "iwae", shared_data, "--epochs", "1", "--init-from", str(run / "best")) == 2
+    assert "none of its tensors matches this iwae model" in capsys.readouterr().err
