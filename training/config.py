@@ -103,7 +103,26 @@ class TrainConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown config keys in {file}: {sorted(unknown)}")
+        for f in fields(cls):  # a wrong type here would surface as a traceback once data has loaded
+            default = _default(f)
+            if f.name in values and default is not None and _wrong_type(values[f.name], default):
+                raise ValueError(f"{file}: {f.name}={json.dumps(values[f.name])}: expected {type(default).__name__} "
+                                 f"(default {json.dumps(default)})")
         return cls(**(values | overrides))
+
+
+def _default(f: Any) -> Any:
+    """A dataclass field's default value (None where it has none)."""
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else None
+
+
+def _wrong_type(value: Any, default: Any) -> bool:
+    """Whether a JSON value cannot stand for a field of this default's type (an int may for a float, a list for a
+    tuple; a bool is no number)."""
+    kinds: tuple[type, ...] = {float: (float, int), tuple: (tuple, list)}.get(type(default), (type(default),))
+    return not isinstance(value, kinds) or (isinstance(value, bool) and not isinstance(default, bool))
 
 
 class ConfigError(ValueError):
@@ -118,13 +137,10 @@ def check_overrides(model: str, overrides: dict[str, Any]) -> None:
     for key, value in overrides.items():
         if key not in known:
             raise ConfigError(f"--set {key}: {model} has no such field; it has {', '.join(sorted(known))}")
-        f = known[key]
-        default = f.default if f.default is not MISSING else (
-            f.default_factory() if f.default_factory is not MISSING else None)
+        default = _default(known[key])
         if default is None:
             continue  # optional: any JSON value the family's own checks accept
-        kinds: tuple[type, ...] = {float: (float, int), tuple: (tuple, list)}.get(type(default), (type(default),))
-        if not isinstance(value, kinds) or (isinstance(value, bool) and not isinstance(default, bool)):
+        if _wrong_type(value, default):
             raise ConfigError(f"--set {key}={json.dumps(value)}: expected {type(default).__name__} (default "
                               f"{json.dumps(default)})")
 

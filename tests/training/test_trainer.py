@@ -139,6 +139,11 @@ def test_config_file_is_read_and_unknown_keys_refused(tmp_path):
     path.write_text(json.dumps({"modle": "draw"}))
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig.from_sources(str(path), {})
+    path.write_text(json.dumps({"epochs": "two"}))  # refused here, not by a traceback once data has loaded
+    with pytest.raises(ValueError, match='epochs="two": expected int'):
+        TrainConfig.from_sources(str(path), {})
+    path.write_text(json.dumps({"lr": 1, "epochs": 3}))  # an int may stand for a float
+    assert TrainConfig.from_sources(str(path), {}).lr == 1
 
 
 def test_trains_on_a_users_own_jsonl_captions(tmp_path):
