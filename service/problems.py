@@ -96,6 +96,8 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     allowed = allowed_methods(request) if exc.status_code == 405 else []
     if allowed:
         headers["Allow"] = ", ".join(allowed)
+    elif "Allow" in headers:  # a mount's own 405 (the static files) names its methods itself
+        allowed = [m.strip() for m in headers["Allow"].split(",")]
     if exc.status_code == 400 and exc.detail == FASTAPI_UNPARSED and exc.__cause__ is not None:
         return problem_response(request, 400, kind="malformed-json", title="Malformed JSON",
                                 detail=f"the body is not valid JSON: {_unparsed(exc.__cause__)}")

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from worker.protocol import (
-    MAX_CAPTION_CHARS,
     MAX_CAPTIONS,
     MAX_CLASSES,
     MAX_FEW_SHOT_IMAGES,
@@ -23,13 +22,13 @@ from worker.protocol import (
     MAX_WALK_POINTS,
     MIN_CLASSES,
     SEED_MAX,
+    Caption,
     Decoding,
     Label,
     ModelInfo,
     OutputOptions,
 )
 
-Caption = Annotated[str, StringConstraints(max_length=MAX_CAPTION_CHARS)]  # "" as "  ": a 422 empty-caption
 SeedIn = Annotated[int, Field(ge=0, le=SEED_MAX)]
 Status = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
 # base64 of a PNG (a `data:image/png;base64,` prefix is accepted); checked against the model by worker.inputs,

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m training: error: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:  # a path given that is not what it names
-        print(f"python -m training: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        print(f"python -m training: error: {f'{e.filename}: {e.strerror}' if e.filename else e}", file=sys.stderr)
         return 2
 
 

@@ -36,6 +36,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise ConfigError(f"--device {name}: not a torch device ({str(e).splitlines()[0]})") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA device; use cpu or auto")
+    index = torch.device(name).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if name == "cuda":
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +34,15 @@ from training.batching import Batch, batches, epoch_seed, trim_padding
 from training.config import DEFAULT_LR, ConfigError, TrainConfig, stage_lr
 from training.device import evaluating, machine, resolve_device
 from training.likelihood import on_device, validate
-from training.state import Progress, load_progress, recover_run_state, restore_optimizers, save_run_state, warm_start
+from training.state import (
+    PROGRESS,
+    Progress,
+    load_progress,
+    recover_run_state,
+    restore_optimizers,
+    save_run_state,
+    warm_start,
+)
 from training.tasks import Task, make_task
 
 Optimizers = dict[str, torch.optim.Optimizer]  # one per optimiser group of the family (models/family.py)
@@ -79,9 +88,9 @@ def make_optimizers(model: nn.Module, config: TrainConfig) -> Optimizers:
 def build_model(task: Task) -> nn.Module:
     try:  # a --set value of the right type that the family's own checks refuse (k = 0, an unknown preset)
         cfg = task.model_config()
-        return family(task.config.model)(cfg)
-    except (ValueError, TypeError) as e:
+    except ValueError as e:
         raise ConfigError(f"{task.config.model}'s config: {e}") from e
+    return family(task.config.model)(cfg)
 
 
 class Objective(nn.Module):
@@ -266,6 +275,9 @@ def train(config: TrainConfig) -> Progress:
             recovered = recover_run_state(state)
             if recovered:
                 print(recovered, file=sys.stderr)
+        if not last.exists() and (best / PROGRESS).exists():  # killed while saving last/ just after best/: the same
+            shutil.copytree(best, last)  # state (best is written first), so the run goes on from it
+            print(f"{last} restored from {best} (a save was cut short)", file=sys.stderr)
     if distributed:
         dist.barrier()  # every rank reads last/ as rank 0 left it
     check_resumable(config, run)
@@ -442,12 +454,9 @@ def invocations(training: dict[str, Any]) -> list[dict[str, Any]]:
 
 def check_resumable(config: TrainConfig, run: Path) -> None:
     """Before any data loads: a run folder is resumed only by the command that made it (the same model, dataset and
-    --init-from), and a folder holding a run's results but no last/ to resume from is not overwritten."""
+    --init-from)."""
     last = run / "last"
     if not (last / "checkpoint.json").exists():
-        if (run / "best").exists() or (run / "metrics.jsonl").exists():
-            raise ConfigError(f"{run} holds a run's best/ or metrics.jsonl but no last/ to resume from: give another "
-                              "--out, or remove it to start again")
         return
     training = read_manifest(last).get("training", {})
     stored = training.get("config", {})
@@ -456,8 +465,9 @@ def check_resumable(config: TrainConfig, run: Path) -> None:
     if changed:
         raise ConfigError(f"{run} holds a run of " + ", ".join(changed) + ": resume it with its own, or give another "
                           "--out")
-    began = (training.get("initialised_from") or {}).get("checkpoint")
-    if config.init_from is not None and str(config.init_from) != began:
+    # where the run began: its record (or, in records older than that, the command's own --init-from)
+    began = (training.get("initialised_from") or {}).get("checkpoint") or stored.get("init_from")
+    if config.init_from is not None and (began is None or Path(config.init_from).resolve() != Path(began).resolve()):
         raise ConfigError(f"{run} holds a run begun from {began or 'scratch'}; --init-from {config.init_from} would be "
                           "ignored: resume without it, or give another --out")
 

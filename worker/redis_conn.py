@@ -64,8 +64,12 @@ def stop_embedded(redis_dir: str | Path) -> None:
     server: Any = _embedded.pop(Path(redis_dir).resolve(), None)
     if server is None:
         return
-    with contextlib.suppress(redis.RedisError):  # SHUTDOWN closes the connection as it succeeds
+    try:  # redis-py takes the connection SHUTDOWN closes as success
         server.shutdown(save=True)
+    except redis.RedisError as e:  # a failed save, say: the server lives on, with the folder its clients reach it by
+        log.warning("the embedded redis-server in %s did not shut down (%s); its folder %s is kept", redis_dir, e,
+                    server.redis_dir)
+        return
     atexit.unregister(server._cleanup)  # it would shut down again, and fail before removing anything
     if server.redis_dir:
         shutil.rmtree(server.redis_dir, ignore_errors=True)

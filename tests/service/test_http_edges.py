@@ -135,6 +135,12 @@ def test_405_allows_every_method_of_the_path(make_client, method, path, allow):
         assert r.json()["detail"] == f"{method} is not allowed at {path!r}; it takes {allow}"
 
 
+def test_a_static_files_405_names_the_methods_its_header_names(make_client):
+    r = make_client(key_prefix="nobody").post("/static/app.js")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    assert r.json()["detail"] == "POST is not allowed at '/static/app.js'; it takes GET, HEAD"
+
+
 def test_a_path_no_route_serves_is_a_404_problem_saying_so(make_client):
     r = make_client(key_prefix="nobody").get("/v1/nope")
     assert r.status_code == 404 and r.headers["content-type"] == PROBLEM

@@ -279,6 +279,14 @@ def test_a_run_begun_from_another_checkpoint_keeps_where_its_weights_began(tmp_p
             < card.index(f"| initialised from | `{tmp_path / 'warm' / 'last'}`") < card.index("| before: epochs 2–2 |")
             < card.index("| command |"))
     assert "| epochs | 1 in this run; 5 with the 4 of the weights it began from (best validation epoch" in card
+    # a record from before initialised_from was kept: its command's own --init-from names where it began, and the
+    # same folder spelt another way is the same command
+    manifest = tmp_path / "warmer" / "last" / "checkpoint.json"
+    doc = json.loads(manifest.read_text())
+    del doc["training"]["initialised_from"]
+    manifest.write_text(json.dumps(doc))
+    again = f"{tmp_path / 'warm' / 'last'}/"
+    assert _train(tmp_path / "warmer", shared_data, "--epochs", "2", "--init-from", again) == 0
 
 
 def test_init_from_copies_matching_weights_and_their_optimizer_averages(tmp_path):
@@ -619,9 +627,9 @@ def test_the_command_line_refuses_what_a_run_cannot_take_in_one_line(tmp_path, s
 
 
 def test_a_run_folder_is_resumed_only_as_it_was_made_and_a_cut_save_is_recovered(tmp_path, shared_data, capsys):
-    """Another --model, --dataset or --init-from on a run folder is an error line before any data loads, as is a
-    folder with results but no last/; what a kill inside a save leaves (last/ gone between the renames, a stale
-    last.old) is put right, so the run goes on from its newest whole state instead of failing or starting over."""
+    """Another --model, --dataset or --init-from on a run folder is an error line before any data loads; what a kill
+    inside a save leaves (last/ gone between the renames, a stale last.old, last/ not yet written after best/) is put
+    right, so the run goes on from its newest whole state instead of failing or starting over."""
     run = tmp_path / "run"
     assert _train(run, shared_data, "--epochs", "2") == 0
     for model, dataset, extra, says in (("iwae", "binarized-mnist", [], "--model draw (this command: iwae)"),
@@ -646,9 +654,12 @@ def test_a_run_folder_is_resumed_only_as_it_was_made_and_a_cut_save_is_recovered
     assert json.loads((run / "last" / "progress.json").read_text())["progress"]["epoch"] == 4
     assert not (run / "last.old").exists()
 
-    shutil.rmtree(run / "last")  # results but nothing to resume from: not overwritten by a fresh run
-    assert _train(run, shared_data, "--epochs", "1") == 2
-    assert "no last/ to resume from" in capsys.readouterr().err
+    # killed while saving last/ right after best/ (best is written first: the same state): the run goes on from it
+    shutil.rmtree(run / "last")
+    best_epoch = json.loads((run / "best" / "progress.json").read_text())["progress"]["epoch"]
+    assert _train(run, shared_data, "--epochs", str(best_epoch + 1)) == 0
+    assert "restored from" in capsys.readouterr().err
+    assert json.loads((run / "last" / "progress.json").read_text())["progress"]["epoch"] == best_epoch + 1
 
 
 def test_user_mistakes_on_the_command_line_are_error_lines_not_tracebacks(tmp_path, shared_data, capsys):

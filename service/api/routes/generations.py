@@ -92,10 +92,11 @@ def _caption_problems(captions: list[str], info: ModelInfo, base: str, names: li
                       unknown_words=unknown, vocabulary=f"{base}/v1/models/{info.id}")
 
 
-def _takes(kind: str, info: ModelInfo) -> None:
+def _takes(kind: str, info: ModelInfo, metrics) -> None:
     """A 422 unless the model takes this condition: asked before uploads are decoded and judged against it."""
     problem = mode_problem(kind, info)
     if problem is not None:
+        metrics.jobs_rejected.labels("invalid").inc()
         raise Problem(422, "invalid-request", problem, title="Invalid request")
 
 
@@ -217,7 +218,7 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
         if as_set and len(body.images) > MAX_SET_IMAGES:
             raise Problem(422, "invalid-request", f"{len(body.images)} images: a set is 1..{MAX_SET_IMAGES} examples",
                           title="Invalid request")
-        _takes("image_set" if as_set else "images", info)
+        _takes("image_set" if as_set else "images", info, metrics)
         if not as_set and body.n != 1:
             raise Problem(422, "invalid-request", N_ONE, title="Invalid request")
         uploads = decode_images(body.images, info)
@@ -225,7 +226,7 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
         condition = ImageSet(inputs=names) if as_set else Images(inputs=names)
     elif body.walk is not None:
         if body.walk.images is not None:
-            _takes("walk", info)
+            _takes("walk", info, metrics)
             uploads = decode_images(body.walk.images, info, field="walk.images")
         condition = Walk(inputs=[input_name(j) for j in range(len(uploads))], points=body.walk.points)
     elif body.interpolate is not None:
@@ -256,6 +257,7 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
         seeds = [body.seed + i for i in range(need)]  # none where the job draws no noise (an interpolation)
     elif body.seeds is not None:
         if need == 0:  # reconstructions (walks and interpolations refuse `seeds` in the schema)
+            metrics.jobs_rejected.labels("invalid").inc()
             raise Problem(422, "invalid-request", "reconstructions are deterministic (through the posterior means): "
                           "they take no `seeds`", title="Invalid request")
         if len(body.seeds) != need:

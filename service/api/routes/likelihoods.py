@@ -20,7 +20,7 @@ def create_likelihood(body: LikelihoodCreate, request: Request, response: Respon
                       idempotency_key: IdempotencyKeyDep) -> Generation:
     base = g._base(request)
     info = g.lookup_model(conn, settings, metrics, body.model, base)
-    g._takes("likelihood", info)  # before the images are judged against a model that scores none
+    g._takes("likelihood", info, metrics)  # before the images are judged against a model that scores none
     captions = body.caption_list
     if captions is not None and "caption" in info.modes:
         g._caption_problems(captions, info, base)
