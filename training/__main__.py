@@ -170,7 +170,7 @@ def _main(argv: list[str] | None = None) -> int:
         try:
             result = paired(read_per_example(args.a), read_per_example(args.b))
         except ValueError as e:
-            parser.error(str(e))
+            pa.error(str(e))  # paired's own usage line, not the top-level one
         print(json.dumps(result, indent=2))
         return 0
     from training.evaluate import main as evaluate_main

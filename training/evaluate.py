@@ -32,6 +32,12 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--resume and --time-limit are for MNIST models' L_k; {args.checkpoint} is of {dataset}")
     if (args.resume or args.time_limit is not None) and not args.per_image:
         raise SystemExit("--resume and --time-limit need --per-image: the file the images measured are kept in")
+    if args.per_image and dataset not in ("binarized-mnist", "mnist"):  # it would be ignored, and no file written
+        raise SystemExit(f"--per-image is for MNIST models' L_k; {args.checkpoint} is of {dataset}"
+                         + (": --per-sentence writes its sentences" if dataset == "ptb" else ""))
+    if getattr(args, "per_sentence", None) and dataset != "ptb":
+        raise SystemExit(f"--per-sentence is for Penn Treebank text models; {args.checkpoint} is of {dataset}"
+                         + (": --per-image writes its images" if dataset in ("binarized-mnist", "mnist") else ""))
     if dataset in ("binarized-mnist", "mnist"):
         from training.data.binarized import dynamic_binarize, load_binarized_mnist
         from training.data.mnist import load_mnist

@@ -417,7 +417,8 @@ def train(config: TrainConfig) -> Progress:
                                            artefacts.UNITS.get(getattr(model, "data", ""), "nats per image"),
                                            bound.split(" (")[0])  # a legend holds the name, not its gloss
             print(f"epoch {epoch}: train {bound} {row['train_nll_bound']:.2f}, val {bound} {row['val_nll_bound']:.2f} "
-                  f"(KL {row.get('val_kl', float('nan')):.2f}), {row['images_per_s']:.0f} img/s"
+                  f"(KL {row.get('val_kl', float('nan')):.2f}), {row['images_per_s']:.0f} "
+                  f"{'sentences' if getattr(model, 'data', '') == 'texts' else 'img'}/s"
                   + "".join(f", {k.removeprefix('val_')} {v:.1%}" for k, v in row.items()
                             if "fidelity" in k or "attention" in k)
                   + (f", active units {row['val_active_units']:.0f}" if "val_active_units" in row else "")

@@ -672,6 +672,8 @@ def test_user_mistakes_on_the_command_line_are_error_lines_not_tracebacks(tmp_pa
         with pytest.raises(SystemExit) as stop:
             cli(["evaluate", str(ckpt), "--data-dir", str(shared_data), flag, "0"])
         assert stop.value.code == 2 and "must be ≥ 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--per-sentence is for Penn Treebank text models.*--per-image writes"):
+        cli(["evaluate", str(ckpt), "--data-dir", str(shared_data), "--per-sentence", str(tmp_path / "s.csv")])
     # a value of the right type that the family's own checks refuse: named, after the data loaded, not a traceback
     assert cli(["train", "--model", "iwae", "--dataset", "binarized-mnist", "--out", str(tmp_path / "iwae"),
                 "--data-dir", str(shared_data), "--epochs", "1", "--set", "k=0"]) == 2
