@@ -31,13 +31,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        kind = torch.device(name).type
+        parsed = torch.device(name)
     except RuntimeError as e:
         raise ConfigError(f"--device {name}: not a torch device ({str(e).splitlines()[0]})") from None
-    if kind == "cuda" and not torch.cuda.is_available():
+    if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA device; use cpu or auto")
-    index = torch.device(name).index
-    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if name == "cuda":
         torch.cuda.set_device(local_rank)

@@ -19,6 +19,8 @@ from models.checkpoint import CheckpointError, load_checkpoint
 from training.device import resolve_device
 from training.likelihood import Journal, elbo_terms, nll_k, subset
 
+MNIST = ("binarized-mnist", "mnist")  # the datasets whose L_k is per image (--per-image, --resume)
+
 
 def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, 0)
@@ -28,17 +30,17 @@ def main(args: argparse.Namespace) -> int:
     model = ckpt.model.eval()
     results: dict[str, Any] = {"checkpoint": str(Path(args.checkpoint).resolve()), "k": args.k}
     dataset = ckpt.extra.get("dataset")
-    if (args.resume or args.time_limit is not None) and dataset not in ("binarized-mnist", "mnist"):
+    if (args.resume or args.time_limit is not None) and dataset not in MNIST:
         raise SystemExit(f"--resume and --time-limit are for MNIST models' L_k; {args.checkpoint} is of {dataset}")
     if (args.resume or args.time_limit is not None) and not args.per_image:
         raise SystemExit("--resume and --time-limit need --per-image: the file the images measured are kept in")
-    if args.per_image and dataset not in ("binarized-mnist", "mnist"):  # it would be ignored, and no file written
+    if args.per_image and dataset not in MNIST:  # it would be ignored, and no file written
         raise SystemExit(f"--per-image is for MNIST models' L_k; {args.checkpoint} is of {dataset}"
                          + (": --per-sentence writes its sentences" if dataset == "ptb" else ""))
     if getattr(args, "per_sentence", None) and dataset != "ptb":
         raise SystemExit(f"--per-sentence is for Penn Treebank text models; {args.checkpoint} is of {dataset}"
-                         + (": --per-image writes its images" if dataset in ("binarized-mnist", "mnist") else ""))
-    if dataset in ("binarized-mnist", "mnist"):
+                         + (": --per-image writes its images" if dataset in MNIST else ""))
+    if dataset in MNIST:
         from training.data.binarized import dynamic_binarize, load_binarized_mnist
         from training.data.mnist import load_mnist
 

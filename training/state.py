@@ -119,6 +119,17 @@ def recover_run_state(directory: Path) -> str | None:
     return done
 
 
+def recover_run(run: Path) -> list[str]:
+    """Before a run resumes: `recover_run_state` on last/ and best/, and, with last/ not yet written after best/
+    (saved first in an epoch, the same state), last/ from a copy of best/. Returns what was done, for the log."""
+    last, best = run / "last", run / "best"
+    done = [d for d in (recover_run_state(last), recover_run_state(best)) if d]
+    if not last.exists() and (best / PROGRESS).exists():
+        shutil.copytree(best, last)
+        done.append(f"{last} restored from {best} (a save was cut short)")
+    return done
+
+
 def load_progress(directory: Path) -> Progress:
     return Progress(**json.loads((directory / PROGRESS).read_text())["progress"])
 

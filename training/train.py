@@ -11,7 +11,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -35,10 +34,9 @@ from training.config import DEFAULT_LR, ConfigError, TrainConfig, stage_lr
 from training.device import evaluating, machine, resolve_device
 from training.likelihood import on_device, validate
 from training.state import (
-    PROGRESS,
     Progress,
     load_progress,
-    recover_run_state,
+    recover_run,
     restore_optimizers,
     save_run_state,
     warm_start,
@@ -271,13 +269,8 @@ def train(config: TrainConfig) -> Progress:
     run = config.run_dir
     last, best = run / "last", run / "best"
     if rank == 0:
-        for state in (last, best):
-            recovered = recover_run_state(state)
-            if recovered:
-                print(recovered, file=sys.stderr)
-        if not last.exists() and (best / PROGRESS).exists():  # killed while saving last/ just after best/: the same
-            shutil.copytree(best, last)  # state (best is written first), so the run goes on from it
-            print(f"{last} restored from {best} (a save was cut short)", file=sys.stderr)
+        for done in recover_run(run):  # what a kill inside a save left
+            print(done, file=sys.stderr)
     if distributed:
         dist.barrier()  # every rank reads last/ as rank 0 left it
     check_resumable(config, run)

@@ -142,8 +142,8 @@ def test_config_file_is_read_and_unknown_keys_refused(tmp_path):
     path.write_text(json.dumps({"epochs": "two"}))  # refused here, not by a traceback once data has loaded
     with pytest.raises(ValueError, match='epochs="two": expected int'):
         TrainConfig.from_sources(str(path), {})
-    path.write_text(json.dumps({"lr": 1, "epochs": 3}))  # an int may stand for a float
-    assert TrainConfig.from_sources(str(path), {}).lr == 1
+    path.write_text(json.dumps({"clip": 5, "epochs": 3}))  # an int may stand for a float (clip's default is 10.0)
+    assert TrainConfig.from_sources(str(path), {}).clip == 5
 
 
 def test_trains_on_a_users_own_jsonl_captions(tmp_path):
