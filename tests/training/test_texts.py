@@ -85,6 +85,8 @@ def test_captions_text_trains_evaluates_and_renders_its_card(tmp_path, shared_da
     assert len(text["examples"]["greedy_prior_samples"]) == 8
     card = render(run / "last")
     assert "## Text" in card and "| well-formed |" in card and "reconstruction accuracy" in card
+    assert card.startswith(f"# {run.name}/last\n")  # a run's card is titled by its run, not "last"
+    assert f"card {run / 'last'}`" in card and f"goes on from `{run / 'last'}`" in card
     assert f"| {text['examples']['greedy_prior_samples'][0]} | {path['texts'][0]} |" in card
 
 
