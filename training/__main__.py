@@ -56,8 +56,8 @@ def _main(argv: list[str] | None = None) -> int:
 
     tr = sub.add_parser("train", help="train a model (resumes from RUN/last when it exists)")
     tr.add_argument("--config", help="JSON file with TrainConfig fields; flags given here override it")
-    tr.add_argument("--model", choices=MODELS)
-    tr.add_argument("--dataset", choices=DATASETS)
+    tr.add_argument("--model", choices=MODELS, help=TrainConfig.__dataclass_fields__["model"].metadata["help"])
+    tr.add_argument("--dataset", choices=DATASETS, help=TrainConfig.__dataclass_fields__["dataset"].metadata["help"])
     tr.add_argument("--set", dest="model_overrides", action="append", type=_parse_override, default=[],
                     metavar="FIELD=VALUE", help="model config override, e.g. --set steps=16 (repeatable)")
     for f in fields(TrainConfig):
@@ -65,10 +65,10 @@ def _main(argv: list[str] | None = None) -> int:
             continue
         flag = f"--{f.name.replace('_', '-')}"
         if f.type == "bool":
-            tr.add_argument(flag, dest=f.name, action="store_true", default=None)
+            tr.add_argument(flag, dest=f.name, action="store_true", default=None, help=f.metadata.get("help"))
             continue
         kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        tr.add_argument(flag, dest=f.name, type=kind)
+        tr.add_argument(flag, dest=f.name, type=kind, help=f.metadata.get("help"))
 
     ev = sub.add_parser("evaluate", help="test-set ELBO, importance-weighted log-likelihood, caption fidelity")
     ev.add_argument("checkpoint")

@@ -20,41 +20,54 @@ DEFAULT_LR = 1e-3  # both papers' learning rate
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
+def _flag(default: Any, help: str) -> Any:
+    """A TrainConfig field with its --help text: one place says what a setting does, for the CLI and the reader."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = DEFAULT_KIND
-    dataset: str = "mnist-captions"
-    out: str = ""  # run directory; default runs/<model>-<dataset>
-    data_dir: str | None = None  # else GLIMPSE_DATA_DIR, then the bundled/Debian sources
-    download: bool = False  # fetch MNIST from the standard mirrors (sha256-checked) when no local copy exists
-    captions_file: str | None = None  # coco: captions_*.json (images in data_dir); jsonl: {"image", "caption"} lines
-    epochs: int = 1000  # an upper bound: early stopping ends the run (alignDRAW's script used 1000)
-    batch_size: int = 100  # both papers' batch
-    # each paper's (the family's train_defaults): Adam for DRAW and IWAE, RMSprop for alignDRAW; "sgd": plain SGD
-    # (no momentum), the text-VAE protocol's (lr 1.0, clip 5, with --lr-decay-patience 5)
-    optimizer: str = "auto"
-    lr: float | None = None  # DEFAULT_LR for a new run; on resume the saved rate unless --lr is given
-    lr_stages: str = ""  # a staged schedule that sets lr each epoch (stage_lr below): "burda:S" or JSON [[epochs, lr]]
-    lr_decay_patience: int | None = None  # multiply lr by lr_decay_factor after this many epochs without improvement
-    lr_decay_factor: float = 0.5  # (the text-VAE protocol's SGD halving); the count restarts after each decay
-    clip: float = 10.0  # gradient-norm clip of the official code
-    patience: int | None = None  # epochs without validation improvement before stopping; 3 (alignDRAW's script)
-    seed: int = 0
-    device: str = "auto"  # cuda when present
-    pairs_per_epoch: int = 10_000  # alignDRAW draws a fresh 10k captioned pairs every epoch
-    val_size: int = 10_000  # validation images (captions: generated once from held-out digits)
-    val_holdout: int | None = None  # MNIST: last training images held out for validation; None: min(10k, N/6)
-    max_batches: int | None = None  # cap on training batches per epoch (time-boxed or smoke runs)
-    time_limit: float | None = None  # minutes for this invocation: no epoch starts that the last one says won't fit
-    preview_every: int = 1  # epochs between sample-grid / canvas-strip / curve PNGs
-    kl_warmup: int | None = None  # batches for the KL weight to rise 0 -> 1; the family's default (DRAW 1000)
-    fidelity_samples: int = 500  # MNIST captions: samples judged per epoch for seen and held-out captions (0: off)
-    init_from: str | None = None  # a checkpoint whose weights start a new run where names and shapes match
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"steps": 16} for a small model
-    # torch.compile the training loss (inductor fuses its elementwise passes; needs a C++ compiler on a CPU; the
-    # first step compiles, ~25 s): the same maths in other float bits (and, for dropout inside a loss, other random
-    # draws), for long runs (bench/train_speed.py)
-    compile: bool = False
+    model: str = _flag(DEFAULT_KIND, "the family to train")
+    dataset: str = _flag("mnist-captions", "the data it trains on (each family takes one kind of data)")
+    out: str = _flag("", "the run folder (default runs/<model>-<dataset>); an existing one with last/ is resumed")
+    data_dir: str | None = _flag(None, "where the datasets are (default GLIMPSE_DATA_DIR, then the bundled and Debian "
+                                 "copies)")
+    download: bool = _flag(False, "fetch MNIST from the standard mirrors (sha256-checked) when no local copy exists")
+    captions_file: str | None = _flag(None, "coco: captions_*.json (images in --data-dir); jsonl: lines of "
+                                      '{"image", "caption"}')
+    epochs: int = _flag(1000, "an upper bound: early stopping ends the run (alignDRAW's script used 1000)")
+    batch_size: int = _flag(100, "images (sets, sentences) a batch; both papers' 100")
+    optimizer: str = _flag("auto", "rmsprop, adam or sgd (plain, the text-VAE protocol's, with --lr-decay-patience); "
+                           "default the family's paper's: Adam for DRAW and IWAE, RMSprop for alignDRAW")
+    lr: float | None = _flag(None, f"learning rate (default the family's, else {DEFAULT_LR:g}); on resume the saved "
+                             "rate unless given")
+    lr_stages: str = _flag("", 'a schedule that sets the rate each epoch: "burda:S" (Burda et al.: stage i = 0..7 '
+                           "runs S·3^i epochs at 1e-3·10^(−i/7); S = 1 is the paper's 3,280) or JSON [[epochs, lr], "
+                           "...]")
+    lr_decay_patience: int | None = _flag(None, "multiply the rate by --lr-decay-factor after this many epochs "
+                                          "without a better validation bound (the count restarts after each)")
+    lr_decay_factor: float = _flag(0.5, "see --lr-decay-patience (the text-VAE protocol's SGD halving)")
+    clip: float = _flag(10.0, "gradient-norm clip, per optimiser group (the official code's 10)")
+    patience: int | None = _flag(None, "epochs without a better validation bound before stopping (default the "
+                                 "family's, else 3 as alignDRAW's script)")
+    seed: int = _flag(0, "seeds the weights, the batches and the noise")
+    device: str = _flag("auto", "cpu, cuda or cuda:N (default cuda when present)")
+    pairs_per_epoch: int = _flag(10_000, "captioned datasets: fresh pairs drawn each epoch (alignDRAW's 10k)")
+    val_size: int = _flag(10_000, "validation images (captions: generated once from held-out digits)")
+    val_holdout: int | None = _flag(None, "MNIST: the last N training images held out for validation (default the "
+                                    "family's: IWAE 400, AVB the official 5,000; else min(10k, N/6))")
+    max_batches: int | None = _flag(None, "cap on training batches an epoch (time-boxed or smoke runs)")
+    time_limit: float | None = _flag(None, "minutes for this invocation: no epoch starts that the last one says "
+                                     "will not fit; the same command resumes")
+    preview_every: int = _flag(1, "epochs between sample-grid, canvas-strip and loss-curve PNGs")
+    kl_warmup: int | None = _flag(None, "batches for the KL weight to rise 0 -> 1 (default the family's: DRAW 1000)")
+    fidelity_samples: int = _flag(500, "MNIST captions: samples judged an epoch for seen and held-out captions (0: "
+                                  "off)")
+    init_from: str | None = _flag(None, "a checkpoint whose weights start a new run where names and shapes match")
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # --set: e.g. {"steps": 16} for a small model
+    # the same maths in other float bits (and, for dropout inside a loss, other random draws)
+    compile: bool = _flag(False, "torch.compile the training loss (inductor fuses its elementwise passes; a C++ "
+                          "compiler on a CPU; the first step compiles, ~25 s): for long runs (bench/train_speed.py)")
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:

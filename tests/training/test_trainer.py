@@ -125,6 +125,19 @@ def test_config_file_flags_and_bad_values():
     assert (cfg.kl_warmup, TrainConfig(model="aligndraw", dataset="mnist-captions").kl_warmup) == (1000, 0)
 
 
+def test_every_train_flag_says_what_it_does(capsys):
+    """`train --help` explains each flag from the field's own text (training/config.py), so a setting added without
+    one is caught here."""
+    from dataclasses import fields
+
+    assert [f.name for f in fields(TrainConfig) if f.name != "model_overrides" and not f.metadata.get("help")] == []
+    with pytest.raises(SystemExit):
+        cli(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--lr-stages LR_STAGES a schedule that sets the rate each epoch" in out
+    assert "--compile torch.compile the training loss" in out
+
+
 def test_kl_weight_rises_linearly_then_stays_at_one():
     from training.train import kl_weight
 
