@@ -20,6 +20,12 @@ DEFAULT_LR = 1e-3  # both papers' learning rate
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
+# the least value of each count (None: a positive number); an unset optional one is not checked
+_LEAST: dict[str, int | None] = {"epochs": 1, "batch_size": 1, "pairs_per_epoch": 1, "val_size": 1, "val_holdout": 1,
+                                 "max_batches": 0, "patience": 1, "preview_every": 1, "kl_warmup": 0,
+                                 "fidelity_samples": 0, "lr": None, "clip": None, "time_limit": None}
+
+
 def _flag(default: Any, help: str) -> Any:
     """A TrainConfig field with its --help text: one place says what a setting does, for the CLI and the reader."""
     return field(default=default, metadata={"help": help})
@@ -56,7 +62,8 @@ class TrainConfig:
     val_size: int = _flag(10_000, "validation images (captions: generated once from held-out digits)")
     val_holdout: int | None = _flag(None, "MNIST: the last N training images held out for validation (default the "
                                     "family's: IWAE 400, AVB the official 5,000; else min(10k, N/6))")
-    max_batches: int | None = _flag(None, "cap on training batches an epoch (time-boxed or smoke runs)")
+    max_batches: int | None = _flag(None, "cap on training batches an epoch (time-boxed or smoke runs; 0: the "
+                                     "initial weights validated and saved)")
     time_limit: float | None = _flag(None, "minutes for this invocation: no epoch starts that the last one says "
                                      "will not fit; the same command resumes")
     preview_every: int = _flag(1, "epochs between sample-grid, canvas-strip and loss-curve PNGs")
@@ -81,6 +88,15 @@ class TrainConfig:
         for name, value in defaults.items():
             if getattr(self, name) in (None, "auto"):
                 object.__setattr__(self, name, value)
+        # here, not as a ZeroDivisionError once the data has loaded (--batch-size 0) or an epoch in (--preview-every 0)
+        low = []
+        for name, floor in _LEAST.items():
+            value = getattr(self, name)
+            if value is not None and not (value > 0 if floor is None else value >= floor):
+                low.append(f"--{name.replace('_', '-')} {value!r}: must be "
+                           + ("> 0" if floor is None else f"at least {floor}"))
+        if low:
+            raise ValueError("; ".join(low))
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
         if self.lr_decay_patience is not None:

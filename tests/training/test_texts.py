@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import re
+import shutil
 
 import pytest
 import torch
@@ -121,9 +122,12 @@ def test_ptb_trains_and_its_perplexity_is_the_per_sentence_nll_over_the_tokens(t
     assert 0 <= text["active_units"] <= 4 and text["kl"] > 0
     card = render(run / "last")
     assert "test NLL / PPL (−L_5, importance sampling, k = 5)" in card and f"{text['ppl']:.2f}" in card
-    assert "The optimizer state ships beside the weights" in card
-    (run / "last" / "optimizer.safetensors").unlink()  # shipped without it (textvae-ptb: Adam's moments are 31 MB)
-    assert "The optimizer state is not shipped" in render(run / "last")
+    assert f"goes on from `{run / 'last'}`" in card  # a run's own card: the run resumes from its last/
+    shipped = tmp_path / "textvae-tiny"  # as copied into checkpoints/: its optimizer state ships, or not
+    shutil.copytree(run / "last", shipped)
+    assert "The optimizer state ships beside the weights" in render(shipped)
+    (shipped / "optimizer.safetensors").unlink()  # shipped without it (textvae-ptb: Adam's moments are 31 MB)
+    assert "The optimizer state is not shipped" in render(shipped)
 
 
 def test_well_formedness_accepts_every_generated_caption_and_rejects_others():

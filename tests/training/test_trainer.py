@@ -117,6 +117,11 @@ def test_config_file_flags_and_bad_values():
         TrainConfig(model="draw", dataset="mnist-captions")
     with pytest.raises(ValueError, match="--optimizer"):
         TrainConfig(optimizer="adagrad")  # sgd is one now (the text-VAE protocol)
+    with pytest.raises(ValueError, match="--batch-size 0: must be at least 1; --preview-every 0"):
+        TrainConfig(batch_size=0, preview_every=0)  # was a ZeroDivisionError once the data had loaded
+    with pytest.raises(ValueError, match=r"--clip -1\.0: must be > 0"):
+        TrainConfig(clip=-1.0)
+    assert TrainConfig(kl_warmup=0, fidelity_samples=0, max_batches=None).kl_warmup == 0  # 0 and unset are valid
     cfg = TrainConfig.from_sources(None, {"model": "draw", "dataset": "mnist", "lr": 3e-4})
     assert cfg.run_dir.name == "draw-mnist" and cfg.lr == 3e-4
     assert cfg.optimizer == "adam"  # each paper's optimiser unless one is named
