@@ -86,9 +86,9 @@ def test_word_keys_are_computed_once_per_caption_not_per_step(tiny_align):
 
 
 @pytest.mark.parametrize("variant", [{}, {"align_values": "words", "prior_context": True}])
-def test_kl_is_taken_against_the_state_dependent_prior(variant):
-    """Replay the inference pass and check each KL term against the prior computed from h^gen_{t−1} (and s_t
-    with prior_context)."""
+def test_kl_and_log_ratio_are_taken_against_the_state_dependent_prior(variant):
+    """Replay the inference pass and check each KL term, and each step's log q − log p at the sampled z, against the
+    prior computed from h^gen_{t−1} (and s_t with prior_context)."""
     torch.manual_seed(0)
     m = AlignDRAW(replace(TINY_ALIGN, **variant))
     x = torch.rand(3, 1, 16, 16)
@@ -109,7 +109,13 @@ def test_kl_is_taken_against_the_state_dependent_prior(variant):
         else:
             mu_p, ls_p = torch.tanh(m.prior(torch.cat([h, s], 1) if variant else h)).chunk(2, 1)
         torch.testing.assert_close(elbo.kl[:, t], kl_diagonal(mu_q, ls_q, mu_p, ls_p))
-        h, c = m.generator_lstm(torch.cat([mu_q + ls_q.exp() * eps[:, t], s], 1), (h, c))
+        z = mu_q + ls_q.exp() * eps[:, t]
+        # the importance weight's step term (L_k, served likelihoods): log q(z_t | x) − log p(z_t | h_{t−1}) in float64
+        q = torch.distributions.Normal(mu_q.double(), ls_q.double().exp())
+        p = torch.distributions.Normal(mu_p.double(), ls_p.double().exp())
+        log_ratio = q.log_prob(z.double()).sum(-1) - p.log_prob(z.double()).sum(-1)
+        torch.testing.assert_close(elbo.log_ratio[:, t].double(), log_ratio, rtol=1e-5, atol=1e-4)
+        h, c = m.generator_lstm(torch.cat([z, s], 1), (h, c))
         canvas = canvas + m.write(h)[0]
     assert elbo.kl[:, 1:].abs().sum() > 0
 

@@ -68,6 +68,13 @@ def test_padding_and_batch_mates_change_nothing(model):
     full = model.loss({"x": padded, "set_mask": mask}, torch.cat([eps_c, eps_z.flatten(1)], 1))
     real = model.loss({"x": short}, torch.cat([eps_c, eps_z[:, :3].flatten(1)], 1))
     torch.testing.assert_close(full.bound, real.bound, rtol=1e-5, atol=1e-4)
+    # ... and so are its importance weight (L_k, served scores: padded items would add log q − log p terms) and
+    # the scalar minimised (the −ELBO per real item, not per padded slot)
+    assert full.log_weight is not None and real.log_weight is not None
+    torch.testing.assert_close(full.log_weight, real.log_weight, rtol=1e-5, atol=1e-4)
+    full_min, real_min = full.minimise["model"], real.minimise["model"]
+    assert full_min is not None and real_min is not None
+    torch.testing.assert_close(full_min, real_min, rtol=1e-5, atol=1e-4)
     # a set's context is the same alone and beside other sets
     torch.testing.assert_close(model.context(x)[0][2:3], model.context(x[2:3])[0], rtol=0, atol=1e-5)
 

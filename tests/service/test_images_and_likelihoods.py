@@ -247,24 +247,38 @@ def test_likelihoods_are_models_bounds_on_the_binarised_upload(api, served, mode
             assert r.status_code == 404 and r.json()["type"].endswith("/unknown-job"), (elsewhere, method, tail)
 
 
-def test_likelihoods_of_the_draw_family(api):
+def test_likelihoods_of_the_draw_family(api, served):
+    """DRAW's and alignDRAW's scores are models.bounds' L_k and mean log-weight of the binarised upload, from the
+    job's seed (alignDRAW's under the caption sent: its prior and alignment read it)."""
     client, _ = api
-    side = {"tiny-draw": (12, 10), "tiny-align": (16, 16)}
-    img = [png64(np.zeros((12, 10)))]
-    r = client.post("/v1/likelihoods", json={"model": "tiny-draw", "images": img, "k": 4})
+    rng = np.random.default_rng(7)
+    draw_image = rng.choice([0, 100, 128, 255], size=(12, 10))
+    r = client.post("/v1/likelihoods", json={"model": "tiny-draw", "images": [png64(draw_image)], "k": 4, "seed": 5})
     assert r.status_code == 202, r.text
-    assert finished(client, r.headers["location"])["outputs"][0]["nll"] > 0
-    h, w = side["tiny-align"]
-    img = [png64(np.zeros((h, w)))]
+    out = finished(client, r.headers["location"])["outputs"][0]
+    model = load_checkpoint(served / "tiny-draw").model
+    lk, elbo = importance_weighted(model, {"x": ink(draw_image)[None]}, 4, generator=torch.Generator().manual_seed(5))
+    assert out["nll"] == pytest.approx(-lk.item(), abs=1e-9) and out["elbo"] == pytest.approx(elbo.item(), abs=1e-9)
+    assert out["nll"] <= -out["elbo"]
+    img = [png64(np.zeros((16, 16)))]
     r = client.post("/v1/likelihoods", json={"model": "tiny-align", "images": img})
     assert r.status_code == 422 and "caption" in r.json()["detail"]
     r = client.post("/v1/likelihoods", json={"model": "tiny-align", "images": img, "caption": "the zebra"})
     assert r.status_code == 422 and r.json()["type"].endswith("/unknown-words")
-    r = client.post("/v1/likelihoods", json={"model": "tiny-align", "images": img, "k": 3,
-                                             "caption": "the digit 3 is at the top left"})
+    align_image = rng.choice([0, 100, 128, 255], size=(16, 16))
+    caption = "the digit 3 is at the top left"
+    r = client.post("/v1/likelihoods", json={"model": "tiny-align", "images": [png64(align_image)], "k": 3,
+                                             "seed": 2, "caption": caption})
     assert r.status_code == 202, r.text
     out = finished(client, r.headers["location"])["outputs"][0]
-    assert out["caption"] == "the digit 3 is at the top left" and out["nll"] > 0
+    assert out["caption"] == caption
+    ckpt = load_checkpoint(served / "tiny-align")
+    assert ckpt.vocab is not None
+    ids = ckpt.vocab.encode(caption)  # unpadded here (the worker pads to the model's length; padding is masked)
+    batch = {"x": ink(align_image)[None], "captions": torch.tensor([ids]), "lengths": torch.tensor([len(ids)])}
+    lk, elbo = importance_weighted(ckpt.model, batch, 3, generator=torch.Generator().manual_seed(2))
+    assert out["nll"] == pytest.approx(-lk.item(), abs=1e-4) and out["elbo"] == pytest.approx(elbo.item(), abs=1e-4)
+    assert out["nll"] <= -out["elbo"]
 
 
 def bad_image_problem(client, images, model="tiny-iwae", path="/v1/likelihoods") -> dict:

@@ -16,9 +16,12 @@ from worker.protocol import (
     Keys,
     ModelInfo,
     OutputOptions,
+    gif_bound,
     job_bytes_bound,
     parse_request,
+    png_bound,
     validate_for_model,
+    webp_bound,
 )
 from worker.settings import Settings
 
@@ -125,6 +128,12 @@ def test_encoders_stay_within_their_bounds_on_incompressible_noise(shape):
         render.png(frames[0], scale=scale)  # each raises ResultTooLargeError over its bound
         render.gif(frames, frame_ms=50, scale=scale)
         render.webp(frames, frame_ms=50, scale=scale)
+    # ... and the bounds are not loose on noise at scale 1, which nothing compresses (measured: PNG ≤ 1.8×, GIF
+    # ≤ 1.2×; WebP ≤ 5.2×, its bound taking every grey frame as RGB): a bound far too big would refuse real jobs
+    h, w, c = shape
+    png, gif, webp = (render.png(frames[0]), render.gif(frames, frame_ms=50), render.webp(frames, frame_ms=50))
+    assert png_bound(h, w, c) < 2 * len(png) and gif_bound(h, w, 6) < 1.5 * len(gif)
+    assert webp_bound(h, w, c, 6) < 6 * len(webp)
     words = ["w" * 20] * 12
     render.attention(np.full((6, 4), -12345.678901), np.full((6, 12), 0.123456789), words, max_words=12,
                      longest_word=20)
