@@ -168,6 +168,38 @@ def test_judge_accepts_the_datasets_own_images_and_rejects_wrong_digits_or_place
     assert moved < 0.15, moved
 
 
+def test_sample_and_judge_judges_each_captions_own_sample(judge_inputs, monkeypatch):
+    """The fidelity the trainer logs and evaluate reports judges the model's samples, one per caption, in the
+    caption's row across chunks. With the sampler replaced by painters: one that returns each caption's dataset
+    image is accepted as often as the judge accepts the dataset (> 0.93), a blank one never, and one whose rows are
+    shifted by one caption (a sample judged against another caption) rarely."""
+    from types import SimpleNamespace
+
+    from models.vocab import Vocabulary
+    from training import fidelity
+    from training.data import captions as cap
+
+    _, batch, classifier = judge_inputs
+    vocab = Vocabulary(cap.CAPTION_WORDS, max_length=16)
+    n = len(batch.captions)
+
+    def painter(images):
+        def sample(model, *, captions, lengths, seeds, **kwargs):
+            lo, hi = seeds[0], seeds[-1] + 1  # seeds are seed + row: the rows this chunk samples
+            assert hi - lo == len(captions)
+            return SimpleNamespace(images=images[lo:hi], alignments=torch.zeros(hi - lo, 1, captions.shape[1]))
+        return sample
+
+    def fidelity_of(images):
+        monkeypatch.setattr(fidelity, "sample", painter(images))
+        return fidelity.sample_and_judge(None, vocab, batch, classifier, chunk=250).fidelity  # 600: three chunks
+
+    assert fidelity_of(batch.images) > 0.93
+    assert fidelity_of(torch.zeros_like(batch.images)) == 0
+    assert fidelity_of(batch.images.roll(1, 0)) < 0.2
+    assert n == 600
+
+
 def test_by_place_counts_each_named_digit_and_names_what_replaced_it():
     templates = np.array([0, 0, 0, 4, 2])
     digits = np.array([[1, 0], [2, 0], [3, 0], [8, -1], [4, 5]])

@@ -52,6 +52,35 @@ def test_accuracy_counts_queries_and_errors():
     assert ten.accuracy == pytest.approx(0.8, abs=1e-12) and ten.name == "10-way 5-shot"
 
 
+def test_the_model_sees_the_episodes_drawings_and_no_query_in_its_support():
+    """few_shot hands the model each episode's drawings (`episode` with the run's seed): the support of each class,
+    and queries of that class that its support does not hold. Each image's pixel codes its class and item
+    (100·class + item), so a query taken from the support, or drawings other than the episode's, would show."""
+    codes = (torch.arange(10)[:, None] * 100 + torch.arange(20)[None]).float()
+    images = codes.view(10, 20, 1, 1, 1).expand(10, 20, 1, 2, 2)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dummy = nn.Parameter(torch.zeros(1))
+
+        def class_scores(self, support, query):
+            s, q = support[..., 0, 0, 0], query[:, 0, 0, 0]  # (way, shot) and (way·queries,) codes
+            seen.append((s.clone(), q.clone()))
+            return -((q[:, None] // 100) - (s[:, 0] // 100)[None]).abs()  # the right class scores 0, others < 0
+
+    result = few_shot(Spy(), images, way=5, shot=5, episodes=30, queries=2, seed=4)
+    assert result.accuracy == 1.0 and len(seen) == 30
+    g = torch.Generator().manual_seed(4)
+    for s, q in seen:
+        classes, support, query = episode(10, 20, 5, 5, 2, g)
+        assert torch.equal(s, (classes[:, None] * 100 + support).float())
+        assert torch.equal(q, (classes[:, None] * 100 + query).flatten().float())
+        for c in range(5):
+            assert not set(q.view(5, 2)[c].tolist()) & set(s[c].tolist())
+
+
 def test_train_evaluate_and_card_of_a_set_model(shared_data, tmp_path):
     """`python -m training train --dataset omniglot` (a few batches of a tiny statistician), then `evaluate` on the
     test characters and MNIST, then its card: the few-shot table beside the paper's and the sample pictures."""

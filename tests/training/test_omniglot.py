@@ -266,7 +266,7 @@ class StandIn:
     train_defaults: ClassVar[dict[str, Any]] = {}
 
 
-def test_task_shapes_and_it_never_reads_the_test_split(root, monkeypatch):
+def test_task_shapes_and_it_never_reads_the_test_split(root, val, monkeypatch):
     from training import config as config_module
     from training import tasks
     from training.config import TrainConfig
@@ -296,6 +296,14 @@ def test_task_shapes_and_it_never_reads_the_test_split(root, monkeypatch):
     assert not torch.equal(x, task.train_data(2)["x"])  # a fresh partition per epoch (make_sets is seeded: above)
     v = task.val_data()["x"]
     assert v.shape == (100, 4, 1, 28, 28) and torch.equal(v, task.val_data()["x"])
+    # every validation set is drawings of one `val` class, undilated: each binary item's ink lies inside the ink of
+    # one of that class's drawings (dynamic binarisation inks only where the grey image has ink)
+    items = v.flatten(2).bool()  # (N, S, 784)
+    assert bool(items.any(-1).all())
+    outside = (~(val.images[:, :, 0] > 0)).flatten(2).float()  # (688, 20, 784): where each undilated drawing has none
+    stray = torch.einsum("nsp,cdp->nscd", items.float(), outside)  # ink of item (n, s) outside drawing (c, d)
+    fits = (stray == 0).any(-1)  # (N, S, 688): the item fits some drawing of class c
+    assert bool(fits.all(1).any(-1).all()), "a validation set is not of one val class, undilated"
     assert task.pixel_means().shape == (1, 28, 28)
     undilated = task._train.images[:, :, 0].flatten(0, 1).mean(0, keepdim=True)
     torch.testing.assert_close(task.pixel_means(), undilated, atol=1e-6, rtol=0)

@@ -184,6 +184,44 @@ def test_trains_on_a_users_own_jsonl_captions(tmp_path):
     assert ckpt.extra["items"] == 24
 
 
+def test_dynamic_mnist_validates_on_its_last_training_digits_and_trains_on_the_rest(shared_data):
+    """AVB's 55k / 5k: the task trains on the first 55,000 MNIST training digits and validates on a fixed
+    binarisation of the last 5,000 (its first val_size), each binary pixel inked only where that digit has ink."""
+    from training.data.mnist import load_mnist
+    from training.tasks import make_task
+
+    grey = torch.from_numpy(load_mnist("train", root=str(shared_data)).images).float().div(255).view(-1, 1, 28, 28)
+    task = make_task(TrainConfig(model="avb", dataset="mnist", data_dir=str(shared_data), val_size=300))
+    train, val = task._train, task.val_data()["x"]  # type: ignore[attr-defined]
+    assert torch.equal(train, grey[:55_000]) and val.shape == (300, 1, 28, 28)
+    assert bool(((val == 0) | (val == 1)).all()) and val.sum() > 0
+    assert bool((val <= (grey[55_000:55_300] > 0)).all())  # a binarisation of those digits
+    assert not bool((val <= (grey[:300] > 0)).all())  # and of no others (the first training digits, for one)
+    assert torch.equal(val, task.val_data()["x"])  # fixed: every epoch validates on the same bits
+
+
+def test_caption_validation_and_judged_captions_are_painted_from_held_out_digits_only():
+    """The captions task's validation pairs and its held-out judged captions are painted from the digits split off
+    for validation, never from the training digits: repainting each from the validation pool by its recorded
+    indices and boxes gives the same pixels, and the two pools share no image."""
+    import hashlib
+
+    from training.data import captions as cap
+    from training.tasks import make_task
+
+    task = make_task(TrainConfig(model="aligndraw", dataset="mnist-captions", val_size=40, fidelity_samples=30))
+    train, val = task.train_digits, task.val_digits  # type: ignore[attr-defined]
+
+    def prints(images):
+        return {hashlib.sha1(image.tobytes()).hexdigest() for image in images}
+
+    assert len(val.labels) > 0 and not prints(train.images) & prints(val.images)
+    judged = task._judging[1]  # type: ignore[attr-defined]
+    for batch in (task._val_batch, judged["seen"], judged["held_out"]):  # type: ignore[attr-defined]
+        assert batch.indices is not None and (batch.indices < len(val.labels)).all()
+        assert torch.equal(cap._paint(val.images, batch.indices, batch.boxes), batch.images)
+
+
 def test_caption_runs_judge_fidelity_each_epoch_on_seen_and_held_out_captions(tmp_path):
     from training.data import captions as cap
     from training.fidelity import CLASSIFIER
@@ -254,6 +292,20 @@ def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_a_few(tmp_path, s
     assert test["neg_elbo_L20_samples"] - test["nll_L20"] == pytest.approx(test["gap_L20"])
     assert 300 < test["nll_L20"] < 28 * 28 * math.log(2) + 50
     assert test["gap_L20"] >= 0 and test["nll_L20_estimate_all"] == test["nll_bound"] - test["gap_L20"]
+    # recomputed apart from the CLI: the first 30 *test* images' bound, and each CSV row's −L_k belongs to the test
+    # index it names (the seeded subset, the L_k noise from seed 0 as nll_k draws it)
+    from models.checkpoint import load_checkpoint
+    from training.data.binarized import load_binarized_mnist
+    from training.likelihood import elbo_terms, nll_k, subset
+
+    model = load_checkpoint(tmp_path / "run" / "last").model.eval()
+    x = torch.from_numpy(load_binarized_mnist("test", root=shared_data)).float().view(-1, 1, 28, 28)[:30]
+    assert test["nll_bound"] == pytest.approx(elbo_terms(model, {"x": x})["nll_bound"], rel=1e-9)
+    chosen = subset(30, 3)
+    assert [int(r[0]) for r in rows] == chosen.tolist()
+    per: dict[str, torch.Tensor] = {}
+    nll_k(model, {"x": x[chosen]}, 20, chunk=20, progress=False, per_example=per)
+    assert [float(r[1]) for r in rows] == pytest.approx((-per["lk"]).tolist(), abs=1e-9)
     # cut short by --time-limit 0 (after its first pass), then resumed: the same file and figures as one run
     cut = tmp_path / "cut.csv"
     cli([*command, "--json", str(tmp_path / "cut.json"), "--per-image", str(cut), "--time-limit", "0"])
@@ -395,7 +447,7 @@ def test_a_compiled_loss_trains_as_the_eager_one(tmp_path, shared_data, monkeypa
     """--compile (torch.compile of the loss and its backward): the same steps in other float bits, so three Adam
     steps end at the eager run's weights and validation bound within rounding, and the checkpoint records it."""
     if not (shutil.which("g++") or shutil.which("c++")):
-        pytest.skip("no C++ compiler: torch.compile's CPU backend needs one (--compile is optional)")
+        absent("no C++ compiler: torch.compile's CPU backend needs one (--compile is optional; CI tests it)")
     steps = ["--epochs", "1", "--max-batches", "3"]
     _train_iwae(tmp_path / "eager", shared_data, *steps)
     compiled, calls = [], []  # what the trainer handed torch.compile, and each call of what it got back
