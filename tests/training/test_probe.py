@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import absent
 from training.probe import changed_digits
@@ -43,3 +44,15 @@ def test_probe_on_the_shipped_model_redraws_images_and_reads_identity_from_the_c
     for word in left_of.values():
         assert len(word["alpha_by_step"]) == ckpt.model.steps
         assert word["alpha_sum"] == pytest.approx(sum(word["alpha_by_step"]), abs=0.02)
+    # read at the digit words themselves: recomputed from the same seeded samples at token positions 2 and 10
+    from models.sampling import sample
+    from training.fidelity import caption_batch
+
+    data = caption_batch(ckpt.vocab, batch)
+    drawn = sample(ckpt.model.eval(), captions=data["captions"], lengths=data["lengths"],
+                   seeds=list(range(len(batch.captions))), keep_canvases=False)
+    assert drawn.alignments is not None
+    rows = torch.from_numpy(batch.templates == 0)  # template 0: "left of"
+    for j in (2, 10):
+        expected = drawn.alignments[rows][:, :, j].float().sum(1).mean().item()
+        assert left_of[f"word {j}"]["alpha_sum"] == pytest.approx(expected, abs=1e-6)

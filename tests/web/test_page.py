@@ -30,7 +30,7 @@ API_KEY = "page-test-key"
 
 
 def _need(reason: str) -> None:
-    if os.environ.get("GLIMPSE_REQUIRE_BROWSER"):
+    if os.environ.get("GLIMPSE_REQUIRE_BROWSER") == "1":  # as GLIMPSE_REQUIRE_DATA: "0" does not require it
         pytest.fail(f"browser test required but {reason}")
     pytest.skip(f"browser tests skipped: {reason}")
 
