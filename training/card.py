@@ -180,7 +180,7 @@ def _title(directory: Path) -> tuple[str, str]:
     """The card's title and the folder its commands name: checkpoints/<name> for a shipped checkpoint; a training
     run's best/ or last/ (carded before it ships) is titled by its run, "<run>/best" not "best", at its own path."""
     if directory.name in ("best", "last"):
-        return f"{directory.parent.name}/{directory.name}", str(directory)
+        return f"{directory.resolve().parent.name}/{directory.name}", str(directory)  # resolve: `card best` in a run
     return directory.name, f"checkpoints/{directory.name}"
 
 
@@ -337,7 +337,8 @@ def render(directory: str | Path) -> str:
     again = "last command above" if _several_commands(training) else "command above"
     if directory.name in ("best", "last"):  # a run folder: its own run goes on, from last/ (training/state.py)
         lines += ["## Resuming", "", f"This is a training run's {directory.name}/ checkpoint: the {again}, "
-                  f"run again, goes on from `{directory.parent / 'last'}` where the run stopped.", ""]
+                  f"run again, goes on from `{directory.parent / 'last'}` where the run stopped (unless it ended: "
+                  "early stopping, or its last epoch reached).", ""]
     elif any(directory.glob("optimizer*.safetensors")):
         lines += ["## Resuming", "", "The optimizer state ships beside the weights, so training goes on where it "
                   f"stopped: `mkdir -p runs/{directory.name} && cp -r checkpoints/{directory.name} "

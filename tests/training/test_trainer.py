@@ -121,7 +121,10 @@ def test_config_file_flags_and_bad_values():
         TrainConfig(batch_size=0, preview_every=0)  # was a ZeroDivisionError once the data had loaded
     with pytest.raises(ValueError, match=r"--clip -1\.0: must be > 0"):
         TrainConfig(clip=-1.0)
-    assert TrainConfig(kl_warmup=0, fidelity_samples=0, max_batches=None).kl_warmup == 0  # 0 and unset are valid
+    valid = TrainConfig(kl_warmup=0, fidelity_samples=0, max_batches=0, time_limit=0)  # 0 means something here
+    assert (valid.kl_warmup, valid.max_batches, valid.time_limit) == (0, 0, 0)
+    with pytest.raises(ValueError, match=r"--lr '1e-3': must be a number"):
+        TrainConfig(lr="1e-3")  # type: ignore[arg-type]  (a JSON config's string: refused by name, not a TypeError)
     cfg = TrainConfig.from_sources(None, {"model": "draw", "dataset": "mnist", "lr": 3e-4})
     assert cfg.run_dir.name == "draw-mnist" and cfg.lr == 3e-4
     assert cfg.optimizer == "adam"  # each paper's optimiser unless one is named

@@ -133,7 +133,7 @@ def test_encoders_stay_within_their_bounds_on_incompressible_noise(shape):
     h, w, c = shape
     png, gif, webp = (render.png(frames[0]), render.gif(frames, frame_ms=50), render.webp(frames, frame_ms=50))
     assert png_bound(h, w, c) < 2 * len(png) and gif_bound(h, w, 6) < 1.5 * len(gif)
-    assert webp_bound(h, w, c, 6) < 6 * len(webp)
+    assert webp_bound(h, w, c, 6) < 8 * len(webp)  # room for another libwebp's sizes
     words = ["w" * 20] * 12
     render.attention(np.full((6, 4), -12345.678901), np.full((6, 12), 0.123456789), words, max_words=12,
                      longest_word=20)

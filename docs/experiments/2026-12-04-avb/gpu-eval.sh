@@ -1,9 +1,10 @@
 #!/bin/bash
 # Issue 22's protocol on a lent GPU: −L_5000 with r_α(z | x) as the proposal on all 10,000 test images (binarised
 # once, seed 0; the L_k noise from seed 0, as every CPU evaluation) for the shipped avb-mnist and its VAE baseline,
-# each image's value kept, then the paired difference AVB − VAE with its standard error. Two CPU cores needed about
-# 8.5 s an image at k = 5,000 (a conv decoder 5,000 times); since fcec18a ~1.15 s, and the CPU fills the same
-# journals across sessions (docs/experiments/2026-12-06-avb-all-test.md): this script goes on from them.
+# each image's value kept, then the paired difference AVB − VAE with its standard error. On a CPU an image at
+# k = 5,000 (a conv decoder 5,000 times) took 2.80 s on two threads before fcec18a and 1.33 s after (Intel VM,
+# bench/README.md); the CPU fills the same journals across sessions (docs/experiments/2026-12-06-avb-all-test.md),
+# and this script goes on from them.
 # Prepared 2026-12-05 and rehearsed on the CPU only (`... gpu-eval.sh cpu 20 4 50`): no GPU was lent. Rehearsed
 # again in the seventeenth session with the journals: a second run over the same $OUT resumed both finished
 # journals and printed the same paired difference.
