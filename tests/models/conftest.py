@@ -42,3 +42,34 @@ def block_images(batch: int, height: int, width: int) -> torch.Tensor:
         top, left = (i * 3) % (height - 4), (i * 5) % (width - 4)
         x[i, 0, top : top + 4, left : left + 4] = 1
     return x
+
+
+def log_px_by_quadrature(decoder_logits, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) = log ∫ p(x | z) N(z; 0, 1) dz for a 1-d latent, on a fine grid in float64: decoder_logits maps the
+    grid (G, 1) to Bernoulli logits (G, ...), x (N, ...) binary -> (N,). Independent of models.bounds."""
+    import math
+
+    import torch.nn.functional as F
+
+    grid = torch.linspace(-10, 10, 20_001, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        logits = decoder_logits(grid).flatten(1)
+    log_prior = -0.5 * grid[:, 0] ** 2 - 0.5 * math.log(2 * math.pi)
+    step = math.log(float(grid[1, 0] - grid[0, 0]))
+    return torch.stack([torch.logsumexp(log_prior - F.binary_cross_entropy_with_logits(
+        logits, row.double().flatten().expand_as(logits), reduction="none").sum(1), 0) + step for row in x])
+
+
+def assert_lk_closes_on(model, x: torch.Tensor, log_px: torch.Tensor, max_stderr: float, k: int = 2000) -> None:
+    """The mean log-weight (an ELBO) lies below log p(x) and L_k within 4 standard errors of it (delta method), each
+    standard error under max_stderr so that a constant off in L_k or in the proposal density cannot hide."""
+    import math
+
+    from models.bounds import log_mean_exp, log_weights
+
+    log_w = log_weights(model, {"x": x}, k, generator=torch.Generator().manual_seed(8))
+    l_k = log_mean_exp(log_w, dim=1)
+    stderr = torch.exp(log_w - l_k[:, None]).std(1) / math.sqrt(k)  # of w_i / mean w
+    assert (stderr < max_stderr).all(), stderr
+    assert (log_w.mean(1) < log_px).all()  # Jensen's gap, above its noise here
+    assert ((l_k - log_px).abs() < 4 * stderr).all(), (l_k, log_px, stderr)

@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 
 import models.avb as avb_module
 from models.avb import AVB, AVBConfig, GaussianProposal, ImplicitEncoder, adversary_cost
-from models.bounds import importance_weighted, log_mean_exp, log_weights
+from models.bounds import importance_weighted
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.family import build, param_groups
 from models.sampling import sample
+from tests.models.conftest import assert_lk_closes_on, log_px_by_quadrature
 from training.train import step
 
 TINY = AVBConfig(height=8, width=8, z_size=3, eps_dim=4, n_basis=3, basis_hidden=(8, 8), basis_samples=64,
@@ -358,26 +359,11 @@ def test_l_k_under_r_alpha_closes_on_log_p_x_by_quadrature():
     config = AVBConfig(**{**TINY.to_dict(), "z_size": 1, "height": 4, "width": 4})
     model = tiny(config).eval()
     x = binary(3, config, seed=5)
-    grid = torch.linspace(-10, 10, 20_001, dtype=torch.float64)[:, None]
-    m = copy.deepcopy(model).double()
+    log_px = log_px_by_quadrature(copy.deepcopy(model).double().decoder, x)
     with torch.no_grad():
-        log_p = []
-        for row in range(3):
-            target = x[row : row + 1].double().expand(len(grid), -1, -1, -1)
-            log_joint = -F.binary_cross_entropy_with_logits(m.decoder(grid), target, reduction="none").flatten(1).sum(1)
-            log_joint = log_joint - 0.5 * grid[:, 0] ** 2 - 0.5 * LOG_2PI
-            log_p.append(torch.logsumexp(log_joint, 0) + math.log(float(grid[1, 0] - grid[0, 0])))
         sigma = model.proposal(x).log_sigma.exp()
-    log_px = torch.stack(log_p)
     assert (sigma > 0.3).all()  # a proposal of real width: the test sees its density, not a point mass
-    k = 2000
-    log_w = log_weights(model, {"x": x}, k, generator=torch.Generator().manual_seed(8))
-    l_k = log_mean_exp(log_w, dim=1)
-    w = torch.exp(log_w - l_k[:, None])  # w_i / mean w
-    stderr = w.std(1) / math.sqrt(k)
-    assert (stderr < 0.06).all(), stderr
-    assert (log_w.mean(1) < log_px).all()  # the ELBO under r_α: Jensen's gap, far above its noise here
-    assert ((l_k - log_px).abs() < 4 * stderr).all(), (l_k, log_px, stderr)
+    assert_lk_closes_on(model, x, log_px, max_stderr=0.06)
 
 
 def test_vae_baseline_bound_and_log_weight_match_a_float64_recomputation():

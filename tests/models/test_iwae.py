@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models.bounds import importance_weighted, log_mean_exp, log_weights
+from models.bounds import importance_weighted, log_weights
 from models.family import Losses, Step, build
 from models.iwae import IWAE, IWAEConfig
+from tests.models.conftest import assert_lk_closes_on, log_px_by_quadrature
 
 # Small networks keep the file fast on one thread; the paper's sizes are checked for construction and shapes.
 TINY1 = IWAEConfig(height=4, width=4, layers=1, k=4, hidden=(16,), latent=(4,))
@@ -197,27 +197,11 @@ def test_l_k_closes_on_log_p_x_by_quadrature():
     config = IWAEConfig(height=4, width=4, layers=1, k=4, hidden=(16,), latent=(1,))
     model = tiny(config, seed=1, scale=0.1)
     x = binary(3, config, seed=9)
-    grid = torch.linspace(-10, 10, 20_001, dtype=torch.float64)[:, None]
-    m = copy.deepcopy(model).double()
+    log_px = log_px_by_quadrature(copy.deepcopy(model).double().output, x)
     with torch.no_grad():
-        logits = m.output(grid)  # (G, D)
-        log_p = []
-        for row in range(3):
-            pixels = x[row].double().flatten()
-            log_joint = -F.binary_cross_entropy_with_logits(logits, pixels.expand_as(logits), reduction="none").sum(1)
-            log_joint = log_joint - 0.5 * grid[:, 0] ** 2 - 0.5 * LOG_2PI
-            log_p.append(torch.logsumexp(log_joint, 0) + math.log(float(grid[1, 0] - grid[0, 0])))
         sigma = model.encoder[0](x.flatten(1))[1].exp()
-    log_px = torch.stack(log_p)
     assert (sigma > 0.5).all()  # a proposal of real width: the test sees its density, not a point mass
-    k = 2000
-    log_w = log_weights(model, {"x": x}, k, generator=torch.Generator().manual_seed(8))
-    l_k = log_mean_exp(log_w, dim=1)
-    w = torch.exp(log_w - l_k[:, None])  # w_i / mean w
-    stderr = w.std(1) / math.sqrt(k)
-    assert (stderr < 0.03).all(), stderr
-    assert (log_w.mean(1) < log_px).all()  # the ELBO: Jensen's gap (0.1–0.3 nats here) above its noise
-    assert ((l_k - log_px).abs() < 4 * stderr).all(), (l_k, log_px, stderr)
+    assert_lk_closes_on(model, x, log_px, max_stderr=0.03)  # Jensen's gap 0.1–0.3 nats here
 
 
 # ---- 4-5. gradient routing (eq. 14 and the VAE baseline) -----------------------------------------------------------
