@@ -378,7 +378,14 @@ class Decoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         # channels-last: oneDNN's transposed convs skip a layout copy a layer (CPU, 2 threads: 1.8x on 5,000 rows)
-        return self.up(self.project(z).view(-1, *self.shape).contiguous(memory_format=torch.channels_last))
+        h = self.project(z).view(-1, *self.shape).contiguous(memory_format=torch.channels_last)
+        *body, last = self.up
+        for layer in body:
+            h = layer(h)
+        assert isinstance(last, nn.ConvTranspose2d)
+        if h.device.type == "cpu" and last.stride == (1, 1) and not torch.is_grad_enabled():  # (training: slower)
+            return _stride_one_transposed(last, h)
+        return last(h)
 
     def nll(self, z: Tensor, x: Tensor) -> Tensor:
         """−log p(x | z) per row, z (N, Z), x (N, C, H, W) -> (N,). On the CPU the rows are decoded in slices whose
@@ -387,6 +394,24 @@ class Decoder(nn.Module):
         if len(z) <= rows:
             return bernoulli_nll(self(z), x)
         return torch.cat([bernoulli_nll(self(z[i : i + rows]), x[i : i + rows]) for i in range(0, len(z), rows)])
+
+
+def _stride_one_transposed(conv: nn.ConvTranspose2d, x: Tensor) -> Tensor:
+    """conv(x) for a stride-1 transposed conv as one matmul and k² shifted adds, for inference: oneDNN's took a
+    quarter of the decoder's CPU time for the 32 → 1 channel 5×5 last layer (bench/README.md). Its backward
+    through the k² slice adds was slower than oneDNN's, so training keeps the module."""
+    assert isinstance(conv.padding, tuple)  # a number of pixels, not "same"
+    b, c, h, w = x.shape
+    k, p, c_out = conv.kernel_size[0], conv.padding[0], conv.out_channels
+    # each kernel tap's contribution of every input pixel: (C_out·k·k, B·H·W), one contiguous map per tap
+    taps = conv.weight.reshape(c, c_out * k * k).t() @ x.permute(0, 2, 3, 1).reshape(-1, c).t()
+    taps = taps.view(c_out, k, k, b, h, w)
+    full = x.new_zeros(b, c_out, h + k - 1, w + k - 1)  # input pixel (u, v) reaches (u + i, v + j) through tap (i, j)
+    for i in range(k):
+        for j in range(k):
+            full[:, :, i : i + h, j : j + w] += taps[:, i, j].transpose(0, 1)
+    out = full[:, :, p : p + h, p : p + w]  # padding p crops p pixels a side
+    return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
 
 
 class Adversary(nn.Module):

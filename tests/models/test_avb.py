@@ -6,6 +6,7 @@ whitening, the VAE baseline's bound, generation and the registry."""
 import copy
 import hashlib
 import math
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -265,6 +266,26 @@ def test_the_decoder_nll_in_slices_is_each_rows_own():
     expected = -(x.double() * F.logsigmoid(logits) + (1 - x.double()) * F.logsigmoid(-logits)).flatten(1).sum(1)
     assert got.shape == (n,)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_decoders_last_layer_by_taps_is_the_transposed_conv(channels):
+    """Inference on the CPU runs a stride-1 last layer as one matmul and k² shifted adds (oneDNN's was slow): the
+    decoder's logits equal those of its nn.ConvTranspose2d stack run plainly, in float64; training keeps the stack."""
+    model = tiny(AVBConfig(**{**TINY.to_dict(), "channels": channels})).double()
+    decoder = model.decoder
+    assert decoder.up[-1].stride == (1, 1) and decoder.up[0].stride == (2, 2)
+    z = torch.randn(6, TINY.z_size, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    plain = decoder.up(decoder.project(z).view(-1, *decoder.shape))
+    with torch.no_grad():
+        got = decoder(z)
+    assert got.shape == plain.shape == (6, channels, TINY.height, TINY.width)
+    torch.testing.assert_close(got, plain.detach(), rtol=1e-12, atol=1e-12)
+    taps = patch.object(avb_module, "_stride_one_transposed", side_effect=AssertionError("taps"))
+    with torch.no_grad(), taps, pytest.raises(AssertionError, match="taps"):
+        decoder(z)
+    with taps:  # with gradients: the module itself
+        torch.testing.assert_close(decoder(z), plain, rtol=1e-12, atol=1e-12)
 
 
 FULL = AVBConfig(**{**TINY.to_dict(), "contrast": "full"})
