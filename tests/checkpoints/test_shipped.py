@@ -27,6 +27,19 @@ SHIPPED = sorted(d for d in (ROOT / "checkpoints").iterdir()
                  if d.is_dir() and json.loads((d / "checkpoint.json").read_text()).get("kind") in FAMILIES)
 
 
+def need_shared(reason: str, folder: str | None = None) -> Path:
+    """The shared data folder (holding `folder` where named); else the test is skipped, or fails under CI, saying
+    `reason` (tests/conftest.py's absent)."""
+    from tests.conftest import absent
+    from tests.training.conftest import shared_data_dir
+
+    root = shared_data_dir()
+    if root is None or (folder is not None and not (root / folder).is_dir()):
+        absent(reason)
+    assert root is not None
+    return root
+
+
 def test_both_generators_are_shipped():
     assert {d.name for d in SHIPPED} >= {"aligndraw-mnist-captions", "draw-mnist"}
 
@@ -182,19 +195,13 @@ CLASSIFIERS = [ROOT / "checkpoints" / f"{data}-classifier" for data in ("mnist",
 def _example_sets(examples: dict) -> torch.Tensor:
     """A set model's example sets (`python -m training examples`): upright characters of the test split, which
     training never reads, as (sets, drawings, 1, 28, 28) binary pixels the way the worker reads them."""
-    from tests.training.conftest import shared_data_dir
     from training.data import omniglot as om
     from worker import inputs
 
     assert examples["split"] == "vinyals/test" and examples["split_sha256"] == om.SPLIT_SHA256["test"]
     names = [s["name"] for s in examples["sets"]]
     assert len(set(names)) == len(names) == 12 and all(len(s["images"]) == 6 for s in examples["sets"])
-    data = shared_data_dir()
-    if data is None or not (data / "omniglot").is_dir():
-        from tests.conftest import absent
-
-        absent("Omniglot absent: the example sets cannot be checked against the split files")
-    assert data is not None
+    data = need_shared("Omniglot absent: the example sets cannot be checked against the split files", "omniglot")
     assert {f"{n}/rot000" for n in names} <= set(om.read_split("test", root=data).names)  # the split files themselves
     assert not set(names) & {om.character_of(n) for n in om.read_split("trainval", root=data).names}
     return torch.tensor(np.stack([[inputs.binary(inputs.decode(base64.b64decode(x), height=28, width=28,
@@ -224,13 +231,8 @@ def test_a_card_sets_the_papers_number_beside_ours_where_the_protocol_matches():
 def _recomputed_bound(ckpt, manifest, evaluation):
     """(this run's mean bound on every evaluation item, the standard error of its difference from evaluation.json's
     figure, that figure): the evaluator's own items, so only the loss noise differs."""
-    from tests.training.conftest import shared_data_dir
 
-    root = shared_data_dir()
-    if root is None:
-        from tests.conftest import absent
-
-        absent("shared data absent: the shipped metrics cannot be recomputed")
+    root = need_shared("shared data absent: the shipped metrics cannot be recomputed")
     dataset = ckpt.extra.get("dataset")
     order = None  # text: blocks of similar length (padding would cost time, not change the bound)
     if dataset in ("binarized-mnist", "mnist"):
@@ -327,7 +329,6 @@ def test_the_shipped_iwae_l5000_is_the_mean_of_its_per_image_file_whose_rows_rec
     """iwae-mnist's −L_5000 (all 10,000 test images, the issue's protocol) is the mean of the per-image file its
     write-up keeps, and that file's first rows recompute from these weights: the evaluator's binarisation (seed 0)
     and L_k noise (seed 0, --chunk 5000, one image a pass), to float rounding across machines."""
-    from tests.training.conftest import shared_data_dir
     from training.data.binarized import dynamic_binarize
     from training.data.mnist import load_mnist
     from training.likelihood import nll_k, read_per_example
@@ -337,11 +338,7 @@ def test_the_shipped_iwae_l5000_is_the_mean_of_its_per_image_file_whose_rows_rec
     rows = read_per_example(ROOT / "docs" / "experiments" / "2026-12-05-iwae" / "iwae-mnist-epoch765-per-image.csv")
     assert sorted(rows) == list(range(10_000)) and test["images_L5000"] == 10_000
     assert sum(rows.values()) / 10_000 == pytest.approx(test["nll_L5000"], rel=1e-12)
-    root = shared_data_dir()
-    if root is None:
-        from tests.conftest import absent
-
-        absent("shared data absent: the shipped per-image rows cannot be recomputed")
+    root = need_shared("MNIST absent: the shipped per-image rows cannot be recomputed", "mnist")
     grey = torch.from_numpy(load_mnist("test", root=root).images).float().div(255).view(-1, 1, 28, 28)
     x = dynamic_binarize(grey, torch.Generator().manual_seed(0))[:3]  # the evaluator binarises all 10,000 at once
     per: dict[str, torch.Tensor] = {}
@@ -358,15 +355,10 @@ def test_the_shipped_few_shot_accuracy_recomputes_on_its_first_episodes(director
     """5-way 1-shot on the Omniglot test classes, the evaluator's classes and seed: its first 100 of the 1,000
     episodes agree with the stored accuracy within 4 standard errors of 100 episodes (the stored one's × √10), so
     the file's few-shot table describes these weights (a random net scores near 1/5)."""
-    from tests.training.conftest import shared_data_dir
     from training.data import omniglot as om
     from training.fewshot import few_shot
 
-    root = shared_data_dir()
-    if root is None or not (root / "omniglot").is_dir():
-        from tests.conftest import absent
-
-        absent("Omniglot absent: the shipped few-shot accuracy cannot be recomputed")
+    root = need_shared("Omniglot absent: the shipped few-shot accuracy cannot be recomputed", "omniglot")
     stored = json.loads((directory / "evaluation.json").read_text())["few_shot"]["omniglot_test"][0]
     assert (stored["way"], stored["shot"], stored["episodes"], stored["seed"]) == (5, 1, 1000, 0)
     test = om.load_split("test", root=root, radii=(0,))
