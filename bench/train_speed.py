@@ -1,9 +1,11 @@
 """A training step eager against `--compile` (torch.compile of the loss and its backward), in one process.
 
-    .venv/bin/python bench/train_speed.py [--model iwae] [--batch-size 500] [--threads 1 2] [--rounds 5]
+    .venv/bin/python bench/train_speed.py [--model iwae] [--batch-size 500] [--threads 1 2] [--rounds 5] \
+        [--set FIELD=VALUE ...]
 
 The step is the trainer's (`training.train.step`: the family's optimizers, per-group backward, gradient clipping)
-on the family's default config (IWAE: the paper's two-layer net, k = 50) and a fixed random binary batch;
+on the family's default config (IWAE: the paper's two-layer net, k = 50), or that config with `python -m training
+train`'s `--set` overrides, and a fixed random binary batch;
 flush-to-zero on, as `python -m training` sets it.
 Per thread count the two are timed in alternating rounds of a few steps each (a shared VM's clock drifts within
 seconds); the ratio is the median over rounds of eager seconds over compiled seconds. The first compiled step
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker_throughput import cpu_model  # noqa: E402  (bench/, the script's own folder, is on sys.path)
 
 from models.family import FAMILIES, family, param_groups  # noqa: E402
+from training.__main__ import parse_override  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.device import flush_denormals  # noqa: E402
 from training.train import Objective, make_optimizers, step  # noqa: E402
@@ -59,10 +62,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
+                        metavar="FIELD=VALUE", help="model config override, as for `python -m training train`")
     args = parser.parse_args()
     flush_denormals()
     torch.manual_seed(0)
-    model = family(args.model)()
+    cls = family(args.model)
+    model = cls(cls.Config(**dict(args.overrides)))
     batch = {"x": (torch.rand(args.batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(1)) < 0.3).float()}
     noise_shape = tuple(model.loss_noise_shape())
     eager_net = Objective(model)
@@ -71,7 +77,7 @@ def main() -> None:
     t0 = time.perf_counter()
     compiled()
     compile_s = time.perf_counter() - t0
-    print(f"machine: {cpu_model()}; torch {torch.__version__}; {args.model}, batch "
+    print(f"machine: {cpu_model()}; torch {torch.__version__}; {args.model} {dict(args.overrides)}, batch "
           f"{args.batch_size}, noise {noise_shape}; first compiled step (the compile) {compile_s:.1f} s\n")
     print("| torch threads | eager images/s | compiled images/s | compiled / eager |")
     print("|---:|---:|---:|---:|")

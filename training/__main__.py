@@ -12,7 +12,7 @@ from training.config import DATASETS, MODELS, ConfigError, TrainConfig, check_ov
 from training.device import flush_denormals
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
@@ -58,7 +58,7 @@ def _main(argv: list[str] | None = None) -> int:
     tr.add_argument("--config", help="JSON file with TrainConfig fields; flags given here override it")
     tr.add_argument("--model", choices=MODELS, help=TrainConfig.__dataclass_fields__["model"].metadata["help"])
     tr.add_argument("--dataset", choices=DATASETS, help=TrainConfig.__dataclass_fields__["dataset"].metadata["help"])
-    tr.add_argument("--set", dest="model_overrides", action="append", type=_parse_override, default=[],
+    tr.add_argument("--set", dest="model_overrides", action="append", type=parse_override, default=[],
                     metavar="FIELD=VALUE", help="model config override, e.g. --set steps=16 (repeatable)")
     for f in fields(TrainConfig):
         if f.name in ("model", "dataset", "model_overrides"):
