@@ -97,5 +97,6 @@ def main() -> None:
         print(f"| {threads} | {med['first']:.2f} | {med['oneDNN last']:.2f} | {med['now']:.2f} "
               f"| {ratio['first']:.2f}× | {ratio['oneDNN last']:.2f}× |", flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -231,7 +231,6 @@ def test_a_card_sets_the_papers_number_beside_ours_where_the_protocol_matches():
 def _recomputed_bound(ckpt, manifest, evaluation):
     """(this run's mean bound on every evaluation item, the standard error of its difference from evaluation.json's
     figure, that figure): the evaluator's own items, so only the loss noise differs."""
-
     root = need_shared("shared data absent: the shipped metrics cannot be recomputed")
     dataset = ckpt.extra.get("dataset")
     order = None  # text: blocks of similar length (padding would cost time, not change the bound)
