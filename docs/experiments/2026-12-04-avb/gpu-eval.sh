@@ -7,26 +7,31 @@
 # and this script goes on from them.
 # Prepared 2026-12-05 and rehearsed on the CPU only (`... gpu-eval.sh cpu 20 4 50`): no GPU was lent. Rehearsed
 # again in the seventeenth session with the journals: a second run over the same $OUT resumed both finished
-# journals and printed the same paired difference.
+# journals and printed the same paired difference. 2026-12-06: it packs what it writes into one tar, since the
+# device returns at most eight files (it wrote ten); rehearsed so (`RESUME=/nonexistent ... cpu 20 4 50`).
 #
 # Before `run` (repository root): move every other checkpoint aside so the tree stays under 64 MiB, copy MNIST:
 #   mkdir -p /work/ckpt-hold gpu/data && for d in checkpoints/*; do case $d in checkpoints/avb-mnist|\
 #     checkpoints/avb-mnist-vae) ;; *) mv "$d" /work/ckpt-hold/;; esac; done && cp -r ../shared/data/mnist gpu/data/
 #   run: command "bash docs/experiments/2026-12-04-avb/gpu-eval.sh cuda", carry ["gpu"], timeout_s 540
 # Each evaluation stops itself after 3.5 minutes (--time-limit; GPU speed unmeasured: 50 M decoder passes a model)
-# and keeps every image it measured, with the random stream's state, in $OUT; the paired difference is taken only
-# when both finished. A cut one goes on from those files with --resume, on the CPU or the next GPU, to the same
-# samples (the same --chunk 5000 on both: the journal refuses another; each device's own last float bits), e.g.:
-#   mkdir -p docs/experiments/2026-12-04-avb/all && cp OUT/avb-mnist-per-image.csv* docs/experiments/2026-12-04-avb/all/
+# and keeps every image it measured, with the random stream's state (avb32.tar below); the paired difference is
+# taken only when both finished. A cut one goes on from those files with --resume, on the CPU or the next GPU, to
+# the same samples (the same --chunk 5000 on both: the journal refuses another; each device's own last float bits):
+#   tar -xf OUT/avb32.tar -C docs/experiments/2026-12-04-avb/all --wildcards '*per-image.csv*'
 #   .venv/bin/python -m training evaluate \
 #     checkpoints/avb-mnist --k 5000 --chunk 5000 --data-dir ../shared/data --resume --time-limit 100 \
 #     --per-image docs/experiments/2026-12-04-avb/all/avb-mnist-per-image.csv
-# A $RESUME folder holding such files (carried with the tree) is copied into $OUT first, so the GPU goes on from them.
+# A $RESUME folder holding such files (in the tree, or carried) is copied in first, so the GPU goes on from them.
 #   then: mv /work/ckpt-hold/* checkpoints/
 # Arguments: device, test images (--limit; default all), L_k images (--lk-images; default all), k (default 5000).
+# What comes back: $OUT/avb32.tar (the journals, JSON, logs and versions; one file, as the device returns at most
+# eight) and $OUT/paired.txt when both finished. Unpack with `tar -xf OUT/avb32.tar -C DIR`.
 set -uo pipefail
 DEV=${1:-cuda}; LIMIT=${2:-}; LK=${3:-}; K=${4:-5000}
-OUT=${OUT:-/tmp/avb-gpu-out}; mkdir -p "$OUT"
+FINAL=${OUT:-/tmp/avb-gpu-out}; mkdir -p "$FINAL"
+OUT=$(mktemp -d /tmp/avb32-work.XXXX)  # the working files, packed into $FINAL/avb32.tar on any exit
+trap 'tar -cf "$FINAL/avb32.tar" -C "$OUT" .' EXIT
 PY=python3; [ "$DEV" = cpu ] && [ -x .venv/bin/python ] && PY=.venv/bin/python
 export PYTHONUNBUFFERED=1
 DATA=gpu/data; [ -d "$DATA/mnist" ] || DATA=../shared/data
@@ -45,7 +50,7 @@ for m in avb-mnist avb-mnist-vae; do
   [ $rc -eq 0 ] && ! grep -q '"partial_L' "$OUT/$m.json" || ok=0
 done
 if [ $ok -eq 1 ]; then
-  $PY -m training paired "$OUT/avb-mnist-vae-per-image.csv" "$OUT/avb-mnist-per-image.csv" | tee "$OUT/paired.txt"
+  $PY -m training paired "$OUT/avb-mnist-vae-per-image.csv" "$OUT/avb-mnist-per-image.csv" | tee "$FINAL/paired.txt"
 else
   echo "an evaluation did not finish: no paired difference"
 fi
