@@ -310,8 +310,8 @@ class ImplicitEncoder(nn.Module):
         training steps never need it)."""
         draws = self._basis_draws()
         if draws.covariances is None:
-            centred = draws.v.double()
-            centred -= centred.mean(1, keepdim=True)
+            v = draws.v.double()  # the kept draws themselves when the model is float64: not centred in place
+            centred = v - v.mean(1, keepdim=True)
             draws.covariances = torch.einsum("nsz,nsw->nzw", centred, centred) / (draws.v.shape[1] - 1)
         return draws.covariances
 
@@ -383,7 +383,7 @@ class Decoder(nn.Module):
         for layer in body:
             h = layer(h)
         assert isinstance(last, nn.ConvTranspose2d)
-        if h.device.type == "cpu" and last.stride == (1, 1) and not torch.is_grad_enabled():  # (training: slower)
+        if h.device.type == "cpu" and _by_taps(last) and not torch.is_grad_enabled():  # (training: slower)
             return _stride_one_transposed(last, h)
         return last(h)
 
@@ -396,21 +396,27 @@ class Decoder(nn.Module):
         return torch.cat([bernoulli_nll(self(z[i : i + rows]), x[i : i + rows]) for i in range(0, len(z), rows)])
 
 
+def _by_taps(conv: nn.ConvTranspose2d) -> bool:
+    """Whether _stride_one_transposed computes this layer: stride 1, no dilation, groups or output padding."""
+    return (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.output_padding == (0, 0) and all(isinstance(p, int) for p in conv.padding))  # not "same"
+
+
 def _stride_one_transposed(conv: nn.ConvTranspose2d, x: Tensor) -> Tensor:
-    """conv(x) for a stride-1 transposed conv as one matmul and k² shifted adds, for inference: oneDNN's took a
-    quarter of the decoder's CPU time for the 32 → 1 channel 5×5 last layer (bench/README.md). Its backward
-    through the k² slice adds was slower than oneDNN's, so training keeps the module."""
-    assert isinstance(conv.padding, tuple)  # a number of pixels, not "same"
+    """conv(x) for a stride-1 transposed conv (_by_taps) as one matmul and k_h·k_w shifted adds, for inference:
+    oneDNN's took a quarter of the decoder's CPU time for the 32 → 1 channel 5×5 last layer (bench/README.md). Its
+    backward through the slice adds was slower than oneDNN's, so training keeps the module."""
     b, c, h, w = x.shape
-    k, p, c_out = conv.kernel_size[0], conv.padding[0], conv.out_channels
-    # each kernel tap's contribution of every input pixel: (C_out·k·k, B·H·W), one contiguous map per tap
-    taps = conv.weight.reshape(c, c_out * k * k).t() @ x.permute(0, 2, 3, 1).reshape(-1, c).t()
-    taps = taps.view(c_out, k, k, b, h, w)
-    full = x.new_zeros(b, c_out, h + k - 1, w + k - 1)  # input pixel (u, v) reaches (u + i, v + j) through tap (i, j)
-    for i in range(k):
-        for j in range(k):
+    (kh, kw), c_out = conv.kernel_size, conv.out_channels
+    ph, pw = (int(p) for p in conv.padding)  # pixels (_by_taps)
+    # each kernel tap's contribution of every input pixel: (C_out·kh·kw, B·H·W), one contiguous map per tap
+    taps = conv.weight.reshape(c, c_out * kh * kw).t() @ x.permute(0, 2, 3, 1).reshape(-1, c).t()
+    taps = taps.view(c_out, kh, kw, b, h, w)
+    full = x.new_zeros(b, c_out, h + kh - 1, w + kw - 1)  # input pixel (u, v) reaches (u + i, v + j) by tap (i, j)
+    for i in range(kh):
+        for j in range(kw):
             full[:, :, i : i + h, j : j + w] += taps[:, i, j].transpose(0, 1)
-    out = full[:, :, p : p + h, p : p + w]  # padding p crops p pixels a side
+    out = full[:, :, ph : h + kh - 1 - ph, pw : w + kw - 1 - pw]  # padding p crops p pixels a side
     return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
 
 
