@@ -13,6 +13,7 @@ from training.device import flush_denormals
 
 
 def parse_override(text: str) -> tuple[str, Any]:
+    """--set FIELD=VALUE: (field, the value read as JSON where it parses, else the string as given)."""
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
