@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker_throughput import cpu_model  # noqa: E402  (bench/, the script's own folder, is on sys.path)
 
 from models.family import FAMILIES, family, param_groups  # noqa: E402
-from training.__main__ import parse_override  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
+from training.config import TrainConfig, parse_override  # noqa: E402
 from training.device import flush_denormals  # noqa: E402
 from training.train import Objective, make_optimizers, step  # noqa: E402
 

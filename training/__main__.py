@@ -6,21 +6,9 @@ import argparse
 import json
 import sys
 from dataclasses import fields
-from typing import Any
 
-from training.config import DATASETS, MODELS, ConfigError, TrainConfig, check_overrides
+from training.config import DATASETS, MODELS, ConfigError, TrainConfig, check_overrides, parse_override
 from training.device import flush_denormals
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """--set FIELD=VALUE: (field, the value read as JSON where it parses, else the string as given)."""
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def main(argv: list[str] | None = None) -> int:

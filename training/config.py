@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -207,3 +208,14 @@ def stage_lr(spec: str, epoch: int) -> float | None:
         if epoch <= done:
             return lr
     return None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """--set FIELD=VALUE: (field, the value read as JSON where it parses, else the string as given)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value

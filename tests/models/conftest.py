@@ -1,7 +1,11 @@
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models.aligndraw import AlignDRAW, AlignDRAWConfig
+from models.bounds import log_mean_exp, log_weights
 from models.draw import DRAW, DRAWConfig
 
 # Small configs keep the suite fast on 2 cores; the paper configs are checked for construction and shapes.
@@ -47,10 +51,6 @@ def block_images(batch: int, height: int, width: int) -> torch.Tensor:
 def log_px_by_quadrature(decoder_logits, x: torch.Tensor) -> torch.Tensor:
     """log p(x) = log ∫ p(x | z) N(z; 0, 1) dz for a 1-d latent, on a fine grid in float64: decoder_logits maps the
     grid (G, 1) to Bernoulli logits (G, ...), x (N, ...) binary -> (N,). Independent of models.bounds."""
-    import math
-
-    import torch.nn.functional as F
-
     grid = torch.linspace(-10, 10, 20_001, dtype=torch.float64)[:, None]
     with torch.no_grad():
         logits = decoder_logits(grid).flatten(1)
@@ -63,10 +63,6 @@ def log_px_by_quadrature(decoder_logits, x: torch.Tensor) -> torch.Tensor:
 def assert_lk_closes_on(model, x: torch.Tensor, log_px: torch.Tensor, max_stderr: float, k: int = 2000) -> None:
     """The mean log-weight (an ELBO) lies below log p(x) and L_k within 4 standard errors of it (delta method), each
     standard error under max_stderr so that a constant off in L_k or in the proposal density cannot hide."""
-    import math
-
-    from models.bounds import log_mean_exp, log_weights
-
     log_w = log_weights(model, {"x": x}, k, generator=torch.Generator().manual_seed(8))
     l_k = log_mean_exp(log_w, dim=1)
     stderr = torch.exp(log_w - l_k[:, None]).std(1) / math.sqrt(k)  # of w_i / mean w

@@ -293,21 +293,20 @@ def test_the_decoders_last_layer_by_taps_is_the_transposed_conv(channels):
 def test_the_tap_sum_is_torchs_transposed_conv_for_any_kernel_and_padding(kernel, padding, bias):
     """_stride_one_transposed against F.conv_transpose2d in float64, on a 6 × 7 map (not square), 3 → 2 channels:
     kernels square or not, padding 0..2 per side; and _by_taps hands the module every layer it does not cover."""
-    from models.avb import _by_taps, _stride_one_transposed
-
+    by_taps, tap_sum = avb_module._by_taps, avb_module._stride_one_transposed
     torch.manual_seed(0)
     conv = torch.nn.ConvTranspose2d(3, 2, kernel, padding=padding, bias=bias).double()
     x = torch.randn(4, 3, 6, 7, dtype=torch.float64)
-    assert _by_taps(conv)
+    assert by_taps(conv)
     with torch.no_grad():
         expected = F.conv_transpose2d(x, conv.weight, conv.bias, padding=padding)
-        got = _stride_one_transposed(conv, x)
+        got = tap_sum(conv, x)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     for other in ({"stride": 2}, {"dilation": 2}, {"groups": 3, "out_channels": 3},
                   {"stride": 2, "output_padding": 1}, {"padding": "same"}):
         args = {"in_channels": 3, "out_channels": 2, "kernel_size": kernel, "padding": padding} | other
-        assert not _by_taps(torch.nn.ConvTranspose2d(**args)), other
+        assert not by_taps(torch.nn.ConvTranspose2d(**args)), other
 
 
 FULL = AVBConfig(**{**TINY.to_dict(), "contrast": "full"})
@@ -553,8 +552,6 @@ def test_the_kept_basis_moments_follow_the_weights():
 def test_the_covariances_leave_the_kept_draws_as_they_were_in_float64():
     """In float64 the kept draws are the covariances' own input (no cast copies them): asking for Cov[v_i] first
     leaves E[v_i] and Var[v_i] what the draws give."""
-    from models.avb import ImplicitEncoder
-
     encoder = ImplicitEncoder(TINY).double()
     v = encoder.basis(encoder.basis_nodes).detach()
     assert v.mean(1).abs().max() > 0.1  # nothing to find if the draws were centred already
