@@ -320,6 +320,21 @@ def test_evaluate_cli_reports_the_elbo_on_all_images_and_lk_on_a_few(tmp_path, s
     assert json.loads((tmp_path / "resumed.json").read_text())["test"] == test
 
 
+def test_a_history_amended_into_the_record_is_on_the_card(tmp_path, shared_data):
+    """A checkpoint trained before invocations were recorded keeps only its last command: a `history` amended into
+    its record says what the earlier ones did, and the card then calls the command and its machine the last ones."""
+    from models.checkpoint import amend_manifest
+
+    _train(tmp_path / "run", shared_data, "--epochs", "1")
+    last = tmp_path / "run" / "last"
+    card = render(last)
+    assert "| command | `" in card and "| machine | " in card and "| history |" not in card
+    amend_manifest(last, training={"history": "lr 1e-3 to epoch 9, then this command"})
+    card = render(last)
+    assert "| command (the last) | `" in card and "| machine (the last command) | " in card
+    assert card.index("| command (the last) |") < card.index("| history | lr 1e-3 to epoch 9, then this command |")
+
+
 def test_a_run_begun_from_another_checkpoint_keeps_where_its_weights_began(tmp_path, shared_data):
     """--init-from records the source checkpoint (path, weights digest, epochs, the commands that trained it) in the
     new run's record, a resume keeps it after the source is gone, and the card shows it before the run's own rows."""
