@@ -138,6 +138,9 @@ def test_temperature_scales_the_prior_noise(which, request):
     torch.testing.assert_close(cold[1:], cold[:1].expand_as(cold[1:]), atol=1e-6, rtol=0)  # seeds no longer matter
     warm, half = _run(model, seed=4).images, _run(model, seed=4, temperature=0.5).images
     assert not torch.allclose(half, warm) and not torch.allclose(half, _run(model, seed=4, temperature=0.0).images)
+    # linear in ε (not T², √T or σ alone): temperature 0.5 is the seeded draw halved, bit for bit
+    halved = 0.5 * draw_noise(3, *model.noise_shape(), seeds=[4, 5, 6])
+    assert torch.equal(_run(model, seeds=[4, 5, 6], temperature=0.5).images, _run(model, noise=halved).images)
 
 
 def test_slerp_runs_from_one_draw_to_the_other_at_a_typical_norm():
