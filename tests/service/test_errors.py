@@ -120,7 +120,8 @@ def test_unknown_ids_and_routes(client):
     problem(client.delete("/v1/generations/0123456789abcdef"), 404, "unknown-job")
     problem(client.get("/v1/generations/0123456789abcdef/events"), 404, "unknown-job")
     problem(client.get("/v1/generations/0123456789abcdef/images/0.png"), 404, "unknown-job")
-    problem(client.get("/v1/generations/x/images/-1.png"), 422)
+    assert problem(client.get("/v1/generations/x/images/-1.png"), 422, "invalid-request")["detail"].startswith(
+        "index: ")
     problem(client.get("/nowhere"), 404)
     problem(client.put("/v1/generations"), 405)
 
@@ -146,6 +147,6 @@ def test_no_worker_503(make_client, service_redis_url, conn):
 
 def test_bad_input_does_not_disturb_running_jobs(client):
     jid = client.post("/v1/generations", json={"caption": CAPTION}).json()["id"]
-    for body in ({"caption": "zzz"}, {"n": 99}):
-        assert client.post("/v1/generations", json=body).status_code == 422
+    for body, kind in (({"caption": "zzz"}, "unknown-words"), ({"n": 99}, "invalid-request")):
+        problem(client.post("/v1/generations", json=body), 422, kind)
     assert wait_status(client, jid, {"succeeded", "failed"})["status"] == "succeeded"

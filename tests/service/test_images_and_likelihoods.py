@@ -262,7 +262,8 @@ def test_likelihoods_of_the_draw_family(api, served):
     assert out["nll"] <= -out["elbo"]
     img = [png64(np.zeros((16, 16)))]
     r = client.post("/v1/likelihoods", json={"model": "tiny-align", "images": img})
-    assert r.status_code == 422 and "caption" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["type"].endswith("/invalid-request"), r.text
+    assert "scores an image under a caption: send `caption`" in r.json()["detail"]
     r = client.post("/v1/likelihoods", json={"model": "tiny-align", "images": img, "caption": "the zebra"})
     assert r.status_code == 422 and r.json()["type"].endswith("/unknown-words")
     align_image = rng.choice([0, 100, 128, 255], size=(16, 16))

@@ -143,14 +143,22 @@ def test_every_bad_classification_is_a_422_that_says_what(client):
     assert p["detail"].startswith("query[2]: ") and p["image"] == 2
     assert "'a'" in problem(classify(client, support(("a", good[:1]), ("b", good[1:2]), ("a", good[2:])),
                                      good[:1]))["detail"]
-    problem(classify(client, support(("a", good)), good[:1]))  # one class
-    problem(classify(client, support(*((f"c{k}", good[:1]) for k in range(21))), good[:1]))  # 21 classes
-    problem(classify(client, support(("a", good[:1]), ("b", good[1:2])), [good[0]] * 33))  # 33 queries
-    problem(classify(client, support(("a", good[:1] * 21), ("b", good[1:2])), good[:1]))  # 21 shots
+    for bad, says in [(support(("a", good)), "support: List should have at least 2 items"),  # one class
+                      (support(*((f"c{k}", good[:1]) for k in range(21))), "support: List should have at most 20"),
+                      (support(("a", good[:1] * 21), ("b", good[1:2])),
+                       "support[0].images: List should have at most 20")]:
+        assert problem(classify(client, bad, good[:1]))["detail"].startswith(says)
+    assert problem(classify(client, support(("a", good[:1]), ("b", good[1:2])), [good[0]] * 33))["detail"].startswith(
+        "query: List should have at most 32 items")
+    # the limits themselves are taken: 20 classes, 20 shots (32 queries: the larger-body test below)
+    for ok in (support(*((f"c{k}", good[:1]) for k in range(20))), support(("a", good[:1] * 20), ("b", good[1:2]))):
+        assert classify(client, ok, good[:1]).status_code == 202
     many = support(*((f"c{k}", drawings(20, seed=k)) for k in range(10)))  # 200 images, and one query
     assert "201 images in all" in problem(classify(client, many, good[:1]))["detail"]
-    for label in ("", " ", "x" * 65, "tab\there"):
-        problem(classify(client, support((label, good[:1]), ("b", good[1:2])), good[:1]))
+    for label, says in (("", "at least 1 character"), (" ", "at least 1 character"), ("x" * 65, "at most 64"),
+                        ("tab\there", "not printable")):
+        detail = problem(classify(client, support((label, good[:1]), ("b", good[1:2])), good[:1]))["detail"]
+        assert detail.startswith("support[0].label: ") and says in detail, detail
     # whitespace at either end is dropped: " a\t" is the class "a", so it clashes with "a"
     assert "'a'" in problem(classify(client, support(("a", good[:1]), (" a\t", good[1:2])), good[:1]))["detail"]
     p = problem(classify(client, support(("a", good[:1]), ("b", good[1:2])), [np.zeros((12, 10))], model="tiny-draw"))
