@@ -150,7 +150,7 @@ def test_elbo_terms_match_torch_distributions_in_float64(decoder, tied):
     assert torch.allclose(losses.minimise["model"].double(), (-log_px + kl).mean(), rtol=1e-5)
 
 
-def test_importance_weighted_bound_is_above_the_elbo_and_rises_with_k():
+def test_the_mean_log_weight_is_the_elbo_and_lk_rises_with_k():
     # Breaking it, tried: log_weight without −log q(z|x) + log p(z) (the reconstruction alone) fails it.
     model = tiny("cnn")
     batch = sentences([4, 9, 6])

@@ -139,7 +139,7 @@ def test_an_lk_resume_refuses_another_evaluations_state(trained_draw, tmp_path):
     assert len((tmp_path / "a.csv").read_text().splitlines()) == 1 + 4
 
 
-def test_the_bound_gap_is_measured_on_the_same_samples_and_never_negative(trained_draw):
+def test_the_mean_log_weight_beside_lk_is_the_elbo_in_expectation(trained_draw):
     model, x = trained_draw
     lk, mean = importance_weighted(model, {"x": x[:3]}, 400, chunk=64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():  # the mean log-weight is the ELBO in expectation: the analytic-KL one from many z
