@@ -82,8 +82,9 @@ def _main(argv: list[str] | None = None) -> int:
                     "as each is measured, with the state to resume from beside it (FILE.state.json)")
     ev.add_argument("--resume", action="store_true", help="MNIST models: go on from the images --per-image already "
                     "holds (the same checkpoint, k, --chunk and images), to the same numbers as one run through")
-    ev.add_argument("--time-limit", type=float, help="MNIST models: stop L_k between two passes after this many "
-                    "minutes; the figures cover the images measured so far (partial_L<k>), --resume goes on")
+    ev.add_argument("--time-limit", type=float, help="MNIST models: stop L_k after this many minutes, between two "
+                    "images (groups of --chunk/k images when k < --chunk); the figures cover the images measured so "
+                    "far (partial_L<k>), --resume goes on")
     ev.add_argument("--pictures", help="models of MNIST, Fashion-MNIST or Omniglot: write their PNGs here (samples; "
                     "reconstructions and a walk where the model takes them; set models: examples beside new samples)")
     ev.add_argument("--episodes", type=_at_least(1), default=1000, help="set models: seeded few-shot episodes per task")

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint
+from training.config import ConfigError
 from training.device import resolve_device
 from training.likelihood import Journal, elbo_terms, nll_k, subset
 
@@ -31,14 +32,14 @@ def main(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"checkpoint": str(Path(args.checkpoint).resolve()), "k": args.k}
     dataset = ckpt.extra.get("dataset")
     if (args.resume or args.time_limit is not None) and dataset not in MNIST:
-        raise SystemExit(f"--resume and --time-limit are for MNIST models' L_k; {args.checkpoint} is of {dataset}")
+        raise ConfigError(f"--resume and --time-limit are for MNIST models' L_k; {args.checkpoint} is of {dataset}")
     if (args.resume or args.time_limit is not None) and not args.per_image:
-        raise SystemExit("--resume and --time-limit need --per-image: the file the images measured are kept in")
+        raise ConfigError("--resume and --time-limit need --per-image: the file the images measured are kept in")
     if args.per_image and dataset not in MNIST:  # it would be ignored, and no file written
-        raise SystemExit(f"--per-image is for MNIST models' L_k; {args.checkpoint} is of {dataset}"
+        raise ConfigError(f"--per-image is for MNIST models' L_k; {args.checkpoint} is of {dataset}"
                          + (": --per-sentence writes its sentences" if dataset == "ptb" else ""))
     if getattr(args, "per_sentence", None) and dataset != "ptb":
-        raise SystemExit(f"--per-sentence is for Penn Treebank text models; {args.checkpoint} is of {dataset}"
+        raise ConfigError(f"--per-sentence is for Penn Treebank text models; {args.checkpoint} is of {dataset}"
                          + (": --per-image writes its images" if dataset in MNIST else ""))
     if dataset in MNIST:
         from training.data.binarized import dynamic_binarize, load_binarized_mnist
@@ -300,7 +301,7 @@ def evaluate_caption_texts(ckpt: Any, args: argparse.Namespace) -> dict[str, Any
     corpus = caption_texts(cfg["pairs_per_epoch"], cfg["val_size"], seed=extra["corpus_seed"], val_seed=VAL_SEED,
                            root=args.data_dir or cfg.get("data_dir"))
     if corpus.sha256 != extra.get("corpus_sha256"):
-        raise SystemExit(f"the rebuilt caption corpus differs from the checkpoint's (sha256 {corpus.sha256[:12]} vs "
+        raise ConfigError(f"the rebuilt caption corpus differs from the checkpoint's (sha256 {corpus.sha256[:12]} vs "
                          f"{str(extra.get('corpus_sha256'))[:12]}): sources now {corpus.sources}, at training "
                          f"{extra.get('sources')}")
     itos = ckpt.vocab.written  # the data's spelling, as the corpus writes its captions

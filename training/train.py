@@ -54,8 +54,8 @@ def make_optimizer(params: Any, config: TrainConfig, options: dict[str, Any] | N
     params = list(params.parameters()) if isinstance(params, nn.Module) else list(params)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, **(options or {}))
-    if config.optimizer == "sgd":  # plain SGD: the family's options are its paper optimizer's (Adam's betas, ε)
-        return torch.optim.SGD(params, lr=lr)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, **(options or {}))
     # The official alignDRAW update: running mean of squared gradients, decay 0.9, eps 1e-6.
     return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-6, **(options or {}))
 
@@ -75,7 +75,9 @@ def set_lr(optimizers: Optimizers, scales: dict[str, float], lr: float) -> None:
 
 
 def make_optimizers(model: nn.Module, config: TrainConfig) -> Optimizers:
-    options = dict(getattr(model, "optimizer_options", {}))
+    # the family's options are its paper optimizer's (Adam's β, ε): another --optimizer runs with its own defaults
+    paper = dict(getattr(model, "train_defaults", {})).get("optimizer", "adam")
+    options = dict(getattr(model, "optimizer_options", {})) if config.optimizer == paper else {}
     scales = lr_scales(model)
     # the family's rate stays a default, not a --lr: a resume without --lr then keeps the rate it saved
     default_lr = float(getattr(model, "default_lr", DEFAULT_LR))
@@ -265,7 +267,7 @@ def train(config: TrainConfig) -> Progress:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if config.batch_size % world:
-        raise ValueError(f"batch size {config.batch_size} does not split over {world} processes")
+        raise ConfigError(f"--batch-size {config.batch_size} does not split over {world} processes")
     run = config.run_dir
     last, best = run / "last", run / "best"
     if rank == 0:
@@ -334,7 +336,7 @@ def train(config: TrainConfig) -> Progress:
     if distributed and len(param_groups(model)) > 1:
         # DDP expects every parameter's gradient each step; a group that sits a batch out (VAE/GAN's equilibrium
         # rule, decided per process from its own batch) breaks that, and the processes could disagree
-        raise ValueError(f"{config.model} trains several optimiser groups: run it in one process, not under torchrun")
+        raise ConfigError(f"{config.model} trains several optimiser groups: run it in one process, not under torchrun")
     objective = Objective(model)
     net: Callable[..., Losses] = DistributedDataParallel(objective) if distributed else objective
     if config.compile:  # one graph for the loss and its backward: validation and sampling stay eager
@@ -348,6 +350,12 @@ def train(config: TrainConfig) -> Progress:
     first_epoch, last_epoch_seconds, wall_before = progress.epoch + 1, 0.0, progress.wall_seconds
     if progress.epoch >= config.epochs and rank == 0:
         print(f"nothing to do: {run} has run {progress.epoch} epochs, --epochs is {config.epochs} (raise it to go on)",
+              file=sys.stderr)
+    elif stopped and rank == 0:
+        print(f"nothing to do: {run} stopped early after epoch {progress.epoch} ({patience} epochs without a better "
+              "validation bound; a larger --patience goes on)", file=sys.stderr)
+    elif config.lr_stages and stage_lr(config.lr_stages, progress.epoch + 1) is None and rank == 0:
+        print(f"nothing to do: {run} has run its --lr-stages schedule to its end (epoch {progress.epoch})",
               file=sys.stderr)
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         staged = stage_lr(config.lr_stages, epoch) if config.lr_stages else None

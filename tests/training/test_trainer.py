@@ -81,13 +81,15 @@ def test_a_run_whose_bound_turns_non_finite_stops_and_keeps_the_epoch_before(tmp
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_resume_takes_the_commands_learning_rate(tmp_path, shared_data):
+def test_resume_takes_the_commands_learning_rate(tmp_path, shared_data, capsys):
     _train(tmp_path / "run", shared_data, "--epochs", "2", "--patience", "1")
     path = tmp_path / "run" / "last" / "progress.json"
     saved = json.loads(path.read_text())
     saved["progress"]["epochs_without_improvement"] = 1  # as if epoch 2 had not improved: the run has stopped
     path.write_text(json.dumps(saved))
-    _train(tmp_path / "run", shared_data, "--epochs", "3", "--patience", "1")  # stopped: nothing more
+    capsys.readouterr()
+    _train(tmp_path / "run", shared_data, "--epochs", "3", "--patience", "1")  # stopped: nothing more, and it says so
+    assert "nothing to do: " in (err := capsys.readouterr().err) and "stopped early after epoch 2" in err, err
     _train(tmp_path / "run", shared_data, "--epochs", "3", "--patience", "1", "--lr", "3e-4")  # a lower rate goes on
     _train(tmp_path / "run", shared_data, "--epochs", "4", "--patience", "9")  # a plain resume keeps the saved rate
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -438,7 +440,7 @@ def _train_iwae(out, data, *extra):
                 str(data), "--batch-size", "20", "--val-size", "100", *IWAE_TINY, *extra])
 
 
-def test_iwae_trains_through_the_shared_trainer_on_its_staged_schedule(tmp_path, shared_data):
+def test_iwae_trains_through_the_shared_trainer_on_its_staged_schedule(tmp_path, shared_data, capsys):
     """Adam with the paper's ε, the output bias from the training pixel means, --lr-stages across a resume, and
     the run ending with its last stage; validation reports −L_k."""
     from models.checkpoint import load_checkpoint
@@ -454,11 +456,26 @@ def test_iwae_trains_through_the_shared_trainer_on_its_staged_schedule(tmp_path,
     _train_iwae(tmp_path / "run", shared_data, "--epochs", "9", *stages)  # resumes; the schedule ends after 2
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["lr"]) for r in rows] == [(1, 1e-3), (2, 5e-4)]
+    capsys.readouterr()
+    _train_iwae(tmp_path / "run", shared_data, "--epochs", "9", *stages)  # at the schedule's end: it says so
+    assert "has run its --lr-stages schedule to its end (epoch 2)" in capsys.readouterr().err
     # −L_3 starts at about the pixel marginal's 206 nats (the output bias), far below chance's 543
     assert all(100 < r["val_nll_bound"] < 230 for r in rows), [r["val_nll_bound"] for r in rows]
     assert (tmp_path / "run" / "previews" / "walk-epoch0002.png").stat().st_size > 0  # 8 latent walks
     saved = json.loads((tmp_path / "run" / "last" / "progress.json").read_text())["optimizer"]
     assert saved["param_groups"][0]["eps"] == 1e-4  # the paper's Adam ε, from the family's optimizer options
+
+
+def test_another_optimizer_than_the_papers_takes_its_own_defaults(tmp_path, shared_data):
+    """The family's optimizer options are its paper optimizer's (IWAE's Adam ε, AVB's β): --optimizer rmsprop or sgd
+    runs without them (they clashed with RMSprop's own ε, and RMSprop takes no β), at that optimizer's defaults."""
+    _train_iwae(tmp_path / "iwae", shared_data, "--epochs", "1", "--max-batches", "2", "--optimizer", "rmsprop")
+    saved = json.loads((tmp_path / "iwae" / "last" / "progress.json").read_text())["optimizer"]
+    assert saved["param_groups"][0]["eps"] == 1e-6 and saved["param_groups"][0]["alpha"] == 0.9  # RMSprop's own
+    _train_avb(tmp_path / "avb", shared_data, "--epochs", "1", "--max-batches", "2", "--optimizer", "sgd")
+    saved = json.loads((tmp_path / "avb" / "last" / "progress.json").read_text())
+    groups = [*saved["optimizer"]["param_groups"], *saved["optimizers"]["adversary"]["param_groups"]]
+    assert len(groups) == 2 and all("betas" not in g and "momentum" in g for g in groups), groups  # SGD's
 
 
 def test_a_compiled_loss_trains_as_the_eager_one(tmp_path, shared_data, monkeypatch):
@@ -760,8 +777,9 @@ def test_user_mistakes_on_the_command_line_are_error_lines_not_tracebacks(tmp_pa
         with pytest.raises(SystemExit) as stop:
             cli(["evaluate", str(ckpt), "--data-dir", str(shared_data), flag, "0"])
         assert stop.value.code == 2 and "must be ≥ 1, got 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="--per-sentence is for Penn Treebank text models.*--per-image writes"):
-        cli(["evaluate", str(ckpt), "--data-dir", str(shared_data), "--per-sentence", str(tmp_path / "s.csv")])
+    assert cli(["evaluate", str(ckpt), "--data-dir", str(shared_data), "--per-sentence", str(tmp_path / "s.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "error: --per-sentence is for Penn Treebank text models" in err and "--per-image writes" in err
     # a value of the right type that the family's own checks refuse: named, after the data loaded, not a traceback
     assert cli(["train", "--model", "iwae", "--dataset", "binarized-mnist", "--out", str(tmp_path / "iwae"),
                 "--data-dir", str(shared_data), "--epochs", "1", "--set", "k=0"]) == 2
