@@ -94,7 +94,8 @@ def main(args: argparse.Namespace) -> int:
                                      lk_images=args.lk_images or 100, temperatures=args.temperatures)
     text = json.dumps(results, indent=2)
     print(text)
-    if args.json:
+    if args.json:  # its folder made: hours of L_k are not lost to a missing /tmp/... at the end
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     return 0
 
