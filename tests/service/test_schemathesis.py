@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 
 from service.config import ApiSettings
 from service.main import create_app
+from tests.conftest import absent
 from tests.service.conftest import offered_without_worker
 
 PREFIX = "schemathesis"  # its own keys and queue: nothing another test reads, nothing a worker draws
@@ -80,8 +81,8 @@ def test_every_operation_conforms(case: schemathesis.Case, api: FastAPI, existin
 def test_every_operation_ran_its_cases():
     """Runs after the cases (file order): every operation of the document was exercised, each by at least 10 cases
     (10 for an operation without parameters, up to 387 for POST /v1/generations on 2026-12-05)."""
-    if not CASES:
-        pytest.skip("the operations' cases did not run in this session (select the whole module)")
+    if not CASES:  # under CI (GLIMPSE_REQUIRE_DATA=1) a failure: there the cases always run first
+        absent("the operations' cases did not run in this session (select the whole module)")
     methods = {"get", "put", "post", "delete", "patch", "head", "options"}
     operations = {f"{m.upper()} {path}" for path, item in schema.raw_schema["paths"].items() for m in item
                   if m in methods}
