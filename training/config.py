@@ -86,8 +86,7 @@ class TrainConfig:
         cls = family(self.model)
         # Unset fields take the family's paper values (frozen dataclass: set once here). DRAW's 1000-batch KL
         # warm-up: its 2×2 read otherwise loses the latents to KL collapse early (measured).
-        defaults = {"optimizer": "adam", "kl_warmup": 0, "patience": 3} | dict(cls.train_defaults)
-        for name, value in defaults.items():
+        for name, value in family_defaults(cls).items():
             if getattr(self, name) in (None, "auto"):
                 object.__setattr__(self, name, value)
         # here, not as a ZeroDivisionError once the data has loaded (--batch-size 0) or an epoch in (--preview-every 0)
@@ -208,6 +207,11 @@ def stage_lr(spec: str, epoch: int) -> float | None:
         if epoch <= done:
             return lr
     return None
+
+
+def family_defaults(cls: Any) -> dict[str, Any]:
+    """The TrainConfig fields a family's paper sets (its `train_defaults`) over the trainer's own defaults."""
+    return {"optimizer": "adam", "kl_warmup": 0, "patience": 3} | dict(cls.train_defaults)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -37,10 +37,10 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--resume and --time-limit need --per-image: the file the images measured are kept in")
     if args.per_image and dataset not in MNIST:  # it would be ignored, and no file written
         raise ConfigError(f"--per-image is for MNIST models' L_k; {args.checkpoint} is of {dataset}"
-                         + (": --per-sentence writes its sentences" if dataset == "ptb" else ""))
+                          + (": --per-sentence writes its sentences" if dataset == "ptb" else ""))
     if getattr(args, "per_sentence", None) and dataset != "ptb":
         raise ConfigError(f"--per-sentence is for Penn Treebank text models; {args.checkpoint} is of {dataset}"
-                         + (": --per-image writes its images" if dataset in MNIST else ""))
+                          + (": --per-image writes its images" if dataset in MNIST else ""))
     if dataset in MNIST:
         from training.data.binarized import dynamic_binarize, load_binarized_mnist
         from training.data.mnist import load_mnist
@@ -302,9 +302,9 @@ def evaluate_caption_texts(ckpt: Any, args: argparse.Namespace) -> dict[str, Any
     corpus = caption_texts(cfg["pairs_per_epoch"], cfg["val_size"], seed=extra["corpus_seed"], val_seed=VAL_SEED,
                            root=args.data_dir or cfg.get("data_dir"))
     if corpus.sha256 != extra.get("corpus_sha256"):
-        raise ConfigError(f"the rebuilt caption corpus differs from the checkpoint's (sha256 {corpus.sha256[:12]} vs "
-                         f"{str(extra.get('corpus_sha256'))[:12]}): sources now {corpus.sources}, at training "
-                         f"{extra.get('sources')}")
+        raise ConfigError(f"the rebuilt caption corpus differs from the checkpoint's (sha256 {corpus.sha256[:12]} "
+                          f"vs {str(extra.get('corpus_sha256'))[:12]}): sources now {corpus.sources}, at training "
+                          f"{extra.get('sources')}")
     itos = ckpt.vocab.written  # the data's spelling, as the corpus writes its captions
     training = {" ".join(s) for s in corpus.train}
     device = next(model.parameters()).device

@@ -30,7 +30,7 @@ from models.family import Losses, family, param_groups
 from models.sampling import draw_noise, sample, seed_walks
 from training import artefacts
 from training.batching import Batch, batches, epoch_seed, trim_padding
-from training.config import DEFAULT_LR, ConfigError, TrainConfig, stage_lr
+from training.config import DEFAULT_LR, ConfigError, TrainConfig, family_defaults, stage_lr
 from training.device import evaluating, machine, resolve_device
 from training.likelihood import on_device, validate
 from training.state import (
@@ -76,7 +76,7 @@ def set_lr(optimizers: Optimizers, scales: dict[str, float], lr: float) -> None:
 
 def make_optimizers(model: nn.Module, config: TrainConfig) -> Optimizers:
     # the family's options are its paper optimizer's (Adam's β, ε): another --optimizer runs with its own defaults
-    paper = dict(getattr(model, "train_defaults", {})).get("optimizer", "adam")
+    paper = family_defaults(type(model))["optimizer"]
     options = dict(getattr(model, "optimizer_options", {})) if config.optimizer == paper else {}
     scales = lr_scales(model)
     # the family's rate stays a default, not a --lr: a resume without --lr then keeps the rate it saved
@@ -348,15 +348,17 @@ def train(config: TrainConfig) -> Progress:
     assert patience is not None, "TrainConfig sets it from the family's defaults"
     stopped = progress.epochs_without_improvement >= patience
     first_epoch, last_epoch_seconds, wall_before = progress.epoch + 1, 0.0, progress.wall_seconds
-    if progress.epoch >= config.epochs and rank == 0:
-        print(f"nothing to do: {run} has run {progress.epoch} epochs, --epochs is {config.epochs} (raise it to go on)",
-              file=sys.stderr)
-    elif stopped and rank == 0:
-        print(f"nothing to do: {run} stopped early after epoch {progress.epoch} ({patience} epochs without a better "
-              "validation bound; a larger --patience goes on)", file=sys.stderr)
-    elif config.lr_stages and stage_lr(config.lr_stages, progress.epoch + 1) is None and rank == 0:
-        print(f"nothing to do: {run} has run its --lr-stages schedule to its end (epoch {progress.epoch})",
-              file=sys.stderr)
+    if progress.epoch >= config.epochs:
+        idle = f"has run {progress.epoch} epochs, --epochs is {config.epochs} (raise it to go on)"
+    elif stopped:
+        idle = (f"stopped early after epoch {progress.epoch} ({patience} epochs without a better validation bound; a "
+                "larger --patience goes on)")
+    elif config.lr_stages and stage_lr(config.lr_stages, progress.epoch + 1) is None:
+        idle = f"has run its --lr-stages schedule to its end (epoch {progress.epoch})"
+    else:
+        idle = ""
+    if idle and rank == 0:
+        print(f"nothing to do: {run} {idle}", file=sys.stderr)
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         staged = stage_lr(config.lr_stages, epoch) if config.lr_stages else None
         if stopped or (config.lr_stages and staged is None):  # early stopping, or the schedule's end

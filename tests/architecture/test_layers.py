@@ -22,10 +22,9 @@ def imports(path: Path, root: Path = ROOT) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = ".".join([*package[: len(package) - node.level + 1], *([node.module] if node.module else [])])
-            if node.level == 0:
-                base = node.module or ""
+        elif isinstance(node, ast.ImportFrom):  # level 1 is the file's package, each level more one package up
+            up = package[: len(package) - node.level + 1] if node.level else []
+            base = ".".join([*up, *([node.module] if node.module else [])])
             found |= {base} | {f"{base}.{a.name}" for a in node.names}
         elif isinstance(node, ast.Name) and node.id == "__import__":
             found.add("importlib")
