@@ -28,9 +28,12 @@ def record_ttl(settings: ApiSettings, job_timeout: int) -> int:
     return settings.queued_ttl + job_timeout + settings.result_ttl + settings.expired_grace
 
 
-def save_record(conn: redis.Redis, settings: ApiSettings, job_id: str, owner: str, ttl: int) -> None:
+def save_record(conn: redis.Redis, settings: ApiSettings, job_id: str, owner: str, ttl: int,
+                collection: str) -> None:
+    """The record the API keeps beside a job for `ttl` (record_ttl): its owner, and its collection, so that once the
+    job has expired each of its URLs still answers "expired" under its own collection and 404 under another."""
     with conn.pipeline() as p:
-        p.hset(_k(settings, "job", job_id), mapping={"owner": owner})
+        p.hset(_k(settings, "job", job_id), mapping={"owner": owner, "collection": collection})
         p.expire(_k(settings, "job", job_id), ttl)
         p.execute()
 
@@ -38,6 +41,13 @@ def save_record(conn: redis.Redis, settings: ApiSettings, job_id: str, owner: st
 def load_owner(conn: redis.Redis, settings: ApiSettings, job_id: str) -> str | None:
     raw = conn.hget(_k(settings, "job", job_id), "owner")
     return text(raw) if raw else None
+
+
+def was_under(conn: redis.Redis, settings: ApiSettings, job_id: str, collection: str) -> bool:
+    """Whether a job now gone (expired) was created under /v1/{collection}; its record outlives it by expired_grace.
+    A record without a collection (written before it was kept) is taken to be anywhere."""
+    owner, where = conn.hmget(_k(settings, "job", job_id), ["owner", "collection"])
+    return owner is not None and (where is None or text(where) == collection)
 
 
 # --- idempotency ------------------------------------------------------------------------------------------------
@@ -120,18 +130,19 @@ def route(condition: str | None) -> str:
     return COLLECTIONS.get(condition or "", "generations")
 
 
-def links(base: str, job_id: str, condition: str | None = None) -> Links:
-    me = f"{base}/v1/{route(condition)}/{job_id}"
+def links(base: str, job_id: str, condition: str | None = None, collection: str | None = None) -> Links:
+    me = f"{base}/v1/{collection or route(condition)}/{job_id}"
     return Links(self=me, events=f"{me}/events", cancel=me)
 
 
-def expired(base: str, job_id: str) -> Generation:
-    return Generation(id=job_id, status="expired", links=links(base, job_id))
+def expired(base: str, job_id: str, collection: str = "generations") -> Generation:
+    """The body of a job whose records are gone: only its id, and links under the collection it was read from."""
+    return Generation(id=job_id, status="expired", links=links(base, job_id, collection=collection))
 
 
 def lives_under(condition: str | None, collection: str) -> bool:
     """Whether a job of this condition lives under /v1/{collection} (route); one whose condition is unknown (its
-    request unreadable, or expired) is anywhere."""
+    request unreadable) is anywhere; an expired job's is was_under's to say."""
     return condition is None or route(condition) == collection
 
 
@@ -194,6 +205,12 @@ def final_pngs(conn: redis.Redis, settings: ApiSettings, gen: Generation) -> lis
     return [(o, png) for o, png in zip(drawn, pngs, strict=True) if png is not None]
 
 
+def _captions(request: JobRequest) -> list[str] | None:
+    """The captions as asked: a captioned generation's, or those a likelihood job scores its images under."""
+    c = request.condition
+    return c.captions if isinstance(c, Likelihood) else request.captions
+
+
 def build(conn: redis.Redis, settings: ApiSettings, view: JobView, base: str) -> Generation:
     job_id = view.id
     request = _request(view)
@@ -215,7 +232,7 @@ def build(conn: redis.Redis, settings: ApiSettings, view: JobView, base: str) ->
     meta = view.meta
     return Generation(
         id=job_id, status=view.status, model=request.model if request else None, condition=condition,
-        captions=request.captions if request else None, n=request.n if request else None,
+        captions=_captions(request) if request else None, n=request.n if request else None,
         images=request.images if request else None, seeds=view.seeds or (request.seeds if request else None),
         progress=Progress(step=view.step, steps=view.steps, chunk=meta.get("chunk"), chunks=meta.get("chunks"),
                           fraction=float(meta.get("progress") or (1.0 if view.status == "succeeded" else 0.0))),

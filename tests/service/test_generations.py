@@ -376,15 +376,29 @@ def test_a_post_answers_what_a_read_then_shows(idle_client):
 
 
 def test_an_expired_job_reads_as_expired_and_an_unused_id_as_unknown(idle_client, conn):
-    """The API's owner record outlives RQ's job record: a job whose record expired reads as `expired` (also through
-    a long poll, and inline), an id never created is a 404."""
+    """The API's record outlives RQ's job record: a job whose record expired reads as `expired` (also through a long
+    poll, and inline), its stream sends `expired`, a cancel is a 409, a file a 404 saying it expired; an id never
+    created is a 404 everywhere, and so is the expired job under another collection."""
     jid = post(idle_client).json()["id"]
     conn.delete(f"rq:job:{jid}")  # what the result TTL does
     for params in ({}, {"wait": 0.2}, {"response_format": "b64_json"}):
         r = idle_client.get(f"/v1/generations/{jid}", params=params)
         assert r.status_code == 200 and r.json()["status"] == "expired", (params, r.text)
-    r = idle_client.get(f"/v1/generations/{'0' * 32}", params={"wait": 0.2})
-    assert r.status_code == 404 and r.json()["type"].endswith("unknown-job")
+        assert r.json()["links"]["self"].endswith(f"/v1/generations/{jid}")
+    events = idle_client.get(f"/v1/generations/{jid}/events")
+    assert events.status_code == 200 and "event: expired" in events.text, events.text
+    r = idle_client.delete(f"/v1/generations/{jid}")
+    assert r.status_code == 409 and r.json()["type"].endswith("/already-ended") and r.json()["status_now"] == "expired"
+    r = idle_client.get(f"/v1/generations/{jid}/images/0.png")
+    assert r.status_code == 404 and r.json()["type"].endswith("/no-such-output") and "expired" in r.json()["detail"]
+    for elsewhere in ("likelihoods", "classifications"):  # expired, it is still only its own collection's
+        for method, tail in (("GET", ""), ("GET", "/events"), ("DELETE", "")):
+            r = idle_client.request(method, f"/v1/{elsewhere}/{jid}{tail}")
+            assert r.status_code == 404 and r.json()["type"].endswith("/unknown-job"), (elsewhere, method, tail)
+    never = "0" * 32
+    for method, tail in (("GET", "?wait=0.2"), ("GET", "/events"), ("DELETE", ""), ("GET", "/images/0.png")):
+        r = idle_client.request(method, f"/v1/generations/{never}{tail}")
+        assert r.status_code == 404 and r.json()["type"].endswith("unknown-job"), (method, tail)
 
 
 def test_a_finished_job_reads_the_same_when_rq_rewrites_its_start(client, conn):

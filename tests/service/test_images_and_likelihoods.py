@@ -245,6 +245,15 @@ def test_likelihoods_are_models_bounds_on_the_binarised_upload(api, served, mode
         for method, tail in (("GET", ""), ("GET", "/events"), ("DELETE", "")):
             r = client.request(method, f"/v1/{elsewhere}/{body['id']}{tail}")
             assert r.status_code == 404 and r.json()["type"].endswith("/unknown-job"), (elsewhere, method, tail)
+    with redis.Redis.from_url(s.redis_url) as conn:
+        conn.delete(f"rq:job:{body['id']}")  # what the result TTL does
+    r = client.get(f"/v1/likelihoods/{body['id']}")  # expired: still its own collection's, links and all
+    assert r.status_code == 200 and r.json()["status"] == "expired", r.text
+    assert r.json()["links"]["self"].endswith(f"/v1/likelihoods/{body['id']}")
+    assert "event: expired" in client.get(f"/v1/likelihoods/{body['id']}/events").text
+    assert client.delete(f"/v1/likelihoods/{body['id']}").status_code == 409
+    for elsewhere in ("generations", "classifications"):
+        assert client.get(f"/v1/{elsewhere}/{body['id']}").status_code == 404, elsewhere
 
 
 def test_likelihoods_of_the_draw_family(api, served):
@@ -271,8 +280,9 @@ def test_likelihoods_of_the_draw_family(api, served):
     r = client.post("/v1/likelihoods", json={"model": "tiny-align", "images": [png64(align_image)], "k": 3,
                                              "seed": 2, "caption": caption})
     assert r.status_code == 202, r.text
-    out = finished(client, r.headers["location"])["outputs"][0]
-    assert out["caption"] == caption
+    scored = finished(client, r.headers["location"])
+    out = scored["outputs"][0]
+    assert out["caption"] == caption and scored["captions"] == [caption]  # the captions as asked
     ckpt = load_checkpoint(served / "tiny-align")
     assert ckpt.vocab is not None
     ids = ckpt.vocab.encode(caption)  # unpadded here (the worker pads to the model's length; padding is masked)

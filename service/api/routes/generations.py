@@ -181,7 +181,7 @@ def submit(conn, settings, caller, metrics, response: Response, base: str, *, bo
             return _read(conn, settings, earlier["job"], base)
     files = Keys(settings.key_prefix).files(job_id)
     try:
-        store.save_record(conn, settings, job_id, caller.owner, ttl)
+        store.save_record(conn, settings, job_id, caller.owner, ttl, collection)
         if uploads:  # before the job exists, so a worker never sees a job without its inputs
             with conn.pipeline() as p:
                 p.hset(files, mapping={input_name(j): data for j, data in enumerate(uploads)})
@@ -269,10 +269,11 @@ def create_generation(body: GenerationCreate, request: Request, response: Respon
                   idempotency_key=idempotency_key, decoding=body.decoding)
 
 
-def _read(conn, settings, job_id: str, base: str, metrics=None) -> Generation:
+def _read(conn, settings, job_id: str, base: str, metrics=None, collection: str = "generations") -> Generation:
+    """The job's body; an expired one's names `collection`, where it is read (the caller checks was_under)."""
     view = get_view(conn, job_id, settings)
     if view is None:
-        return store.expired(base, job_id)
+        return store.expired(base, job_id, collection)
     gen = store.build(conn, settings, view, base)
     if metrics is not None and gen.status in TERMINAL and store.first_sight_of_end(conn, settings, job_id):
         metrics.jobs_finished.labels(gen.status).inc()
@@ -297,6 +298,13 @@ def _authorize(conn, settings, caller, job_id: str) -> str | None:
     if owner != caller.owner:
         raise _unknown(job_id)
     return owner
+
+
+def _here(conn, settings, job_id: str, view: JobView | None, collection: str) -> bool:
+    """Whether the job is (or, expired, was) one of /v1/{collection}'s; else its URLs there are a 404."""
+    if view is None:
+        return store.was_under(conn, settings, job_id, collection)
+    return store.in_collection(view, collection)
 
 
 def _unknown(job_id: str) -> Problem:
@@ -360,7 +368,7 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
     def read() -> tuple[Generation, bytes, str, bytes | None]:
         """The links' body and ETag; with `b64_json`, when this read decides the answer (no 304, no more waiting),
         the inline body too, in the same trip to the thread pool."""
-        gen = _read(conn, settings, job_id, base, metrics)
+        gen = _read(conn, settings, job_id, base, metrics, collection)
         body, tag = _body(gen)
         tag = tag[:-1] + '-b64"' if b64 else tag
         final = b64 and not (matches(if_none_match, tag) or waiting_for_end(gen))
@@ -369,22 +377,20 @@ async def read_job(job_id: str, request: Request, settings, conn, caller, metric
     def waiting_for_end(gen: Generation) -> bool:
         return if_none_match is None and gen.status not in TERMINAL and gen.status != "expired"
 
-    def first_read() -> tuple[bool, tuple[Generation, bytes, str, bytes | None]]:  # one trip to the thread pool
-        """(whether the job was ever created, the first read). The owner record outlives the job: it tells an
-        expired job from an id never used (404). With API keys off it is read only for an expired job."""
+    def first_read() -> tuple[Generation, bytes, str, bytes | None]:  # one trip to the thread pool
+        """The first read, or a 404 for an id never used here. The API's record outlives the job: it tells an
+        expired job of this collection from an id never used, or another collection's."""
         _authorize(conn, settings, caller, job_id)  # with API keys: 404 unless the caller's (its owner record)
         first = read()
-        if not store.lives_under(first[0].condition, collection):
+        here = (store.was_under(conn, settings, job_id, collection) if first[0].status == "expired"
+                else store.lives_under(first[0].condition, collection))
+        if not here:
             raise _unknown(job_id)  # another collection's job: its links name where it lives
-        created = (bool(settings.api_keys) or first[0].status != "expired"
-                   or store.load_owner(conn, settings, job_id) is not None)
-        return created, first
+        return first
 
     read_at = time.monotonic()
     with request.app.state.events.watch(job_id) as watch:  # from before the first read: no announcement is missed
-        created, (gen, body, tag, inline) = await anyio.to_thread.run_sync(first_read)
-        if not created:
-            raise _unknown(job_id)
+        gen, body, tag, inline = await anyio.to_thread.run_sync(first_read)
         while True:
             unchanged = matches(if_none_match, tag)
             left = deadline - time.monotonic()
@@ -420,8 +426,10 @@ def cancel_generation(job_id: JobId, request: Request, settings: SettingsDep, co
 def cancel_job(job_id: str, request: Request, settings, conn, caller, collection: str) -> Generation:
     _authorize(conn, settings, caller, job_id)
     view = get_view(conn, job_id, settings)
-    if view is None or not store.in_collection(view, collection):
+    if not _here(conn, settings, job_id, view, collection):
         raise _unknown(job_id)
+    if view is None:
+        raise Problem(409, "already-ended", f"job {job_id} has expired", title="Already ended", status_now="expired")
     if view.status in TERMINAL:
         raise Problem(409, "already-ended", f"job {job_id} has already {view.status}", title="Already ended",
                       status_now=view.status)
@@ -439,11 +447,13 @@ def _file(conn, settings, caller, job_id: str, name: str, render: Callable[[], b
     data = get_file(conn, job_id, name, settings) if render is None else render()
     if data is None:
         view = get_view(conn, job_id, settings)  # only to say why not
-        if view is None:
-            raise _unknown(job_id)
-        when = f"; the job has {view.status}" if view.status in TERMINAL else f" yet; the job is {view.status}"
+        if view is None and store.load_owner(conn, settings, job_id) is None:
+            raise _unknown(job_id)  # never created (files of every collection's jobs live here)
+        status = view.status if view is not None else "expired"
+        ended = status in TERMINAL or status == "expired"
+        when = f"; the job has {status}" if ended else f" yet; the job is {status}"
         raise Problem(404, "no-such-output", f"{path} of job {job_id} does not exist{when}", title="No such output",
-                      status_now=view.status)
+                      status_now=status)
     return Response(data, media_type=content_type(name), headers=_immutable(settings))
 
 
@@ -522,9 +532,9 @@ async def job_events(job_id: str, request: Request, settings, conn, caller, last
                      collection: str) -> StreamingResponse:
     await anyio.to_thread.run_sync(_authorize, conn, settings, caller, job_id)
     view = await anyio.to_thread.run_sync(get_view, conn, job_id, settings)
-    if view is None or not store.in_collection(view, collection):
+    if not await anyio.to_thread.run_sync(_here, conn, settings, job_id, view, collection):
         raise _unknown(job_id)
-    base = _base(request)
+    base = _base(request)  # an expired job's stream sends `expired` and ends
     start = event_cursor(last_event_id)
     return StreamingResponse(_stream(conn, settings, job_id, base, start, request.app.state.events),
                              media_type="text/event-stream",
