@@ -34,6 +34,13 @@ class DRAWConfig:
     write_n: int = 5  # 5×5 write patch
     attention: bool = True  # False: read = [x, x̂], write = full-canvas linear map (the paper's ≤ 87.40 model)
 
+    def __post_init__(self) -> None:
+        small = [f"{name}={getattr(self, name)}" for name in ("height", "width", "channels", "steps", "enc_size",
+                                                             "dec_size", "z_size", "read_n", "write_n")
+                 if getattr(self, name) < 1]
+        if small:  # steps = 0 would train a model that draws nothing; a size < 1 fails deep in torch
+            raise ValueError(f"need every size and the steps ≥ 1: {', '.join(small)}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

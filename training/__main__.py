@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import fields
 
@@ -23,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, DatasetError, JournalError) as e:
         print(f"python -m training: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:  # a path given that is not what it names
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # a path given that is
+        # not what it names, or one this user cannot read or write
         print(f"python -m training: error: {f'{e.filename}: {e.strerror}' if e.filename else e}", file=sys.stderr)
         return 2
 
@@ -37,6 +39,18 @@ def _at_least(low: int):
         return value
     parse.__name__ = "int"  # argparse names the type in its message: "invalid int value"
     return parse
+
+
+def _minutes(text: str) -> float:
+    """An argparse type: a number of minutes ≥ 0 (0: stop after the first pass; a negative one did so silently, nan
+    never stopped)."""
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of minutes ≥ 0, got {text}")
+    return value
+
+
+_minutes.__name__ = "minutes"
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -82,7 +96,7 @@ def _main(argv: list[str] | None = None) -> int:
                     "as each is measured, with the state to resume from beside it (FILE.state.json)")
     ev.add_argument("--resume", action="store_true", help="MNIST models: go on from the images --per-image already "
                     "holds (the same checkpoint, k, --chunk and images), to the same numbers as one run through")
-    ev.add_argument("--time-limit", type=float, help="MNIST models: stop L_k after this many minutes, between two "
+    ev.add_argument("--time-limit", type=_minutes, help="MNIST models: stop L_k after this many minutes, between two "
                     "images (groups of --chunk/k images when k < --chunk); the figures cover the images measured so "
                     "far (partial_L<k>), --resume goes on")
     ev.add_argument("--pictures", help="models of MNIST, Fashion-MNIST or Omniglot: write their PNGs here (samples; "
@@ -151,14 +165,15 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "examples":
         if not (1 <= args.count <= 100 and 1 <= args.size <= 20):
-            ex.error("--count is 1..100 characters and --size 1..20 drawings")
+            ex.error("--count is 1..100 characters and --size 2..20 drawings")
         from training.examples import main as examples_main
 
         return examples_main(args, argv)
     if args.command == "paired":
-        from training.likelihood import paired, read_per_example
+        from training.likelihood import measured_alike, paired, read_per_example
 
         try:
+            measured_alike(args.a, args.b)
             result = paired(read_per_example(args.a), read_per_example(args.b))
         except ValueError as e:
             pa.error(str(e))  # paired's own usage line, not the top-level one

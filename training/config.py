@@ -24,7 +24,7 @@ OPTIMIZERS = ("rmsprop", "adam", "sgd")
 # the least value of each count (None: a positive number); an unset optional one is not checked
 _LEAST: dict[str, int | None] = {"epochs": 1, "batch_size": 1, "pairs_per_epoch": 1, "val_size": 1, "val_holdout": 1,
                                  "max_batches": 0, "patience": 1, "preview_every": 1, "kl_warmup": 0,
-                                 "fidelity_samples": 0, "time_limit": 0, "lr": None, "clip": None}
+                                 "fidelity_samples": 0, "time_limit": 0, "lr": None, "clip": None, "seed": 0}
 
 
 def _flag(default: Any, help: str) -> Any:
@@ -119,6 +119,8 @@ class TrainConfig:
         if self.dataset == "coco" and not self.data_dir:
             raise ValueError("--dataset coco needs --data-dir (the image folder)")
         stages(self.lr_stages)  # a bad schedule fails here, not epochs into the run
+        if self.lr_stages and self.lr is not None:
+            raise ValueError("--lr and --lr-stages both set the rate (the stages would overwrite it): choose one")
 
     @property
     def run_dir(self) -> Path:
@@ -131,6 +133,9 @@ class TrainConfig:
     def from_sources(cls, file: str | None, overrides: dict[str, Any]) -> TrainConfig:
         """A JSON file's values, then explicit overrides (CLI flags that were given)."""
         values: dict[str, Any] = json.loads(Path(file).read_text()) if file else {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{file} must hold a JSON object of settings (its keys are the flags' names), not a "
+                             f"{type(values).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -194,6 +199,8 @@ def stages(spec: str) -> list[tuple[int, float]]:
         out = [(int(e), float(lr)) for e, lr in json.loads(spec)]
     except (ValueError, TypeError) as e:
         raise ValueError(f"--lr-stages {spec!r}: expected 'burda:S' or a JSON list of [epochs, lr]") from e
+    if not out:
+        raise ValueError(f"--lr-stages {spec!r}: no stage; leave the flag out for one rate")
     if any(e < 1 or not lr > 0 for e, lr in out):
         raise ValueError(f"--lr-stages {spec!r}: every stage needs epochs >= 1 and lr > 0")
     return out

@@ -247,6 +247,7 @@ def evaluate_ptb(model: Any, args: argparse.Namespace) -> dict[str, Any]:
     if args.per_sentence:
         rows_ = ["index,tokens,nll,neg_elbo_k_samples"] + [
             f"{i},{int(lengths[i])},{nll[i].item()!r},{-elbo_k[i].item()!r}" for i in range(n)]
+        Path(args.per_sentence).parent.mkdir(parents=True, exist_ok=True)  # as --json's: hours of L_k are not lost
         Path(args.per_sentence).write_text("\n".join(rows_) + "\n")
     return {"text": out}
 

@@ -103,7 +103,14 @@ class Journal:
             self.state.unlink(missing_ok=True)
             _replace(self.path, PER_IMAGE_HEADER + "\n")
             return 0
-        saved = json.loads(self.state.read_text())
+        try:
+            saved = json.loads(self.state.read_text())
+        except ValueError:
+            raise JournalError(f"{self.state} is damaged (not JSON): restore it, or remove it and {self.path} to "
+                               "measure afresh") from None
+        if not lines:
+            raise JournalError(f"{self.path} is missing or empty, but its state {self.state} counts "
+                               f"{saved.get('done')} rows: restore the file, or remove the state to measure afresh")
         differs = [key for key, value in self.run.items() if saved.get(key) != value]
         if differs:
             raise JournalError(f"{self.state} is of another evaluation (its {', '.join(differs)} differ): remove it "
@@ -190,7 +197,32 @@ def read_per_example(path: str | Path) -> dict[int, float]:
         rows = csv.DictReader(f)
         if not {"index", "nll"} <= set(rows.fieldnames or ()):
             raise ValueError(f"{path}: not a per-example file (its header must name index and nll)")
-        return {int(row["index"]): float(row["nll"]) for row in rows}
+        out: dict[int, float] = {}
+        for row in rows:
+            try:
+                out[int(row["index"])] = float(row["nll"])
+            except (TypeError, ValueError):  # a short row gives None; a damaged one text
+                raise ValueError(f"{path}, line {rows.line_num}: not an index and an NLL: {row}") from None
+        return out
+
+
+def measured_alike(a: str | Path, b: str | Path) -> None:
+    """Two --per-image files are paired only if measured alike: the same test images (their digest) and k, where
+    each has the journal state that says so (FILE.state.json, written by --per-image); else a ValueError."""
+    states: list[dict[str, Any]] = []
+    for path in (a, b):
+        state = Path(f"{path}.state.json")
+        if not state.exists():
+            return  # a --per-sentence file, or one kept without its state: nothing to compare
+        try:
+            states.append(json.loads(state.read_text()))
+        except ValueError:
+            raise ValueError(f"{state}: not a journal state (damaged JSON)") from None
+    sa, sb = states
+    differ = [f"{key} {sa.get(key)!r} and {sb.get(key)!r}" for key in ("images", "k") if sa.get(key) != sb.get(key)]
+    if differ:
+        raise ValueError("the two files were not measured alike (their journal states differ in " + ", ".join(differ)
+                         + "): a paired difference needs the same test images and k")
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:

@@ -17,7 +17,7 @@ from models.family import family
 from models.vocab import Vocabulary, normalise
 from training import fidelity as fi
 from training.batching import Batch, batches, epoch_seed
-from training.config import TrainConfig
+from training.config import ConfigError, TrainConfig
 
 __all__ = ["Batch", "Task", "batches", "epoch_seed", "make_task"]
 
@@ -34,6 +34,14 @@ class Task:
     def model_config(self) -> Any:
         """The family's Config for this data (with --set overrides)."""
         raise NotImplementedError
+
+    def checked_model_config(self) -> Any:
+        """model_config(), where a --set value of the right type that the family's own checks refuse (k = 0, a
+        field the task sets itself) is a ConfigError naming it, not a traceback."""
+        try:
+            return self.model_config()
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{self.config.model}'s config: {e}") from e
 
     def train_data(self, epoch: int) -> Batch:
         """The whole epoch's data as tensors (N, ...), in training order."""
@@ -64,7 +72,9 @@ class Task:
 
 def with_word_ids(overrides: dict[str, Any], vocab: Vocabulary) -> dict[str, Any]:
     """alignDRAW overrides with key_blind's words as vocabulary ids: --set key_blind='["0","1"]' names words as a
-    user would (ids pass through; one word or id need not be in a list)."""
+    user would (ids pass through; one word or id need not be in a list). vocab_size is the vocabulary's own."""
+    if "vocab_size" in overrides:
+        raise ValueError(f"vocab_size is the dataset vocabulary's size ({len(vocab)} words): leave it out of --set")
     if "key_blind" not in overrides:
         return dict(overrides)
     words = overrides["key_blind"]
@@ -190,6 +200,9 @@ class ImagesTask(Task):
             from training.data.mnist import load_mnist, split_validation
 
             images = load_mnist("train", root=config.data_dir, dataset=config.dataset, download=config.download)
+            if config.val_holdout is not None and not config.val_holdout < len(images):
+                raise ConfigError(f"--val-holdout {config.val_holdout}: the training split found ({images.source}) "
+                                  f"has {len(images)} images; hold out fewer, to leave some to train on")
             train, val = split_validation(images, n_val=config.val_holdout)
             self.extra["digits_source"] = train.source
             if self._grey:
@@ -305,7 +318,7 @@ class OmniglotTask(Task):
         from training.data import omniglot as om
 
         super().__init__(config, None, {})
-        self._set_size = int(self.model_config().sample_size)
+        self._set_size = int(self.checked_model_config().sample_size)
         self._train = om.load_split("train", root=config.data_dir)
         val = om.load_split("val", root=config.data_dir, radii=(0,))  # validation sets are never dilated
         self._val = om.make_sets(val, self._set_size, torch.Generator().manual_seed(VAL_SEED),

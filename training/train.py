@@ -86,11 +86,11 @@ def make_optimizers(model: nn.Module, config: TrainConfig) -> Optimizers:
 
 
 def build_model(task: Task) -> nn.Module:
-    try:  # a --set value of the right type that the family's own checks refuse (k = 0, an unknown preset)
-        cfg = task.model_config()
-    except ValueError as e:
+    cfg = task.checked_model_config()
+    try:  # sizes the family's constructor refuses (an unknown align_values, a key_blind word out of range)
+        return family(task.config.model)(cfg)
+    except (ValueError, TypeError, RuntimeError, IndexError) as e:
         raise ConfigError(f"{task.config.model}'s config: {e}") from e
-    return family(task.config.model)(cfg)
 
 
 class Objective(nn.Module):
@@ -122,7 +122,11 @@ def train_epoch(net: Callable[..., Losses], model: nn.Module, optimizers: Optimi
     noise = (tuple(model.loss_noise_shape()),  # type: ignore[operator]
              torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, stream=1)))
     groups = param_groups(model)
-    n_batches = next(iter(data.values())).shape[0] // cfg.batch_size  # a last partial batch is dropped
+    n_examples = next(iter(data.values())).shape[0]
+    n_batches = n_examples // cfg.batch_size  # a last partial batch is dropped
+    if n_batches == 0:  # epochs of no update, saved as if trained
+        raise ConfigError(f"--batch-size {cfg.batch_size} is more than the {n_examples} training examples of an "
+                          "epoch: not one batch would train")
     if cfg.max_batches is not None:
         n_batches = min(n_batches, cfg.max_batches)
     bar = tqdm(batches(data, cfg.batch_size, rank=rank, world=world, limit=n_batches, noise=noise),
@@ -284,7 +288,7 @@ def train(config: TrainConfig) -> Progress:
         resumed = load_checkpoint(last, device=device)
         model = resumed.model.train()
         if config.model_overrides:  # a --set that differs from the run's model would be silently ignored: refuse
-            wanted = task.model_config()
+            wanted = task.checked_model_config()
             changed = {k: (getattr(model.config, k), getattr(wanted, k)) for k in config.model_overrides
                        if json.dumps(getattr(model.config, k)) != json.dumps(getattr(wanted, k))}
             if changed:
@@ -460,11 +464,15 @@ def check_resumable(config: TrainConfig, run: Path) -> None:
     """Before any data loads: a run folder is resumed only by the command that made it (the same model, dataset and
     --init-from)."""
     last = run / "last"
+    if (run / "checkpoint.json").exists() and not (last / "checkpoint.json").exists():
+        raise ConfigError(f"--out {run} is a finished checkpoint, not a run folder: train into another --out, with "
+                          f"--init-from {run} to start from its weights")
     if not (last / "checkpoint.json").exists():
         return
     training = read_manifest(last).get("training", {})
     stored = training.get("config", {})
-    changed = [f"--{k} {stored[k]} (this command: {getattr(config, k)})" for k in ("model", "dataset")
+    # another optimizer cannot take the saved one's state (RMSprop's from Adam's is a KeyError a step in)
+    changed = [f"--{k} {stored[k]} (this command: {getattr(config, k)})" for k in ("model", "dataset", "optimizer")
                if stored.get(k) not in (None, getattr(config, k))]
     if changed:
         raise ConfigError(f"{run} holds a run of " + ", ".join(changed) + ": resume it with its own, or give another "

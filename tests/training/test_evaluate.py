@@ -127,6 +127,15 @@ def test_an_lk_resume_refuses_another_evaluations_state(trained_draw, tmp_path):
         nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=elsewhere)
     with pytest.raises(ValueError, match="seed"):
         nll_k(model, {"x": x}, 6, chunk=12, seed=1, progress=False, journal=_journal(tmp_path / "a.csv", x))
+    state = (tmp_path / "a.csv.state.json").read_text()
+    rows = (tmp_path / "a.csv").read_text()
+    (tmp_path / "a.csv").unlink()  # a state without its rows: named, not "holds -1 rows"
+    with pytest.raises(ValueError, match="is missing or empty, but its state .* counts 2 rows"):
+        nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "a.csv", x))
+    (tmp_path / "a.csv").write_text(rows)
+    (tmp_path / "a.csv.state.json").write_text(state[:20])  # a state cut short
+    with pytest.raises(ValueError, match="is damaged"):
+        nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "a.csv", x))
     (tmp_path / "a.csv.state.json").unlink()  # rows without their state: a resume refuses
     with pytest.raises(ValueError, match="no state"):
         nll_k(model, {"x": x}, 6, chunk=12, progress=False, journal=_journal(tmp_path / "a.csv", x))

@@ -680,6 +680,16 @@ def test_paired_differences_come_with_their_paired_standard_error(tmp_path, caps
     with pytest.raises(SystemExit):  # different examples: a clear error, not a number
         cli(["paired", str(tmp_path / "a.csv"), str(tmp_path / "c.csv")])
     assert "cover different examples" in capsys.readouterr().err
+    (tmp_path / "d.csv").write_text("index,nll\n4,1.0\n9\n")  # a row cut short by a full disk
+    with pytest.raises(SystemExit):
+        cli(["paired", str(tmp_path / "a.csv"), str(tmp_path / "d.csv")])
+    assert "d.csv, line 3: not an index and an NLL" in capsys.readouterr().err
+    for name, k in (("a.csv", 5000), ("b.csv", 100)):  # journals of another k: not alike, whatever their indices
+        (tmp_path / f"{name}.state.json").write_text(json.dumps({"images": "same", "k": k, "done": 4}))
+    with pytest.raises(SystemExit):
+        cli(["paired", str(tmp_path / "a.csv"), str(tmp_path / "b.csv")])
+    err = capsys.readouterr().err
+    assert "not measured alike" in err and "k 5000 and 100" in err
 
 
 def test_compact_halves_the_weights_and_they_load_back_as_float32(tmp_path):
@@ -785,6 +795,46 @@ def test_user_mistakes_on_the_command_line_are_error_lines_not_tracebacks(tmp_pa
     assert cli(["train", "--model", "iwae", "--dataset", "binarized-mnist", "--out", str(tmp_path / "iwae"),
                 "--data-dir", str(shared_data), "--epochs", "1", "--set", "k=0"]) == 2
     assert "iwae's config: need k >= 1" in capsys.readouterr().err
+
+
+def test_mistakes_the_trainer_used_to_take_are_error_lines_before_a_step(tmp_path, shared_data, capsys):
+    """Each of these once gave a traceback (another optimizer's state a step in; a negative seed once the data had
+    loaded), or silently did something else (trained into a shipped checkpoint's folder; epochs of no batch; a
+    schedule of no stage; --lr overwritten by the stages; DRAW with no steps): an error line and status 2 now."""
+    run = tmp_path / "run"
+    assert _train(run, shared_data, "--epochs", "1") == 0
+    before = json.loads((run / "last" / "progress.json").read_text())
+    assert _train(run, shared_data, "--epochs", "2", "--optimizer", "rmsprop") == 2
+    assert "--optimizer adam (this command: rmsprop)" in capsys.readouterr().err
+    assert json.loads((run / "last" / "progress.json").read_text()) == before  # untouched
+    shipped = tmp_path / "shipped"
+    shutil.copytree(run / "last", shipped)  # a finished checkpoint: checkpoint.json at its top, no last/
+    assert _train(shipped, shared_data, "--epochs", "1") == 2
+    assert f"--init-from {shipped} to start from its weights" in capsys.readouterr().err
+    assert not (shipped / "metrics.jsonl").exists()
+    for extra, says in ((["--seed", "-1"], "--seed -1: must be at least 0"),
+                        (["--lr-stages", "[]"], "no stage"),
+                        (["--lr-stages", "[[2, 1e-3]]", "--lr", "1e-4"], "--lr and --lr-stages both set the rate")):
+        with pytest.raises(SystemExit) as stop:
+            _train(tmp_path / "never", shared_data, "--epochs", "1", *extra)
+        assert stop.value.code == 2 and says in capsys.readouterr().err, extra
+    (tmp_path / "list.json").write_text('["epochs"]')
+    with pytest.raises(SystemExit):
+        _train(tmp_path / "never", shared_data, "--config", str(tmp_path / "list.json"))
+    assert "must hold a JSON object of settings" in capsys.readouterr().err
+    assert _train(tmp_path / "never", shared_data, "--epochs", "1", "--set", "steps=0") == 2
+    assert "draw's config: need every size and the steps ≥ 1: steps=0" in capsys.readouterr().err
+    assert _train(tmp_path / "never", shared_data, "--epochs", "1", "--batch-size", "100000") == 2
+    assert "--batch-size 100000 is more than the 50000 training examples" in capsys.readouterr().err
+    assert not (tmp_path / "never" / "last").exists()
+    assert cli(["train", "--model", "iwae", "--dataset", "mnist", "--out", str(tmp_path / "never"), "--data-dir",
+                str(shared_data), "--epochs", "1", "--val-holdout", "1000000"]) == 2
+    assert "--val-holdout 1000000: the training split found" in capsys.readouterr().err
+    ckpt = run / "last"
+    with pytest.raises(SystemExit) as stop:
+        cli(["evaluate", str(ckpt), "--data-dir", str(shared_data), "--per-image", str(tmp_path / "p.csv"),
+             "--time-limit", "-5"])
+    assert stop.value.code == 2 and "must be a number of minutes ≥ 0, got -5" in capsys.readouterr().err
 
 
 def test_a_damaged_last_and_a_missing_device_are_error_lines(tmp_path, shared_data, capsys):
