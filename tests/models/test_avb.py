@@ -405,6 +405,7 @@ def test_l_k_under_r_alpha_closes_on_log_p_x_by_quadrature():
     with torch.no_grad():
         sigma = model.proposal(x).log_sigma.exp()
     assert (sigma > 0.3).all()  # a proposal of real width: the test sees its density, not a point mass
+    assert sigma.log().abs().max() > 4 * 0.06 + 0.1  # a missing log σ moves some image past 4 standard errors
     assert_lk_closes_on(model, x, log_px, max_stderr=0.06)
 
 

@@ -96,13 +96,18 @@ def test_resume_takes_the_commands_learning_rate(tmp_path, shared_data, capsys):
     assert [(r["epoch"], r["lr"]) for r in rows] == [(1, 1e-3), (2, 1e-3), (3, 3e-4), (4, 3e-4)]
 
 
+# plain SGD without clipping: a step proportional to the gradient, so gradients summed over the two processes
+# instead of averaged (or averaged twice) would show (Adam's step and a clipped norm are blind to that factor)
+SCALE_SEEING = ["--optimizer", "sgd", "--clip", "1e9", "--lr", "0.01"]
+
+
 def test_two_gloo_processes_take_the_same_steps_as_one(tmp_path, shared_data):
-    _train(tmp_path / "single", shared_data, "--epochs", "1", "--device", "cpu")
+    _train(tmp_path / "single", shared_data, "--epochs", "1", "--device", "cpu", *SCALE_SEEING)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "training", "train", "--model", "draw", "--dataset", "binarized-mnist", "--out",
            str(tmp_path / "ddp"), "--data-dir", str(shared_data), "--max-batches", "3", "--batch-size", "20",
-           "--val-size", "200", "--epochs", "1", "--device", "cpu", *TINY]
+           "--val-size", "200", "--epochs", "1", "--device", "cpu", *TINY, *SCALE_SEEING]
     subprocess.run(cmd, check=True, env=env, timeout=300, capture_output=True)
     manifest = json.loads((tmp_path / "ddp" / "last" / "checkpoint.json").read_text())
     assert manifest["training"]["world_size"] == 2
