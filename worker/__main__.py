@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     heartbeat.start()
     log.info("worker %s: %d model(s) on %s, queues %s", name, len(models), runtime.device, settings.queues)
     try:
-        return serve(conn, settings, name, burst=args.burst, max_jobs=args.max_jobs, log_level=args.log_level)
+        return serve(conn, settings, name, burst=args.burst, max_jobs=args.max_jobs, log_level=args.log_level,
+                     heartbeat=heartbeat)
     finally:
         log.info("worker %s: loop ended; stopping the heartbeat", name)
         heartbeat.stop()
@@ -74,6 +75,7 @@ class Worker(SimpleWorker):
     drained = False  # burst mode found the queues empty
     started = 0  # jobs handed to execute_job
     settings: Settings
+    liveness: Heartbeat | None = None  # the process's heartbeat thread, whose may_sweep gates the registry cleanup
 
     def request_stop(self, signum, frame):  # type: ignore[no-untyped-def]
         self.stopping = True
@@ -98,6 +100,9 @@ class Worker(SimpleWorker):
         on its first attempt, where glimpse requeues it and counts the attempt (docs/worker.md). The lock keeps
         this process's heartbeat sweep out of the middle; another process's sweep can still meet it, for the
         milliseconds between taking a job's owner record and requeueing it."""
+        if self.liveness is not None and not self.liveness.may_sweep():
+            log.info("worker %s: registry cleanup deferred until the heartbeats have had heartbeat_ttl", self.name)
+            return  # a beat missing now may be a live worker's lost in an outage; RQ cleans again later
         with SWEEP:
             for job_id, outcome in requeue_orphans(self.connection, self.settings):
                 log.warning("job %s of a dead worker: %s", job_id, outcome)
@@ -122,13 +127,13 @@ class Worker(SimpleWorker):
 
 
 def serve(conn: redis.Redis, settings: Settings, name: str, *, burst: bool = False, max_jobs: int | None = None,
-          log_level: str = "INFO") -> int:
+          log_level: str = "INFO", heartbeat: Heartbeat | None = None) -> int:
     """Run RQ's loop; when it ends on an error rather than a stop, burst end or job count, requeue this worker's
     cut-short jobs once Redis takes writes again and run a fresh loop under the same name, in the same process."""
     queues = [make_queue(conn, q) for q in settings.queues]
     while True:
         worker = Worker(queues, connection=conn, serializer=SERIALIZER, name=name)
-        worker.settings = settings
+        worker.settings, worker.liveness = settings, heartbeat
         with contextlib.suppress(redis.RedisError):  # RQ's teardown, when Redis is gone
             worker.work(burst=burst, max_jobs=max_jobs, logging_level=log_level)
         if worker.stopping or (burst and worker.drained):

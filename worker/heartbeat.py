@@ -4,7 +4,9 @@ Every `heartbeat_interval` s it rewrites `{p}:worker:{name}` with a TTL of `hear
 `{p}:worker:{name}:models`, written when they change and their TTL renewed each beat), then runs
 `worker.queue.requeue_orphans`. A worker killed with SIGKILL stops beating; its key is gone ≤ heartbeat_ttl s
 after its last beat, and the next pass of any live worker (≤ heartbeat_interval s later) puts its jobs back at the
-front of their queue: `Settings.recovery_bound` = heartbeat_ttl + heartbeat_interval (6 s by default).
+front of their queue: `Settings.recovery_bound` = heartbeat_ttl + heartbeat_interval (6 s by default). A worker
+sweeps only after its beats and Redis have been up for heartbeat_ttl (`Heartbeat.may_sweep`, which RQ's registry
+cleanup asks too), so an outage that expired every beat does not requeue the jobs live workers are still drawing.
 Torch-free; a thread, not a process (no fork).
 """
 
@@ -40,6 +42,7 @@ class Heartbeat(threading.Thread):
         self.describe = describe  # -> extra fields (models, device, current jobs)
         self.started_at = now_iso()
         self._stop_event = threading.Event()
+        self._connected_since: float | None = None  # this thread's first beat since it last lost Redis
 
     def beat(self) -> None:
         payload = {"name": self.worker_name, "host": socket.gethostname(), "pid": os.getpid(),
@@ -50,15 +53,29 @@ class Heartbeat(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 self.beat()
-                with SWEEP:
-                    freed = requeue_orphans(self.conn, self.settings)
-                for job_id, outcome in freed:
-                    log.warning("job %s of a dead worker: %s", job_id, outcome)
+                self._connected_since = self._connected_since or time.monotonic()
+                if self.may_sweep():
+                    with SWEEP:
+                        freed = requeue_orphans(self.conn, self.settings)
+                    for job_id, outcome in freed:
+                        log.warning("job %s of a dead worker: %s", job_id, outcome)
             except redis.RedisError as e:
+                self._connected_since = None
                 log.warning("heartbeat: %s", e)
             except Exception:  # noqa: BLE001  a thread that died here would leave a live worker that no API sees
                 log.exception("heartbeat: a pass failed; beating on")
             self._stop_event.wait(self.settings.heartbeat_interval)
+
+    def may_sweep(self) -> bool:
+        """Whether a missing heartbeat now means a dead worker. After Redis was away longer than heartbeat_ttl (a
+        restart, a partition) every beat has expired, live workers' too: the first to reconnect would requeue jobs
+        still being drawn, and they would be drawn twice. So sweep only once this worker's beats and Redis have both
+        been up for heartbeat_ttl, time for every live worker to beat again (its client's retries back off to 1 s).
+        Redis errors propagate (the caller's pass fails and is retried)."""
+        ttl = self.settings.heartbeat_ttl
+        if self._connected_since is None or time.monotonic() - self._connected_since < ttl:
+            return False
+        return float(self.conn.info("server").get("uptime_in_seconds", ttl)) >= ttl
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -85,6 +85,7 @@ from worker.queue import (
     owner_record,
     printable,
     queued_again,
+    requeue_own,
 )
 from worker.redis_conn import text
 from worker.registry import LoadedModel, load_models, pick_device
@@ -282,9 +283,10 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
     if attempt < 1:
         raise RuntimeError("worker.jobs.generate runs inside glimpse's worker, which counts each job's attempts")
     leader = Entry(job, request, claimed=False, attempt=attempt, meta=meta)  # owned since the take, too
-    entries = [leader, *_claim_batch(conn, rt, leader, lm)]
-    rt.current.update(e.job.id for e in entries)
+    entries = [leader]
     try:
+        entries += _claim_batch(conn, rt, leader, lm)  # inside: a store error here hands back what it took
+        rt.current.update(e.job.id for e in entries)
         with ShutdownGuard(rt.settings.shutdown_grace) as guard:
             stopped = _run(conn, rt, lm, entries, guard)
         summaries = {} if stopped else _finish(conn, rt, lm, entries)
@@ -297,6 +299,8 @@ def generate(payload: dict[str, Any]) -> dict[str, Any] | Retry:
         log.warning("job %s: job store error (%s); requeueing", job.id, store_error(e))
         with contextlib.suppress(redis.RedisError):
             _requeue_all(conn, rt, entries, reason="job store error")
+            # a claim whose reply was lost: owned by this live worker, so no sweep would free it
+            requeue_own(conn, rt.settings, rt.worker_name, "job store error")
         return _retry_or_give_up(rt, leader, "job store error")
     except BaseException as e:
         # A timeout or a bug fails the leader; jobs it claimed did nothing wrong and go back to the queue.

@@ -319,7 +319,11 @@ def clear_heartbeat(conn: redis.Redis, settings: Settings, name: str) -> None:
 # the job's hash, whose queued TTL goes (as RQ's prepare_job_execution does for a job it dequeues), so a job claimed
 # near its queued_ttl cannot expire mid-run. ARGV: job id, owner record, the job's meta with the attempt counted,
 # the meta as read when it was counted: a job another worker took and gave back meanwhile is left (its count moved).
+# A claim already ours (the same owner record: redis-py resent the pipeline after a lost reply) is won, not stranded.
 CLAIM_LUA = """
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  return 1
+end
 if (redis.call('HGET', KEYS[3], 'meta') or '') ~= ARGV[4] then
   return 0
 end
