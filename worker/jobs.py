@@ -372,6 +372,8 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
     kind = leader.request.condition.kind
     if s.batch_jobs <= 1 or free <= 0 or kind not in BATCHED or leader.returns(lm) == "text":
         return []  # a text family's sentences take one decoding call: nothing to share
+    if leader.meta.get("alone"):
+        return []  # its worker died under it (queue.requeue): it draws alone, risking no other job's attempt
     keys = Keys(s.key_prefix)
     queue_key = make_queue(conn, leader.job.origin).key
     ids = [text(i) for i in conn.lrange(queue_key, 0, s.batch_scan - 1)]
@@ -389,7 +391,7 @@ def _claim_batch(conn: redis.Redis, rt: Runtime, leader: Entry, lm: LoadedModel)
             yield from Job.fetch_many(page, connection=conn, serializer=SERIALIZER)
 
     for job in waiting():
-        if job is None or job.func_name != JOB_FUNC:
+        if job is None or job.func_name != JOB_FUNC or job.meta.get("alone"):
             continue
         try:
             request, _ = _load(rt, job.args[0] if job.args else None)

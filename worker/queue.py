@@ -377,8 +377,10 @@ def gave_up(attempt: int, reason: str) -> str:
     return f"gave up after {attempt} attempts; last: {reason}"
 
 
-def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str) -> str:
-    """Put a job whose run was cut short back at the front of its queue, or fail it after max_attempts.
+def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str, *, alone: bool = False) -> str:
+    """Put a job whose run was cut short back at the front of its queue, or fail it after max_attempts. `alone`:
+    its worker died under it, so it may be what killed the worker: it runs in no batch from now on (a job that
+    crashes its workers would otherwise spend the attempts of the waiting jobs batched with it).
 
     Returns "requeued", "failed" or "skipped" (gone, already ended, or already waiting).
     """
@@ -413,13 +415,16 @@ def requeue(conn: redis.Redis, job_id: str, settings: Settings, reason: str) -> 
             p.execute()
         return "failed"
     meta.update(queued_again(), requeued=reason, updated_at=now_iso())
+    if alone:
+        meta["alone"] = True
     job.meta = meta
     job.save_meta()
     queue.enqueue_job(job, at_front=True)
     return "requeued"
 
 
-def _requeue_owned(conn: redis.Redis, settings: Settings, free: Callable[[str], str | None]) -> list[tuple[str, str]]:
+def _requeue_owned(conn: redis.Redis, settings: Settings, free: Callable[[str], str | None], *,
+                   alone: bool = False) -> list[tuple[str, str]]:
     """Requeue each job whose owner's name `free` answers with a reason (None: leave it). Safe to run from many
     workers at once: HDEL of the owner record elects exactly one of them per job. Returns [(job id, outcome)]."""
     keys = Keys(settings.key_prefix)
@@ -433,7 +438,7 @@ def _requeue_owned(conn: redis.Redis, settings: Settings, free: Callable[[str], 
         reason = free(worker)
         if reason is not None and conn.hdel(keys.running, job_id) == 1:
             try:
-                done.append((job_id, requeue(conn, job_id, settings, reason)))
+                done.append((job_id, requeue(conn, job_id, settings, reason, alone=alone)))
             except Exception:
                 conn.hset(keys.running, job_id, raw_owner)  # elected but not requeued: the next sweep tries again
                 raise
@@ -444,7 +449,7 @@ def requeue_orphans(conn: redis.Redis, settings: Settings) -> list[tuple[str, st
     """Requeue every job whose owner's heartbeat has expired."""
     keys = Keys(settings.key_prefix)
     return _requeue_owned(conn, settings, lambda worker: None if worker and conn.exists(keys.worker(worker)) else
-                          f"worker {worker} stopped sending heartbeats")
+                          f"worker {worker} stopped sending heartbeats", alone=True)
 
 
 def requeue_own(conn: redis.Redis, settings: Settings, worker: str, reason: str) -> list[tuple[str, str]]:

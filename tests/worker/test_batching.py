@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker import queue as q
+from worker.protocol import Keys
 
 from .conftest import files_of, make_settings, request
 
@@ -161,6 +162,22 @@ def test_a_batch_takes_jobs_from_past_the_first_page_it_reads(conn, settings, ru
     assert view.status == "succeeded" and view.result["batch"]["jobs"] == 3
     assert {q.get_view(conn, b, batched).result["batch"]["leader"] for b in behind} == {leader}
     assert all(q.get_view(conn, o, batched).status == "succeeded" for o in others)
+
+
+def test_a_job_whose_worker_died_under_it_draws_alone(conn, settings, run_burst):
+    """A job requeued from a dead worker may be what killed it: batched again, it would spend the attempts of the
+    jobs drawn with it. It runs alone (neither leading a batch nor claimed into one); the others still batch."""
+    batched = make_settings(settings.redis_url, settings.checkpoints, batch_jobs=3)
+    keys = Keys(batched.key_prefix)
+    ids = [q.enqueue_generation(conn, request(captions=[c]), batched)[0] for c in CAPTIONS[:3]]
+    queue_key = q.make_queue(conn, batched.queues[0]).key
+    conn.lrem(queue_key, 1, ids[1])
+    conn.hset(keys.running, ids[1], q.owner_record("died", 1))  # taken by a worker that then died
+    assert q.requeue_orphans(conn, batched) == [(ids[1], "requeued")]  # back at the front
+    run_burst(batched)
+    batches = {j: q.get_view(conn, j, batched).result["batch"] for j in ids}
+    assert batches[ids[1]]["jobs"] == 1 and batches[ids[1]]["leader"] == ids[1]
+    assert batches[ids[0]]["jobs"] == batches[ids[2]]["jobs"] == 2 and batches[ids[2]]["leader"] == ids[0]
 
 
 def test_a_job_claimed_into_a_batch_has_its_attempt_counted_by_the_claim(conn, settings, run_burst, monkeypatch):
