@@ -90,6 +90,9 @@ def _write_manifest_tmp(directory: Path, manifest: dict[str, Any]) -> Path:
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The JSON document alone (no weights)."""
     path = Path(directory) / MANIFEST
+    if Path(directory).is_file():  # a .pt or .safetensors file given where the folder was meant
+        raise CheckpointError(f"{directory} is a file; a checkpoint is a folder holding {MANIFEST} and {WEIGHTS} "
+                              "(pickled .pt files are never loaded)")
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError as e:

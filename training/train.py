@@ -468,6 +468,8 @@ def check_resumable(config: TrainConfig, run: Path) -> None:
         raise ConfigError(f"--out {run} is a finished checkpoint, not a run folder: train into another --out, with "
                           f"--init-from {run} to start from its weights")
     if not (last / "checkpoint.json").exists():
+        if config.init_from is not None:  # a new run: a typo or a file is named now, not once the data has loaded
+            read_manifest(config.init_from)  # (a resume may name a source since gone: its record holds it)
         return
     training = read_manifest(last).get("training", {})
     stored = training.get("config", {})

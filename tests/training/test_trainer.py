@@ -788,7 +788,12 @@ def test_user_mistakes_on_the_command_line_are_error_lines_not_tracebacks(tmp_pa
     assert _train(run, shared_data, "--epochs", "1") == 0
     ckpt = run / "last"
     assert cli(["evaluate", str(ckpt / "checkpoint.json"), "--data-dir", str(shared_data)]) == 2  # a file, no folder
-    assert "checkpoint.json" in capsys.readouterr().err
+    assert "checkpoint.json is a file; a checkpoint is a folder" in capsys.readouterr().err
+    (tmp_path / "model.pt").write_bytes(b"\x80\x04")  # a pickle's first bytes: named, never opened
+    assert cli(["evaluate", str(tmp_path / "model.pt"), "--data-dir", str(shared_data)]) == 2
+    assert "pickled .pt files are never loaded" in capsys.readouterr().err
+    assert _train(tmp_path / "fresh", shared_data, "--epochs", "1", "--init-from", str(tmp_path / "typo")) == 2
+    assert "typo/checkpoint.json not found" in capsys.readouterr().err and not (tmp_path / "fresh").exists()
     for flag in ("--k", "--chunk", "--limit"):  # 0 or less would be read as "all", or fail deep in a pass
         with pytest.raises(SystemExit) as stop:
             cli(["evaluate", str(ckpt), "--data-dir", str(shared_data), flag, "0"])
