@@ -375,11 +375,10 @@ def test_orphaned_jobs_are_requeued_and_given_up_after_max_attempts(conn, settin
     assert moved != read and claim(keys=[queue_key, keys.running, job_key],
                                    args=[job_id, q.owner_record("moved", 1), counted[0], moved]) == 0
     assert conn.llen(queue_key) == 1
-    assert claim(keys=[queue_key, keys.running, job_key],
-                 args=[job_id, q.owner_record("dead", 1), counted[1], read]) == 1
+    dead = q.owner_record("dead", 1)  # (it holds the time of the claim: one record, as a resent pipeline's)
+    assert claim(keys=[queue_key, keys.running, job_key], args=[job_id, dead, counted[1], read]) == 1
     # the same claim again (redis-py resends a pipeline whose reply was lost): won, not stranded as another's
-    assert claim(keys=[queue_key, keys.running, job_key],
-                 args=[job_id, q.owner_record("dead", 1), counted[1], read]) == 1
+    assert claim(keys=[queue_key, keys.running, job_key], args=[job_id, dead, counted[1], read]) == 1
     assert claim(keys=[queue_key, keys.running, job_key],
                  args=[job_id, q.owner_record("other", 1), counted[2], read]) == 0
     assert conn.llen(queue_key) == 0 and conn.ttl(job_key) == -1  # a claimed job no longer expires as if waiting
