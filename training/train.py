@@ -30,7 +30,7 @@ from models.family import Losses, family, param_groups
 from models.sampling import draw_noise, sample, seed_walks
 from training import artefacts
 from training.batching import Batch, batches, epoch_seed, trim_padding
-from training.config import DEFAULT_LR, ConfigError, TrainConfig, family_defaults, stage_lr
+from training.config import DEFAULT_LR, ConfigError, TrainConfig, family_defaults, stage_lr, stages
 from training.device import evaluating, machine, resolve_device
 from training.likelihood import on_device, validate
 from training.state import (
@@ -363,6 +363,10 @@ def train(config: TrainConfig) -> Progress:
         idle = ""
     if idle and rank == 0:
         print(f"nothing to do: {run} {idle}", file=sys.stderr)
+    scheduled = sum(e for e, _ in stages(config.lr_stages))
+    if not idle and rank == 0 and scheduled > config.epochs:  # e.g. burda:1 (3,280 epochs) under the default 1000
+        print(f"note: --lr-stages runs {scheduled} epochs; --epochs {config.epochs} ends the run first",
+              file=sys.stderr)
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         staged = stage_lr(config.lr_stages, epoch) if config.lr_stages else None
         if stopped or (config.lr_stages and staged is None):  # early stopping, or the schedule's end

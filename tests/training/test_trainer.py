@@ -834,6 +834,8 @@ def test_mistakes_the_trainer_used_to_take_are_error_lines_before_a_step(tmp_pat
     assert "must hold a JSON object of settings" in capsys.readouterr().err
     assert _train(tmp_path / "never", shared_data, "--epochs", "1", "--set", "steps=0") == 2
     assert "draw's config: need every size and the steps ≥ 1: steps=0" in capsys.readouterr().err
+    assert _train(tmp_path / "short", shared_data, "--epochs", "1", "--lr-stages", "[[1, 1e-3], [2, 1e-4]]") == 0
+    assert "note: --lr-stages runs 3 epochs; --epochs 1 ends the run first" in capsys.readouterr().err
     assert _train(tmp_path / "never", shared_data, "--epochs", "1", "--batch-size", "100000") == 2
     assert "--batch-size 100000 is more than the 50000 training examples" in capsys.readouterr().err
     assert not (tmp_path / "never" / "last").exists()
