@@ -130,14 +130,14 @@ def route(condition: str | None) -> str:
     return COLLECTIONS.get(condition or "", "generations")
 
 
-def links(base: str, job_id: str, condition: str | None = None, collection: str | None = None) -> Links:
-    me = f"{base}/v1/{collection or route(condition)}/{job_id}"
+def links(base: str, job_id: str, collection: str) -> Links:
+    me = f"{base}/v1/{collection}/{job_id}"
     return Links(self=me, events=f"{me}/events", cancel=me)
 
 
 def expired(base: str, job_id: str, collection: str = "generations") -> Generation:
     """The body of a job whose records are gone: only its id, and links under the collection it was read from."""
-    return Generation(id=job_id, status="expired", links=links(base, job_id, collection=collection))
+    return Generation(id=job_id, status="expired", links=links(base, job_id, collection))
 
 
 def lives_under(condition: str | None, collection: str) -> bool:
@@ -227,8 +227,8 @@ def build(conn: redis.Redis, settings: ApiSettings, view: JobView, base: str) ->
         expires = created + timedelta(seconds=settings.queued_ttl) if created and view.status == "queued" else None
     if view.status == "queued":
         started = None
-    me = f"{base}/v1/{route(condition)}/{job_id}"
-    outputs = [_image_output(o, request, me) for o in _outputs(request, view)] if request else []
+    here = links(base, job_id, route(condition))
+    outputs = [_image_output(o, request, here.self) for o in _outputs(request, view)] if request else []
     meta = view.meta
     return Generation(
         id=job_id, status=view.status, model=request.model if request else None, condition=condition,
@@ -239,5 +239,5 @@ def build(conn: redis.Redis, settings: ApiSettings, view: JobView, base: str) ->
         # queued but out of the list: a worker is picking it up right now → next
         queue_position=(queue_position(conn, settings, job_id) or 0) if view.status == "queued" else None,
         created_at=_iso(created), started_at=_iso(started), finished_at=_iso(ended), expires_at=_iso(expires),
-        error=view.error, attempt=view.attempt or None, links=links(base, job_id, condition), outputs=outputs,
+        error=view.error, attempt=view.attempt or None, links=here, outputs=outputs,
     )

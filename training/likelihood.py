@@ -103,11 +103,7 @@ class Journal:
             self.state.unlink(missing_ok=True)
             _replace(self.path, PER_IMAGE_HEADER + "\n")
             return 0
-        try:
-            saved = json.loads(self.state.read_text())
-        except ValueError:
-            raise JournalError(f"{self.state} is damaged (not JSON): restore it, or remove it and {self.path} to "
-                               "measure afresh") from None
+        saved = read_state(self.state)
         if not lines:
             raise JournalError(f"{self.path} is missing or empty, but its state {self.state} counts "
                                f"{saved.get('done')} rows: restore the file, or remove the state to measure afresh")
@@ -134,6 +130,15 @@ class Journal:
                          for i in range(start, stop))
         stream = base64.b64encode(generator.get_state().numpy().tobytes()).decode()
         _replace(self.state, json.dumps(self.run | {"done": stop, "generator": stream}) + "\n")
+
+
+def read_state(state: Path) -> dict[str, Any]:
+    """A journal's FILE.state.json; a damaged one is a JournalError naming it."""
+    try:
+        return json.loads(state.read_text())
+    except ValueError:
+        raise JournalError(f"{state} is damaged (not JSON): restore it, or remove it and its CSV to measure "
+                           "afresh") from None
 
 
 def _replace(path: Path, text: str) -> None:
@@ -214,10 +219,7 @@ def measured_alike(a: str | Path, b: str | Path) -> None:
         state = Path(f"{path}.state.json")
         if not state.exists():
             return  # a --per-sentence file, or one kept without its state: nothing to compare
-        try:
-            states.append(json.loads(state.read_text()))
-        except ValueError:
-            raise ValueError(f"{state}: not a journal state (damaged JSON)") from None
+        states.append(read_state(state))
     sa, sb = states
     differ = [f"{key} {sa.get(key)!r} and {sb.get(key)!r}" for key in ("images", "k") if sa.get(key) != sb.get(key)]
     if differ:

@@ -195,7 +195,8 @@ def test_importance_weighted_bound_rises_with_k_towards_log_px():
     assert m1 <= m5 + 3 * math.hypot(s1, s5) and m5 <= m50 + 3 * math.hypot(s5, s50)
     for m, s in ((m1, s1), (m5, s5), (m50, s50)):
         assert m <= log_px + 3 * s + 1e-4, (m, s, log_px)
-    assert log_px - m50 < 0.25 * (log_px - m1)  # towards log p(x): most of the gap closed at k = 50
+    # towards log p(x): most of the gap closed at k = 50 (0.25 set after seeing this toy's gaps, 0.100 and 0.011)
+    assert log_px - m50 < 0.25 * (log_px - m1)
 
 
 def test_l_k_closes_on_log_p_x_by_quadrature():

@@ -8,7 +8,9 @@
 # Prepared 2026-12-05 and rehearsed on the CPU only (`... gpu-eval.sh cpu 20 4 50`): no GPU was lent. Rehearsed
 # again in the seventeenth session with the journals: a second run over the same $OUT resumed both finished
 # journals and printed the same paired difference. 2026-12-06: it packs what it writes into one tar, since the
-# device returns at most eight files (it wrote ten); rehearsed so (`RESUME=/nonexistent ... cpu 20 4 50`).
+# device returns at most eight files (it wrote ten); rehearsed so (`RESUME=/nonexistent ... cpu 20 4 50`). In the
+# twenty-third session it took the pair as settings (below), for the 8-d gpu.sh; rehearsed with its defaults
+# (`RESUME=/nonexistent ... cpu 4 2 50`: both rc 0, avb32.tar and paired.txt) and through gpu.sh.
 #
 # Before `run` (repository root): move every other checkpoint aside so the tree stays under 64 MiB, copy MNIST:
 #   mkdir -p /work/ckpt-hold gpu/data && for d in checkpoints/*; do case $d in checkpoints/avb-mnist|\
@@ -25,13 +27,17 @@
 # A $RESUME folder holding such files (in the tree, or carried) is copied in first, so the GPU goes on from them.
 #   then: mv /work/ckpt-hold/* checkpoints/
 # Arguments: device, test images (--limit; default all), L_k images (--lk-images; default all), k (default 5000).
-# What comes back: $OUT/avb32.tar (the journals, JSON, logs and versions; one file, as the device returns at most
-# eight) and $OUT/paired.txt when both finished. Unpack with `tar -xf OUT/avb32.tar -C DIR`.
+# Another pair (docs/experiments/2026-12-06-avb8/gpu.sh, the 8-d one) sets AVB and VAE (checkpoint folders; a run's
+# last/ is named by its run), RESUME (its journals), PACK (the tar's name), PAIRED (the paired file's) and MINUTES.
+# What comes back: $OUT/$PACK.tar (avb32.tar: the journals, JSON, logs and versions; one file, as the device returns
+# at most eight) and $OUT/$PAIRED (paired.txt) when both finished. Unpack with `tar -xf OUT/avb32.tar -C DIR`.
 set -uo pipefail
 DEV=${1:-cuda}; LIMIT=${2:-}; LK=${3:-}; K=${4:-5000}
 FINAL=${OUT:-/tmp/avb-gpu-out}; mkdir -p "$FINAL"
-OUT=$(mktemp -d /tmp/avb32-work.XXXX)  # the working files, packed into $FINAL/avb32.tar on any exit
-trap 'tar -cf "$FINAL/avb32.tar" -C "$OUT" .' EXIT
+AVB=${AVB:-checkpoints/avb-mnist}; VAE=${VAE:-checkpoints/avb-mnist-vae}; PACK=${PACK:-avb32}
+PAIRED=${PAIRED:-paired.txt}
+OUT=$(mktemp -d /tmp/$PACK-work.XXXX)  # the working files, packed into $FINAL/$PACK.tar on any exit
+trap 'tar -cf "$FINAL/$PACK.tar" -C "$OUT" .' EXIT
 PY=python3; [ "$DEV" = cpu ] && [ -x .venv/bin/python ] && PY=.venv/bin/python
 export PYTHONUNBUFFERED=1
 DATA=gpu/data; [ -d "$DATA/mnist" ] || DATA=../shared/data
@@ -40,9 +46,12 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/versions.txt" 2>/dev/null
 RESUME=${RESUME:-docs/experiments/2026-12-04-avb/all}
 [ -d "$RESUME" ] && cp "$RESUME"/*per-image.csv* "$OUT"/ 2>/dev/null
+name() { local d=${1%/}; [ "$(basename "$d")" = last ] && d=$(dirname "$d"); basename "$d"; }  # run/last -> run
 ok=1
-for m in avb-mnist avb-mnist-vae; do
-  $PY -m training evaluate checkpoints/$m --k "$K" --chunk 5000 --data-dir $DATA --device "$DEV" --time-limit 3.5 \
+for ckpt in "$AVB" "$VAE"; do
+  m=$(name "$ckpt")
+  $PY -m training evaluate "$ckpt" --k "$K" --chunk 5000 --data-dir $DATA --device "$DEV" \
+      --time-limit "${MINUTES:-3.5}" \
       ${LIMIT:+--limit $LIMIT} ${LK:+--lk-images $LK} --per-image "$OUT/$m-per-image.csv" --resume \
       --json "$OUT/$m.json" > "$OUT/$m.log" 2>&1
   rc=$?
@@ -50,7 +59,8 @@ for m in avb-mnist avb-mnist-vae; do
   [ $rc -eq 0 ] && ! grep -q '"partial_L' "$OUT/$m.json" || ok=0
 done
 if [ $ok -eq 1 ]; then
-  $PY -m training paired "$OUT/avb-mnist-vae-per-image.csv" "$OUT/avb-mnist-per-image.csv" | tee "$FINAL/paired.txt"
+  $PY -m training paired "$OUT/$(name "$VAE")-per-image.csv" "$OUT/$(name "$AVB")-per-image.csv" \
+      | tee "$FINAL/$PAIRED"
 else
   echo "an evaluation did not finish: no paired difference"
 fi
